@@ -1,0 +1,28 @@
+#pragma once
+// Where a tensor's storage lives: the CPU or CUDA device n.
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+
+namespace mamclip {
+
+enum class DeviceType : uint8_t { cpu = 0, cuda = 1 };
+inline constexpr int kNumDeviceTypes = 2;
+
+struct Device {
+  DeviceType type = DeviceType::cpu;
+  int index = 0;
+
+  static constexpr Device cpu() { return {DeviceType::cpu, 0}; }
+  static constexpr Device cuda(int n = 0) { return {DeviceType::cuda, n}; }
+  constexpr bool is_cpu() const { return type == DeviceType::cpu; }
+  constexpr bool is_cuda() const { return type == DeviceType::cuda; }
+  friend constexpr bool operator==(Device a, Device b) { return a.type == b.type && a.index == b.index; }
+  std::string str() const { return is_cpu() ? std::string("cpu") : "cuda:" + std::to_string(index); }
+  friend std::ostream& operator<<(std::ostream& os, Device d) { return os << d.str(); }
+};
+
+inline constexpr Device kCPU = Device::cpu();
+
+}  // namespace mamclip

@@ -1,0 +1,38 @@
+#pragma once
+// mamclip: a header-only C++20 deep-learning library with reverse-mode autograd.
+// This is the CPU umbrella header; it never includes CUDA headers.
+//
+//   #include <mamclip/mamclip.hpp>
+//   using namespace mamclip;
+//   auto w = randn<float>({3, 4}).set_requires_grad();
+//   auto x = randn<float>({8, 4});
+//   auto loss = mean(pow(matmul(x, w.t()), 2.0));
+//   loss.backward();          // w.grad() now holds d loss / d w
+//
+// defines:
+//   core/      Tensor<T>, Shape, Device, DType, errors, Generator, factories
+//   autograd/  Node, backward engine, NoGradGuard, checkpoint, gradcheck
+//   ops/       elementwise, reduce, matmul, shape, indexing, softmax, norm, loss
+
+#include "mamclip/core/config.hpp"
+#include "mamclip/core/device.hpp"
+#include "mamclip/core/dispatch.hpp"
+#include "mamclip/core/dtype.hpp"
+#include "mamclip/core/error.hpp"
+#include "mamclip/core/factory.hpp"
+#include "mamclip/core/random.hpp"
+#include "mamclip/core/shape.hpp"
+#include "mamclip/core/storage.hpp"
+#include "mamclip/core/tensor.hpp"
+#include "mamclip/core/tensor_data.hpp"
+
+#include "mamclip/autograd/checkpoint.hpp"
+#include "mamclip/autograd/engine.hpp"
+#include "mamclip/autograd/gradcheck.hpp"
+#include "mamclip/autograd/grad_mode.hpp"
+#include "mamclip/autograd/node.hpp"
+
+#include "mamclip/ops/elementwise/elementwise.hpp"
+#include "mamclip/ops/fwd.hpp"
+#include "mamclip/ops/reduce/reduce.hpp"
+#include "mamclip/ops/shape/shape.hpp"

@@ -1,0 +1,63 @@
+#pragma once
+// CPU reference loops for elementwise ops: strided inputs, broadcasting,
+// contiguous output. Functors take and return the accumulation type acc_t<T>
+// (float for half and bfloat16), so every dtype shares one formula.
+
+#include "mamclip/core/iterate.hpp"
+#include "mamclip/core/tensor.hpp"
+
+namespace mamclip::cpu {
+
+// out = f(x), elementwise.
+template <class T, class F>
+void unary(Tensor<T>& out, const Tensor<T>& x, F&& f) {
+  using A = acc_t<T>;
+  T* o = out.data_ptr();
+  const T* px = x.data_ptr();
+  if (x.is_contiguous()) {
+    const int64_t n = x.numel();
+    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<T>(f(static_cast<A>(px[i])));
+    return;
+  }
+  int64_t i = 0;
+  detail::for_each_offset<1>(x.shape(), {x.strides()},
+                             [&](const std::array<int64_t, 1>& off) { o[i++] = static_cast<T>(f(static_cast<A>(px[off[0]]))); });
+}
+
+// out = f(a, b) with a and b broadcast to out's shape.
+template <class T, class U, class V, class F>
+void binary(Tensor<T>& out, const Tensor<U>& a, const Tensor<V>& b, F&& f) {
+  using A = acc_t<T>;
+  T* o = out.data_ptr();
+  const U* pa = a.data_ptr();
+  const V* pb = b.data_ptr();
+  const Shape& s = out.shape();
+  if (a.shape() == s && b.shape() == s && a.is_contiguous() && b.is_contiguous()) {
+    const int64_t n = out.numel();
+    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<T>(f(static_cast<A>(pa[i]), static_cast<A>(pb[i])));
+    return;
+  }
+  int64_t i = 0;
+  detail::for_each_offset<2>(s, {broadcast_strides(a.shape(), a.strides(), s), broadcast_strides(b.shape(), b.strides(), s)},
+                             [&](const std::array<int64_t, 2>& off) {
+                               o[i++] = static_cast<T>(f(static_cast<A>(pa[off[0]]), static_cast<A>(pb[off[1]])));
+                             });
+}
+
+// out = f(a, b, c) with all three broadcast to out's shape.
+template <class T, class U, class V, class W, class F>
+void ternary(Tensor<T>& out, const Tensor<U>& a, const Tensor<V>& b, const Tensor<W>& c, F&& f) {
+  T* o = out.data_ptr();
+  const U* pa = a.data_ptr();
+  const V* pb = b.data_ptr();
+  const W* pc = c.data_ptr();
+  const Shape& s = out.shape();
+  int64_t i = 0;
+  detail::for_each_offset<3>(
+      s,
+      {broadcast_strides(a.shape(), a.strides(), s), broadcast_strides(b.shape(), b.strides(), s),
+       broadcast_strides(c.shape(), c.strides(), s)},
+      [&](const std::array<int64_t, 3>& off) { o[i++] = static_cast<T>(f(pa[off[0]], pb[off[1]], pc[off[2]])); });
+}
+
+}  // namespace mamclip::cpu

@@ -1,0 +1,367 @@
+#pragma once
+// Elementwise ops with PyTorch broadcasting, and their gradients.
+//
+// Each op computes on the CPU through cpu.hpp, or on another device through the
+// kernel registered under the op's name (UnaryKernel / BinaryKernel below).
+// Backward formulas are written with public ops, so a device that has the
+// forward kernels also has the backward.
+
+#include <cmath>
+
+#include "mamclip/autograd/node.hpp"
+#include "mamclip/core/dispatch.hpp"
+#include "mamclip/ops/elementwise/cpu.hpp"
+#include "mamclip/ops/fwd.hpp"
+
+namespace mamclip {
+
+// Device kernels. Inputs and output are contiguous with n elements; p0 and p1
+// carry the op's scalar arguments (exponent, clamp bounds, scalar operand).
+template <class T>
+using UnaryKernel = void(T* out, const T* x, int64_t n, double p0, double p1);
+template <class T>
+using BinaryKernel = void(T* out, const T* a, const T* b, int64_t n);
+
+namespace detail {
+
+template <class T, class U>
+void check_same_device(const char* op, const Tensor<T>& a, const Tensor<U>& b, const char* na = "a", const char* nb = "b") {
+  MAMCLIP_CHECK(a.device() == b.device(), device_error, op, ": expected all tensors on one device, but ", na, " is on ",
+                a.device().str(), " and ", nb, " is on ", b.device().str());
+}
+
+// A contiguous tensor with x's values, outside the graph (for device kernels).
+template <class T>
+Tensor<T> dense(const Tensor<T>& x) {
+  return x.is_contiguous() ? x.detach() : contiguous_copy(x);
+}
+
+template <class T, class F>
+Tensor<T> map_unary(const char* op, const Tensor<T>& x, F&& f, double p0 = 0, double p1 = 0) {
+  Tensor<T> out = Tensor<T>::empty(x.shape(), x.device());
+  if (x.device().is_cpu()) {
+    cpu::unary(out, x, std::forward<F>(f));
+  } else {
+    auto* k = require_kernel<UnaryKernel<T>>(op, dtype_v<T>, x.device());
+    k(out.data_ptr(), dense(x).data_ptr(), x.numel(), p0, p1);
+  }
+  return out;
+}
+
+template <class T, class F>
+Tensor<T> map_binary(const char* op, const Tensor<T>& a, const Tensor<T>& b, F&& f) {
+  check_same_device(op, a, b);
+  const Shape s = broadcast_shapes(a.shape(), b.shape(), op);
+  Tensor<T> out = Tensor<T>::empty(s, a.device());
+  if (a.device().is_cpu()) {
+    cpu::binary(out, a, b, std::forward<F>(f));
+  } else {
+    auto* k = require_kernel<BinaryKernel<T>>(op, dtype_v<T>, a.device());
+    Tensor<T> da = contiguous_copy(a.detach().expand(s)), db = contiguous_copy(b.detach().expand(s));
+    k(out.data_ptr(), da.data_ptr(), db.data_ptr(), out.numel());
+  }
+  return out;
+}
+
+template <class T>
+using Grads = std::vector<Tensor<T>>;
+
+}  // namespace detail
+
+// ---- binary
+
+template <class T>
+Tensor<T> add(const Tensor<T>& a, const Tensor<T>& b) {
+  Tensor<T> y = detail::map_binary("add", a, b, [](auto x, auto z) { return x + z; });
+  Shape sa = a.shape(), sb = b.shape();
+  return autograd::record<T>("AddBackward", {a, b}, y, [sa, sb](const Tensor<T>& g, const std::vector<bool>& need) {
+    return detail::Grads<T>{need[0] ? sum_to(g, sa) : Tensor<T>(), need[1] ? sum_to(g, sb) : Tensor<T>()};
+  });
+}
+
+template <class T>
+Tensor<T> sub(const Tensor<T>& a, const Tensor<T>& b) {
+  Tensor<T> y = detail::map_binary("sub", a, b, [](auto x, auto z) { return x - z; });
+  Shape sa = a.shape(), sb = b.shape();
+  return autograd::record<T>("SubBackward", {a, b}, y, [sa, sb](const Tensor<T>& g, const std::vector<bool>& need) {
+    return detail::Grads<T>{need[0] ? sum_to(g, sa) : Tensor<T>(), need[1] ? sum_to(neg(g), sb) : Tensor<T>()};
+  });
+}
+
+template <class T>
+Tensor<T> mul(const Tensor<T>& a, const Tensor<T>& b) {
+  Tensor<T> y = detail::map_binary("mul", a, b, [](auto x, auto z) { return x * z; });
+  return autograd::record<T>("MulBackward", {a, b}, y,
+                             [a = a.detach(), b = b.detach()](const Tensor<T>& g, const std::vector<bool>& need) {
+                               return detail::Grads<T>{need[0] ? sum_to(mul(g, b), a.shape()) : Tensor<T>(),
+                                                       need[1] ? sum_to(mul(g, a), b.shape()) : Tensor<T>()};
+                             });
+}
+
+template <class T>
+Tensor<T> div(const Tensor<T>& a, const Tensor<T>& b) {
+  Tensor<T> y = detail::map_binary("div", a, b, [](auto x, auto z) { return x / z; });
+  return autograd::record<T>(
+      "DivBackward", {a, b}, y,
+      [a = a.detach(), b = b.detach(), y = y.detach()](const Tensor<T>& g, const std::vector<bool>& need) {
+        Tensor<T> ga = need[0] || need[1] ? div(g, b) : Tensor<T>();
+        return detail::Grads<T>{need[0] ? sum_to(ga, a.shape()) : Tensor<T>(),
+                                need[1] ? sum_to(neg(mul(ga, y)), b.shape()) : Tensor<T>()};
+      });
+}
+
+template <class T>
+Tensor<T> pow(const Tensor<T>& x, const Tensor<T>& e) {
+  Tensor<T> y = detail::map_binary("pow", x, e, [](auto b, auto p) { return std::pow(b, p); });
+  return autograd::record<T>(
+      "PowBackward", {x, e}, y,
+      [x = x.detach(), e = e.detach(), y = y.detach()](const Tensor<T>& g, const std::vector<bool>& need) {
+        Tensor<T> gx, ge;
+        if (need[0]) gx = sum_to(mul(g, mul(e, pow(x, add(e, -1.0)))), x.shape());
+        // d/de x^e = x^e log x, taken as 0 where x == 0 (PyTorch's convention, avoids 0 * -inf).
+        if (need[1])
+          ge = sum_to(mul(g, detail::map_binary("pow_exponent_grad", y, x,
+                                                [](auto yy, auto xx) { return xx == 0 ? decltype(yy)(0) : yy * std::log(xx); })),
+                      e.shape());
+        return detail::Grads<T>{gx, ge};
+      });
+}
+
+// ---- with a scalar
+
+template <class T>
+Tensor<T> add(const Tensor<T>& a, double s) {
+  const auto c = static_cast<acc_t<T>>(s);
+  Tensor<T> y = detail::map_unary("add_scalar", a, [c](auto x) { return x + c; }, s);
+  return autograd::record<T>("AddBackward", {a}, y, [](const Tensor<T>& g) { return detail::Grads<T>{g}; });
+}
+
+template <class T>
+Tensor<T> mul(const Tensor<T>& a, double s) {
+  const auto c = static_cast<acc_t<T>>(s);
+  Tensor<T> y = detail::map_unary("mul_scalar", a, [c](auto x) { return x * c; }, s);
+  return autograd::record<T>("MulBackward", {a}, y, [s](const Tensor<T>& g) { return detail::Grads<T>{mul(g, s)}; });
+}
+
+template <class T>
+Tensor<T> rsub(const Tensor<T>& a, double s) {
+  const auto c = static_cast<acc_t<T>>(s);
+  Tensor<T> y = detail::map_unary("rsub_scalar", a, [c](auto x) { return c - x; }, s);
+  return autograd::record<T>("RsubBackward", {a}, y, [](const Tensor<T>& g) { return detail::Grads<T>{neg(g)}; });
+}
+
+template <class T>
+Tensor<T> rdiv(const Tensor<T>& a, double s) {
+  const auto c = static_cast<acc_t<T>>(s);
+  Tensor<T> y = detail::map_unary("rdiv_scalar", a, [c](auto x) { return c / x; }, s);
+  return autograd::record<T>("RdivBackward", {a}, y, [a = a.detach(), y = y.detach()](const Tensor<T>& g) {
+    return detail::Grads<T>{neg(div(mul(g, y), a))};
+  });
+}
+
+template <class T>
+Tensor<T> pow(const Tensor<T>& x, double p) {
+  const auto c = static_cast<acc_t<T>>(p);
+  Tensor<T> y = detail::map_unary("pow_scalar", x, [c](auto v) { return std::pow(v, c); }, p);
+  return autograd::record<T>("PowBackward", {x}, y, [x = x.detach(), p](const Tensor<T>& g) {
+    if (p == 0) return detail::Grads<T>{mul(g, 0.0)};
+    return detail::Grads<T>{mul(mul(g, pow(x, p - 1)), p)};
+  });
+}
+
+// ---- unary
+
+template <class T>
+Tensor<T> neg(const Tensor<T>& x) {
+  Tensor<T> y = detail::map_unary("neg", x, [](auto v) { return -v; });
+  return autograd::record<T>("NegBackward", {x}, y, [](const Tensor<T>& g) { return detail::Grads<T>{neg(g)}; });
+}
+
+template <class T>
+Tensor<T> exp(const Tensor<T>& x) {
+  Tensor<T> y = detail::map_unary("exp", x, [](auto v) { return std::exp(v); });
+  return autograd::record<T>("ExpBackward", {x}, y, [y = y.detach()](const Tensor<T>& g) { return detail::Grads<T>{mul(g, y)}; });
+}
+
+template <class T>
+Tensor<T> log(const Tensor<T>& x) {
+  Tensor<T> y = detail::map_unary("log", x, [](auto v) { return std::log(v); });
+  return autograd::record<T>("LogBackward", {x}, y, [x = x.detach()](const Tensor<T>& g) { return detail::Grads<T>{div(g, x)}; });
+}
+
+template <class T>
+Tensor<T> sqrt(const Tensor<T>& x) {
+  Tensor<T> y = detail::map_unary("sqrt", x, [](auto v) { return std::sqrt(v); });
+  return autograd::record<T>("SqrtBackward", {x}, y,
+                             [y = y.detach()](const Tensor<T>& g) { return detail::Grads<T>{div(mul(g, 0.5), y)}; });
+}
+
+template <class T>
+Tensor<T> rsqrt(const Tensor<T>& x) {
+  Tensor<T> y = detail::map_unary("rsqrt", x, [](auto v) { return decltype(v)(1) / std::sqrt(v); });
+  // d/dx x^{-1/2} = -1/2 x^{-3/2} = -1/2 y^3
+  return autograd::record<T>("RsqrtBackward", {x}, y, [y = y.detach()](const Tensor<T>& g) {
+    return detail::Grads<T>{mul(mul(g, pow(y, 3.0)), -0.5)};
+  });
+}
+
+template <class T>
+Tensor<T> abs(const Tensor<T>& x) {
+  Tensor<T> y = detail::map_unary("abs", x, [](auto v) { return std::abs(v); });
+  return autograd::record<T>("AbsBackward", {x}, y, [x = x.detach()](const Tensor<T>& g) {
+    return detail::Grads<T>{detail::map_binary("abs_backward", g, x, [](auto gg, auto xx) {
+      return xx > 0 ? gg : (xx < 0 ? -gg : decltype(gg)(0));
+    })};
+  });
+}
+
+template <class T>
+Tensor<T> tanh(const Tensor<T>& x) {
+  Tensor<T> y = detail::map_unary("tanh", x, [](auto v) { return std::tanh(v); });
+  return autograd::record<T>("TanhBackward", {x}, y, [y = y.detach()](const Tensor<T>& g) {
+    return detail::Grads<T>{detail::map_binary("tanh_backward", g, y, [](auto gg, auto yy) { return gg * (1 - yy * yy); })};
+  });
+}
+
+template <class T>
+Tensor<T> sigmoid(const Tensor<T>& x) {
+  Tensor<T> y = detail::map_unary("sigmoid", x, [](auto v) {
+    // Split by sign so exp never overflows.
+    using A = decltype(v);
+    if (v >= 0) return A(1) / (A(1) + std::exp(-v));
+    const A e = std::exp(v);
+    return e / (A(1) + e);
+  });
+  return autograd::record<T>("SigmoidBackward", {x}, y, [y = y.detach()](const Tensor<T>& g) {
+    return detail::Grads<T>{detail::map_binary("sigmoid_backward", g, y, [](auto gg, auto yy) { return gg * yy * (1 - yy); })};
+  });
+}
+
+template <class T>
+Tensor<T> relu(const Tensor<T>& x) {
+  Tensor<T> y = detail::map_unary("relu", x, [](auto v) { return v > 0 ? v : decltype(v)(0); });
+  return autograd::record<T>("ReluBackward", {x}, y, [y = y.detach()](const Tensor<T>& g) {
+    return detail::Grads<T>{detail::map_binary("relu_backward", g, y, [](auto gg, auto yy) { return yy > 0 ? gg : decltype(gg)(0); })};
+  });
+}
+
+namespace detail {
+// GELU and its derivative, exact (erf) and tanh forms, as in torch.nn.functional.gelu.
+template <class A>
+A gelu_value(A x, bool tanh_form) {
+  if (tanh_form) {
+    const A k = A(0.7978845608028654), c = A(0.044715);  // sqrt(2/pi)
+    return A(0.5) * x * (A(1) + std::tanh(k * (x + c * x * x * x)));
+  }
+  return A(0.5) * x * (A(1) + std::erf(x * A(0.7071067811865476)));
+}
+template <class A>
+A gelu_derivative(A x, bool tanh_form) {
+  if (tanh_form) {
+    const A k = A(0.7978845608028654), c = A(0.044715);
+    const A inner = k * (x + c * x * x * x);
+    const A t = std::tanh(inner);
+    return A(0.5) * (A(1) + t) + A(0.5) * x * (A(1) - t * t) * k * (A(1) + A(3) * c * x * x);
+  }
+  const A cdf = A(0.5) * (A(1) + std::erf(x * A(0.7071067811865476)));
+  const A pdf = std::exp(A(-0.5) * x * x) * A(0.3989422804014327);  // 1/sqrt(2 pi)
+  return cdf + x * pdf;
+}
+}  // namespace detail
+
+template <class T>
+Tensor<T> gelu(const Tensor<T>& x, GeluApproximation approximate) {
+  const bool tf = approximate == GeluApproximation::tanh;
+  Tensor<T> y = detail::map_unary(tf ? "gelu_tanh" : "gelu", x, [tf](auto v) { return detail::gelu_value(v, tf); });
+  return autograd::record<T>("GeluBackward", {x}, y, [x = x.detach(), tf](const Tensor<T>& g) {
+    return detail::Grads<T>{detail::map_binary(tf ? "gelu_tanh_backward" : "gelu_backward", g, x,
+                                               [tf](auto gg, auto xx) { return gg * detail::gelu_derivative(xx, tf); })};
+  });
+}
+
+template <class T>
+Tensor<T> clamp(const Tensor<T>& x, std::optional<double> min, std::optional<double> max) {
+  MAMCLIP_CHECK(min || max, value_error, "clamp: at least one of min and max must be given");
+  MAMCLIP_CHECK(!(min && max) || *min <= *max, value_error, "clamp: min ", *min, " is greater than max ", *max);
+  const double lo = min.value_or(-INFINITY), hi = max.value_or(INFINITY);
+  using A = acc_t<T>;
+  Tensor<T> y = detail::map_unary("clamp", x, [lo, hi](auto v) {
+    return v < A(lo) ? A(lo) : (v > A(hi) ? A(hi) : v);
+  }, lo, hi);
+  // The gradient passes where lo <= x <= hi (PyTorch includes the bounds).
+  return autograd::record<T>("ClampBackward", {x}, y, [x = x.detach(), lo, hi](const Tensor<T>& g) {
+    return detail::Grads<T>{detail::map_binary("clamp_backward", g, x, [lo, hi](auto gg, auto xx) {
+      return (xx >= A(lo) && xx <= A(hi)) ? gg : A(0);
+    })};
+  });
+}
+
+// ---- selection
+
+template <class T>
+Tensor<T> where(const Tensor<bool>& cond, const Tensor<T>& a, const Tensor<T>& b) {
+  detail::check_same_device("where", cond, a, "condition", "a");
+  detail::check_same_device("where", a, b, "a", "b");
+  const Shape s = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
+  MAMCLIP_CHECK(cond.device().is_cpu(), device_error, "where: no kernel is registered for ", cond.device().str());
+  Tensor<T> y = Tensor<T>::empty(s, a.device());
+  cpu::ternary(y, cond, a, b, [](bool c, T va, T vb) { return c ? va : vb; });
+  return autograd::record<T>("WhereBackward", {a, b}, y,
+                             [cond, sa = a.shape(), sb = b.shape()](const Tensor<T>& g, const std::vector<bool>& need) {
+                               Tensor<T> zero = Tensor<T>::empty({}, g.device());
+                               zero.zero_();
+                               return detail::Grads<T>{need[0] ? sum_to(where(cond, g, zero), sa) : Tensor<T>(),
+                                                       need[1] ? sum_to(where(cond, zero, g), sb) : Tensor<T>()};
+                             });
+}
+
+template <class T>
+Tensor<T> masked_fill(const Tensor<T>& x, const Tensor<bool>& mask, double value) {
+  detail::check_same_device("masked_fill", x, mask, "input", "mask");
+  const Shape s = broadcast_shapes(x.shape(), mask.shape(), "masked_fill");
+  MAMCLIP_CHECK(s == x.shape(), shape_error, "masked_fill: mask of shape ", shape_str(mask.shape()),
+                " must broadcast to the input's shape ", shape_str(x.shape()), " (it would give ", shape_str(s), ")");
+  Tensor<T> fill = Tensor<T>::empty({}, x.device());
+  fill.fill_(static_cast<T>(value));
+  Tensor<T> y = where(mask, fill, x.detach());
+  return autograd::record<T>("MaskedFillBackward", {x}, y, [mask](const Tensor<T>& g) {
+    Tensor<T> zero = Tensor<T>::empty({}, g.device());
+    zero.zero_();
+    return detail::Grads<T>{where(mask, zero, g)};
+  });
+}
+
+template <class T>
+Tensor<T> dropout(const Tensor<T>& x, double p, bool training, Generator& gen) {
+  MAMCLIP_CHECK(p >= 0 && p <= 1, value_error, "dropout: probability p must be in [0, 1], got ", p);
+  if (!training || p == 0) return x;
+  MAMCLIP_CHECK(x.device().is_cpu(), device_error, "dropout: no kernel is registered for ", x.device().str());
+  // The mask is a function of (seed, offset, element index): Philox, so a device
+  // kernel reproduces it exactly.
+  const uint64_t seed = gen.seed(), offset = gen.next_offset();
+  const double keep = 1.0 - p;
+  Tensor<T> scale = Tensor<T>::empty(x.shape(), x.device());  // 0 or 1/keep per element
+  T* ps = scale.data_ptr();
+  for (int64_t i = 0; i < scale.numel(); ++i)
+    ps[i] = static_cast<T>(p == 1 || Philox::uniform(seed, offset, static_cast<uint64_t>(i)) > keep ? 0.0 : 1.0 / keep);
+  Tensor<T> y = detail::map_binary("mul", x, scale, [](auto a, auto b) { return a * b; });
+  return autograd::record<T>("DropoutBackward", {x}, y, [scale](const Tensor<T>& g) { return detail::Grads<T>{mul(g, scale)}; });
+}
+
+// ---- operators
+
+template <class T> Tensor<T> operator+(const Tensor<T>& a, const Tensor<T>& b) { return add(a, b); }
+template <class T> Tensor<T> operator-(const Tensor<T>& a, const Tensor<T>& b) { return sub(a, b); }
+template <class T> Tensor<T> operator*(const Tensor<T>& a, const Tensor<T>& b) { return mul(a, b); }
+template <class T> Tensor<T> operator/(const Tensor<T>& a, const Tensor<T>& b) { return div(a, b); }
+template <class T> Tensor<T> operator-(const Tensor<T>& a) { return neg(a); }
+template <class T> Tensor<T> operator+(const Tensor<T>& a, double s) { return add(a, s); }
+template <class T> Tensor<T> operator+(double s, const Tensor<T>& a) { return add(a, s); }
+template <class T> Tensor<T> operator-(const Tensor<T>& a, double s) { return add(a, -s); }
+template <class T> Tensor<T> operator-(double s, const Tensor<T>& a) { return rsub(a, s); }
+template <class T> Tensor<T> operator*(const Tensor<T>& a, double s) { return mul(a, s); }
+template <class T> Tensor<T> operator*(double s, const Tensor<T>& a) { return mul(a, s); }
+template <class T> Tensor<T> operator/(const Tensor<T>& a, double s) { return mul(a, 1.0 / s); }
+template <class T> Tensor<T> operator/(double s, const Tensor<T>& a) { return rdiv(a, s); }
+
+}  // namespace mamclip

@@ -1,0 +1,118 @@
+// The backward engine: accumulation, hooks, retain_graph, detach, no-grad, errors, checkpointing.
+#include "support/test_support.hpp"
+
+using namespace mamclip;
+using namespace mamclip::test;
+
+TEST_CASE("gradients accumulate when a tensor is used several times") {
+  auto x = tensor<double>({1, 2, 3}).set_requires_grad();
+  auto y = sum(x * x + x * 3.0);  // dy/dx = 2x + 3
+  y.backward();
+  CHECK(x.grad().to_vector() == std::vector<double>{5, 7, 9});
+  // A second graph adds to .grad.
+  sum(x).backward();
+  CHECK(x.grad().to_vector() == std::vector<double>{6, 8, 10});
+}
+
+TEST_CASE("backward twice needs retain_graph") {
+  auto x = tensor<double>({1, 2}).set_requires_grad();
+  auto y = sum(exp(x));
+  y.backward(Tensor<double>(), /*retain_graph=*/true);
+  y.backward();
+  require_allclose(x.grad(), mul(exp(x.detach()), 2.0), 1e-12, 1e-12);
+  MAMCLIP_REQUIRE_THROWS_WITH(y.backward(), autograd_error, "backward through the graph a second time");
+}
+
+TEST_CASE("non-scalar backward needs a gradient of the output's shape") {
+  auto x = tensor<double>({1, 2}).set_requires_grad();
+  auto y = x * 2.0;
+  MAMCLIP_REQUIRE_THROWS_WITH(y.backward(), autograd_error, "only for a one-element output, got shape [2]");
+  MAMCLIP_REQUIRE_THROWS_WITH(y.backward(tensor<double>({1, 2, 3})), shape_error, "gradient has shape [3]");
+  y.backward(tensor<double>({1, 10}));
+  CHECK(x.grad().to_vector() == std::vector<double>{2, 20});
+}
+
+TEST_CASE("detach and NoGradGuard stop the graph") {
+  auto x = tensor<double>({1, 2}).set_requires_grad();
+  CHECK_FALSE((x.detach() * 2.0).requires_grad());
+  {
+    NoGradGuard ng;
+    CHECK_FALSE((x * 2.0).requires_grad());
+  }
+  CHECK((x * 2.0).requires_grad());
+  MAMCLIP_REQUIRE_THROWS_WITH(sum(x.detach()).backward(), autograd_error, "does not require grad");
+}
+
+TEST_CASE("hooks read and replace intermediate gradients") {
+  auto x = tensor<double>({1, 2, 3}).set_requires_grad();
+  auto h = x * 2.0;
+  Tensor<double> seen;
+  h.register_hook([&](const Tensor<double>& g) {
+    seen = g.clone();
+    return Tensor<double>();  // unchanged
+  });
+  h.retain_grad();
+  auto y = sum(h * h);
+  y.backward();
+  require_allclose(seen, mul(h.detach(), 2.0), 0, 0, "hook sees dy/dh");
+  require_allclose(h.grad(), seen, 0, 0, "retain_grad keeps dy/dh");
+  require_allclose(x.grad(), mul(h.detach(), 4.0), 0, 0);
+
+  auto z = tensor<double>({1, 1}).set_requires_grad();
+  z.register_hook([](const Tensor<double>& g) { return mul(g, 10.0); });  // leaf hook scales its gradient
+  sum(z).backward();
+  CHECK(z.grad().to_vector() == std::vector<double>{10, 10});
+}
+
+TEST_CASE("gradients flow through dtype casts") {
+  auto x = tensor<double>({1, 2}).set_requires_grad();
+  auto f = x.to<float>();
+  auto y = sum(f * f);
+  y.backward();
+  CHECK(x.grad().to_vector() == std::vector<double>{2, 4});
+}
+
+TEST_CASE("set_requires_grad is refused on a non-leaf") {
+  auto x = tensor<double>({1}).set_requires_grad();
+  auto y = x * 2.0;
+  MAMCLIP_REQUIRE_THROWS_WITH(y.set_requires_grad(false), autograd_error, "only leaf tensors");
+  MAMCLIP_REQUIRE_THROWS_WITH(y.fill_(1.0), autograd_error, "in-place change");
+}
+
+TEST_CASE("checkpoint recomputes and gives the same gradients") {
+  Generator gen(7);
+  auto w = randn<double>({4, 4}, gen).set_requires_grad();
+  auto x = randn<double>({3, 4}, gen).set_requires_grad();
+  int calls = 0;
+  std::function<Tensor<double>(const std::vector<Tensor<double>>&)> block = [&](const std::vector<Tensor<double>>& in) {
+    ++calls;
+    return tanh(sum(in[0].unsqueeze(1) * w.unsqueeze(0), {2})) * 2.0;
+  };
+  auto plain = sum(exp(block({x})));
+  plain.backward();
+  auto gw = w.grad().clone(), gx = x.grad().clone();
+  w.set_grad(Tensor<double>());
+  x.set_grad(Tensor<double>());
+  calls = 0;
+  auto ck = sum(exp(checkpoint(block, {x})));
+  CHECK(calls == 1);
+  require_allclose(ck, plain.detach(), 1e-14, 0, "same forward");
+  ck.backward();
+  CHECK(calls == 2);  // recomputed once in backward
+  require_allclose(w.grad(), gw, 1e-12, 1e-12, "parameter grads through checkpoint");
+  require_allclose(x.grad(), gx, 1e-12, 1e-12, "input grads through checkpoint");
+}
+
+TEST_CASE("gradcheck catches a wrong gradient") {
+  // A deliberately wrong backward: forward x^2, backward says 3x.
+  auto wrong = [](const std::vector<Tensor<double>>& in) {
+    Tensor<double> y = in[0].detach() * in[0].detach();
+    return autograd::record<double>("Wrong", {in[0]}, y, [x = in[0].detach()](const Tensor<double>& g) {
+      return std::vector<Tensor<double>>{g * x * 3.0};
+    });
+  };
+  auto r = gradcheck(wrong, {tensor<double>({0.5, -1.5, 2.0})});
+  CHECK_FALSE(r.ok);
+  auto right = [](const std::vector<Tensor<double>>& in) { return in[0] * in[0]; };
+  CHECK(gradcheck(right, {tensor<double>({0.5, -1.5, 2.0})}).ok);
+}

@@ -1,0 +1,103 @@
+// Tensor basics: factories, views share storage, element access, printing, errors.
+#include "support/test_support.hpp"
+
+using namespace mamclip;
+using namespace mamclip::test;
+
+TEST_CASE("factories fill and shape tensors") {
+  auto z = zeros<float>({2, 3});
+  CHECK(z.shape() == Shape{2, 3});
+  CHECK(z.numel() == 6);
+  for (float v : z.to_vector()) CHECK(v == 0.0f);
+  auto a = arange<double>(0, 5);
+  CHECK(a.to_vector() == std::vector<double>{0, 1, 2, 3, 4});
+  auto t = tensor<float>({1, 2, 3, 4, 5, 6}, {2, 3});
+  CHECK(t(1, 2) == 6.0f);
+  CHECK(full<int64_t>({2}, 7).to_vector() == std::vector<int64_t>{7, 7});
+}
+
+TEST_CASE("random tensors are reproducible under a seed and differ between draws") {
+  Generator g1(42), g2(42);
+  auto a = randn<float>({5, 7}, g1);
+  auto b = randn<float>({5, 7}, g2);
+  CHECK(a.to_vector() == b.to_vector());
+  auto c = randn<float>({5, 7}, g1);
+  CHECK(a.to_vector() != c.to_vector());
+  auto u = rand<double>({1000}, g1).to_vector();
+  double mean = 0;
+  for (double v : u) {
+    CHECK(v >= 0.0);
+    CHECK(v < 1.0);
+    mean += v / 1000;
+  }
+  CHECK(std::abs(mean - 0.5) < 0.05);
+}
+
+TEST_CASE("views share storage with their base") {
+  auto x = arange<float>(0, 24).reshape({2, 3, 4});
+  auto p = x.permute({2, 0, 1});
+  CHECK(p.shape() == Shape{4, 2, 3});
+  CHECK(p.shares_storage_with(x));
+  CHECK_FALSE(p.is_contiguous());
+  CHECK(p(3, 1, 2) == x(1, 2, 3));
+  auto n = x.narrow(2, 1, 2);
+  n.at({0, 0, 0}) = 100.0f;
+  CHECK(x(0, 0, 1) == 100.0f);
+  auto e = tensor<float>({1, 2, 3}).unsqueeze(0).expand({4, 3});
+  CHECK(e.strides()[0] == 0);
+  CHECK(e(3, 2) == 3.0f);
+  auto s = x.slice(2, 0, 4, 2);
+  CHECK(s.shape() == Shape{2, 3, 2});
+  CHECK(s(1, 1, 1) == x(1, 1, 2));
+  auto c = p.contiguous();
+  CHECK(c.is_contiguous());
+  CHECK_FALSE(c.shares_storage_with(x));
+  CHECK(c.to_vector() == p.to_vector());
+  CHECK(x.select(1, -1).shape() == Shape{2, 4});
+  CHECK(x.flatten(1).shape() == Shape{2, 12});
+  CHECK(x.view({-1, 4}).shape() == Shape{6, 4});
+}
+
+TEST_CASE("view refuses layouts that need a copy; reshape copies") {
+  auto x = arange<float>(0, 6).reshape({2, 3}).t();
+  MAMCLIP_REQUIRE_THROWS_WITH(x.view({6}), shape_error, "cannot be viewed as [6] without a copy");
+  auto r = x.reshape({6});
+  CHECK(r.to_vector() == std::vector<float>{0, 3, 1, 4, 2, 5});
+}
+
+TEST_CASE("bad shapes and indices give typed errors with clear messages") {
+  auto x = zeros<float>({2, 3});
+  MAMCLIP_REQUIRE_THROWS_WITH(x.view({4}), shape_error, "shape [4] is invalid for a tensor of shape [2, 3]");
+  MAMCLIP_REQUIRE_THROWS_WITH(x.at({2, 0}), index_error, "index 2 is out of range for dim 0 of size 2");
+  MAMCLIP_REQUIRE_THROWS_WITH(x.transpose(0, 2), index_error, "dim 2 is out of range for a tensor with 2 dims");
+  MAMCLIP_REQUIRE_THROWS_WITH(x.narrow(1, 2, 2), index_error, "narrow: range [2, 4) is out of bounds for dim 1");
+  MAMCLIP_REQUIRE_THROWS_WITH(x.expand({3, 3}), shape_error, "expand: cannot expand shape [2, 3] to [3, 3]");
+  MAMCLIP_REQUIRE_THROWS_WITH(zeros<float>({2, 3}) + zeros<float>({4}), shape_error,
+                              "add: shapes [2, 3] and [4] cannot be broadcast together");
+  MAMCLIP_REQUIRE_THROWS_WITH(Tensor<float>().shape(), value_error, "undefined tensor");
+  MAMCLIP_REQUIRE_THROWS_WITH(from_vector<float>({1, 2, 3}, {2, 2}), shape_error, "3 values do not fill shape [2, 2]");
+}
+
+TEST_CASE("a device without a registered backend is refused with a device error") {
+  if (device_available(DeviceType::cuda)) SUCCEED("CUDA backend linked; refusal not testable here");
+  else
+    MAMCLIP_REQUIRE_THROWS_WITH(zeros<float>({2}, Device::cuda(0)), device_error,
+                                "no allocator is registered for device cuda:0");
+}
+
+TEST_CASE("dtype casts convert values") {
+  auto x = tensor<float>({1.5f, -2.25f, 3.0f});
+  auto d = x.to<double>();
+  CHECK(d.to_vector() == std::vector<double>{1.5, -2.25, 3.0});
+  auto h = x.to<bfloat16>();
+  CHECK(static_cast<float>(h(1)) == -2.25f);
+  auto i = x.to<int64_t>();
+  CHECK(i.to_vector() == std::vector<int64_t>{1, -2, 3});
+}
+
+TEST_CASE("printing shows values, shape and dtype") {
+  auto s = to_string(tensor<float>({1, 2, 3, 4}, {2, 2}));
+  CHECK(s == "tensor([[1, 2],\n        [3, 4]], shape=[2, 2], dtype=float32)");
+  auto long_row = to_string(arange<int64_t>(0, 10));
+  CHECK(long_row == "tensor([0, 1, 2, ..., 7, 8, 9], shape=[10], dtype=int64)");
+}

@@ -1,0 +1,112 @@
+// Elementwise ops: values, broadcasting, and gradcheck on non-contiguous inputs at awkward sizes.
+#include "support/test_support.hpp"
+
+using namespace mamclip;
+using namespace mamclip::test;
+
+namespace {
+Tensor<double> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) {
+  Generator g(seed);
+  Tensor<double> t = empty<double>(s);
+  return uniform_(t, lo, hi, g);
+}
+using Fn = std::function<Tensor<double>(const std::vector<Tensor<double>>&)>;
+}  // namespace
+
+TEST_CASE("binary ops broadcast like PyTorch") {
+  auto a = tensor<float>({1, 2, 3}, {3, 1});
+  auto b = tensor<float>({10, 20}, {1, 2});
+  auto c = a + b;
+  CHECK(c.shape() == Shape{3, 2});
+  CHECK(c.to_vector() == std::vector<float>{11, 21, 12, 22, 13, 23});
+  CHECK((a * 2.0).to_vector() == std::vector<float>{2, 4, 6});
+  CHECK((1.0 - a).to_vector() == std::vector<float>{0, -1, -2});
+  CHECK((6.0 / a).to_vector() == std::vector<float>{6, 3, 2});
+}
+
+TEST_CASE("binary ops gradcheck with broadcasting and non-contiguous inputs") {
+  const std::vector<std::pair<const char*, Fn>> ops = {
+      {"add", [](auto& v) { return v[0] + v[1]; }},
+      {"sub", [](auto& v) { return v[0] - v[1]; }},
+      {"mul", [](auto& v) { return v[0] * v[1]; }},
+      {"div", [](auto& v) { return v[0] / v[1]; }},
+      {"pow", [](auto& v) { return pow(abs(v[0]) + 0.5, v[1]); }},
+  };
+  for (const auto& [name, fn] : ops) {
+    INFO(name);
+    require_gradcheck(fn, {noncontiguous(rnd({5, 9}, 1)), rnd({9}, 2, 0.5, 2)});
+    require_gradcheck(fn, {rnd({3, 1, 7}, 3), noncontiguous(rnd({5, 7}, 4, 0.5, 2))});
+  }
+}
+
+TEST_CASE("unary ops gradcheck on non-contiguous inputs") {
+  const std::vector<std::pair<const char*, Fn>> ops = {
+      {"neg", [](auto& v) { return -v[0]; }},
+      {"exp", [](auto& v) { return exp(v[0]); }},
+      {"log", [](auto& v) { return log(abs(v[0]) + 0.1); }},
+      {"sqrt", [](auto& v) { return sqrt(abs(v[0]) + 0.1); }},
+      {"rsqrt", [](auto& v) { return rsqrt(abs(v[0]) + 0.1); }},
+      {"abs", [](auto& v) { return abs(v[0]); }},
+      {"tanh", [](auto& v) { return tanh(v[0]); }},
+      {"sigmoid", [](auto& v) { return sigmoid(v[0]); }},
+      {"relu", [](auto& v) { return relu(v[0]); }},
+      {"gelu", [](auto& v) { return gelu(v[0]); }},
+      {"gelu_tanh", [](auto& v) { return gelu(v[0], GeluApproximation::tanh); }},
+      {"clamp", [](auto& v) { return clamp(v[0], -0.7, 0.9); }},
+      {"clamp_min", [](auto& v) { return clamp(v[0], 0.3, std::nullopt); }},
+      {"pow_scalar", [](auto& v) { return pow(v[0], 3.0); }},
+      {"scalar_ops", [](auto& v) { return (2.0 - v[0]) * 3.0 + 1.5 / (v[0] * v[0] + 1.0); }},
+  };
+  for (const auto& [name, fn] : ops) {
+    INFO(name);
+    // Keep inputs away from kinks (abs, relu, clamp) so finite differences are valid.
+    auto x = rnd({7, 13}, 11);
+    auto v = x.to_vector();
+    for (auto& e : v)
+      if (std::abs(e) < 0.05 || std::abs(e + 0.7) < 0.05 || std::abs(e - 0.9) < 0.05 || std::abs(e - 0.3) < 0.05) e += 0.2;
+    require_gradcheck(fn, {noncontiguous(from_vector<double>(v, {7, 13}))});
+  }
+}
+
+TEST_CASE("where and masked_fill select and route gradients") {
+  auto cond = tensor<bool>({true, false, true}, {3});
+  auto a = rnd({2, 3}, 5), b = rnd({3}, 6);
+  auto w = where(cond, a, b);
+  CHECK(w(1, 1) == b(1));
+  CHECK(w(1, 2) == a(1, 2));
+  require_gradcheck([&](auto& v) { return where(cond, v[0], v[1]); }, {noncontiguous(a), b});
+  auto m = masked_fill(a, cond, -1e9);
+  CHECK(m(0, 0) == -1e9);
+  CHECK(m(0, 1) == a(0, 1));
+  require_gradcheck([&](auto& v) { return masked_fill(v[0], cond, 3.0); }, {noncontiguous(a)});
+  MAMCLIP_REQUIRE_THROWS_WITH(masked_fill(rnd({3}, 1), tensor<bool>({true, false}, {2, 1}), 0.0), shape_error,
+                              "must broadcast to the input's shape [3]");
+}
+
+TEST_CASE("dropout is seeded, scales kept elements, and is the identity in eval") {
+  auto x = ones<double>({2000});
+  Generator g1(3), g2(3);
+  auto y1 = dropout(x, 0.25, true, g1), y2 = dropout(x, 0.25, true, g2);
+  CHECK(y1.to_vector() == y2.to_vector());
+  int zeros_count = 0;
+  for (double v : y1.to_vector()) {
+    if (v == 0) ++zeros_count;
+    else CHECK(v == Approx(1 / 0.75));
+  }
+  CHECK(std::abs(zeros_count / 2000.0 - 0.25) < 0.04);
+  CHECK(dropout(x, 0.25, false).is_same(x));
+  Generator g3(9);
+  require_gradcheck([&](auto& v) {
+    Generator g(9);  // same mask for every evaluation
+    return dropout(v[0], 0.4, true, g);
+  }, {rnd({6, 5}, 2)});
+  MAMCLIP_REQUIRE_THROWS_WITH(dropout(x, 1.5, true), value_error, "p must be in [0, 1], got 1.5");
+}
+
+TEST_CASE("half and bfloat16 compute in float") {
+  auto x = tensor<float>({0.5f, 1.0f, -2.0f});
+  auto h = exp(x.to<bfloat16>()).to<float>();
+  require_allclose(h, exp(x), 0, 1e-2);
+  auto hh = (x.to<half>() * x.to<half>()).to<float>();
+  require_allclose(hh, x * x, 0, 1e-3);
+}
