@@ -13,6 +13,8 @@
 //   core/      Tensor<T>, Shape, Device, DType, errors, Generator, factories
 //   autograd/  Node, backward engine, NoGradGuard, checkpoint, gradcheck
 //   ops/       elementwise, reduce, matmul, shape, indexing, softmax, norm, loss
+//   nn/        Module, Linear, LayerNorm, Embedding, Dropout, GELU, Sequential, ModuleList, init
+//   optim/     SGD, AdamW, LR schedules, clip_grad_norm_
 
 #include "mamclip/core/config.hpp"
 #include "mamclip/core/device.hpp"
@@ -34,5 +36,13 @@
 
 #include "mamclip/ops/elementwise/elementwise.hpp"
 #include "mamclip/ops/fwd.hpp"
+#include "mamclip/ops/indexing/indexing.hpp"
+#include "mamclip/ops/loss/loss.hpp"
+#include "mamclip/ops/matmul/matmul.hpp"
+#include "mamclip/ops/norm/norm.hpp"
 #include "mamclip/ops/reduce/reduce.hpp"
 #include "mamclip/ops/shape/shape.hpp"
+#include "mamclip/ops/softmax/softmax.hpp"
+
+#include "mamclip/nn/nn.hpp"
+#include "mamclip/optim/optim.hpp"

@@ -1,0 +1,3 @@
+#pragma once
+// (being written)
+#include "mamclip/ops/fwd.hpp"
