@@ -30,6 +30,7 @@
 
 #include "mamclip/autograd/checkpoint.hpp"
 #include "mamclip/autograd/engine.hpp"
+#include "mamclip/autograd/function.hpp"
 #include "mamclip/autograd/gradcheck.hpp"
 #include "mamclip/autograd/grad_mode.hpp"
 #include "mamclip/autograd/node.hpp"

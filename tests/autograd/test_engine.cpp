@@ -116,3 +116,29 @@ TEST_CASE("gradcheck catches a wrong gradient") {
   auto right = [](const std::vector<Tensor<double>>& in) { return in[0] * in[0]; };
   CHECK(gradcheck(right, {tensor<double>({0.5, -1.5, 2.0})}).ok);
 }
+
+namespace {
+struct Cube : autograd::Function<Cube, double> {
+  static constexpr const char* kName = "CubeBackward";
+  static Tensor<double> forward(Context& ctx, const std::vector<Tensor<double>>& in) {
+    ctx.save_for_backward({in[0]});
+    ctx.values["scale"] = in[1].item();
+    return in[0] * in[0] * in[0] * in[1].item();
+  }
+  static std::vector<Tensor<double>> backward(Context& ctx, const Tensor<double>& grad) {
+    const auto& x = ctx.saved()[0];
+    const double s = std::any_cast<double>(ctx.values.at("scale"));
+    CHECK_FALSE(ctx.needs_input_grad[1]);
+    return {grad * x * x * (3.0 * s), Tensor<double>()};
+  }
+};
+}  // namespace
+
+TEST_CASE("custom functions define their own backward") {
+  auto s = scalar<double>(2.0);
+  require_gradcheck([&](const std::vector<Tensor<double>>& in) { return Cube::apply({in[0], s}); },
+                    {test::noncontiguous(tensor<double>({0.5, -1.25, 2.0, 0.75}, {2, 2}))});
+  auto x = tensor<double>({1.0}).set_requires_grad();
+  auto y = Cube::apply({x, s});
+  CHECK(y.grad_fn()->name() == "CubeBackward");
+}
