@@ -1,0 +1,36 @@
+#pragma once
+// Dropout: inverted dropout while training (zeroes with probability p, scales
+// the rest by 1/(1-p)); the identity in eval mode.
+
+#include <string>
+
+#include "mamclip/nn/module.hpp"
+#include "mamclip/ops/elementwise/elementwise.hpp"
+
+namespace mamclip::nn {
+
+class Dropout : public UnaryModule {
+ public:
+  // Masks are drawn from `gen`, which must outlive the module. The default is
+  // the constructing thread's default generator.
+  explicit Dropout(double p = 0.5, Generator& gen = default_generator()) : p_(p), gen_(&gen) {
+    MAMCLIP_CHECK(p >= 0 && p <= 1, value_error, "Dropout: p must be in [0, 1], got ", p);
+  }
+
+  std::string type_name() const override { return "Dropout"; }
+  std::string extra_repr() const override {
+    std::ostringstream os;
+    os << "p=" << p_;
+    return os.str();
+  }
+  double p() const { return p_; }
+
+ protected:
+  Tensor<float> forward_impl(const Tensor<float>& x) override { return dropout(x, p_, is_training(), *gen_); }
+
+ private:
+  double p_;
+  Generator* gen_;
+};
+
+}  // namespace mamclip::nn
