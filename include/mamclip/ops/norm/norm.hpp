@@ -1,3 +1,82 @@
 #pragma once
-// (being written)
+// layer_norm (with a fused analytic backward for x, weight and bias) and
+// normalize (F.normalize: x / max(||x||_p, eps) along a dim).
+
+#include <memory>
+
+#include "mamclip/autograd/node.hpp"
 #include "mamclip/ops/fwd.hpp"
+#include "mamclip/ops/norm/cpu.hpp"
+#include "mamclip/ops/reduce/reduce.hpp"
+
+namespace mamclip {
+
+namespace detail {
+template <class T>
+void check_affine(const char* name, const Tensor<T>& t, const Shape& normalized_shape) {
+  if (!t.defined()) return;
+  require_cpu("layer_norm", t);
+  MAMCLIP_CHECK(t.shape() == normalized_shape, shape_error, "layer_norm: ", name, " has shape ", shape_str(t.shape()),
+                " but normalized_shape is ", shape_str(normalized_shape), "; expected them equal");
+}
+}  // namespace detail
+
+template <class T>
+Tensor<T> layer_norm(const Tensor<T>& x, const Shape& normalized_shape, const Tensor<T>& weight, const Tensor<T>& bias,
+                     double eps) {
+  using A = acc_t<T>;
+  detail::require_cpu("layer_norm", x);
+  const auto k = static_cast<int64_t>(normalized_shape.size());
+  MAMCLIP_CHECK(k > 0, shape_error, "layer_norm: normalized_shape must have at least one dim, got []");
+  MAMCLIP_CHECK(x.dim() >= k && Shape(x.shape().end() - k, x.shape().end()) == normalized_shape, shape_error,
+                "layer_norm: input has shape ", shape_str(x.shape()), " but normalized_shape is ",
+                shape_str(normalized_shape), "; expected the input's trailing dims to equal normalized_shape");
+  detail::check_affine("weight", weight, normalized_shape);
+  detail::check_affine("bias", bias, normalized_shape);
+
+  const int64_t n = numel_of(normalized_shape), rows = n ? x.numel() / n : 0;
+  Tensor<T> xc = detail::contiguous_values(x);
+  Tensor<T> w = weight.defined() ? detail::contiguous_values(weight) : Tensor<T>();
+  Tensor<T> b = bias.defined() ? detail::contiguous_values(bias) : Tensor<T>();
+  // Per-row statistics in the accumulation type, shared with the backward.
+  auto stats = std::make_shared<std::vector<A>>(2 * static_cast<size_t>(rows));
+  A* mean = stats->data();
+  A* rstd = stats->data() + rows;
+  Tensor<T> y = Tensor<T>::empty(x.shape());
+  cpu::layer_norm(xc.data_ptr(), w.defined() ? w.data_ptr() : nullptr, b.defined() ? b.data_ptr() : nullptr,
+                  y.data_ptr(), mean, rstd, rows, n, eps);
+
+  return autograd::record<T>(
+      "LayerNormBackward", {x, weight, bias}, y,
+      [xc, w, stats, rows, n, normalized_shape](const Tensor<T>& g, const std::vector<bool>& need) {
+        Tensor<T> gc = detail::contiguous_values(g);
+        Tensor<T> dx = need[0] ? Tensor<T>::empty(xc.shape()) : Tensor<T>();
+        Tensor<T> dw = need[1] ? Tensor<T>::empty(normalized_shape) : Tensor<T>();
+        Tensor<T> db = need[2] ? Tensor<T>::empty(normalized_shape) : Tensor<T>();
+        auto ptr = [](const Tensor<T>& t) { return t.defined() ? t.data_ptr() : nullptr; };
+        cpu::layer_norm_backward(gc.data_ptr(), xc.data_ptr(), ptr(w), stats->data(), stats->data() + rows, rows, n,
+                                 ptr(dx), ptr(dw), ptr(db));
+        return std::vector<Tensor<T>>{dx, dw, db};
+      });
+}
+
+template <class T>
+Tensor<T> normalize(const Tensor<T>& x, double p, int64_t dim, double eps) {
+  detail::require_cpu("normalize", x);
+  MAMCLIP_CHECK(p > 0 && std::isfinite(p), value_error, "normalize: p must be positive and finite, got ", p);
+  MAMCLIP_CHECK(eps >= 0, value_error, "normalize: eps must be non-negative, got ", eps);
+  dim = wrap_dim(dim, x.dim(), "normalize");
+  const cpu::Lanes lanes = cpu::lanes_of(x.shape(), dim);
+  Tensor<T> xc = detail::contiguous_values(x);
+  auto norms = std::make_shared<std::vector<acc_t<T>>>(static_cast<size_t>(lanes.count()));
+  Tensor<T> y = Tensor<T>::empty(x.shape());
+  cpu::normalize(xc.data_ptr(), y.data_ptr(), norms->data(), lanes, p, eps);
+  return autograd::record<T>("NormalizeBackward", {x}, y, [xc, norms, lanes, p, eps](const Tensor<T>& g) {
+    Tensor<T> gc = detail::contiguous_values(g);
+    Tensor<T> dx = Tensor<T>::empty(xc.shape());
+    cpu::normalize_backward(gc.data_ptr(), xc.data_ptr(), norms->data(), dx.data_ptr(), lanes, p, eps);
+    return std::vector<Tensor<T>>{dx};
+  });
+}
+
+}  // namespace mamclip

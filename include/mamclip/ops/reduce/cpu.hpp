@@ -1,10 +1,24 @@
 #pragma once
-// CPU reference reductions. A reduction over `dims` is done by moving those dims
-// last and making the tensor contiguous: it is then a [outer, inner] row-major
-// matrix, and each output element reduces one row of length `inner`.
+// CPU reference reductions.
+//
+// A reduction over `dims` is done by moving those dims last and making the
+// tensor contiguous: it is then a [outer, inner] row-major matrix ("rows"), and
+// each output element reduces one row of length `inner`. Gradients are written
+// in the same row layout and permuted back (from_rows).
+//
+// Ops along one dim that keep it (softmax, normalize, the class dim of losses)
+// instead view a contiguous tensor as lanes [outer, size, inner]: element k of
+// lane (o, i) sits at o*size*inner + k*inner + i, so a lane is a strided row and
+// a last-dim lane (inner == 1) is a plain contiguous row.
+//
+// Everything accumulates in acc_t<T>.
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <numeric>
+#include <type_traits>
+#include <utility>
 
 #include "mamclip/core/tensor_data.hpp"
 
@@ -19,13 +33,17 @@ struct ReducePlan {
 
 inline ReducePlan plan_reduce(const Shape& shape, std::vector<int64_t> dims, const char* op) {
   const auto n = static_cast<int64_t>(shape.size());
+  ReducePlan p;
+  if (n == 0) {  // a 0-dim tensor: dim 0 / -1 is accepted (as PyTorch does) and reduces one element
+    for (int64_t d : dims) wrap_dim(d, n, op);
+    return p;
+  }
   std::vector<bool> reduced(n, dims.empty());
   for (int64_t& d : dims) {
     d = wrap_dim(d, n, op);
     MAMCLIP_CHECK(!reduced[d], value_error, op, ": dim ", d, " appears more than once in dims");
     reduced[d] = true;
   }
-  ReducePlan p;
   for (int64_t d = 0; d < n; ++d)
     if (!reduced[d]) {
       p.perm.push_back(d);
@@ -51,21 +69,190 @@ Tensor<T> rows_for(const Tensor<T>& x, const ReducePlan& p) {
   return v.is_contiguous() ? v : detail::contiguous_copy(v);
 }
 
-// out[o] = finish(fold over row o of init, combine), in the accumulation type.
-template <class T, class Init, class Combine, class Finish>
-Tensor<T> reduce_rows(const Tensor<T>& x, const ReducePlan& p, bool keepdim, Init init, Combine combine, Finish finish) {
-  using A = acc_t<T>;
+// The inverse of rows_for: `rows` (shape permuted by the plan) seen in the input's dim order.
+template <class T>
+Tensor<T> from_rows(const Tensor<T>& rows, const ReducePlan& p) {
+  if (rows.shape().empty()) return rows;
+  std::vector<int64_t> inverse(p.perm.size());
+  for (size_t i = 0; i < p.perm.size(); ++i) inverse[p.perm[i]] = static_cast<int64_t>(i);
+  return rows.permute(inverse);
+}
+
+// out[o] = f(row o, inner), where f returns acc_t<T>.
+template <class T, class F>
+Tensor<T> map_rows(const Tensor<T>& x, const ReducePlan& p, bool keepdim, F&& f) {
   Tensor<T> rows = rows_for(x, p);
   Tensor<T> out = Tensor<T>::empty(keepdim ? p.out_shape : p.out_shape_squeezed);
   const T* src = rows.data_ptr();
   T* dst = out.data_ptr();
-  for (int64_t o = 0; o < p.outer; ++o) {
-    A acc = init();
-    const T* row = src + o * p.inner;
-    for (int64_t i = 0; i < p.inner; ++i) acc = combine(acc, static_cast<A>(row[i]));
-    dst[o] = static_cast<T>(finish(acc));
-  }
+  for (int64_t o = 0; o < p.outer; ++o) dst[o] = static_cast<T>(f(src + o * p.inner, p.inner));
   return out;
+}
+
+// out[o] = finish(fold over row o of init, combine), in the accumulation type.
+template <class T, class Init, class Combine, class Finish>
+Tensor<T> reduce_rows(const Tensor<T>& x, const ReducePlan& p, bool keepdim, Init init, Combine combine, Finish finish) {
+  using A = acc_t<T>;
+  return map_rows(x, p, keepdim, [&](const T* row, int64_t n) {
+    A acc = init();
+    for (int64_t i = 0; i < n; ++i) acc = combine(acc, static_cast<A>(row[i]));
+    return finish(acc);
+  });
+}
+
+// Values and indices of each row's extreme: `better(v, best)` says whether v
+// replaces the best so far, so a strict comparison keeps the first index on ties.
+template <class T, class Better>
+std::pair<Tensor<T>, Tensor<int64_t>> arg_reduce_rows(const Tensor<T>& x, const ReducePlan& p, bool keepdim,
+                                                      Better better) {
+  using A = acc_t<T>;
+  Tensor<T> rows = rows_for(x, p);
+  const Shape& s = keepdim ? p.out_shape : p.out_shape_squeezed;
+  Tensor<T> values = Tensor<T>::empty(s);
+  Tensor<int64_t> indices = Tensor<int64_t>::empty(s);
+  for (int64_t o = 0; o < p.outer; ++o) {
+    const T* row = rows.data_ptr() + o * p.inner;
+    int64_t arg = 0;
+    A best = static_cast<A>(row[0]);
+    for (int64_t i = 1; i < p.inner; ++i)
+      if (better(static_cast<A>(row[i]), best)) {
+        best = static_cast<A>(row[i]);
+        arg = i;
+      }
+    values.data_ptr()[o] = row[arg];
+    indices.data_ptr()[o] = arg;
+  }
+  return {values, indices};
+}
+
+// The gradient of a row reduction: f(o, x_row, dx_row, inner) writes row o of
+// dx from row o of x. Returns dx in x's dim order.
+template <class T, class F>
+Tensor<T> grad_rows(const Tensor<T>& x, const ReducePlan& p, F&& f) {
+  Tensor<T> rows = rows_for(x, p);
+  Tensor<T> dx = Tensor<T>::empty(rows.shape());
+  for (int64_t o = 0; o < p.outer; ++o) f(o, rows.data_ptr() + o * p.inner, dx.data_ptr() + o * p.inner, p.inner);
+  return from_rows(dx, p);
+}
+
+// ---- row kernels: x is one row of n elements; g and y are that row's output gradient and value
+
+// Whether v beats the best so far: strictly larger (smaller), or a NaN over a
+// number, so amax / max propagate NaN as PyTorch does.
+template <class A>
+bool greater_or_nan(A v, A best) {
+  return v > best || (std::isnan(v) && !std::isnan(best));
+}
+template <class A>
+bool less_or_nan(A v, A best) {
+  return v < best || (std::isnan(v) && !std::isnan(best));
+}
+
+// amax / amin backward: g is split evenly among the entries equal to y.
+template <class T>
+void extreme_grad_row(const T* x, T* dx, int64_t n, acc_t<T> g, acc_t<T> y) {
+  using A = acc_t<T>;
+  int64_t ties = 0;
+  for (int64_t i = 0; i < n; ++i) ties += static_cast<A>(x[i]) == y;
+  const A share = ties ? g / static_cast<A>(ties) : A(0);
+  for (int64_t i = 0; i < n; ++i) dx[i] = static_cast<T>(static_cast<A>(x[i]) == y ? share : A(0));
+}
+
+// Degrees of freedom of var: max(0, n - correction), as PyTorch (0 gives inf or nan).
+inline double var_dof(int64_t n, int64_t correction) { return std::max<double>(0.0, static_cast<double>(n - correction)); }
+
+template <class T>
+acc_t<T> row_mean(const T* x, int64_t n) {
+  using A = acc_t<T>;
+  A s = 0;
+  for (int64_t i = 0; i < n; ++i) s += static_cast<A>(x[i]);
+  return s / static_cast<A>(n);
+}
+
+// Two passes (mean, then squared deviations): no cancellation for rows far from 0.
+template <class T>
+acc_t<T> var_row(const T* x, int64_t n, int64_t correction) {
+  using A = acc_t<T>;
+  const A m = row_mean(x, n);
+  A ss = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const A d = static_cast<A>(x[i]) - m;
+    ss += d * d;
+  }
+  return ss / static_cast<A>(var_dof(n, correction));
+}
+
+// d var / dx_i = 2 (x_i - mean) / dof.
+template <class T>
+void var_grad_row(const T* x, T* dx, int64_t n, acc_t<T> g, int64_t correction) {
+  using A = acc_t<T>;
+  const A m = row_mean(x, n);
+  const A k = A(2) * g / static_cast<A>(var_dof(n, correction));
+  for (int64_t i = 0; i < n; ++i) dx[i] = static_cast<T>(k * (static_cast<A>(x[i]) - m));
+}
+
+// log(sum(exp(x))) = m + log(sum(exp(x - m))) with m the row max; when m is
+// infinite it is replaced by 0 (PyTorch's rule), so an all -inf row gives
+// log(0) = -inf instead of NaN, and a row holding +inf gives +inf.
+template <class T>
+acc_t<T> logsumexp_row(const T* x, int64_t n) {
+  using A = acc_t<T>;
+  A m = -std::numeric_limits<A>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, static_cast<A>(x[i]));
+  if (std::isinf(m)) m = 0;
+  A s = 0;
+  for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<A>(x[i]) - m);
+  return m + std::log(s);
+}
+
+// d lse / dx_i = exp(x_i - y); an all -inf row (y = -inf) gets a zero gradient instead of NaN.
+template <class T>
+void logsumexp_grad_row(const T* x, T* dx, int64_t n, acc_t<T> g, acc_t<T> y) {
+  using A = acc_t<T>;
+  const bool empty_mass = y == -std::numeric_limits<A>::infinity();
+  for (int64_t i = 0; i < n; ++i) dx[i] = static_cast<T>(empty_mass ? A(0) : g * std::exp(static_cast<A>(x[i]) - y));
+}
+
+// The coordinates of row-major position `flat` in `shape` (for error messages).
+inline Shape unravel_index(int64_t flat, const Shape& shape) {
+  Shape coord(shape.size());
+  for (size_t d = shape.size(); d-- > 0;) {
+    coord[d] = shape[d] ? flat % shape[d] : 0;
+    flat = shape[d] ? flat / shape[d] : 0;
+  }
+  return coord;
+}
+
+// ---- lanes along one dim
+
+struct Lanes {
+  int64_t outer = 1, size = 1, inner = 1;
+  int64_t count() const { return outer * inner; }
+  // Offset of element 0 of lane l (l in [0, count())); the lane's stride is `inner`.
+  int64_t base(int64_t l) const { return (l / inner) * size * inner + l % inner; }
+};
+
+// Lanes along `dim` (already wrapped) of a contiguous tensor of shape s; a 0-dim tensor is one lane of one element.
+inline Lanes lanes_of(const Shape& s, int64_t dim) {
+  Lanes l;
+  if (s.empty()) return l;
+  l.size = s[dim];
+  for (int64_t d = 0; d < dim; ++d) l.outer *= s[d];
+  for (size_t d = dim + 1; d < s.size(); ++d) l.inner *= s[d];
+  return l;
+}
+
+// Runs f(lane, offset of the lane's first element, stride) for every lane, in
+// order: lane o*inner + i is the row-major position of (o, i) in the shape
+// without `dim`. A last-dim lane (inner == 1) is a contiguous row: its stride is
+// passed as a compile-time 1 so f's loops over it vectorise.
+template <class F>
+void for_each_lane(const Lanes& l, F&& f) {
+  if (l.inner == 1) {
+    for (int64_t o = 0; o < l.outer; ++o) f(o, o * l.size, std::integral_constant<int64_t, 1>{});
+    return;
+  }
+  for (int64_t lane = 0; lane < l.count(); ++lane) f(lane, l.base(lane), l.inner);
 }
 
 }  // namespace mamclip::cpu

@@ -18,10 +18,64 @@ void require_cpu(const char* op, const Tensor<T>& x) {
                 " tensors on ", x.device().str());
 }
 
+// x's values in a contiguous row-major buffer, outside the graph (no copy when x already is one).
+template <class T>
+Tensor<T> contiguous_values(const Tensor<T>& x) {
+  return x.is_contiguous() ? x.detach() : contiguous_copy(x);
+}
+
 // Expands a reduced gradient (shape without keepdim, or with) back to `in`.
 template <class T>
 Tensor<T> unreduce(const Tensor<T>& g, const cpu::ReducePlan& p, const Shape& in) {
   return g.reshape(p.out_shape).expand(in);
+}
+
+// Row-major values of a tensor in the accumulation type (a reduced gradient or output, one per row).
+template <class T>
+std::vector<acc_t<T>> acc_values(const Tensor<T>& t) {
+  const std::vector<T> v = t.to_vector();
+  return std::vector<acc_t<T>>(v.begin(), v.end());
+}
+
+template <class T>
+void require_nonempty_rows(const char* op, const Tensor<T>& x, const cpu::ReducePlan& p) {
+  MAMCLIP_CHECK(p.inner > 0, value_error, op, ": cannot reduce over zero elements (input shape ", shape_str(x.shape()),
+                "); the reduced dims must be non-empty");
+}
+
+// amax / amin: the gradient is split evenly among the entries equal to the result (ties).
+template <class T, class Better>
+Tensor<T> extreme(const char* op, const char* node, const Tensor<T>& x, const std::vector<int64_t>& dims, bool keepdim,
+                  Better better) {
+  require_cpu(op, x);
+  const auto p = cpu::plan_reduce(x.shape(), dims, op);
+  require_nonempty_rows(op, x, p);
+  Tensor<T> y = cpu::arg_reduce_rows(x, p, keepdim, better).first;
+  return autograd::record<T>(node, {x}, y, [x = x.detach(), y = y.detach(), p](const Tensor<T>& g) {
+    const auto gv = acc_values(g), yv = acc_values(y);
+    return std::vector<Tensor<T>>{cpu::grad_rows(x, p, [&](int64_t o, const T* xr, T* dx, int64_t n) {
+      cpu::extreme_grad_row(xr, dx, n, gv[o], yv[o]);
+    })};
+  });
+}
+
+// max / min along one dim with indices: the gradient goes to the chosen index only.
+template <class T, class Better>
+std::pair<Tensor<T>, Tensor<int64_t>> arg_extreme(const char* op, const char* node, const Tensor<T>& x, int64_t dim,
+                                                  bool keepdim, Better better) {
+  require_cpu(op, x);
+  const auto p = cpu::plan_reduce(x.shape(), {dim}, op);
+  require_nonempty_rows(op, x, p);
+  auto [values, indices] = cpu::arg_reduce_rows(x, p, keepdim, better);
+  values = autograd::record<T>(node, {x}, values, [x = x.detach(), p, indices](const Tensor<T>& g) {
+    const auto gv = acc_values(g);
+    const std::vector<int64_t> iv = indices.to_vector();
+    return std::vector<Tensor<T>>{cpu::grad_rows(x, p, [&](int64_t o, const T*, T* dx, int64_t n) {
+      std::fill(dx, dx + n, T(0));
+      dx[iv[o]] = static_cast<T>(gv[o]);
+    })};
+  });
+  return {values, indices};
 }
 }  // namespace detail
 
@@ -45,6 +99,53 @@ Tensor<T> mean(const Tensor<T>& x, const std::vector<int64_t>& dims, bool keepdi
   Tensor<T> y = cpu::reduce_rows(x, p, keepdim, [] { return A(0); }, [](A a, A v) { return a + v; }, [n](A a) { return a / n; });
   return autograd::record<T>("MeanBackward", {x}, y, [p, in = x.shape()](const Tensor<T>& g) {
     return std::vector<Tensor<T>>{detail::unreduce(mul(g, 1.0 / static_cast<double>(p.inner)), p, in)};
+  });
+}
+
+template <class T>
+Tensor<T> amax(const Tensor<T>& x, const std::vector<int64_t>& dims, bool keepdim) {
+  return detail::extreme("amax", "AmaxBackward", x, dims, keepdim, cpu::greater_or_nan<acc_t<T>>);
+}
+
+template <class T>
+Tensor<T> amin(const Tensor<T>& x, const std::vector<int64_t>& dims, bool keepdim) {
+  return detail::extreme("amin", "AminBackward", x, dims, keepdim, cpu::less_or_nan<acc_t<T>>);
+}
+
+template <class T>
+std::pair<Tensor<T>, Tensor<int64_t>> max(const Tensor<T>& x, int64_t dim, bool keepdim) {
+  return detail::arg_extreme("max", "MaxBackward", x, dim, keepdim, cpu::greater_or_nan<acc_t<T>>);
+}
+
+template <class T>
+std::pair<Tensor<T>, Tensor<int64_t>> min(const Tensor<T>& x, int64_t dim, bool keepdim) {
+  return detail::arg_extreme("min", "MinBackward", x, dim, keepdim, cpu::less_or_nan<acc_t<T>>);
+}
+
+template <class T>
+Tensor<T> var(const Tensor<T>& x, const std::vector<int64_t>& dims, int64_t correction, bool keepdim) {
+  detail::require_cpu("var", x);
+  MAMCLIP_CHECK(correction >= 0, value_error, "var: correction must be non-negative, got ", correction);
+  const auto p = cpu::plan_reduce(x.shape(), dims, "var");
+  Tensor<T> y = cpu::map_rows(x, p, keepdim, [correction](const T* row, int64_t n) { return cpu::var_row(row, n, correction); });
+  return autograd::record<T>("VarBackward", {x}, y, [x = x.detach(), p, correction](const Tensor<T>& g) {
+    const auto gv = detail::acc_values(g);
+    return std::vector<Tensor<T>>{cpu::grad_rows(x, p, [&](int64_t o, const T* xr, T* dx, int64_t n) {
+      cpu::var_grad_row(xr, dx, n, gv[o], correction);
+    })};
+  });
+}
+
+template <class T>
+Tensor<T> logsumexp(const Tensor<T>& x, const std::vector<int64_t>& dims, bool keepdim) {
+  detail::require_cpu("logsumexp", x);
+  const auto p = cpu::plan_reduce(x.shape(), dims, "logsumexp");
+  Tensor<T> y = cpu::map_rows(x, p, keepdim, [](const T* row, int64_t n) { return cpu::logsumexp_row(row, n); });
+  return autograd::record<T>("LogsumexpBackward", {x}, y, [x = x.detach(), y = y.detach(), p](const Tensor<T>& g) {
+    const auto gv = detail::acc_values(g), yv = detail::acc_values(y);
+    return std::vector<Tensor<T>>{cpu::grad_rows(x, p, [&](int64_t o, const T* xr, T* dx, int64_t n) {
+      cpu::logsumexp_grad_row(xr, dx, n, gv[o], yv[o]);
+    })};
   });
 }
 

@@ -1,0 +1,133 @@
+#pragma once
+// CPU reference layer norm and p-norm normalisation.
+//
+// layer_norm works on rows [rows, n] of a contiguous input (n = the product of
+// normalized_shape). Per row, in acc_t<T>:
+//   mean = sum(x) / n,  var = sum((x - mean)^2) / n  (biased, as PyTorch),
+//   rstd = 1 / sqrt(var + eps),  xhat = (x - mean) * rstd,  y = xhat * w + b.
+// Backward, with dxhat = g * w:
+//   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
+//   dw = sum over rows of g * xhat,  db = sum over rows of g.
+//
+// normalize works on lanes along a dim (ops/reduce/cpu.hpp):
+//   y = x / d,  d = max(||x||_p, eps).
+
+#include <cmath>
+#include <vector>
+
+#include "mamclip/ops/reduce/cpu.hpp"
+
+namespace mamclip::cpu {
+
+// w and b may be null (no affine weight / bias); mean and rstd receive one value per row.
+template <class T>
+void layer_norm(const T* x, const T* w, const T* b, T* y, acc_t<T>* mean, acc_t<T>* rstd, int64_t rows, int64_t n,
+                double eps) {
+  using A = acc_t<T>;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * n;
+    T* yr = y + r * n;
+    const A m = row_mean(xr, n);
+    A ss = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const A d = static_cast<A>(xr[j]) - m;
+      ss += d * d;
+    }
+    const A rs = A(1) / std::sqrt(ss / static_cast<A>(n) + static_cast<A>(eps));
+    for (int64_t j = 0; j < n; ++j) {
+      A v = (static_cast<A>(xr[j]) - m) * rs;
+      if (w) v *= static_cast<A>(w[j]);
+      if (b) v += static_cast<A>(b[j]);
+      yr[j] = static_cast<T>(v);
+    }
+    mean[r] = m;
+    rstd[r] = rs;
+  }
+}
+
+// dx, dw and db may each be null (not wanted); w may be null (no weight).
+template <class T>
+void layer_norm_backward(const T* g, const T* x, const T* w, const acc_t<T>* mean, const acc_t<T>* rstd, int64_t rows,
+                         int64_t n, T* dx, T* dw, T* db) {
+  using A = acc_t<T>;
+  std::vector<A> dw_acc(dw ? n : 0, A(0)), db_acc(db ? n : 0, A(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gr = g + r * n;
+    const T* xr = x + r * n;
+    auto xhat = [&](int64_t j) { return (static_cast<A>(xr[j]) - mean[r]) * rstd[r]; };
+    auto dxhat = [&](int64_t j) { return w ? static_cast<A>(gr[j]) * static_cast<A>(w[j]) : static_cast<A>(gr[j]); };
+    if (dw || db)
+      for (int64_t j = 0; j < n; ++j) {
+        if (dw) dw_acc[j] += static_cast<A>(gr[j]) * xhat(j);
+        if (db) db_acc[j] += static_cast<A>(gr[j]);
+      }
+    if (!dx) continue;
+    A sum_dxhat = 0, sum_dxhat_xhat = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      sum_dxhat += dxhat(j);
+      sum_dxhat_xhat += dxhat(j) * xhat(j);
+    }
+    const A mean_dxhat = sum_dxhat / static_cast<A>(n), mean_dxhat_xhat = sum_dxhat_xhat / static_cast<A>(n);
+    for (int64_t j = 0; j < n; ++j)
+      dx[r * n + j] = static_cast<T>(rstd[r] * (dxhat(j) - mean_dxhat - xhat(j) * mean_dxhat_xhat));
+  }
+  for (int64_t j = 0; dw && j < n; ++j) dw[j] = static_cast<T>(dw_acc[j]);
+  for (int64_t j = 0; db && j < n; ++j) db[j] = static_cast<T>(db_acc[j]);
+}
+
+// ||x||_p of one lane (p > 0, finite); p = 1 and p = 2 avoid pow.
+template <class T, class Stride>
+acc_t<T> pnorm_lane(const T* x, int64_t n, Stride stride, double p) {
+  using A = acc_t<T>;
+  A s = 0;
+  if (p == 2) {
+    for (int64_t k = 0; k < n; ++k) s += static_cast<A>(x[k * stride]) * static_cast<A>(x[k * stride]);
+    return std::sqrt(s);
+  }
+  if (p == 1) {
+    for (int64_t k = 0; k < n; ++k) s += std::abs(static_cast<A>(x[k * stride]));
+    return s;
+  }
+  for (int64_t k = 0; k < n; ++k) s += std::pow(std::abs(static_cast<A>(x[k * stride])), static_cast<A>(p));
+  return std::pow(s, static_cast<A>(1.0 / p));
+}
+
+// norms receives ||x||_p per lane (for the backward).
+template <class T>
+void normalize(const T* x, T* y, acc_t<T>* norms, const Lanes& l, double p, double eps) {
+  using A = acc_t<T>;
+  for_each_lane(l, [&](int64_t lane, int64_t off, auto stride) {
+    const A norm = pnorm_lane(x + off, l.size, stride, p);
+    const A inv = A(1) / std::max(norm, static_cast<A>(eps));
+    for (int64_t k = 0; k < l.size; ++k) y[off + k * stride] = static_cast<T>(static_cast<A>(x[off + k * stride]) * inv);
+    norms[lane] = norm;
+  });
+}
+
+// With d = max(norm, eps) and dot = sum(g * x):
+//   dx_j = g_j / d - [norm >= eps] * dot / d^2 * d norm / dx_j,
+//   d norm / dx_j = sign(x_j) |x_j|^(p-1) / norm^(p-1)   (x_j / norm for p = 2).
+// The clamp passes the gradient where norm >= eps (PyTorch's clamp_min); the
+// norm's own gradient is taken as 0 where x_j = 0 or norm = 0 (a subgradient;
+// |x_j|^(p-1) is infinite there for p < 1).
+template <class T>
+void normalize_backward(const T* g, const T* x, const acc_t<T>* norms, T* dx, const Lanes& l, double p, double eps) {
+  using A = acc_t<T>;
+  for_each_lane(l, [&](int64_t lane, int64_t off, auto stride) {
+    const A norm = norms[lane], e = static_cast<A>(eps);
+    const A d = std::max(norm, e);
+    A dot = 0;
+    for (int64_t k = 0; k < l.size; ++k) dot += static_cast<A>(g[off + k * stride]) * static_cast<A>(x[off + k * stride]);
+    const bool through_norm = norm >= e && norm > 0;
+    const A c = through_norm ? dot / (d * d) / (p == 2 ? norm : std::pow(norm, static_cast<A>(p - 1))) : A(0);
+    for (int64_t k = 0; k < l.size; ++k) {
+      const A xk = static_cast<A>(x[off + k * stride]);
+      A dn = 0;  // norm^(p-1) * d norm / dx_k
+      if (p == 2) dn = xk;
+      else if (xk != 0) dn = (xk > 0 ? A(1) : A(-1)) * std::pow(std::abs(xk), static_cast<A>(p - 1));
+      dx[off + k * stride] = static_cast<T>(static_cast<A>(g[off + k * stride]) / d - c * dn);
+    }
+  });
+}
+
+}  // namespace mamclip::cpu
