@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The CUDA check for a machine with a GPU: configure and build with the CUDA
+# backend, run every CUDA test (CTest label "cuda"), print a short table.
+# Exits non-zero if a build step or a test fails, or if the GPU tests were
+# skipped (no device found on a machine that is meant to have one).
+#
+#   benchmarks/gpu_check.sh                     # build dir build-gpu, arch from nvidia-smi
+#   BUILD_DIR=/tmp/b MAMCLIP_CUDA_ARCHITECTURES=90 benchmarks/gpu_check.sh
+#
+# Kernel work extends it: a new test under tests/cuda/ is picked up by its
+# file name; a GPU benchmark goes into EXTRA_TARGETS and extra_steps below.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${BUILD_DIR:-$root/build-gpu}
+jobs=${JOBS:-$(nproc)}
+EXTRA_TARGETS=()
+
+echo "== device"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader
+else
+  echo "nvidia-smi not found"
+fi
+nvcc --version | tail -n 2 | head -n 1
+
+# Compile for the GPU at hand only (one architecture builds twice as fast).
+arch=${MAMCLIP_CUDA_ARCHITECTURES:-}
+if [[ -z $arch ]] && command -v nvidia-smi >/dev/null; then
+  arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d ' .')
+fi
+arch=${arch:-80;90}
+echo "architectures: $arch"
+
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+
+echo "== configure"
+mkdir -p "$build"
+t0=$SECONDS
+cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DMAMCLIP_WITH_CUDA=ON \
+  "-DMAMCLIP_CUDA_ARCHITECTURES=$arch" -DMAMCLIP_BUILD_EXAMPLES=OFF -DMAMCLIP_BUILD_BENCHMARKS=OFF >"$build/gpu_check.configure.log" 2>&1 \
+  || { tail -n 40 "$build/gpu_check.configure.log"; exit 1; }
+configure_s=$((SECONDS - t0))
+
+# Test executables are named after their sources in tests/cuda/.
+targets=(mamclip_cuda)
+for src in "$root"/tests/cuda/*.cpp "$root"/tests/cuda/*.cu; do
+  [[ -e $src ]] && targets+=("$(basename "${src%.*}")")
+done
+targets+=("${EXTRA_TARGETS[@]}")
+
+echo "== build: ${targets[*]}"
+t0=$SECONDS
+cmake --build "$build" -j "$jobs" --target "${targets[@]}"
+build_s=$((SECONDS - t0))
+
+echo "== test"
+t0=$SECONDS
+set +e
+ctest --test-dir "$build" -L cuda --output-on-failure >"$build/gpu_check.ctest.log" 2>&1
+ctest_rc=$?
+set -e
+test_s=$((SECONDS - t0))
+cat "$build/gpu_check.ctest.log"
+
+# Hook for kernel work: benchmarks that validate against the CPU, then time.
+extra_steps() {
+  :
+}
+extra_steps
+
+echo
+echo "== summary"
+printf '%-28s %-10s %8s\n' "test" "result" "seconds"
+# ctest lines look like: " 1/2 Test #13: test_cuda_backend ........   Passed    0.52 sec"
+awk '/Test +#[0-9]+:/ {
+       name = $4; sub(/ .*/, "", name);
+       res = ($0 ~ /Passed/) ? "passed" : ($0 ~ /Skipped|Not Run/) ? "SKIPPED" : "FAILED";
+       secs = $(NF - 1);
+       printf "%-28s %-10s %8s\n", name, res, secs
+     }' "$build/gpu_check.ctest.log"
+printf '%-28s %-10s %8s\n' "(configure)" "" "$configure_s"
+printf '%-28s %-10s %8s\n' "(build)" "" "$build_s"
+printf '%-28s %-10s %8s\n' "(tests)" "" "$test_s"
+
+if grep -q "Skipped\|Not Run" "$build/gpu_check.ctest.log"; then
+  echo "GPU tests were skipped: no CUDA device was visible to them"
+  exit 2
+fi
+exit "$ctest_rc"

@@ -1,0 +1,20 @@
+#pragma once
+// Switches of the CUDA backend that plain C++ code may set (no CUDA header is
+// included here). They are read at each kernel call.
+
+#include <atomic>
+
+namespace mamclip::cuda {
+
+namespace detail {
+inline std::atomic<bool> allow_tf32_flag{false};
+}  // namespace detail
+
+// Whether float32 GEMMs may use TF32 tensor cores (10-bit mantissa products,
+// float accumulation): several times faster on sm_80+, relative error about
+// 1e-3 instead of 1e-6. Off by default, like
+// torch.backends.cuda.matmul.allow_tf32.
+inline void set_allow_tf32(bool on) { detail::allow_tf32_flag.store(on, std::memory_order_relaxed); }
+inline bool allow_tf32() { return detail::allow_tf32_flag.load(std::memory_order_relaxed); }
+
+}  // namespace mamclip::cuda

@@ -1,0 +1,88 @@
+#pragma once
+// mamclip's CUDA backend: kernels, their launchers and the CUDA runtime
+// pieces. Only nvcc compiles this header.
+//
+// The CPU headers never change meaning with CUDA: tensors on Device::cuda()
+// work once the backend has registered its allocator, copier and kernels at
+// start-up. Either link the mamclip::cuda CMake target (nothing to include),
+// or, without CMake, define the implementation in exactly one .cu file of the
+// program, the way stb libraries are used:
+//
+//   // cuda_backend.cu
+//   #define MAMCLIP_CUDA_IMPLEMENTATION
+//   #include <mamclip/cuda.hpp>
+//
+//   // main.cpp, compiled by any C++20 compiler
+//   #include <mamclip/mamclip.hpp>
+//   auto x = mamclip::randn<float>({64, 33}).to(mamclip::Device::cuda());
+//   auto y = mamclip::matmul(x, x.t()).to(mamclip::kCPU);
+//
+// An op without a CUDA kernel throws device_error naming the op.
+//
+// defines:
+//   core/cuda/check.cuh           MAMCLIP_CUDA_CHECK, MAMCLIP_CUBLAS_CHECK, MAMCLIP_CUDA_CHECK_LAUNCH
+//   core/cuda/device.cuh          device_count, DeviceGuard, current_stream, StreamGuard
+//   core/cuda/caching_allocator   MemoryStats, CachingAllocatorCore, empty_cache, memory_stats (plain C++)
+//   core/cuda/allocator.cuh       CudaCachingAllocator (cudaMalloc), copy_device_bytes
+//   core/cuda/cublas.cuh          cublas_handle
+//   core/cuda/settings.hpp        set_allow_tf32 (plain C++)
+//   core/cuda/types.cuh           device_t (Eigen 16-bit types as __half / __nv_bfloat16), Pack
+//   core/cuda/tensor_data.cuh     "fill", "strided_copy" for every dtype
+//   ops/elementwise/cuda.cuh      "add", "add_contiguous" for float, double, half, bfloat16
+//   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16
+//   register_backend()            registers all of the above (the implementation unit calls it)
+
+#if !defined(__CUDACC__)
+#error "mamclip/cuda.hpp is CUDA code: compile it with nvcc. Plain C++ code includes mamclip/mamclip.hpp and links mamclip::cuda."
+#endif
+
+// mamclip uses Eigen on the host only. Without this, nvcc compiles Eigen's
+// functions as __host__ __device__ (dozens of warnings, slower builds); with
+// it, Eigen's inline functions are the ones the host compiler sees in .cpp
+// files. Define MAMCLIP_KEEP_EIGEN_CUDA to use Eigen in your own kernels.
+#if !defined(EIGEN_NO_CUDA) && !defined(MAMCLIP_KEEP_EIGEN_CUDA)
+#define EIGEN_NO_CUDA
+#endif
+
+#include "mamclip/core/cuda/allocator.cuh"
+#include "mamclip/core/cuda/caching_allocator.hpp"
+#include "mamclip/core/cuda/check.cuh"
+#include "mamclip/core/cuda/cublas.cuh"
+#include "mamclip/core/cuda/device.cuh"
+#include "mamclip/core/cuda/settings.hpp"
+#include "mamclip/core/cuda/tensor_data.cuh"
+#include "mamclip/core/cuda/types.cuh"
+#include "mamclip/core/storage.hpp"
+#include "mamclip/ops/elementwise/cuda.cuh"
+#include "mamclip/ops/matmul/cuda.cuh"
+
+namespace mamclip::cuda {
+
+// The process-wide CUDA allocator. Never destroyed: tensors in static storage
+// may be freed after every other static object is gone.
+inline CudaCachingAllocator& allocator() {
+  static auto* a = new CudaCachingAllocator;
+  return *a;
+}
+
+// Registers the CUDA device and every kernel above. Needs no GPU, so a program
+// without one starts normally and fails only when it asks for CUDA memory.
+// Idempotent.
+inline void register_backend() {
+  register_device(DeviceType::cuda, &allocator(), &copy_device_bytes);
+  register_tensor_data_kernels();
+  register_elementwise_kernels();
+  register_matmul_kernels();
+}
+
+}  // namespace mamclip::cuda
+
+#if defined(MAMCLIP_CUDA_IMPLEMENTATION)
+namespace mamclip::cuda::detail {
+// Runs register_backend() during static initialisation of the implementation unit.
+struct BackendRegistration {
+  BackendRegistration() { register_backend(); }
+};
+static const BackendRegistration backend_registration;
+}  // namespace mamclip::cuda::detail
+#endif

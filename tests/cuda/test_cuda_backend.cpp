@@ -1,0 +1,520 @@
+// The CUDA backend, tested from plain C++ as a user program sees it (through
+// mamclip.hpp, the kernel registry and Device::cuda()).
+//
+// Without a GPU: registration, the caching allocator's bookkeeping on a fake
+// raw allocator, the error macros and the "no device" error. With a GPU (cases
+// tagged [gpu]; without one each prints "skipped: no CUDA device" and CTest
+// reports it skipped): every kernel against the CPU reference on random
+// inputs, at sizes that are not multiples of 8 and on misaligned pointers.
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cstdint>
+#include <limits>
+#include <map>
+
+#include "mamclip/core/cuda/caching_allocator.hpp"
+#include "mamclip/core/cuda/check.cuh"
+#include "mamclip/core/cuda/settings.hpp"
+#include "support/test_support.hpp"
+
+using namespace mamclip;
+using namespace mamclip::test;
+// cublas_v2.h (through check.cuh) brings in cuda_fp16.h, whose global ::half clashes with mamclip::half here.
+using f16 = mamclip::half;
+
+namespace {
+
+int gpu_count() {
+  static const int n = [] {
+    int c = 0;
+    if (cudaGetDeviceCount(&c) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
+    return c;
+  }();
+  return n;
+}
+
+#define MAMCLIP_SKIP_WITHOUT_GPU()         \
+  do {                                     \
+    if (gpu_count() == 0) {                \
+      WARN("skipped: no CUDA device");     \
+      return;                              \
+    }                                      \
+  } while (0)
+
+const Device kGPU = Device::cuda(0);
+
+template <class T>
+Tensor<T> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) {
+  Generator g(seed);
+  Tensor<T> t = empty<T>(s);
+  return uniform_(t, lo, hi, g);
+}
+
+template <class T>
+void require_equal(const Tensor<T>& actual, const Tensor<T>& expected, const std::string& what) {
+  INFO(what);
+  REQUIRE(actual.shape() == expected.shape());
+  const auto a = actual.to_vector(), b = expected.to_vector();
+  size_t bad = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!(a[i] == b[i])) ++bad;
+  CHECK(bad == 0);
+}
+
+// A raw allocator that hands out fake addresses and enforces a capacity.
+struct FakeRaw {
+  size_t capacity = SIZE_MAX, in_use = 0;
+  int allocs = 0, frees = 0;
+  uintptr_t next = 0x100000;
+  std::map<void*, size_t> live;
+  void* allocate(size_t n, int) {
+    if (n > capacity - in_use) return nullptr;
+    void* p = reinterpret_cast<void*>(next);
+    next += n + 4096;
+    live[p] = n;
+    in_use += n;
+    ++allocs;
+    return p;
+  }
+  void free(void* p, int) {
+    auto it = live.find(p);
+    REQUIRE(it != live.end());
+    in_use -= it->second;
+    live.erase(it);
+    ++frees;
+  }
+};
+
+using Core = cuda::CachingAllocatorCore<FakeRaw>;
+constexpr size_t MiB = size_t(1) << 20;
+
+}  // namespace
+
+// ---------------------------------------------------------------- no GPU needed
+
+TEST_CASE("linking mamclip::cuda registers the CUDA device and its kernels") {
+  CHECK(device_available(DeviceType::cuda));
+  auto& r = KernelRegistry::get();
+  const auto dev = DeviceType::cuda;
+  CHECK(r.find<BinaryKernel<float>>("add", DType::f32, dev) != nullptr);
+  CHECK(r.find<BinaryKernel<bfloat16>>("add", DType::bf16, dev) != nullptr);
+  CHECK(r.find<BinaryKernel<f16>>("add", DType::f16, dev) != nullptr);
+  CHECK(r.find<BinaryKernel<double>>("add", DType::f64, dev) != nullptr);
+  CHECK(r.find<AddKernel<float>>("add_contiguous", DType::f32, dev) != nullptr);
+  CHECK(r.find<AddKernel<bfloat16>>("add_contiguous", DType::bf16, dev) != nullptr);
+  for (DType d : {DType::f32, DType::f64, DType::f16, DType::bf16, DType::i64, DType::i32, DType::u8, DType::boolean}) {
+    INFO(dtype_name(d));
+    CHECK(r.find<void(void*)>("fill", d, dev) != nullptr);
+    CHECK(r.find<void(void*)>("strided_copy", d, dev) != nullptr);
+  }
+  for (DType d : {DType::f32, DType::f64, DType::f16, DType::bf16}) {
+    INFO(dtype_name(d));
+    CHECK(r.find<void(void*)>("gemm", d, dev) != nullptr);
+  }
+  // An op the backend does not implement stays unregistered (its call throws; see the [gpu] case).
+  CHECK(r.find<UnaryKernel<float>>("exp", DType::f32, dev) == nullptr);
+  // The backend's plain C++ handles reach the registered allocator (they throw when it is missing).
+  CHECK_NOTHROW(cuda::memory_stats(0));
+  CHECK_FALSE(cuda::allow_tf32());
+}
+
+TEST_CASE("without a device, CUDA memory requests throw device_error naming the device") {
+  const int n = gpu_count();
+  const std::string expected = "allocating 16 bytes on cuda:" + std::to_string(n) + ": no such device (" +
+                               std::to_string(n) + " CUDA device" + (n == 1 ? "" : "s") + " visible)";
+  MAMCLIP_REQUIRE_THROWS_WITH(Tensor<float>::empty({4}, Device::cuda(n)), device_error, expected);
+  MAMCLIP_REQUIRE_THROWS_WITH(Tensor<float>::empty({4}, Device::cuda(-1)), device_error,
+                              "CUDA allocator: device index -1 is out of range [0, 64)");
+}
+
+namespace {
+cudaError_t failing_cuda_call() { return cudaErrorInvalidValue; }
+cublasStatus_t failing_cublas_call() { return CUBLAS_STATUS_INVALID_VALUE; }
+}  // namespace
+
+TEST_CASE("CUDA error macros throw device_error with file:line, the call and the error text") {
+  int line = 0;
+  std::string msg;
+  try {
+    line = __LINE__ + 1;
+    MAMCLIP_CUDA_CHECK(failing_cuda_call());
+  } catch (const device_error& e) {
+    msg = e.what();
+  }
+  CHECK(msg == std::string(__FILE__) + ":" + std::to_string(line) +
+                   ": failing_cuda_call() failed: cudaErrorInvalidValue (invalid argument)");
+  msg.clear();
+  try {
+    line = __LINE__ + 1;
+    MAMCLIP_CUBLAS_CHECK(failing_cublas_call());
+  } catch (const device_error& e) {
+    msg = e.what();
+  }
+  CHECK(msg == std::string(__FILE__) + ":" + std::to_string(line) + ": failing_cublas_call() failed: " +
+                   "CUBLAS_STATUS_INVALID_VALUE (" + cublasGetStatusString(CUBLAS_STATUS_INVALID_VALUE) + ")");
+  CHECK(msg.find("CUBLAS_STATUS_INVALID_VALUE (") != std::string::npos);
+  CHECK_NOTHROW([] { MAMCLIP_CUDA_CHECK(cudaSuccess); }());
+}
+
+TEST_CASE("caching allocator rounds sizes to 512 B, and to 2 MiB above 1 MiB") {
+  using cuda::round_size;
+  CHECK(round_size(1) == 512);
+  CHECK(round_size(512) == 512);
+  CHECK(round_size(513) == 1024);
+  CHECK(round_size(4099 * 4) == 16896);
+  CHECK(round_size(MiB) == MiB);
+  CHECK(round_size(MiB + 1) == 2 * MiB);
+  CHECK(round_size(3 * MiB) == 4 * MiB);
+  CHECK(round_size(4 * MiB) == 4 * MiB);
+}
+
+TEST_CASE("caching allocator: steady state reuses blocks without raw allocations or frees") {
+  Core c;
+  const std::vector<size_t> sizes{100, 4099 * 4, 3 * MiB, 513};
+  for (int iter = 0; iter < 10; ++iter) {
+    std::vector<void*> ptrs;
+    for (size_t s : sizes) ptrs.push_back(c.allocate(s, 0, 0));
+    if (iter == 0) CHECK(c.stats(0).allocated_bytes == 512 + 16896 + 4 * MiB + 1024);
+    for (void* p : ptrs) c.deallocate(p);
+  }
+  const auto st = c.stats(0);
+  CHECK(c.raw().allocs == 4);
+  CHECK(c.raw().frees == 0);
+  CHECK(st.cache_misses == 4);
+  CHECK(st.cache_hits == 36);
+  CHECK(st.allocated_bytes == 0);
+  CHECK(st.reserved_bytes == 512 + 16896 + 4 * MiB + 1024);
+  CHECK(st.peak_allocated_bytes == 512 + 16896 + 4 * MiB + 1024);
+
+  c.empty_cache();
+  CHECK(c.raw().frees == 4);
+  CHECK(c.raw().live.empty());
+  CHECK(c.stats(0).reserved_bytes == 0);
+  CHECK(c.stats(0).raw_frees == 4);
+
+  CHECK(c.allocate(0, 0, 0) == nullptr);  // no block for an empty tensor
+  c.deallocate(nullptr);
+  CHECK(c.raw().allocs == 4);
+}
+
+TEST_CASE("caching allocator: best fit up to twice the request; streams and devices never share blocks") {
+  Core c;
+  void* big = c.allocate(8 * MiB, 0, 0);
+  c.deallocate(big);
+  // 3 MiB rounds to 4 MiB; the cached 8 MiB block is at most twice that, so it is reused whole.
+  void* p = c.allocate(3 * MiB, 0, 0);
+  CHECK(p == big);
+  CHECK(c.stats(0).allocated_bytes == 8 * MiB);
+  c.deallocate(p);
+  // 1.5 MiB rounds to 2 MiB: the 8 MiB block would waste too much.
+  void* q = c.allocate(3 * MiB / 2, 0, 0);
+  CHECK(q != big);
+  CHECK(c.raw().allocs == 2);
+  c.deallocate(q);
+
+  void* s1 = c.allocate(1000, 0, /*stream=*/1);
+  c.deallocate(s1);
+  void* s2 = c.allocate(1000, 0, /*stream=*/2);
+  CHECK(s2 != s1);
+  void* d1 = c.allocate(1000, 1, /*stream=*/1);
+  CHECK(d1 != s1);
+  CHECK(c.allocate(1000, 0, 1) == s1);
+  CHECK(c.raw().allocs == 5);
+  CHECK(c.stats(1).allocated_bytes == 1024);
+  CHECK(c.stats(1).cache_misses == 1);
+}
+
+TEST_CASE("caching allocator: out of memory frees the cache and retries, then reports sizes") {
+  Core c;
+  c.raw().capacity = 6 * MiB;
+  void* a = c.allocate(2 * MiB, 0, 0);
+  c.deallocate(a);
+  CHECK(c.stats(0).reserved_bytes == 2 * MiB);
+  // 6 MiB does not fit beside the cached 2 MiB block: the cache is released and the allocation retried.
+  void* b = c.allocate(6 * MiB, 0, 0);
+  CHECK(b != nullptr);
+  CHECK(c.raw().frees == 1);
+  CHECK(c.stats(0).raw_frees == 1);
+  CHECK(c.stats(0).reserved_bytes == 6 * MiB);
+  MAMCLIP_REQUIRE_THROWS_WITH(c.allocate(2 * MiB, 0, 0), device_error,
+                              "out of memory on cuda:0: allocating 2097152 bytes (2097152 rounded) with 6291456 bytes "
+                              "allocated and 6291456 reserved by mamclip; free memory or use smaller batches");
+  c.deallocate(b);
+  CHECK(c.stats(0).allocated_bytes == 0);
+}
+
+TEST_CASE("caching allocator rejects pointers it does not own and double frees") {
+  Core c;
+  int x = 0;
+  MAMCLIP_REQUIRE_THROWS_WITH(c.deallocate(&x), device_error, "that it did not allocate or that was already freed");
+  void* p = c.allocate(10, 0, 0);
+  c.deallocate(p);
+  MAMCLIP_REQUIRE_THROWS_WITH(c.deallocate(p), device_error, "that it did not allocate or that was already freed");
+  CHECK(c.stats(0).allocated_bytes == 0);
+}
+
+// ---------------------------------------------------------------- GPU
+
+TEMPLATE_TEST_CASE("add on CUDA equals the CPU op, contiguous and broadcast", "[gpu]", float, bfloat16, f16, double) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  const double eps = dtype_eps<T>();
+  for (int64_t n : {1, 7, 33, 4099}) {
+    auto a = rnd<T>({n}, 10 + n), b = rnd<T>({n}, 20 + n);
+    require_allclose(add(a.to(kGPU), b.to(kGPU)).to(kCPU), add(a, b), 0, eps, "n = " + std::to_string(n));
+  }
+  auto a = rnd<T>({5, 33}, 1), b = rnd<T>({33}, 2);
+  require_allclose(add(a.to(kGPU), b.to(kGPU)).to(kCPU), add(a, b), 0, eps, "broadcast [5, 33] + [33]");
+  require_allclose(add(noncontiguous(a).to(kGPU), b.to(kGPU)).to(kCPU), add(a, b), 0, eps, "non-contiguous a");
+}
+
+TEMPLATE_TEST_CASE("add kernel: 16-byte path, tails and misaligned pointers", "[gpu]", float, bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  auto* add_k = require_kernel<BinaryKernel<T>>("add", dtype_v<T>, kGPU);
+  auto* acc_k = require_kernel<AddKernel<T>>("add_contiguous", dtype_v<T>, kGPU);
+  for (int64_t n : {1, 7, 33, 4099}) {
+    // Offsets of 0 take 16-byte packs (fresh blocks are 256-byte aligned); 1 element forces the scalar kernel.
+    for (int64_t off : {0, 1}) {
+      INFO("n = " << n << ", offset = " << off);
+      auto a = rnd<T>({n + off}, 30 + n), b = rnd<T>({n + off}, 40 + n);
+      auto da = a.to(kGPU), db = b.to(kGPU);
+      auto out = Tensor<T>::empty({n + off}, kGPU);
+      out.fill_(T(7));
+      add_k(out.data_ptr() + off, da.data_ptr() + off, db.data_ptr() + off, n);
+      auto expected = a.detach().clone();
+      expected.narrow(0, off, n).copy_(add(a.narrow(0, off, n), b.narrow(0, off, n)));
+      if (off) expected.data_ptr()[0] = T(7);  // untouched
+      require_allclose(out.to(kCPU), expected, 0, dtype_eps<T>(), "add");
+      acc_k(out.data_ptr() + off, out.data_ptr() + off, db.data_ptr() + off, n);  // in place: out += b
+      expected.narrow(0, off, n).copy_(add(expected.narrow(0, off, n), b.narrow(0, off, n)));
+      require_allclose(out.to(kCPU), expected, 0, dtype_eps<T>(), "add_contiguous in place");
+    }
+  }
+}
+
+namespace {
+// A view built from raw layout (the view ops record autograd, which integer tensors do not take part in).
+template <class T>
+Tensor<T> layout_view(const Tensor<T>& x, const Shape& shape, const Shape& strides, int64_t offset = 0) {
+  return Tensor<T>::from_storage(x.storage(), x.storage_offset() + offset, shape, strides);
+}
+
+// The same view of x on the CPU and of its device copy, made dense on each.
+template <class T>
+void check_strided_copy(const Tensor<T>& x, const Tensor<T>& dx, const Shape& shape, const Shape& strides,
+                        int64_t offset, const std::string& what) {
+  const auto expected = detail::contiguous_copy(layout_view(x, shape, strides, offset));
+  const auto got = detail::contiguous_copy(layout_view(dx, shape, strides, offset));
+  CHECK(got.device() == kGPU);
+  require_equal(got.to(kCPU), expected, what);
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("strided_copy on CUDA: transposed, permuted, narrowed and expanded views", "[gpu]", float, bfloat16,
+                   double, int64_t, uint8_t) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  auto x = rnd<T>({37 * 65}, 5, 0.5, 100);  // storage of a [37, 65] matrix
+  auto dx = x.to(kGPU);
+  check_strided_copy(x, dx, {65, 37}, {1, 65}, 0, "transpose of [37, 65]");
+  check_strided_copy(x, dx, {37, 33}, {65, 1}, 3, "narrow of dim 1: [37, 33] at offset 3");
+  check_strided_copy(x, dx, {9, 33}, {0, 1}, 1, "expand of a [1, 33] row");
+  check_strided_copy(x, dx, {37 * 65}, {1}, 0, "contiguous (device-to-device copy)");
+  auto y = rnd<T>({3 * 5 * 7 * 9}, 6, 0.5, 100);  // storage of [3, 5, 7, 9], viewed permuted by {2, 0, 3, 1}
+  check_strided_copy(y, y.to(kGPU), {7, 3, 9, 5}, {9, 315, 1, 63}, 0, "permute");
+}
+
+TEMPLATE_TEST_CASE("fill on CUDA, aligned and misaligned", "[gpu]", float, bfloat16, f16, double, int32_t, int64_t,
+                   uint8_t) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  for (int64_t n : {1, 7, 33, 4099}) {
+    INFO("n = " << n);
+    auto t = full<T>({n}, T(3), kGPU);
+    CHECK(t.to_vector() == std::vector<T>(static_cast<size_t>(n), T(3)));
+    if (n > 1) {
+      t.narrow(0, 1, n - 1).fill_(T(5));  // starts one element in: the scalar kernel
+      std::vector<T> expected(static_cast<size_t>(n), T(5));
+      expected[0] = T(3);
+      CHECK(t.to_vector() == expected);
+    }
+  }
+}
+
+TEST_CASE("host-device round trips keep every bit", "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  auto check = [](auto x, const char* what) {
+    auto d = x.to(kGPU);
+    require_equal(d.to(kCPU), x, what);
+    auto d2 = Tensor<typename decltype(x)::value_type>::empty(x.shape(), kGPU);
+    d2.copy_(d);  // device to device through the copier
+    require_equal(d2.to(kCPU), x, what);
+  };
+  check(rnd<float>({4099}, 1), "float");
+  check(rnd<double>({33, 7}, 2), "double");
+  check(rnd<bfloat16>({4099}, 3), "bfloat16");
+  check(rnd<f16>({7}, 4), "half");
+  check(randint<int64_t>(-1000, 1000, {33}), "int64");
+  check(randint<uint8_t>(0, 255, {33}), "uint8");
+}
+
+TEST_CASE("an op without a CUDA kernel throws device_error naming the op", "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  auto x = rnd<float>({3}, 1).to(kGPU);
+  MAMCLIP_REQUIRE_THROWS_WITH(exp(x), device_error, "exp: no kernel is registered for float32 tensors on cuda:0");
+}
+
+namespace {
+
+// C[p] (m×n, ldc) = alpha·op(A[p])·op(B[p]) + beta·C[p] through the registered
+// kernel, against a double-precision loop over the same (rounded) inputs.
+struct GemmCase {
+  bool ta, tb;
+  int64_t m, n, k, batch;
+  double alpha, beta;
+  bool broadcast_b = false;  // stride_b = 0
+};
+
+// eps_acc: the accumulation type's epsilon; eps_in: relative error of each
+// product from rounding the inputs (TF32).
+template <class T>
+void check_gemm(const GemmCase& g, double eps_acc, double eps_in = 0) {
+  INFO("trans_a " << g.ta << " trans_b " << g.tb << " m " << g.m << " n " << g.n << " k " << g.k << " batch "
+                  << g.batch << " alpha " << g.alpha << " beta " << g.beta << " broadcast_b " << g.broadcast_b);
+  // Stored shapes (row-major) with padded leading dims, so that ld != row length is exercised.
+  const int64_t ra = g.ta ? g.k : g.m, ca = g.ta ? g.m : g.k, rb = g.tb ? g.n : g.k, cb = g.tb ? g.k : g.n;
+  const int64_t lda = ca + 3, ldb = cb + 1, ldc = g.n + 2;
+  const int64_t sa = ra * lda, sb = g.broadcast_b ? 0 : rb * ldb, sc = g.m * ldc;
+  auto a = rnd<T>({std::max<int64_t>(1, sa * g.batch)}, 100 + g.m, -1, 1);
+  auto b = rnd<T>({std::max<int64_t>(1, (g.broadcast_b ? rb * ldb : sb * g.batch))}, 200 + g.n, -1, 1);
+  auto c = rnd<T>({std::max<int64_t>(1, sc * g.batch)}, 300 + g.k, -1, 1);
+  // With beta == 0, C must not be read: fill the matrices with NaN (the padding keeps its values).
+  if (g.beta == 0)
+    for (int64_t p = 0; p < g.batch; ++p)
+      for (int64_t i = 0; i < g.m; ++i)
+        for (int64_t j = 0; j < g.n; ++j) c.data_ptr()[p * sc + i * ldc + j] = T(std::numeric_limits<float>::quiet_NaN());
+  auto da = a.to(kGPU), db = b.to(kGPU), dc = c.to(kGPU);
+  require_kernel<GemmKernel<T>>("gemm", dtype_v<T>, kGPU)(g.ta, g.tb, g.m, g.n, g.k, g.alpha, da.data_ptr(), lda, sa,
+                                                         db.data_ptr(), ldb, sb, g.beta, dc.data_ptr(), ldc, sc, g.batch);
+  const auto got = dc.to_vector(), A = a.to_vector(), B = b.to_vector(), C = c.to_vector();
+  const double eps_out = dtype_eps<T>();
+  int64_t bad = 0;
+  std::string first;
+  for (int64_t p = 0; p < g.batch; ++p)
+    for (int64_t i = 0; i < g.m; ++i)
+      for (int64_t j = 0; j < ldc; ++j) {
+        const size_t ic = static_cast<size_t>(p * sc + i * ldc + j);
+        const double out = static_cast<double>(got[ic]);
+        if (j >= g.n) {  // padding between rows: never written
+          if (!(got[ic] == C[ic])) ++bad;
+          continue;
+        }
+        double ref = 0, mag = 0;
+        for (int64_t l = 0; l < g.k; ++l) {
+          const double x = static_cast<double>(A[static_cast<size_t>(p * sa + (g.ta ? l * lda + i : i * lda + l))]);
+          const double y = static_cast<double>(B[static_cast<size_t>(p * sb + (g.tb ? j * ldb + l : l * ldb + j))]);
+          ref += x * y;
+          mag += std::abs(x * y);
+        }
+        ref *= g.alpha;
+        mag *= std::abs(g.alpha);
+        if (g.beta != 0) {
+          ref += g.beta * static_cast<double>(C[ic]);
+          mag += std::abs(g.beta * static_cast<double>(C[ic]));
+        }
+        // Rounding of the output, accumulation error growing with k, and input rounding.
+        const double tol = eps_out * std::abs(ref) + (static_cast<double>(g.k + 2) * eps_acc + eps_in) * mag + 1e-30;
+        if (!(std::abs(out - ref) <= tol)) {
+          if (bad++ == 0)
+            first = "C[" + std::to_string(p) + "][" + std::to_string(i) + "][" + std::to_string(j) +
+                    "] = " + std::to_string(out) + ", expected " + std::to_string(ref) + " +- " + std::to_string(tol);
+        }
+      }
+  INFO(first);
+  CHECK(bad == 0);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("gemm on CUDA matches a double-precision reference", "[gpu]", float, bfloat16, f16, double) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  const double eps_acc = std::is_same_v<T, double> ? dtype_eps<double>() : dtype_eps<float>();
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      check_gemm<T>({ta, tb, 65, 33, 129, 1, 1.0, 0.0}, eps_acc);
+      check_gemm<T>({ta, tb, 65, 33, 129, 3, 1.5, 0.5}, eps_acc);
+      check_gemm<T>({ta, tb, 7, 130, 3, 2, -1.0, 1.0, /*broadcast_b=*/true}, eps_acc);
+    }
+  check_gemm<T>({false, false, 1, 1, 1, 1, 1.0, 0.0}, eps_acc);
+  check_gemm<T>({false, true, 5, 4, 0, 2, 1.0, 0.5}, eps_acc);  // k == 0: C = beta·C
+  check_gemm<T>({true, false, 5, 4, 0, 2, 1.0, 0.0}, eps_acc);  // k == 0, beta == 0: zeros over NaN
+}
+
+TEST_CASE("gemm on CUDA with TF32 allowed stays within TF32 error", "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  cuda::set_allow_tf32(true);
+  // Each input is rounded to a 10-bit mantissa (relative error 2^-11), so each product is off by up to 2^-10.
+  check_gemm<float>({false, true, 65, 33, 129, 2, 1.0, 0.0}, dtype_eps<float>(), std::ldexp(1.0, -10));
+  cuda::set_allow_tf32(false);
+  CHECK_FALSE(cuda::allow_tf32());
+}
+
+TEST_CASE("gemm rejects leading dims shorter than a row", "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  auto* k = require_kernel<GemmKernel<float>>("gemm", DType::f32, kGPU);
+  auto buf = zeros<float>({64}, kGPU);
+  float* p = buf.data_ptr();
+  MAMCLIP_REQUIRE_THROWS_WITH(k(false, false, 2, 3, 4, 1.0, p, 3, 0, p, 3, 0, 0.0, p, 3, 0, 1), value_error,
+                              "gemm: lda = 3 is less than A's row length 4 (trans_a = 0, m = 2, k = 4)");
+}
+
+TEST_CASE("matmul and its gradients on CUDA equal the CPU", "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  auto a = rnd<float>({2, 65, 129}, 1), b = rnd<float>({33, 129}, 2);
+  // b.t() is a column-major view: the transposed cuBLAS operand, read in place.
+  const auto ref = matmul(a, b.t());
+  const auto mag = matmul(abs(a), abs(b.t()));
+  const auto got = matmul(a.to(kGPU), b.to(kGPU).t()).to(kCPU);
+  const auto r = ref.to_vector(), m = mag.to_vector(), g = got.to_vector();
+  size_t bad = 0;
+  for (size_t i = 0; i < r.size(); ++i)
+    if (!(std::abs(g[i] - r[i]) <= 131 * dtype_eps<float>() * m[i])) ++bad;
+  CHECK(bad == 0);
+
+  // Gradients: two uses of each input accumulate on the device ("add_contiguous").
+  auto x = rnd<float>({7, 33}, 3), w = rnd<float>({33, 5}, 4);
+  auto run = [&](Device dev) {
+    Tensor<float> dx = x.to(dev).detach(), dw = w.to(dev).detach();
+    dx.set_requires_grad();
+    dw.set_requires_grad();
+    auto y = add(matmul(dx, dw), matmul(dx, dw));
+    y.backward(ones_like(y));
+    return std::pair{dx.grad().to(kCPU), dw.grad().to(kCPU)};
+  };
+  const auto [gx_cpu, gw_cpu] = run(kCPU);
+  const auto [gx_gpu, gw_gpu] = run(kGPU);
+  require_allclose(gx_gpu, gx_cpu, 1e-5, 1e-5, "grad x");
+  require_allclose(gw_gpu, gw_cpu, 1e-5, 1e-5, "grad w");
+}
+
+TEST_CASE("the CUDA caching allocator serves a training-like loop from its cache", "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  const auto before = cuda::memory_stats(0);
+  for (int i = 0; i < 6; ++i) {
+    auto t = empty<float>({1000}, kGPU);
+    auto u = empty<float>({300000}, kGPU);
+  }
+  const auto after = cuda::memory_stats(0);
+  CHECK(after.cache_misses - before.cache_misses <= 2);
+  CHECK(after.cache_hits - before.cache_hits >= 10);
+  CHECK(after.allocated_bytes == before.allocated_bytes);
+  cuda::empty_cache();
+  const auto emptied = cuda::memory_stats(0);
+  CHECK(emptied.reserved_bytes == emptied.allocated_bytes);
+}
