@@ -63,6 +63,13 @@ inline Shape infer_shape(const Shape& requested, int64_t numel, const char* op, 
   return s;
 }
 
+// Ops that cut along a dim have none to cut in a 0-dim tensor (and wrap_dim
+// accepts dim 0 there, so without this check shape()[dim] would read past the end).
+template <class T>
+void require_dims(const char* op, const Tensor<T>& x) {
+  MAMCLIP_CHECK(x.dim() >= 1, shape_error, op, ": x has shape [] (0-dim); expected at least 1 dim");
+}
+
 // A view of `x` with new geometry, recorded with `backward` when x requires grad.
 template <class T, class F>
 Tensor<T> make_view(const char* name, const Tensor<T>& x, int64_t offset, Shape shape, Shape strides, F&& backward) {
@@ -117,6 +124,7 @@ Tensor<T> Tensor<T>::transpose(int64_t d0, int64_t d1) const {
   const int64_t n = dim();
   d0 = wrap_dim(d0, n, "transpose");
   d1 = wrap_dim(d1, n, "transpose");
+  if (n == 0) return permute({});  // PyTorch allows transpose(0, -1) of a 0-dim tensor: the identity
   std::vector<int64_t> perm(n);
   std::iota(perm.begin(), perm.end(), 0);
   std::swap(perm[d0], perm[d1]);
@@ -125,6 +133,7 @@ Tensor<T> Tensor<T>::transpose(int64_t d0, int64_t d1) const {
 
 template <class T>
 Tensor<T> Tensor<T>::slice(int64_t d, int64_t start, int64_t end, int64_t step) const {
+  detail::require_dims("slice", *this);
   d = wrap_dim(d, dim(), "slice");
   const int64_t size = shape()[d];
   MAMCLIP_CHECK(step > 0, value_error, "slice: step must be positive, got ", step);
@@ -147,6 +156,7 @@ Tensor<T> Tensor<T>::slice(int64_t d, int64_t start, int64_t end, int64_t step) 
 
 template <class T>
 Tensor<T> Tensor<T>::narrow(int64_t d, int64_t start, int64_t length) const {
+  detail::require_dims("narrow", *this);
   d = wrap_dim(d, dim(), "narrow");
   const int64_t size = shape()[d];
   if (start < 0) start += size;
@@ -157,6 +167,7 @@ Tensor<T> Tensor<T>::narrow(int64_t d, int64_t start, int64_t length) const {
 
 template <class T>
 Tensor<T> Tensor<T>::select(int64_t d, int64_t index) const {
+  detail::require_dims("select", *this);
   d = wrap_dim(d, dim(), "select");
   const int64_t size = shape()[d];
   MAMCLIP_CHECK(index >= -size && index < size, index_error, "select: index ", index, " is out of range for dim ", d,
@@ -173,6 +184,10 @@ Tensor<T> Tensor<T>::expand(const Shape& target) const {
   const size_t off = target.size() - shape().size();
   for (size_t i = 0; i < s.size(); ++i) {
     if (i >= off && s[i] == -1) s[i] = shape()[i - off];
+    // -1 keeps an existing size; new leading dims (and all others) need a real size.
+    MAMCLIP_CHECK(s[i] >= 0, shape_error, "expand: cannot expand shape ", shape_str(shape()), " to ", shape_str(target),
+                  " (dim ", i, ": size ", s[i], " is not allowed", (i < off && s[i] == -1 ? " for a new leading dim" : ""),
+                  ")");
     const int64_t have = i >= off ? shape()[i - off] : 1;
     MAMCLIP_CHECK(have == s[i] || have == 1, shape_error, "expand: cannot expand shape ", shape_str(shape()), " to ",
                   shape_str(target), " (dim ", i, ": size ", have, " is not 1 and differs from ", s[i], ")");
@@ -186,7 +201,7 @@ Tensor<T> Tensor<T>::expand(const Shape& target) const {
 template <class T>
 Tensor<T> Tensor<T>::squeeze(int64_t d) const {
   d = wrap_dim(d, dim(), "squeeze");
-  if (shape()[d] != 1) return view(shape());
+  if (dim() == 0 || shape()[d] != 1) return view(shape());
   Shape s = shape(), st = strides();
   s.erase(s.begin() + d);
   st.erase(st.begin() + d);
@@ -314,6 +329,8 @@ template <class T>
 Tensor<T> cat(const std::vector<Tensor<T>>& tensors, int64_t dim) {
   MAMCLIP_CHECK(!tensors.empty(), value_error, "cat: expected a non-empty list of tensors");
   const Tensor<T>& first = tensors[0];
+  MAMCLIP_CHECK(first.dim() >= 1, shape_error, "cat: tensor 0 has shape [] (0-dim); expected at least 1 dim "
+                "(stack joins 0-dim tensors)");
   dim = wrap_dim(dim, first.dim(), "cat");
   Shape out_shape = first.shape();
   std::vector<int64_t> sizes;
@@ -366,6 +383,7 @@ Tensor<T> stack(const std::vector<Tensor<T>>& tensors, int64_t dim) {
 
 template <class T>
 std::vector<Tensor<T>> split(const Tensor<T>& x, const std::vector<int64_t>& sizes, int64_t dim) {
+  detail::require_dims("split", x);
   dim = wrap_dim(dim, x.dim(), "split");
   int64_t total = 0;
   for (int64_t s : sizes) {
@@ -386,9 +404,11 @@ std::vector<Tensor<T>> split(const Tensor<T>& x, const std::vector<int64_t>& siz
 template <class T>
 std::vector<Tensor<T>> split(const Tensor<T>& x, int64_t split_size, int64_t dim) {
   MAMCLIP_CHECK(split_size > 0, value_error, "split: split_size must be positive, got ", split_size);
+  detail::require_dims("split", x);
   dim = wrap_dim(dim, x.dim(), "split");
   std::vector<int64_t> sizes;
   for (int64_t left = x.shape()[dim]; left > 0; left -= split_size) sizes.push_back(std::min(split_size, left));
+  if (sizes.empty()) sizes.push_back(0);  // an empty dim gives one empty piece, as in PyTorch
   return split(x, sizes, dim);
 }
 
