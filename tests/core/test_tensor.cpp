@@ -101,3 +101,22 @@ TEST_CASE("printing shows values, shape and dtype") {
   auto long_row = to_string(arange<int64_t>(0, 10));
   CHECK(long_row == "tensor([0, 1, 2, ..., 7, 8, 9], shape=[10], dtype=int64)");
 }
+
+TEST_CASE("0-dim tensors: factories, random fills and reductions") {
+  auto s = from_vector<double>({2.5}, {});
+  CHECK(s.dim() == 0);
+  CHECK(s.item() == 2.5);
+  auto r = randn<double>({});
+  CHECK(r.dim() == 0);
+  auto x = tensor<double>({1, 2, 3}).set_requires_grad();
+  auto loss = sum(x * x);
+  CHECK(loss.dim() == 0);
+  require_gradcheck([](const std::vector<Tensor<double>>& in) { return sum(in[0] * in[0]); }, {tensor<double>({1, 2})});
+}
+
+TEST_CASE("integer tensors have views too") {
+  auto i = arange<int64_t>(0, 6).reshape({2, 3});
+  CHECK(i.t()(2, 1) == 5);
+  CHECK(i.narrow(1, 1, 2).contiguous().to_vector() == std::vector<int64_t>{1, 2, 4, 5});
+  CHECK(i.unsqueeze(0).expand({2, 2, 3}).shape() == Shape{2, 2, 3});
+}

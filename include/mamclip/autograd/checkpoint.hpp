@@ -41,7 +41,7 @@ class CheckpointNode final : public Node {
       GradModeGuard on(true);
       y = fn_(leaves);
     }
-    if (y.requires_grad()) run_backward({gradient_edge(y)}, {to_any(g)}, false);
+    if (y.requires_grad()) run_backward(std::vector<Edge>{gradient_edge(y)}, std::vector<AnyTensor>{to_any(g)}, false);
     for (size_t i = 0; i < leaves.size(); ++i)
       if (needs_input_grad(i)) out[i] = to_any(leaves[i].grad());
     return out;

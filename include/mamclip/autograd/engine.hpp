@@ -116,7 +116,9 @@ void Tensor<T>::backward(const Tensor<T>& gradient, bool retain_graph) const {
                   " but the tensor has shape ", shape_str(shape()));
     MAMCLIP_CHECK(g.device() == device(), device_error, "backward: gradient is on ", g.device().str(),
                   " but the tensor is on ", device().str());
-    autograd::run_backward({autograd::gradient_edge(*this)}, {autograd::to_any(g)}, retain_graph);
+    // Explicit vector types: nvcc 13 mis-parses nested braced lists here.
+    autograd::run_backward(std::vector<autograd::Edge>{autograd::gradient_edge(*this)},
+                           std::vector<autograd::AnyTensor>{autograd::to_any(g)}, retain_graph);
   }
 }
 

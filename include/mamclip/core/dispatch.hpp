@@ -13,6 +13,7 @@
 #include "mamclip/core/device.hpp"
 #include "mamclip/core/dtype.hpp"
 #include "mamclip/core/error.hpp"
+#include "mamclip/core/storage.hpp"
 
 namespace mamclip {
 
@@ -42,7 +43,7 @@ template <class Fn>
 Fn* require_kernel(const std::string& op, DType dtype, Device device) {
   Fn* fn = KernelRegistry::get().find<Fn>(op, dtype, device.type);
   MAMCLIP_CHECK(fn != nullptr, device_error, op, ": no kernel is registered for ", dtype_name(dtype), " tensors on ",
-                device.str(), (device.is_cuda() ? " (is the CUDA backend linked: mamclip::cuda or mamclip/cuda.hpp?)" : ""));
+                device.str(), (device_available(device.type) ? "" : " (no backend is linked for it: link mamclip::cuda)"));
   return fn;
 }
 

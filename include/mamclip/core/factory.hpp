@@ -42,21 +42,29 @@ Tensor<T> arange(double start, double end, double step = 1.0, Device device = kC
   return t.to(device);
 }
 
-// A tensor holding `values`, viewed as `shape` (1-D when shape is empty).
+// A tensor holding `values` with exactly `shape` ({} is a 0-dim tensor of one value).
 template <class T>
-Tensor<T> from_vector(const std::vector<T>& values, Shape shape = {}, Device device = kCPU) {
-  if (shape.empty()) shape = {static_cast<int64_t>(values.size())};
+Tensor<T> from_vector(const std::vector<T>& values, const Shape& shape, Device device = kCPU) {
   MAMCLIP_CHECK(numel_of(shape) == static_cast<int64_t>(values.size()), shape_error, "from_vector: ", values.size(),
                 " values do not fill shape ", shape_str(shape), " (", numel_of(shape), " elements)");
   Tensor<T> t = Tensor<T>::empty(shape);
   std::copy(values.begin(), values.end(), t.data_ptr());
   return t.to(device);
 }
-
-// tensor<float>({1, 2, 3}) or tensor<float>({1, 2, 3, 4}, {2, 2}).
+// A 1-D tensor holding `values`.
 template <class T>
-Tensor<T> tensor(std::initializer_list<T> values, Shape shape = {}, Device device = kCPU) {
-  return from_vector<T>(std::vector<T>(values), std::move(shape), device);
+Tensor<T> from_vector(const std::vector<T>& values) {
+  return from_vector<T>(values, Shape{static_cast<int64_t>(values.size())});
+}
+
+// tensor<float>({1, 2, 3}) is 1-D; tensor<float>({1, 2, 3, 4}, {2, 2}) has the given shape.
+template <class T>
+Tensor<T> tensor(std::initializer_list<T> values) {
+  return from_vector<T>(std::vector<T>(values));
+}
+template <class T>
+Tensor<T> tensor(std::initializer_list<T> values, const Shape& shape, Device device = kCPU) {
+  return from_vector<T>(std::vector<T>(values), shape, device);
 }
 // A 0-dim tensor.
 template <class T>

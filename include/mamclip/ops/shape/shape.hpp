@@ -91,7 +91,7 @@ Tensor<T> Tensor<T>::view(const Shape& requested) const {
                 " without a copy (use reshape, or contiguous() first)");
   Shape in = shape();
   return detail::make_view<T>("ViewBackward", *this, storage_offset(), s, *st,
-                              [in](const Tensor<T>& g) { return std::vector<Tensor<T>>{g.reshape(in)}; });
+                              [in](const auto& g) { return std::vector<Tensor<T>>{g.reshape(in)}; });
 }
 
 template <class T>
@@ -116,7 +116,7 @@ Tensor<T> Tensor<T>::permute(const std::vector<int64_t>& dims) const {
     st[i] = strides()[d];
   }
   return detail::make_view<T>("PermuteBackward", *this, storage_offset(), s, st,
-                              [inverse](const Tensor<T>& g) { return std::vector<Tensor<T>>{g.permute(inverse)}; });
+                              [inverse](const auto& g) { return std::vector<Tensor<T>>{g.permute(inverse)}; });
 }
 
 template <class T>
@@ -146,7 +146,7 @@ Tensor<T> Tensor<T>::slice(int64_t d, int64_t start, int64_t end, int64_t step) 
   st[d] *= step;
   Shape in = shape();
   return detail::make_view<T>("SliceBackward", *this, storage_offset() + start * strides()[d], s, st,
-                              [in, d, start, end, step](const Tensor<T>& g) {
+                              [in, d, start, end, step](const auto& g) {
                                 Tensor<T> gi = Tensor<T>::empty(in, g.device());
                                 gi.zero_();
                                 gi.detach().slice(d, start, end, step).copy_(g);
@@ -195,7 +195,7 @@ Tensor<T> Tensor<T>::expand(const Shape& target) const {
   Shape st = broadcast_strides(shape(), strides(), s);
   Shape in = shape();
   return detail::make_view<T>("ExpandBackward", *this, storage_offset(), s, st,
-                              [in](const Tensor<T>& g) { return std::vector<Tensor<T>>{sum_to(g, in)}; });
+                              [in](const auto& g) { return std::vector<Tensor<T>>{sum_to(g, in)}; });
 }
 
 template <class T>
@@ -207,7 +207,7 @@ Tensor<T> Tensor<T>::squeeze(int64_t d) const {
   st.erase(st.begin() + d);
   Shape in = shape();
   return detail::make_view<T>("SqueezeBackward", *this, storage_offset(), s, st,
-                              [in](const Tensor<T>& g) { return std::vector<Tensor<T>>{g.reshape(in)}; });
+                              [in](const auto& g) { return std::vector<Tensor<T>>{g.reshape(in)}; });
 }
 
 template <class T>
@@ -220,7 +220,7 @@ Tensor<T> Tensor<T>::squeeze() const {
     }
   Shape in = shape();
   return detail::make_view<T>("SqueezeBackward", *this, storage_offset(), s, st,
-                              [in](const Tensor<T>& g) { return std::vector<Tensor<T>>{g.reshape(in)}; });
+                              [in](const auto& g) { return std::vector<Tensor<T>>{g.reshape(in)}; });
 }
 
 template <class T>
@@ -232,7 +232,7 @@ Tensor<T> Tensor<T>::unsqueeze(int64_t d) const {
   st.insert(st.begin() + d, new_stride);
   Shape in = shape();
   return detail::make_view<T>("UnsqueezeBackward", *this, storage_offset(), s, st,
-                              [in](const Tensor<T>& g) { return std::vector<Tensor<T>>{g.reshape(in)}; });
+                              [in](const auto& g) { return std::vector<Tensor<T>>{g.reshape(in)}; });
 }
 
 template <class T>
@@ -253,7 +253,7 @@ template <class T>
 Tensor<T> Tensor<T>::clone() const {
   Tensor<T> out = detail::contiguous_copy(*this);
   if constexpr (is_floating_v<T>)
-    return autograd::record<T>("CloneBackward", {*this}, out, [](const Tensor<T>& g) { return std::vector<Tensor<T>>{g}; });
+    return autograd::record<T>("CloneBackward", {*this}, out, [](const auto& g) { return std::vector<Tensor<T>>{g}; });
   else
     return out;
 }
@@ -317,7 +317,7 @@ Tensor<T> Tensor<T>::to(Device target) const {
   if constexpr (is_floating_v<T>) {
     const Device from = device();
     return autograd::record<T>("ToDeviceBackward", {*this}, out,
-                               [from](const Tensor<T>& g) { return std::vector<Tensor<T>>{g.to(from)}; });
+                               [from](const auto& g) { return std::vector<Tensor<T>>{g.to(from)}; });
   } else {
     return out;
   }
