@@ -122,7 +122,10 @@ void eigen_gemm(int64_t m, int64_t n, int64_t k, const S* a, MatLayout la, const
     else
       mc.noalias() = ma * mb;
   };
-  using Eigen::ColMajor, Eigen::RowMajor, Eigen::OuterStride;
+  // One name per using-declaration: nvcc 13 crashes on the comma form.
+  using Eigen::ColMajor;
+  using Eigen::RowMajor;
+  using Eigen::OuterStride;
   const bool ar = la.kind == MatLayout::row_major, br = lb.kind == MatLayout::row_major;
   if (ar && br)
     run(ConstMatMap<S, RowMajor>(a, m, k, OuterStride<>(la.ld)), ConstMatMap<S, RowMajor>(b, k, n, OuterStride<>(lb.ld)));
