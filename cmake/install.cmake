@@ -1,1 +1,40 @@
-# Placeholder; replaced by the install rules.
+# Install rules: headers, the mamclip::mamclip export, and a package config so
+# that users can find_package(mamclip) from the install prefix.
+#
+#   <prefix>/include/mamclip/...                       headers (CUDA .cuh headers too)
+#   <prefix>/<libdir>/cmake/mamclip/mamclipConfig.cmake
+#                                  mamclipConfigVersion.cmake
+#                                  mamclipTargets.cmake       mamclip::mamclip
+#                                  mamclipCudaTargets.cmake   mamclip::cuda (builds with the CUDA backend only)
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+set(MAMCLIP_INSTALL_CMAKEDIR ${CMAKE_INSTALL_LIBDIR}/cmake/mamclip CACHE STRING
+    "Where mamclipConfig.cmake is installed, relative to the prefix")
+
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(TARGETS mamclip EXPORT mamclipTargets)
+install(EXPORT mamclipTargets NAMESPACE mamclip:: DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR})
+
+# The CUDA backend gets an export set of its own, so that a CPU-only install
+# never asks its users for the CUDA toolkit; mamclipConfig.cmake loads it only
+# when the file is there. cmake/cuda_targets.cmake (included before this file)
+# defines mamclip::cuda; a target it links that is not imported must also be
+# installed into mamclipCudaTargets there.
+if(TARGET mamclip::cuda)
+  get_target_property(_mamclip_cuda_target mamclip::cuda ALIASED_TARGET)
+  if(NOT _mamclip_cuda_target)
+    message(FATAL_ERROR "mamclip::cuda must be an ALIAS of a target built here, so that it can be installed")
+  endif()
+  set_target_properties(${_mamclip_cuda_target} PROPERTIES EXPORT_NAME cuda)
+  install(TARGETS ${_mamclip_cuda_target} EXPORT mamclipCudaTargets)
+  install(EXPORT mamclipCudaTargets NAMESPACE mamclip:: DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR})
+endif()
+
+configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/mamclipConfig.cmake.in
+                              ${PROJECT_BINARY_DIR}/mamclipConfig.cmake
+                              INSTALL_DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR})
+write_basic_package_version_file(${PROJECT_BINARY_DIR}/mamclipConfigVersion.cmake
+                                 VERSION ${PROJECT_VERSION} COMPATIBILITY SameMajorVersion)
+install(FILES ${PROJECT_BINARY_DIR}/mamclipConfig.cmake ${PROJECT_BINARY_DIR}/mamclipConfigVersion.cmake
+        DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR})
