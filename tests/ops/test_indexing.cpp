@@ -13,7 +13,8 @@ Tensor<T> rnd(const Shape& s, uint64_t seed, double lo = -1, double hi = 1) {
   Tensor<T> t = empty<T>(s);
   return uniform_(t, lo, hi, g);
 }
-Tensor<int64_t> ids(std::initializer_list<int64_t> v, Shape s = {}) { return tensor<int64_t>(v, std::move(s)); }
+Tensor<int64_t> ids(std::initializer_list<int64_t> v) { return tensor<int64_t>(v); }  // 1-D
+Tensor<int64_t> ids(std::initializer_list<int64_t> v, const Shape& s) { return tensor<int64_t>(v, s); }
 }  // namespace
 
 TEST_CASE("index_select picks slices along any dim, repeats included") {
