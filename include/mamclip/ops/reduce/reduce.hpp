@@ -66,7 +66,10 @@ std::pair<Tensor<T>, Tensor<int64_t>> arg_extreme(const char* op, const char* no
   require_cpu(op, x);
   const auto p = cpu::plan_reduce(x.shape(), {dim}, op);
   require_nonempty_rows(op, x, p);
-  auto [values, indices] = cpu::arg_reduce_rows(x, p, keepdim, better);
+  // Not a structured binding: clang 14 cannot capture one in a lambda.
+  auto result = cpu::arg_reduce_rows(x, p, keepdim, better);
+  Tensor<T> values = result.first;
+  Tensor<int64_t> indices = result.second;
   values = autograd::record<T>(node, {x}, values, [x = x.detach(), p, indices](const Tensor<T>& g) {
     const auto gv = acc_values(g);
     const std::vector<int64_t> iv = indices.to_vector();
