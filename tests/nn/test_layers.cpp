@@ -54,7 +54,8 @@ TEST_CASE("Linear: PyTorch default init range, reproducible under a seed") {
   CHECK(a.bias.to_vector() == b.bias.to_vector());
   CHECK(a.weight.to_vector() != c.weight.to_vector());
   // Weight and bias come from different draws.
-  CHECK(a.bias.to_vector() != std::vector<float>(a.weight.to_vector().begin(), a.weight.to_vector().begin() + 23));
+  const auto weights = a.weight.to_vector();  // one vector: both iterators must point into it
+  CHECK(a.bias.to_vector() != std::vector<float>(weights.begin(), weights.begin() + a.bias.numel()));
   // A manual_seed on the default generator reproduces too.
   manual_seed(7);
   Linear d(5, 4);
