@@ -5,6 +5,8 @@
 #   <prefix>/<libdir>/cmake/mamclip/mamclipConfig.cmake
 #                                  mamclipConfigVersion.cmake
 #                                  mamclipTargets.cmake       mamclip::mamclip
+#                                  mamclipTextTargets.cmake   mamclip::text (when utf8proc was found)
+#                                  mamclipUtf8proc.cmake      finds utf8proc for mamclip::text
 #                                  mamclipCudaTargets.cmake   mamclip::cuda (builds with the CUDA backend only)
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
@@ -15,6 +17,16 @@ set(MAMCLIP_INSTALL_CMAKEDIR ${CMAKE_INSTALL_LIBDIR}/cmake/mamclip CACHE STRING
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(TARGETS mamclip EXPORT mamclipTargets)
 install(EXPORT mamclipTargets NAMESPACE mamclip:: DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR})
+
+# mamclip::text links the imported mamclip::utf8proc, which the installed
+# config recreates with the same cmake/utf8proc.cmake that made it here.
+if(TARGET mamclip_text)
+  set_target_properties(mamclip_text PROPERTIES EXPORT_NAME text)
+  install(TARGETS mamclip_text EXPORT mamclipTextTargets)
+  install(EXPORT mamclipTextTargets NAMESPACE mamclip:: DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR})
+  install(FILES ${PROJECT_SOURCE_DIR}/cmake/utf8proc.cmake DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR}
+          RENAME mamclipUtf8proc.cmake)
+endif()
 
 # The CUDA backend gets an export set of its own, so that a CPU-only install
 # never asks its users for the CUDA toolkit; mamclipConfig.cmake loads it only

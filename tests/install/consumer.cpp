@@ -3,6 +3,9 @@
 // central finite differences, so a broken install shows up as a failing test.
 
 #include <mamclip/mamclip.hpp>
+#ifdef MAMCLIP_CONSUMER_TEXT
+#include <mamclip/text/unicode.hpp>
+#endif
 
 #include <cmath>
 #include <cstdio>
@@ -53,6 +56,14 @@ int main() {
     }
   }
   if (bad) return 1;
+#ifdef MAMCLIP_CONSUMER_TEXT
+  // Through utf8proc: "e" + COMBINING ACUTE ACCENT composes (NFC) to "é".
+  namespace u = text::unicode;
+  if (u::to_utf8(u::nfc(u::from_utf8("e\xCC\x81"))) != "\xC3\xA9") {
+    std::fprintf(stderr, "mamclip::text: NFC of e + U+0301 is not U+00E9\n");
+    return 1;
+  }
+#endif
   std::printf("mamclip %d.%d.%d: loss %.6f, gradients match finite differences\n", MAMCLIP_VERSION_MAJOR,
               MAMCLIP_VERSION_MINOR, MAMCLIP_VERSION_PATCH, loss.item());
   return 0;
