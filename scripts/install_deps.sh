@@ -7,7 +7,7 @@ packages=(
   cmake ninja-build g++
   libeigen3-dev       # the CPU backend
   catch2              # tests
-  nlohmann-json3-dev  # test fixtures, datasets
+  nlohmann-json3-dev  # io/ (safetensors headers, config.json), test fixtures
   libstb-dev          # image loading
   libutf8proc-dev     # Unicode normalisation for the tokenizer
   libopenblas-dev     # optional BLAS matmul path and the GEMM benchmark baseline

@@ -15,6 +15,7 @@
 //   ops/       elementwise, reduce, matmul, shape, indexing, softmax, norm, loss
 //   nn/        Module, Linear, LayerNorm, Embedding, Dropout, GELU, Sequential, ModuleList, init
 //   optim/     SGD, AdamW, LR schedules, clip_grad_norm_
+//   io/        safetensors and PyTorch checkpoint reading, safetensors writing, load_state_dict(file)
 
 #include "mamclip/core/config.hpp"
 #include "mamclip/core/device.hpp"
@@ -47,3 +48,5 @@
 
 #include "mamclip/nn/nn.hpp"
 #include "mamclip/optim/optim.hpp"
+
+#include "mamclip/io/io.hpp"

@@ -56,6 +56,13 @@ int main() {
     }
   }
   if (bad) return 1;
+  // Through nlohmann_json: a safetensors round trip in memory.
+  const std::vector<uint8_t> bytes = io::serialize_safetensors({{"w", w.detach()}});
+  const Tensor<double> back = io::SafetensorsFile::from_bytes(bytes, "consumer").get<double>("w");
+  if (back.to_vector() != w.detach().to_vector()) {
+    std::fprintf(stderr, "safetensors round trip changed the tensor\n");
+    return 1;
+  }
 #ifdef MAMCLIP_CONSUMER_TEXT
   // Through utf8proc: "e" + COMBINING ACUTE ACCENT composes (NFC) to "é".
   namespace u = text::unicode;

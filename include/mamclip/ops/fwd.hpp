@@ -79,6 +79,20 @@ template <class T> Tensor<T> embedding(const Tensor<T>& weight, const Tensor<int
 template <class T> Tensor<T> softmax(const Tensor<T>& x, int64_t dim);
 template <class T> Tensor<T> log_softmax(const Tensor<T>& x, int64_t dim);
 
+// ---- attention (ops/attention)
+// softmax(q k^T * scale + masks) v over q [B, H, Lq, D], k and v [B, H, Lk, D] -> [B, H, Lq, D].
+// key_padding_mask: bool [B, Lk], true = attend (HF's attention_mask == 1); undefined = none.
+// causal: query i sees keys j <= i. scale defaults to 1/sqrt(D). dropout_p drops attention
+// probabilities (inverted dropout) with a Philox stream from `gen`; 0 in eval.
+struct AttentionOptions {
+  Tensor<bool> key_padding_mask;
+  bool causal = false;
+  double dropout_p = 0.0;
+  std::optional<double> scale;
+};
+template <class T> Tensor<T> scaled_dot_product_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
+                                                          const AttentionOptions& options = {}, Generator& gen = default_generator());
+
 // ---- norm (ops/norm)
 // Normalises over the trailing dims `normalized_shape`; weight and bias (that shape) may be undefined.
 template <class T> Tensor<T> layer_norm(const Tensor<T>& x, const Shape& normalized_shape, const Tensor<T>& weight = Tensor<T>(),
