@@ -3,7 +3,7 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer) and runs each for a while,
 # starting from the seed files the tests use. Not part of the CMake build.
 #
-#   fuzz/run_fuzzers.sh [SECONDS_PER_TARGET=60] [TARGET...]     e.g. fuzz/run_fuzzers.sh 600 safetensors
+#   fuzz/run_fuzzers.sh [SECONDS_PER_TARGET=60] [TARGET...]     e.g. fuzz/run_fuzzers.sh 600 safetensors pickle
 #
 # Outputs under build/fuzz/ (or $MAMCLIP_FUZZ_OUT): the binaries, a growing
 # corpus per target, crash reproducers in artifacts_<name>/ and a log per run.
@@ -25,6 +25,7 @@ eigen=$(pkg-config --cflags eigen3 2>/dev/null || echo "-I/usr/include/eigen3")
 seeds_for() {
   case "$1" in
     safetensors) echo "$root/tests/fixtures/safetensors" ;;
+    pickle) echo "$root/tests/fixtures/torch" ;;
     *) echo "" ;;
   esac
 }
