@@ -18,6 +18,9 @@ Files:
                            (Linear, BatchNorm1d with its int64
                            num_batches_tracked, a nested ModuleList), as
                            transformers' save_pretrained writes it
+  whole_model.pt           the same module pickled whole (torch.save(model)):
+                           its classes are not needed, its state dict has the
+                           same names and values (a non-persistent buffer left out)
   lightning.ckpt           a Lightning-like checkpoint: 'state_dict' (prefixed
                            "VLModel."), 'hyper_parameters' holding an instance of
                            a class defined in this script and a functools.partial,
@@ -35,9 +38,8 @@ Files:
                            NEWOBJ_EX, STACK_GLOBAL, MEMOIZE, FRAME, sets, bytes,
                            big ints, shared references)
 
-Deterministic except for one thing: torch.save writes a random
-.data/serialization_id into each archive, so the .pt/.bin/.ckpt bytes change
-between runs (their contents do not).
+Deterministic except for legacy.pt, whose storage keys are object addresses
+(its bytes change between runs; the reader only has to refuse it).
 """
 
 import collections
@@ -68,6 +70,7 @@ class TinyModel(torch.nn.Module):
         self.fc = torch.nn.Linear(3, 4)
         self.bn = torch.nn.BatchNorm1d(4)
         self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 2), torch.nn.Linear(2, 2, bias=False)])
+        self.register_buffer("scratch", torch.zeros(2), persistent=False)  # not in the state dict
 
 
 def all_dtypes():
@@ -182,6 +185,7 @@ def main():
         model.bn.num_batches_tracked.fill_(12)
     sd = model.state_dict()
     torch.save(sd, os.path.join(OUT, "hf_model", "pytorch_model.bin"))
+    torch.save(model, os.path.join(OUT, "whole_model.pt"))
     flat.update({"model/" + k: v.clone() for k, v in sd.items()})
 
     # ---- lightning.ckpt

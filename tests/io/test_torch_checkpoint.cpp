@@ -261,6 +261,41 @@ TEST_CASE("the state dict of a module (pytorch_model.bin) loads, also through it
   CHECK(c.dict_entries(c.root()->state)->front().first == "_metadata");
 }
 
+TEST_CASE("a whole pickled nn.Module (torch.save(model)) gives state_dict() names without its classes") {
+  const auto expected = io::load_safetensors(torch_fixture("expected.safetensors"));
+  io::TorchCheckpoint c(torch_fixture("whole_model.pt"));
+  CHECK(c.root()->qualified_name() == "__main__.TinyModel");
+  REQUIRE(c.module_state(c.root()) != nullptr);
+  const auto sd = c.state_dict();
+  REQUIRE(sd.size() == 10);  // the non-persistent buffer "scratch" is left out
+  for (const auto& [name, t] : sd) require_same(t, expected.at("model/" + name), name);
+  CHECK(sd.count("scratch") == 0);
+
+  // A module under "model" of a checkpoint dict; a broken submodule is named.
+  Pk p;
+  auto module = [&](Pk& k, bool with_child) {
+    k.global("m", "Net").op(')').op(0x81).op('}').mark();
+    k.str("_parameters").op('}').str("weight").global("torch._utils", "_rebuild_parameter").mark()
+        .tensor("0", 6, 0, {2, 3}, {3, 1}).op(0x88).op('}').tuple().op('R').op('s').str("bias").op('N').op('s');
+    k.str("_buffers").op('}').str("tmp").tensor("0", 6, 0, {1}, {1}).op('s');
+    k.str("_non_persistent_buffers_set").op(0x8f).mark().str("tmp").op(0x90);
+    k.str("_modules").op('}');
+    if (with_child) k.str("child").i(7).op('s');
+    k.op('u').op('b');
+  };
+  p.op('}').mark().str("epoch").i(1).str("model");
+  module(p, false);
+  p.op('u').stop();
+  const auto m = open_bytes(torch_zip(p.b, {{"0", floats({0, 1, 2, 3, 4, 5})}})).state_dict();
+  REQUIRE(m.size() == 1);  // bias None, tmp non-persistent
+  CHECK(io::shape_of(m.at("weight")) == Shape{2, 3});
+  Pk q;
+  module(q, true);
+  q.stop();
+  MAMCLIP_REQUIRE_THROWS_WITH(open_bytes(torch_zip(q.b, {{"0", floats({0, 1, 2, 3, 4, 5})}})).state_dict(), io_error,
+                              "submodule 'child' is int 7; expected a pickled nn.Module");
+}
+
 TEST_CASE("a Lightning checkpoint yields its state_dict; foreign objects stay inert") {
   const auto expected = io::load_safetensors(torch_fixture("expected.safetensors"));
   io::TorchCheckpoint c(torch_fixture("lightning.ckpt"));
@@ -723,7 +758,7 @@ TEST_CASE("hostile tensors and state dicts give typed errors naming the tensor")
 }
 
 TEST_CASE("truncated and bit-flipped fixtures give typed errors, never crashes") {
-  for (const char* name : {"all_dtypes.pt", "lightning.ckpt", "hf_model/pytorch_model.bin"}) {
+  for (const char* name : {"all_dtypes.pt", "lightning.ckpt", "hf_model/pytorch_model.bin", "whole_model.pt"}) {
     INFO(name);
     const auto full = read_bytes(torch_fixture(name));
     CHECK(open_bytes(full).state_dict().size() > 0);

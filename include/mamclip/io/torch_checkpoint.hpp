@@ -27,6 +27,11 @@
 // tensors. Other torch._utils._rebuild_* calls (quantized, sparse, meta,
 // nested tensors) are refused by name where they sit in a state dict.
 //
+// A whole pickled nn.Module (torch.save(model)) is read without its classes:
+// an object whose BUILD state has _parameters, _buffers and _modules gives the
+// names nn.Module.state_dict() would (parameters, persistent buffers, then
+// submodules with '.').
+//
 // Tensors are views of their storages, as torch.load makes them: sizes,
 // strides and offset are kept (a transposed tensor stays non-contiguous), and
 // tensors that viewed one storage share memory. Each storage is read once,
@@ -192,12 +197,23 @@ class TorchCheckpoint {
     return std::move(d->entries);
   }
 
-  // The state dict: the top object when it is a dict with tensor values, else
-  // its "state_dict" (Lightning), "model" or "module" entry when that holds
-  // tensors, else the top dict if tensors sit in its nested dicts. Nested dicts
-  // flatten with '.', values that are not tensors (ints, strings, foreign
-  // objects, lists) are skipped.
+  // The state dict: the top object when it is a dict with tensor values or a
+  // pickled nn.Module, else its "state_dict" (Lightning), "model" or "module"
+  // entry when that holds tensors or is a module, else the top dict if tensors
+  // sit in its nested dicts. Nested dicts flatten with '.', values that are not
+  // tensors (ints, strings, foreign objects, lists) are skipped.
   TensorMap state_dict() const;
+
+  // The __dict__ of a pickled nn.Module (its BUILD state when that holds
+  // _parameters, _buffers and _modules), or nullptr.
+  const PyObject* module_state(const PyObject* o) const {
+    if (!o || o->kind != PyKind::object || !o->state) return nullptr;
+    const auto d = dict_view(o->state);
+    if (!d) return nullptr;
+    int found = 0;
+    for (const auto& [k, v] : d->entries) found += k == "_parameters" || k == "_buffers" || k == "_modules";
+    return found == 3 ? o->state : nullptr;
+  }
 
   // Every tensor under `o`, flattened with '.' from `prefix` (see state_dict).
   void flatten(const PyObject* o, const std::string& prefix, TensorMap& out) const {
@@ -221,6 +237,8 @@ class TorchCheckpoint {
   AnyStoredTensor rebuild_v2(const PyObject* args, const std::string& name) const;
   bool holds_tensors(const PyObject* o, int depth, std::unordered_set<const PyObject*>& seen) const;
   void flatten(const PyObject* o, const std::string& prefix, TensorMap& out, int depth, size_t& visited) const;
+  void flatten_module(const PyObject* o, const std::string& prefix, TensorMap& out, int depth, size_t& visited) const;
+  void add_tensor(const PyObject* v, const std::string& name, TensorMap& out) const;
 
   struct StorageSlot {
     TorchDtype dtype = TorchDtype::unsupported;
@@ -523,6 +541,7 @@ inline std::optional<TorchCheckpoint::DictView> TorchCheckpoint::dict_view(const
 inline bool TorchCheckpoint::holds_tensors(const PyObject* o, int depth,
                                            std::unordered_set<const PyObject*>& seen) const {
   if (depth > options_.max_depth || !seen.insert(o).second) return false;
+  if (module_state(o)) return true;
   const auto d = dict_view(o);
   if (!d) return false;
   for (const auto& [k, v] : d->entries)
@@ -537,6 +556,7 @@ inline void TorchCheckpoint::flatten(const PyObject* o, const std::string& prefi
   const std::string w = where();
   MAMCLIP_CHECK(depth <= options_.max_depth, io_error, w, ": dicts nest deeper than ", options_.max_depth,
                 " levels at '", prefix.substr(0, 200), "' (a dict that holds itself?)");
+  if (module_state(o)) return flatten_module(o, prefix, out, depth, visited);
   const auto d = dict_view(o);
   if (!d) return;
   for (const auto& [k, v] : d->other_keys) {
@@ -548,25 +568,77 @@ inline void TorchCheckpoint::flatten(const PyObject* o, const std::string& prefi
     MAMCLIP_CHECK(++visited <= options_.max_entries, io_error, w, ": the state dict expands to more than ",
                   options_.max_entries, " entries (dicts shared many times?)");
     const std::string name = prefix.empty() ? k : prefix + "." + k;
-    switch (rebuild_kind(v)) {
-      case Rebuild::tensor: {
-        auto t = tensor(v, name);
-        MAMCLIP_CHECK(out.emplace(name, std::move(t)).second, io_error, w, ": two entries flatten to the name '",
-                      name, "' (a key with a '.' and a nested dict)");
-        break;
-      }
-      case Rebuild::unsupported:
-        throw io_error(mamclip::detail::str_cat(w, ": tensor '", name, "' is rebuilt by ", v->qualified_name(),
-                                                ", which mamclip does not support (quantized, sparse or other "
-                                                "special tensors); expected dense tensors"));
-      case Rebuild::none: flatten(v, name, out, depth + 1, visited); break;
+    if (rebuild_kind(v) == Rebuild::none) flatten(v, name, out, depth + 1, visited);
+    else add_tensor(v, name, out);
+  }
+}
+
+inline void TorchCheckpoint::add_tensor(const PyObject* v, const std::string& name, TensorMap& out) const {
+  const std::string w = where();
+  MAMCLIP_CHECK(rebuild_kind(v) == Rebuild::tensor, io_error, w, ": tensor '", name, "' is rebuilt by ",
+                v->qualified_name(),
+                ", which mamclip does not support (quantized, sparse or other special tensors); expected dense tensors");
+  auto t = tensor(v, name);
+  MAMCLIP_CHECK(out.emplace(name, std::move(t)).second, io_error, w, ": two entries flatten to the name '", name,
+                "' (a key with a '.' and a nested dict)");
+}
+
+// nn.Module.state_dict() order: own parameters (None skipped), persistent
+// buffers, then each submodule under "<name>.".
+inline void TorchCheckpoint::flatten_module(const PyObject* o, const std::string& prefix, TensorMap& out, int depth,
+                                            size_t& visited) const {
+  const std::string w = where();
+  const std::string at = prefix.empty() ? std::string("the top module") : "module '" + prefix + "'";
+  const auto d = dict_view(module_state(o));
+  std::map<std::string, const PyObject*> fields;
+  for (const auto& [k, v] : d->entries) fields.emplace(k, v);
+  // Non-persistent buffer names: set() as REDUCE(builtins.set, ([names],)) in
+  // protocols < 4, a PyKind::set from protocol 4.
+  std::unordered_set<std::string> transient;
+  if (auto it = fields.find("_non_persistent_buffers_set"); it != fields.end()) {
+    const PyObject* s = it->second;
+    const PyObject* list = s->kind == PyKind::set ? s
+                           : (s->kind == PyKind::object && s->args && s->args->kind == PyKind::tuple &&
+                              !s->args->items.empty())
+                               ? s->args->items[0]
+                               : nullptr;
+    if (list)
+      for (const PyObject* n : list->items)
+        if (n->kind == PyKind::str) transient.insert(n->text);
+  }
+  auto name_of = [&](const std::string& k) { return prefix.empty() ? k : prefix + "." + k; };
+  for (const char* field : {"_parameters", "_buffers"}) {
+    const auto tensors = dict_view(fields.at(field));
+    MAMCLIP_CHECK(tensors.has_value(), io_error, w, ": ", at, " has ", field, " = ", describe(fields.at(field)),
+                  "; expected a dict of tensors");
+    for (const auto& [k, v] : tensors->entries) {
+      MAMCLIP_CHECK(++visited <= options_.max_entries, io_error, w, ": the state dict expands to more than ",
+                    options_.max_entries, " entries (modules shared many times?)");
+      if (v->kind == PyKind::none || (std::string_view(field) == "_buffers" && transient.count(k))) continue;
+      add_tensor(v, name_of(k), out);
     }
+  }
+  const auto modules = dict_view(fields.at("_modules"));
+  MAMCLIP_CHECK(modules.has_value(), io_error, w, ": ", at, " has _modules = ", describe(fields.at("_modules")),
+                "; expected a dict of modules");
+  for (const auto& [k, v] : modules->entries) {
+    if (v->kind == PyKind::none) continue;
+    MAMCLIP_CHECK(module_state(v) != nullptr, io_error, w, ": submodule '", name_of(k), "' is ", describe(v),
+                  "; expected a pickled nn.Module");
+    MAMCLIP_CHECK(depth < options_.max_depth, io_error, w, ": modules nest deeper than ", options_.max_depth,
+                  " levels at '", name_of(k).substr(0, 200), "' (a module that holds itself?)");
+    flatten_module(v, name_of(k), out, depth + 1, visited);
   }
 }
 
 inline TensorMap TorchCheckpoint::state_dict() const {
   const std::string w = where();
   const PyObject* top = root();
+  TensorMap out;
+  if (module_state(top)) {
+    flatten(top, "", out);
+    return out;
+  }
   const auto entries = dict_entries(top);
   if (!entries) {
     MAMCLIP_CHECK(!is_tensor(top), io_error, w, " holds a single tensor; expected a state dict (a dict of tensors)");
@@ -574,7 +646,6 @@ inline TensorMap TorchCheckpoint::state_dict() const {
         w, " holds ", describe(top),
         "; expected a state dict (a dict of tensors) or a checkpoint dict with 'state_dict', 'model' or 'module'"));
   }
-  TensorMap out;
   for (const auto& [k, v] : *entries)
     if (rebuild_kind(v) != Rebuild::none) {
       flatten(top, "", out);
