@@ -12,7 +12,7 @@
 // defines:
 //   core/      Tensor<T>, Shape, Device, DType, errors, Generator, factories
 //   autograd/  Node, backward engine, NoGradGuard, checkpoint, gradcheck
-//   ops/       elementwise, reduce, matmul, shape, indexing, softmax, norm, loss
+//   ops/       elementwise, reduce, matmul, shape, indexing, softmax, attention, norm, loss
 //   nn/        Module, Linear, LayerNorm, Embedding, Dropout, GELU, Sequential, ModuleList, init
 //   optim/     SGD, AdamW, LR schedules, clip_grad_norm_
 //   io/        safetensors and PyTorch checkpoint reading, safetensors writing, load_state_dict(file)
@@ -36,6 +36,7 @@
 #include "mamclip/autograd/grad_mode.hpp"
 #include "mamclip/autograd/node.hpp"
 
+#include "mamclip/ops/attention/attention.hpp"
 #include "mamclip/ops/elementwise/elementwise.hpp"
 #include "mamclip/ops/fwd.hpp"
 #include "mamclip/ops/indexing/indexing.hpp"
