@@ -300,6 +300,25 @@ TEST_CASE("checkpoint name variants: no prefix, gamma/beta, position_ids, fp16, 
     }
   }
 
+  SECTION("bert.-prefixed keys with LayerNorm.gamma/beta and a position_ids buffer load into both classes") {
+    io::TensorMap v;
+    for (const auto& [key, t] : base) {
+      std::string k = key;
+      if (auto at = k.find("LayerNorm.weight"); at != std::string::npos) k.replace(at, 16, "LayerNorm.gamma");
+      if (auto at = k.find("LayerNorm.bias"); at != std::string::npos) k.replace(at, 14, "LayerNorm.beta");
+      v.emplace(k, t);
+    }
+    v.emplace("bert.embeddings.position_ids", arange<int64_t>(0, 64).reshape({1, 64}));
+    CHECK(v.count("bert.encoder.layer.1.output.LayerNorm.beta") == 1);
+    CHECK(v.count("cls.predictions.transform.LayerNorm.gamma") == 1);
+    TempDir dir("prefixed");
+    write_checkpoint_dir(dir, v);
+    auto model = load_bert(dir.str());
+    check_base_outputs(*model, "prefixed gamma/beta");
+    auto mlm = load_bert_for_masked_lm(dir.str());
+    check_mlm_logits(*mlm, "prefixed gamma/beta");
+  }
+
   SECTION("a BertModel checkpoint plus a head without the bert. prefix loads into BertForMaskedLM") {
     io::TensorMap v;
     for (const auto& [key, t] : base) {
@@ -526,6 +545,40 @@ TEST_CASE("BertConfig: HF defaults, validation and typed errors naming config.js
   BertConfig bad;
   bad.num_attention_heads = 5;
   MAMCLIP_REQUIRE_THROWS_WITH(BertModel{bad}, value_error, "'hidden_size' (768) is not a multiple");
+}
+
+TEST_CASE("a new BertModel is initialised as HF does") {
+  BertConfig c;
+  c.vocab_size = 300;
+  c.hidden_size = 48;
+  c.num_hidden_layers = 1;
+  c.num_attention_heads = 3;
+  c.intermediate_size = 80;
+  c.max_position_embeddings = 40;
+  c.pad_token_id = 7;
+  c.initializer_range = 0.05;
+  Generator gen(123);
+  BertForMaskedLM m(c, gen);
+  CHECK(m.is_training());
+  auto std_of = [](const Tensor<float>& t) { return std::sqrt(mean(t * t).item()); };
+  const auto& emb = m.bert().embeddings;
+  CHECK(std_of(emb->word_embeddings->weight) == Approx(0.05).epsilon(0.05));
+  CHECK(amax(abs(emb->word_embeddings->weight.select(0, 7))).item() == 0.0f);
+  const auto& layer = (*m.bert().encoder->layer)[0];
+  CHECK(std_of(layer->intermediate->dense->weight) == Approx(0.05).epsilon(0.05));
+  CHECK(amax(abs(layer->intermediate->dense->bias)).item() == 0.0f);
+  CHECK(amin(layer->output->LayerNorm->weight).item() == 1.0f);
+  CHECK(amax(abs(m.cls->predictions->bias)).item() == 0.0f);
+  CHECK(std_of(m.cls->predictions->transform->dense->weight) == Approx(0.05).epsilon(0.05));
+  // Same generator seed, same weights.
+  Generator gen2(123);
+  BertForMaskedLM m2(c, gen2);
+  CHECK(same_values(m2.bert().embeddings->word_embeddings->weight, emb->word_embeddings->weight));
+  // A forward and backward run end to end.
+  Tensor<float> logits = m.forward(randint<int64_t>(0, 300, {2, 9}, gen));
+  CHECK(logits.shape() == Shape{2, 9, 300});
+  sum(logits).backward();
+  CHECK(emb->position_embeddings->weight.grad().defined());
 }
 
 TEST_CASE("BertModel.forward checks its inputs") {

@@ -22,8 +22,8 @@
 //
 // defines: make_bert_activation, init_bert_weights, BertEmbeddings, BertSelfAttention,
 //   BertSelfOutput, BertAttention, BertIntermediate, BertFeedForwardOutput (HF's
-//   BertOutput layer), BertLayer, BertEncoder, BertPooler, BertOutput (the model's
-//   outputs), BertModel, BertPredictionHeadTransform, BertLMPredictionHead,
+//   BertOutput layer), BertLayer, BertEncoder, BertPooler, BertSkipInit, BertOutput
+//   (the model's outputs), BertModel, BertPredictionHeadTransform, BertLMPredictionHead,
 //   BertOnlyMLMHead, BertForMaskedLM
 
 #include <memory>
@@ -244,6 +244,11 @@ class BertPooler : public nn::Module {
   std::shared_ptr<nn::Tanh> activation;
 };
 
+// Tag for the loaders: build the modules but skip HF's initialisation (the
+// layers keep their own default init), because every weight is about to be
+// overwritten; drawing ~110M normals for BERT-base takes seconds.
+struct BertSkipInit {};
+
 struct BertOutput {
   Tensor<float> last_hidden_state;  // [B, L, H]
   Tensor<float> pooler_output;      // [B, H]; undefined for a model built without the pooling layer
@@ -253,11 +258,13 @@ class BertModel : public nn::Module {
  public:
   // Weights drawn as HF initialises them (init_bert_weights) from `gen`.
   explicit BertModel(const BertConfig& config, bool add_pooling_layer = true, Generator& gen = default_generator())
-      : config_((config.validate(), config)) {
+      : BertModel(config, add_pooling_layer, BertSkipInit{}) {
+    init_bert_weights(*this, config_.initializer_range, gen);
+  }
+  BertModel(const BertConfig& config, bool add_pooling_layer, BertSkipInit) : config_((config.validate(), config)) {
     embeddings = register_module("embeddings", std::make_shared<BertEmbeddings>(config_));
     encoder = register_module("encoder", std::make_shared<BertEncoder>(config_));
     if (add_pooling_layer) pooler = register_module("pooler", std::make_shared<BertPooler>(config_));
-    init_bert_weights(*this, config_.initializer_range, gen);
   }
   std::string type_name() const override { return "BertModel"; }
 
@@ -265,6 +272,9 @@ class BertModel : public nn::Module {
   // int64 [B, L] (nonzero = token, 0 = padding: padded keys get no attention)
   // or undefined = all ones; token_type_ids int64 [B, L] or undefined = zeros.
   // Padded positions still get hidden states (attending to the real tokens), as in HF.
+  // A sequence whose mask is all zeros differs from HF: HF's additive mask makes
+  // its attention uniform over the padding, scaled_dot_product_attention gives
+  // zeros (such a row carries no tokens either way).
   BertOutput forward(const Tensor<int64_t>& input_ids, const Tensor<int64_t>& attention_mask = {},
                      const Tensor<int64_t>& token_type_ids = {}) {
     MAMCLIP_CHECK(input_ids.defined(), value_error, "BertModel.forward: input_ids is an undefined tensor");
@@ -355,10 +365,13 @@ class BertOnlyMLMHead : public nn::Module {
 class BertForMaskedLM : public nn::Module {
  public:
   // As in HF, the encoder has no pooling layer.
-  explicit BertForMaskedLM(const BertConfig& config, Generator& gen = default_generator()) {
-    bert_ = register_module("bert", std::make_shared<BertModel>(config, /*add_pooling_layer=*/false, gen));
+  explicit BertForMaskedLM(const BertConfig& config, Generator& gen = default_generator())
+      : BertForMaskedLM(config, BertSkipInit{}) {
+    init_bert_weights(*this, bert_->config().initializer_range, gen);
+  }
+  BertForMaskedLM(const BertConfig& config, BertSkipInit) {
+    bert_ = register_module("bert", std::make_shared<BertModel>(config, /*add_pooling_layer=*/false, BertSkipInit{}));
     cls = register_module("cls", std::make_shared<BertOnlyMLMHead>(bert_->config()));
-    init_bert_weights(*cls, bert_->config().initializer_range, gen);
   }
   std::string type_name() const override { return "BertForMaskedLM"; }
 

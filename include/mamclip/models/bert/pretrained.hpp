@@ -196,7 +196,7 @@ inline std::shared_ptr<BertModel> load_bert(const std::string& dir, const BertLo
   const BertConfig config = detail::read_bert_config(dir);
   const std::string file = find_bert_weights(dir);
   const nn::StateDict sd = bert_state_dict_from(io::load_state_dict(file), false, file, options.add_pooling_layer);
-  auto model = std::make_shared<BertModel>(config, options.add_pooling_layer);
+  auto model = std::make_shared<BertModel>(config, options.add_pooling_layer, BertSkipInit{});
   detail::load_bert_state(*model, sd, file, options);
   return model;
 }
@@ -207,7 +207,7 @@ inline std::shared_ptr<BertForMaskedLM> load_bert_for_masked_lm(const std::strin
   const BertConfig config = detail::read_bert_config(dir);
   const std::string file = find_bert_weights(dir);
   const nn::StateDict sd = bert_state_dict_from(io::load_state_dict(file), true, file);
-  auto model = std::make_shared<BertForMaskedLM>(config);
+  auto model = std::make_shared<BertForMaskedLM>(config, BertSkipInit{});
   detail::load_bert_state(*model, sd, file, options);
   return model;
 }
