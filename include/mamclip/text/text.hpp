@@ -16,10 +16,13 @@
 //   wordpiece.hpp        WordPiece (greedy longest-match, "##" continuations, [UNK] words)
 //   tokenizer.hpp        BertTokenizerOptions, BertTokenizer (token_ids, tokenize, encode,
 //                        encode_batch, decode), EncodeOptions, Padding, Encoding, BatchEncoding
+//   pretrained.hpp       load_bert_tokenizer, read_bert_tokenizer_settings, BertTokenizerSettings
+//                        (HF model directories: vocab.txt or tokenizer.json, tokenizer_config.json)
 //   mlm_masking.hpp      MlmOptions, MlmAction, MlmDecision, MaskedCaption, MlmEncoding, MlmBatch, MlmMasker
 
 #include "mamclip/text/basic_tokenizer.hpp"
 #include "mamclip/text/mlm_masking.hpp"
+#include "mamclip/text/pretrained.hpp"
 #include "mamclip/text/tokenizer.hpp"
 #include "mamclip/text/unicode.hpp"
 #include "mamclip/text/vocab.hpp"
