@@ -136,7 +136,7 @@ struct TorchLoadOptions {
   // not expand to more entries than max_entries (shared sub-dicts could make
   // the expansion exponential).
   int max_depth = 64;
-  size_t max_entries = size_t{1} << 20;
+  size_t max_entries = size_t{1} << 18;
 };
 
 class TorchCheckpoint {
