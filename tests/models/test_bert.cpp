@@ -374,6 +374,32 @@ TEST_CASE("checkpoint name variants: no prefix, gamma/beta, position_ids, fp16, 
   }
 }
 
+TEST_CASE("a sharded checkpoint (model.safetensors.index.json) loads like the single file") {
+  const io::TensorMap base = fixture_tensors();
+  TempDir dir("sharded");
+  fs::copy_file(kModelDir + "/config.json", dir.file("config.json"));
+  io::TensorMap shard[2];
+  nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
+  for (const auto& [key, t] : base) {
+    const int s = key.find("encoder.layer.1.") != std::string::npos || key.compare(0, 4, "cls.") == 0 ? 1 : 0;
+    shard[s].emplace(key, t);
+    index["weight_map"][key] = "model-0000" + std::to_string(s + 1) + "-of-00002.safetensors";
+  }
+  REQUIRE(!shard[0].empty());
+  REQUIRE(!shard[1].empty());
+  io::save_safetensors(dir.file("model-00001-of-00002.safetensors"), shard[0]);
+  io::save_safetensors(dir.file("model-00002-of-00002.safetensors"), shard[1]);
+  write_text(dir.file("model.safetensors.index.json"), index.dump(2));
+  CHECK(find_bert_weights(dir.str()) == dir.file("model.safetensors.index.json"));
+  auto model = load_bert(dir.str());
+  check_base_outputs(*model, "sharded");
+  auto mlm = load_bert_for_masked_lm(dir.str());
+  check_mlm_logits(*mlm, "sharded");
+  // model.safetensors beside an index wins, as in transformers.
+  fs::copy_file(kModelDir + "/model.safetensors", dir.file("model.safetensors"));
+  CHECK(find_bert_weights(dir.str()) == dir.file("model.safetensors"));
+}
+
 TEST_CASE("strict loading lists every missing, unexpected and mis-shaped key in one error") {
   io::TensorMap v = fixture_tensors();
   v.erase("bert.encoder.layer.1.output.dense.bias");
