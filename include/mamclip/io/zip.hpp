@@ -277,8 +277,8 @@ inline void ZipArchive::parse() {
   std::vector<const ZipEntry*> order;
   order.reserve(entries_.size());
   for (const auto& en : entries_) order.push_back(&en);
-  std::sort(order.begin(), order.end(), [](const ZipEntry* a, const ZipEntry* b) {
-    return a->header_offset < b->header_offset;
+  std::sort(order.begin(), order.end(), [](const ZipEntry* x, const ZipEntry* y) {
+    return x->header_offset < y->header_offset;
   });
   for (size_t i = 1; i < order.size(); ++i)
     MAMCLIP_CHECK(order[i - 1]->data_offset + order[i - 1]->size <= order[i]->header_offset, io_error, w,
