@@ -1,0 +1,319 @@
+// The mamclip program run as a user runs it (stdin, stdout, stderr, exit
+// status): tokenize against HuggingFace's ids from the tokenizer fixture,
+// embed against transformers' BertModel on the tiny BERT fixture
+// (tools/make_cli_fixture.py), and the usage / runtime error contract.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "mamclip/io/safetensors.hpp"
+#include "text/text_fixtures.hpp"
+
+using namespace mamclip;
+using namespace mamclip::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("mamclip_cli_" + std::to_string(::getpid()));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+const TempDir& tmp() {
+  static TempDir d;
+  return d;
+}
+
+void write_file(const std::string& path, const std::string& content) {
+  std::ofstream f(path, std::ios::binary);
+  f << content;
+  REQUIRE(f.good());
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+struct Run {
+  int status = -1;  // exit status
+  std::string out, err;
+};
+
+// Runs the program with `args` and `input` on stdin. A death by signal
+// (abort, segfault) fails the test: the program must never crash.
+Run run_cli(const std::vector<std::string>& args, const std::string& input = "") {
+  const std::string in = tmp() / "stdin", out = tmp() / "stdout", err = tmp() / "stderr";
+  write_file(in, input);
+  std::string cmd = shell_quote(MAMCLIP_CLI_EXE);
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  cmd += " < " + shell_quote(in) + " > " + shell_quote(out) + " 2> " + shell_quote(err);
+  const int raw = std::system(cmd.c_str());
+  Run r;
+  r.out = read_file(out);
+  r.err = read_file(err);
+  INFO("command: " << cmd << "\nstderr: " << r.err);
+  REQUIRE(raw != -1);
+  REQUIRE(WIFEXITED(raw));
+  r.status = WEXITSTATUS(raw);
+  REQUIRE(r.status != 127);  // the shell found no program
+  return r;
+}
+
+std::vector<std::string> split_lines(const std::string& s) {
+  std::vector<std::string> lines;
+  std::istringstream is(s);
+  std::string line;
+  while (std::getline(is, line)) lines.push_back(line);
+  return lines;
+}
+
+std::string ids_line(const std::vector<int64_t>& ids) {
+  std::string s;
+  for (size_t i = 0; i < ids.size(); ++i) s += (i ? " " : "") + std::to_string(ids[i]);
+  return s;
+}
+
+const std::string kBertDir = fixture_path("bert/model");
+
+#define REQUIRE_USAGE_ERROR(run, message)         \
+  do {                                            \
+    const Run r_ = (run);                         \
+    INFO("stderr: " << r_.err);                   \
+    CHECK(r_.status == 2);                        \
+    CHECK(r_.out.empty());                        \
+    CHECK(r_.err.find(message) != std::string::npos); \
+  } while (0)
+
+#define REQUIRE_RUNTIME_ERROR(run, message)       \
+  do {                                            \
+    const Run r_ = (run);                         \
+    INFO("stderr: " << r_.err);                   \
+    CHECK(r_.status == 1);                        \
+    CHECK(r_.err.find(message) != std::string::npos); \
+  } while (0)
+
+}  // namespace
+
+TEST_CASE("mamclip --help and <command> --help print usage and exit 0; no command exits 2") {
+  auto r = run_cli({"--help"});
+  CHECK(r.status == 0);
+  CHECK(r.out.find("usage: mamclip <command> [options]") == 0);
+  CHECK(r.out.find("tokenize") != std::string::npos);
+  CHECK(r.out.find("embed") != std::string::npos);
+  r = run_cli({"tokenize", "--help"});
+  CHECK(r.status == 0);
+  CHECK(r.out.find("usage: mamclip tokenize (--vocab FILE | --model DIR) [--cased] [--max-length N]") == 0);
+  r = run_cli({"embed", "-h"});
+  CHECK(r.status == 0);
+  CHECK(r.out.find("usage: mamclip embed --model DIR --output FILE.safetensors") == 0);
+  // --help wins over the other flags and their values, even bad ones.
+  CHECK(run_cli({"tokenize", "--max-length", "x", "--help"}).status == 0);
+  CHECK(run_cli({"tokenize", "--help", "--vocab", "nowhere"}).status == 0);
+  r = run_cli({});
+  CHECK(r.status == 2);
+  CHECK(r.err.find("usage: mamclip") == 0);
+}
+
+TEST_CASE("mamclip: usage errors name the flag and exit 2") {
+  const std::string vocab = kBertDir + "/vocab.txt";
+  REQUIRE_USAGE_ERROR(run_cli({"frobnicate"}), "mamclip: unknown command 'frobnicate'");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize"}), "mamclip tokenize: --vocab FILE or --model DIR is required");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab"}), "mamclip tokenize: --vocab needs a value");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab", "--cased"}), "mamclip tokenize: --vocab needs a value");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab="}), "--vocab needs a non-empty value");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab", vocab, "--bogus"}), "mamclip tokenize: unknown option '--bogus'");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab", vocab, "-x"}), "unexpected argument '-x'");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab", vocab, "text"}), "unexpected argument 'text'");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab", vocab, "--vocab", vocab}), "--vocab is given twice");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab", vocab, "--model", kBertDir}), "give --vocab or --model, not both");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab", vocab, "--cased=yes"}), "--cased takes no value, got 'yes'");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab", vocab, "--max-length", "abc"}),
+                      "mamclip tokenize: --max-length expects an integer >= 2, got 'abc'");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab", vocab, "--max-length=1"}),
+                      "--max-length expects an integer >= 2, got '1'");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab", vocab, "--max-length", "12x"}), "got '12x'");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab", vocab, "--max-length", "99999999999999999999"}),
+                      "got '99999999999999999999'");
+  REQUIRE_USAGE_ERROR(run_cli({"tokenize", "--vocab", "/nonexistent/vocab.txt", "--max-length", "-4"}),
+                      "--max-length expects an integer >= 2, got '-4'");
+  REQUIRE_USAGE_ERROR(run_cli({"embed", "--output", "x.safetensors"}), "mamclip embed: --model DIR is required");
+  REQUIRE_USAGE_ERROR(run_cli({"embed", "--model", kBertDir}), "mamclip embed: --output FILE is required");
+  REQUIRE_USAGE_ERROR(run_cli({"embed", "--model", kBertDir, "--output", tmp() / "e.safetensors", "--batch", "0"}),
+                      "mamclip embed: --batch expects an integer in 1..1048576, got '0'");
+  REQUIRE_USAGE_ERROR(run_cli({"embed", "--model", kBertDir, "--output", tmp() / "e.safetensors", "--batch", "2.5"}),
+                      "--batch expects an integer in 1..1048576, got '2.5'");
+  // A value the model cannot take is a usage error too: the fixture model has 64 positions.
+  REQUIRE_USAGE_ERROR(run_cli({"embed", "--model", kBertDir, "--output", tmp() / "e.safetensors", "--max-length", "65"},
+                              "a\n"),
+                      "mamclip embed: --max-length 65 exceeds the model's max_position_embeddings 64");
+  CHECK_FALSE(fs::exists(tmp() / "e.safetensors"));
+}
+
+TEST_CASE("mamclip: runtime errors say 'mamclip <command>: <what>' and exit 1") {
+  REQUIRE_RUNTIME_ERROR(run_cli({"tokenize", "--vocab", "/nonexistent/vocab.txt"}, "a\n"),
+                        "mamclip tokenize: vocab: cannot open \"/nonexistent/vocab.txt\": no such file");
+  REQUIRE_RUNTIME_ERROR(run_cli({"tokenize", "--vocab", kBertDir}, "a\n"), "is a directory");
+  REQUIRE_RUNTIME_ERROR(run_cli({"tokenize", "--model", "/nonexistent"}, "a\n"),
+                        "mamclip tokenize: load_bert_tokenizer: \"/nonexistent\" is not a directory");
+  REQUIRE_RUNTIME_ERROR(run_cli({"embed", "--model", "/nonexistent", "--output", tmp() / "e.safetensors"}, "a\n"),
+                        "mamclip embed: load_bert_tokenizer: \"/nonexistent\" is not a directory");
+
+  // A directory with a vocabulary but no config.json, then one with corrupt weights.
+  const std::string broken = tmp() / "broken_model";
+  fs::create_directories(broken);
+  fs::copy_file(kBertDir + "/vocab.txt", broken + "/vocab.txt", fs::copy_options::overwrite_existing);
+  auto r = run_cli({"embed", "--model", broken, "--output", tmp() / "e.safetensors"}, "a\n");
+  CHECK(r.status == 1);
+  CHECK(r.err.rfind("mamclip embed: ", 0) == 0);
+  CHECK(r.err.find("config.json") != std::string::npos);
+  fs::copy_file(kBertDir + "/config.json", broken + "/config.json", fs::copy_options::overwrite_existing);
+  write_file(broken + "/model.safetensors", "this is not a safetensors file");
+  r = run_cli({"embed", "--model", broken, "--output", tmp() / "e.safetensors"}, "a\n");
+  CHECK(r.status == 1);
+  CHECK(r.err.rfind("mamclip embed: ", 0) == 0);
+  CHECK(r.err.find("model.safetensors") != std::string::npos);
+  CHECK_FALSE(fs::exists(tmp() / "e.safetensors"));
+
+  // An output path that cannot be written.
+  REQUIRE_RUNTIME_ERROR(run_cli({"embed", "--model", kBertDir, "--output", tmp() / "no/such/dir/e.safetensors"}, "a\n"),
+                        "mamclip embed: ");
+}
+
+TEST_CASE("mamclip tokenize gives HuggingFace BertTokenizer's ids for every fixture text, uncased and cased") {
+  const auto pv = shared_vocab(kPubmed);
+  if (!pv) return;
+  const text::Vocab vocab = text::Vocab::load(*pv);
+  const auto records = load_jsonl(tokenizer_fixture("texts.jsonl"));
+  std::string input;
+  std::vector<std::vector<int64_t>> uncased, cased, short8;
+  for (const auto& rec : records) {
+    const std::string t = rec.contains("hex") ? from_hex(rec["hex"].get<std::string>()) : rec["text"].get<std::string>();
+    // One text per line: texts holding a newline, or ending in \r (dropped as a CRLF), cannot travel this way.
+    if (t.find('\n') != std::string::npos || (!t.empty() && t.back() == '\r')) continue;
+    input += t + "\n";
+    const auto wrap = [&](std::vector<int64_t> ids, size_t max_length) {
+      if (ids.size() > max_length - 2) ids.resize(max_length - 2);
+      ids.insert(ids.begin(), vocab.cls_id());
+      ids.push_back(vocab.sep_id());
+      return ids;
+    };
+    uncased.push_back(wrap(rec["pubmed"].get<std::vector<int64_t>>(), 512));
+    cased.push_back(wrap(rec["pubmed_cased"].get<std::vector<int64_t>>(), 512));
+    short8.push_back(wrap(rec["pubmed"].get<std::vector<int64_t>>(), 8));
+  }
+  REQUIRE(uncased.size() >= 1500);
+  size_t truncated = 0;
+  for (const auto& ids : uncased) truncated += ids.size() == 512 ? 1 : 0;
+
+  const auto compare = [&](const std::vector<std::string>& args, const std::vector<std::vector<int64_t>>& expected) {
+    const Run r = run_cli(args, input);
+    REQUIRE(r.status == 0);
+    CHECK(r.err.empty());
+    const auto lines = split_lines(r.out);
+    REQUIRE(lines.size() == expected.size());
+    size_t mismatches = 0;
+    for (size_t i = 0; i < lines.size(); ++i)
+      if (lines[i] != ids_line(expected[i]) && ++mismatches <= 5)
+        UNSCOPED_INFO("line " << i + 1 << "\n  expected " << ids_line(expected[i]) << "\n  actual   " << lines[i]);
+    CHECK(mismatches == 0);
+  };
+  compare({"tokenize", "--vocab", *pv}, uncased);
+  compare({"tokenize", "--vocab", *pv, "--cased"}, cased);
+  compare({"tokenize", "--max-length", "8", "--vocab", *pv}, short8);
+  // The shared PubMedBERT directory has vocab.txt and tokenizer_config.json (do_lower_case true).
+  compare({"tokenize", "--model", fs::path(*pv).parent_path().string()}, uncased);
+  std::cout << "mamclip tokenize: " << uncased.size() << " fixture texts (" << truncated
+            << " truncated to 512) x 4 runs\n";
+}
+
+TEST_CASE("mamclip tokenize: CRLF, empty lines, a last line without newline, no input") {
+  const std::string vocab = kBertDir + "/vocab.txt";  // [CLS] 2, [SEP] 3, "breast" 15, "mass" 16, "##es" ...
+  const text::BertTokenizer tok = text::BertTokenizer::from_file(vocab);
+  const auto expect = [&](const std::string& t) {
+    auto ids = tok.token_ids(t);
+    ids.insert(ids.begin(), 2);
+    ids.push_back(3);
+    return ids_line(ids);
+  };
+  const Run r = run_cli({"tokenize", "--vocab", vocab}, "Breast masses\r\n\nleft breast\r\n\r\nmass");
+  REQUIRE(r.status == 0);
+  CHECK(r.out == expect("breast masses") + "\n2 3\n" + expect("left breast") + "\n2 3\n" + expect("mass") + "\n");
+  CHECK(expect("Breast masses") != "2 3");  // the words are in the vocabulary: the lines carry real ids
+  CHECK(expect("Breast masses").find(" 1 ") == std::string::npos);  // and no [UNK]
+  CHECK(run_cli({"tokenize", "--vocab", vocab}, "").out.empty());
+  // --model on the same directory (no tokenizer_config.json: uncased) and --cased.
+  CHECK(run_cli({"tokenize", "--model", kBertDir}, "Breast masses\n").out == expect("breast masses") + "\n");
+  CHECK(run_cli({"tokenize", "--model", kBertDir, "--cased"}, "Breast\n").out == "2 1 3\n");
+  CHECK(run_cli({"tokenize", "--vocab", vocab, "--cased"}, "Breast\n").out == "2 1 3\n");
+  CHECK(run_cli({"tokenize", "--vocab", vocab, "--max-length", "2"}, "breast mass\n").out == "2 3\n");
+}
+
+TEST_CASE("mamclip embed equals transformers' BertModel on the tiny fixture model, any batch size") {
+  const std::string texts = read_file(fixture_path("cli/texts.txt"));
+  REQUIRE(texts.find("\r\n") != std::string::npos);
+  const io::SafetensorsFile expected(fixture_path("cli/embed_expected.safetensors"));
+  struct Case {
+    std::vector<std::string> extra;
+    std::string prefix, max_length;
+  };
+  const Case cases[] = {{{}, "max64.", "64"},
+                        {{"--batch", "2"}, "max64.", "64"},
+                        {{"--batch=1", "--max-length", "8"}, "max8.", "8"}};
+  for (const auto& c : cases) {
+    const std::string out = tmp() / "embed.safetensors";
+    std::vector<std::string> args{"embed", "--model", kBertDir, "--output", out};
+    args.insert(args.end(), c.extra.begin(), c.extra.end());
+    const Run r = run_cli(args, texts);
+    INFO("args: " << list_str(args) << "\nstderr: " << r.err);
+    REQUIRE(r.status == 0);
+    CHECK(r.out.empty());
+    const io::SafetensorsFile got(out);
+    CHECK(got.names().size() == 4);
+    CHECK(got.metadata().at("model") == kBertDir);
+    CHECK(got.metadata().at("max_length") == c.max_length);
+    const auto ids = got.get<int64_t>("input_ids");
+    CHECK(ids.shape() == expected.get<int64_t>(c.prefix + "input_ids").shape());
+    CHECK(ids.to_vector() == expected.get<int64_t>(c.prefix + "input_ids").to_vector());
+    CHECK(got.get<int64_t>("attention_mask").to_vector() ==
+          expected.get<int64_t>(c.prefix + "attention_mask").to_vector());
+    require_allclose(got.get<float>("last_hidden_state"), expected.get<float>(c.prefix + "last_hidden_state"), 2e-5,
+                     2e-5, "last_hidden_state");
+    require_allclose(got.get<float>("cls"), expected.get<float>(c.prefix + "cls"), 2e-5, 2e-5, "cls");
+    CHECK(got.info("last_hidden_state").dtype == io::StDtype::F32);
+    CHECK(got.info("attention_mask").dtype == io::StDtype::I64);
+    fs::remove(out);
+  }
+}
+
+TEST_CASE("mamclip embed on no input writes empty tensors") {
+  const std::string out = tmp() / "empty.safetensors";
+  const Run r = run_cli({"embed", "--model", kBertDir, "--output", out}, "");
+  REQUIRE(r.status == 0);
+  const io::SafetensorsFile got(out);
+  CHECK(got.info("last_hidden_state").shape == Shape{0, 0, 64});
+  CHECK(got.info("attention_mask").shape == Shape{0, 0});
+  CHECK(got.info("cls").shape == Shape{0, 64});
+}
