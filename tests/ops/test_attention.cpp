@@ -28,6 +28,14 @@ Tensor<bool> padding_mask(int64_t b, int64_t lk, uint64_t seed) {
   return m;
 }
 
+// A [B, Lk] mask of right-padded sequences of the given lengths.
+Tensor<bool> right_padding(int64_t lk, const std::vector<int64_t>& lengths) {
+  Tensor<bool> m = empty<bool>({static_cast<int64_t>(lengths.size()), lk});
+  for (size_t i = 0; i < lengths.size(); ++i)
+    for (int64_t j = 0; j < lk; ++j) m(static_cast<int64_t>(i), j) = j < lengths[i];
+  return m;
+}
+
 // The visible-key matrix [B, H, Lq, Lk] of the op's masks.
 Tensor<bool> visible(int64_t b, int64_t h, int64_t lq, int64_t lk, const Tensor<bool>& pad, bool causal) {
   Tensor<bool> v = empty<bool>({b, h, lq, lk});
@@ -97,9 +105,14 @@ TEST_CASE("attention matches matmul + masked softmax + matmul at awkward sizes, 
   for (const Dims& n : {kSmall, kSquare, Dims{1, 1, 9, 3, 5, 7}, Dims{3, 2, 1, 11, 3, 2}}) {
     const auto x = inputs(n, 10 + static_cast<uint64_t>(n.lq));
     const Tensor<bool> pad = padding_mask(n.b, n.lk, 3);
+    std::vector<int64_t> lengths{2, n.lk, 1};
+    lengths.resize(static_cast<size_t>(n.b));
+    const Tensor<bool> rpad = right_padding(n.lk, lengths);
     for (const auto& [name, o] : std::vector<std::pair<const char*, AttentionOptions>>{
              {"no mask", opts()},
              {"padding", opts(pad)},
+             {"right padding (work stops at the last key)", opts(rpad)},
+             {"right padding + causal", opts(rpad, true)},
              {"causal", opts({}, true)},
              {"padding + causal", opts(pad, true)},
              {"padding, custom scale", opts(pad, false, 0, 0.37)}}) {
@@ -167,7 +180,11 @@ TEST_CASE("attention gradcheck: q, k, v with masks, causal, non-contiguous and b
     const auto x = inputs(n, 40);
     const Tensor<bool> pad = padding_mask(n.b, n.lk, 4);
     for (const auto& [name, o] : std::vector<std::pair<const char*, AttentionOptions>>{
-             {"plain", opts()}, {"padding", opts(pad)}, {"causal", opts({}, true)}, {"both", opts(pad, true, 0, 0.8)}}) {
+             {"plain", opts()},
+             {"padding", opts(pad)},
+             {"right padding", opts(right_padding(n.lk, std::vector<int64_t>(static_cast<size_t>(n.b), 3)))},
+             {"causal", opts({}, true)},
+             {"both", opts(pad, true, 0, 0.8)}}) {
       INFO(name << " Lq=" << n.lq << " Lk=" << n.lk);
       auto fn = [o = o](const std::vector<Tensor<double>>& in) {
         return scaled_dot_product_attention(in[0], in[1], in[2], o);
@@ -238,6 +255,11 @@ TEST_CASE("attention dropout: the documented Philox mask, determinism, the mean,
   require_allclose(y2, naive(x.q, x.k, x.v, o, dropout_factors({2, 3, 17, 17}, 1234, offset + 1, p)), 1e-13, 1e-12,
                    "second call");
   CHECK(sum(abs(y1 - y2)).item() > 1e-3);
+  Generator gr(4321);
+  const auto orp = opts(right_padding(17, {5, 12}), false, p);
+  require_allclose(scaled_dot_product_attention(x.q, x.k, x.v, orp, gr),
+                   naive(x.q, x.k, x.v, orp, dropout_factors({2, 3, 17, 17}, 4321, 0, p)), 1e-13, 1e-12,
+                   "right padding");
   Generator again(1234);
   CHECK(scaled_dot_product_attention(x.q, x.k, x.v, o, again).to_vector() == y1.to_vector());
   // p = 0 draws nothing.

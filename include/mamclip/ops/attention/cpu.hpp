@@ -97,9 +97,14 @@ template <class S>
 MMat<S> mmat(const HeadsView<S>& v, int64_t b, int64_t h, int64_t rows, int64_t cols) {
   return MMat<S>(v.head(b, h), rows, cols, Eigen::OuterStride<>(std::max(v.sl, cols)));
 }
+// The first `cols` columns of a rows x ld row-major buffer.
 template <class S>
-MMat<S> dense(S* p, int64_t rows, int64_t cols) {
-  return MMat<S>(p, rows, cols, Eigen::OuterStride<>(std::max<int64_t>(cols, 1)));
+MMat<S> strided(S* p, int64_t rows, int64_t cols, int64_t ld) {
+  return MMat<S>(p, rows, cols, Eigen::OuterStride<>(std::max<int64_t>(ld, 1)));
+}
+template <class S>
+CMat<S> strided(const S* p, int64_t rows, int64_t cols, int64_t ld) {
+  return CMat<S>(p, rows, cols, Eigen::OuterStride<>(std::max<int64_t>(ld, 1)));
 }
 
 // dst = a · b, also when the inner dim is 0 (a product Eigen would leave unset).
@@ -110,11 +115,6 @@ void product(Dst&& dst, const A& a, const B& b) {
     dst.setZero();
   else
     dst.noalias() = a * b;
-}
-
-// Keys query row i may see: a prefix [0, visible) of the row when causal.
-inline int64_t visible_keys(const AttentionDims& n, const AttentionConfig& c, int64_t i) {
-  return c.causal ? std::min<int64_t>(i + 1, n.lk) : n.lk;
 }
 
 // Dropout factors of row i of head (b, h): 0 or 1 / (1 - p), for keys [0, len).
@@ -141,23 +141,39 @@ void dropout_row(const AttentionDims& n, const AttentionConfig& c, int64_t b, in
   }
 }
 
-// Per key of batch b: additive bias (0 or -inf) and factor (1 or 0) from the padding mask.
+// Per key of batch b: additive bias (0 or -inf) and factor (1 or 0) from the
+// padding mask, and the key extent: keys at or after it are all padding, so
+// GEMMs stop there (right-padded batches skip their padding's work).
 template <class S>
 struct KeyMask {
   std::vector<S> bias, factor;  // [B, Lk]; empty without a mask
-  KeyMask(const AttentionDims& n, const AttentionConfig& c) {
+  std::vector<int64_t> extent;  // [B]: 1 + the last attended key, 0 when none
+  int64_t lk = 0;
+  KeyMask(const AttentionDims& n, const AttentionConfig& c) : lk(n.lk) {
     if (!c.key_padding_mask) return;
-    const int64_t count = n.batch * n.lk;
-    bias.resize(static_cast<size_t>(count));
-    factor.resize(static_cast<size_t>(count));
-    for (int64_t e = 0; e < count; ++e) {
-      const bool on = c.key_padding_mask[e];
-      bias[e] = on ? S(0) : -std::numeric_limits<S>::infinity();
-      factor[e] = on ? S(1) : S(0);
-    }
+    bias.resize(static_cast<size_t>(n.batch * n.lk));
+    factor.resize(bias.size());
+    extent.assign(static_cast<size_t>(n.batch), 0);
+    for (int64_t b = 0; b < n.batch; ++b)
+      for (int64_t j = 0; j < n.lk; ++j) {
+        const int64_t e = b * n.lk + j;
+        const bool on = c.key_padding_mask[e];
+        bias[e] = on ? S(0) : -std::numeric_limits<S>::infinity();
+        factor[e] = on ? S(1) : S(0);
+        if (on) extent[b] = j + 1;
+      }
   }
   bool any() const { return !bias.empty(); }
+  int64_t keys(int64_t b) const { return any() ? extent[b] : lk; }
 };
+
+// Keys query row i of batch b may see lie in [0, visible_keys): all of them,
+// a prefix when causal, and none past the padding mask's extent.
+template <class S>
+int64_t visible_keys(const AttentionConfig& c, const KeyMask<S>& mask, int64_t b, int64_t i) {
+  const int64_t kb = mask.keys(b);
+  return c.causal ? std::min<int64_t>(i + 1, kb) : kb;
+}
 
 // Turns the raw scores Q Kᵀ of one head (rows of Lk, in place) into
 // probabilities; optionally writes each row's log-sum-exp of the scaled,
@@ -168,7 +184,7 @@ void softmax_rows(const AttentionDims& n, const AttentionConfig& c, const KeyMas
   const S scale = static_cast<S>(c.scale), ninf = -std::numeric_limits<S>::infinity();
   for (int64_t i = 0; i < n.lq; ++i) {
     S* pr = p + i * n.lk;
-    const int64_t len = visible_keys(n, c, i);
+    const int64_t len = visible_keys(c, mask, b, i);
     Row<S> x(pr, len);
     S m = ninf;
     if (len > 0) {
@@ -197,12 +213,12 @@ void softmax_rows(const AttentionDims& n, const AttentionConfig& c, const KeyMas
 template <class S>
 void probs_from_lse(const AttentionDims& n, const AttentionConfig& c, const KeyMask<S>& mask, int64_t b,
                     const CMat<S>& q, const CMat<S>& k, const float* lse, S* p) {
-  MMat<S> pm = dense(p, n.lq, n.lk);
-  product(pm, q, k.transpose());
+  const int64_t kb = mask.keys(b);
+  product(strided(p, n.lq, kb, n.lk), q, k.topRows(kb).transpose());
   const S scale = static_cast<S>(c.scale);
   for (int64_t i = 0; i < n.lq; ++i) {
     S* pr = p + i * n.lk;
-    const int64_t len = lse[i] == -std::numeric_limits<float>::infinity() ? 0 : visible_keys(n, c, i);
+    const int64_t len = lse[i] == -std::numeric_limits<float>::infinity() ? 0 : visible_keys(c, mask, b, i);
     Row<S> x(pr, len);
     if (len > 0) {
       x = (x * scale - static_cast<S>(lse[i])).exp();
@@ -253,26 +269,27 @@ void attention_forward(const AttentionDims& n, const AttentionConfig& c, const H
   const bool drop = c.dropout_p > 0;
   const int64_t plen = n.lq * n.lk;
   for_each_head<Scratch<S>>(n.batch * n.heads, [&](int64_t e, Scratch<S>& s) {
-    const int64_t b = e / n.heads, h = e % n.heads;
+    const int64_t b = e / n.heads, h = e % n.heads, kb = mask.keys(b);
+    // P rows have stride Lk; only keys [0, kb) are computed, the rest are set to 0.
     S* p = probs ? probs + e * plen : Scratch<S>::sized(s.p, plen);
-    product(dense(p, n.lq, n.lk), cmat(q, b, h, n.lq, n.d), cmat(k, b, h, n.lk, n.d).transpose());
+    product(strided(p, n.lq, kb, n.lk), cmat(q, b, h, n.lq, n.d), cmat(k, b, h, kb, n.d).transpose());
     softmax_rows(n, c, mask, b, p, lse ? lse + e * n.lq : nullptr);
     const S* pv = p;
     if (drop) {
       S* pd = Scratch<S>::sized(s.pd, plen);
       S* f = Scratch<S>::sized(s.factor, n.lk);
       for (int64_t i = 0; i < n.lq; ++i) {
-        // Drawn for the whole row, masked keys included, so the mask is a function of the index alone.
-        dropout_row(n, c, b, h, i, n.lk, nullptr, f);
-        for (int64_t j = 0; j < n.lk; ++j) {
+        // Each draw depends on its element index alone (attention_keeps); keys past kb, whose
+        // probability is 0, are not drawn.
+        dropout_row(n, c, b, h, i, kb, nullptr, f);
+        for (int64_t j = 0; j < kb; ++j) {
           pd[i * n.lk + j] = p[i * n.lk + j] * f[j];
           if (keep) keep[e * plen + i * n.lk + j] = f[j] != S(0);
         }
       }
       pv = pd;
     }
-    product(mmat(out, b, h, n.lq, n.dv), CMat<S>(pv, n.lq, n.lk, Eigen::OuterStride<>(std::max<int64_t>(n.lk, 1))),
-            cmat(v, b, h, n.lk, n.dv));
+    product(mmat(out, b, h, n.lq, n.dv), strided(pv, n.lq, kb, n.lk), cmat(v, b, h, kb, n.dv));
   });
 }
 
@@ -291,10 +308,10 @@ void attention_backward(const AttentionDims& n, const AttentionConfig& c, const 
   const bool drop = c.dropout_p > 0;
   const int64_t plen = n.lq * n.lk;
   const S scale = static_cast<S>(c.scale);
-  const auto ld = std::max<int64_t>(n.lk, 1);
   for_each_head<Scratch<S>>(n.batch * n.heads, [&](int64_t e, Scratch<S>& s) {
-    const int64_t b = e / n.heads, h = e % n.heads;
-    const CMat<S> qm = cmat(q, b, h, n.lq, n.d), km = cmat(k, b, h, n.lk, n.d), vm = cmat(v, b, h, n.lk, n.dv);
+    const int64_t b = e / n.heads, h = e % n.heads, kb = mask.keys(b);
+    // Keys [kb, Lk) are padding: their probabilities are 0, so are their dk and dv rows.
+    const CMat<S> qm = cmat(q, b, h, n.lq, n.d), km = cmat(k, b, h, kb, n.d), vm = cmat(v, b, h, kb, n.dv);
     const CMat<S> dom = cmat(dout, b, h, n.lq, n.dv);
     const S* p = probs ? probs + e * plen : nullptr;
     if (!p) {
@@ -309,21 +326,22 @@ void attention_backward(const AttentionDims& n, const AttentionConfig& c, const 
       if (drop) {
         S* pd = Scratch<S>::sized(s.pd, plen);
         for (int64_t i = 0; i < n.lq; ++i) {
-          dropout_row(n, c, b, h, i, n.lk, keep_head ? keep_head + i * n.lk : nullptr, f);
-          for (int64_t j = 0; j < n.lk; ++j) pd[i * n.lk + j] = p[i * n.lk + j] * f[j];
+          dropout_row(n, c, b, h, i, kb, keep_head ? keep_head + i * n.lk : nullptr, f);
+          for (int64_t j = 0; j < kb; ++j) pd[i * n.lk + j] = p[i * n.lk + j] * f[j];
         }
         pv = pd;
       }
-      product(mmat(dv, b, h, n.lk, n.dv), CMat<S>(pv, n.lq, n.lk, Eigen::OuterStride<>(ld)).transpose(), dom);
+      MMat<S> dvm = mmat(dv, b, h, n.lk, n.dv);
+      product(dvm.topRows(kb), strided(pv, n.lq, kb, n.lk).transpose(), dom);
+      dvm.bottomRows(n.lk - kb).setZero();
     }
     if (!dq.data && !dk.data) return;
-    // dS overwrites dP row by row.
+    // dS [Lq, kb] (row stride Lk) overwrites dP row by row.
     S* ds = Scratch<S>::sized(s.pd, plen);
-    MMat<S> dsm = dense(ds, n.lq, n.lk);
-    product(dsm, dom, vm.transpose());
+    product(strided(ds, n.lq, kb, n.lk), dom, vm.transpose());
     for (int64_t i = 0; i < n.lq; ++i) {
       S* dr = ds + i * n.lk;
-      const int64_t len = visible_keys(n, c, i);
+      const int64_t len = visible_keys(c, mask, b, i);
       if (drop) {
         dropout_row(n, c, b, h, i, len, keep_head ? keep_head + i * n.lk : nullptr, f);
         Row<S>(dr, len) *= CRow<S>(f, len);
@@ -332,11 +350,15 @@ void attention_backward(const AttentionDims& n, const AttentionConfig& c, const 
       Row<S> x(dr, len);
       const S dsum = (pr * x).sum();
       x = pr * (x - dsum) * scale;
-      std::fill(dr + len, dr + n.lk, S(0));
+      std::fill(dr + len, dr + kb, S(0));
     }
-    const CMat<S> dsc(ds, n.lq, n.lk, Eigen::OuterStride<>(ld));
+    const CMat<S> dsc = strided(static_cast<const S*>(ds), n.lq, kb, n.lk);
     if (dq.data) product(mmat(dq, b, h, n.lq, n.d), dsc, km);
-    if (dk.data) product(mmat(dk, b, h, n.lk, n.d), dsc.transpose(), qm);
+    if (dk.data) {
+      MMat<S> dkm = mmat(dk, b, h, n.lk, n.d);
+      product(dkm.topRows(kb), dsc.transpose(), qm);
+      dkm.bottomRows(n.lk - kb).setZero();
+    }
   });
 }
 
