@@ -26,6 +26,15 @@ seeds_for() {
   case "$1" in
     safetensors) echo "$root/tests/fixtures/safetensors" ;;
     pickle) echo "$root/tests/fixtures/torch" ;;
+    tokenizer) echo "$root/tests/fixtures/cli" ;;
+    *) echo "" ;;
+  esac
+}
+
+# Extra compiler/linker arguments per target (text/ needs utf8proc and reads the shared vocabularies).
+extra_flags_for() {
+  case "$1" in
+    tokenizer) echo "-DMAMCLIP_SHARED_DATA=\"$root/../shared/data\" -lutf8proc" ;;
     *) echo "" ;;
   esac
 }
@@ -49,7 +58,7 @@ for t in "${targets[@]}"; do
   echo "== building fuzz_$t"
   # shellcheck disable=SC2086
   "$cxx" -std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
-    -fno-sanitize-recover=undefined -I"$root/include" $eigen "$src" -o "$bin" || { status=1; summary+=("$t: build failed"); continue; }
+    -fno-sanitize-recover=undefined -I"$root/include" $eigen "$src" $(extra_flags_for "$t") -o "$bin" || { status=1; summary+=("$t: build failed"); continue; }
 
   corpus="$out/corpus_$t"
   artifacts="$out/artifacts_$t/"
