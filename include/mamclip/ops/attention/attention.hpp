@@ -32,6 +32,7 @@
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/attention/cpu.hpp"
 #include "mamclip/ops/fwd.hpp"
+#include "mamclip/ops/shape/shape.hpp"  // Tensor::to<U>() for half and bfloat16
 
 namespace mamclip {
 

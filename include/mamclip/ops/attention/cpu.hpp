@@ -2,8 +2,8 @@
 // CPU scaled dot-product attention, forward and backward, one (batch, head)
 // at a time with Eigen GEMMs on the strided operands in place:
 //
-//   S = scale · Q Kᵀ            [Lq, Lk]   (GEMM)
-//   P = softmax_rows(S + mask)  [Lq, Lk]   (max-subtracted, in S's type)
+//   Sc = scale · Q Kᵀ           [Lq, Lk]   (GEMM)
+//   P = softmax_rows(Sc + mask) [Lq, Lk]   (max-subtracted, in float or double)
 //   Pd = P ⊙ keep / (1 - p)                (dropout; Pd = P without it)
 //   O = Pd V                    [Lq, Dv]   (GEMM)
 //
@@ -13,14 +13,15 @@
 //   dS = P ⊙ (dP − D) · scale,  dQ = dS K,  dK = dSᵀ Q.
 //
 // The structs and the dropout-mask function below are also the contract of a
-// device kernel (registered by ops/attention/attention.hpp's users, e.g. a
-// FlashAttention-style CUDA kernel): this file is its reference.
+// device kernel (a FlashAttention-style CUDA kernel registered under the op's
+// name, see attention.hpp): this file is its reference.
 //
 // Masking: a key is visible to query i when key_padding_mask[b, j] (if given)
 // and, when causal, j <= i (top-left aligned, as torch's is_causal for
 // Lq != Lk). A query row that sees no key gets probability 0 everywhere, so
 // its output and its gradients are 0 — FlashAttention's convention; torch's
-// softmax gives NaN there.
+// softmax gives NaN there. Keys after a batch's last attended key (right
+// padding) are left out of the GEMMs altogether.
 //
 // Threads: heads run in parallel under OpenMP when the program is compiled
 // with it (the same switch that parallelises Eigen's GEMMs; Eigen does not
