@@ -120,3 +120,17 @@ TEST_CASE("integer tensors have views too") {
   CHECK(i.narrow(1, 1, 2).contiguous().to_vector() == std::vector<int64_t>{1, 2, 4, 5});
   CHECK(i.unsqueeze(0).expand({2, 2, 3}).shape() == Shape{2, 2, 3});
 }
+
+TEST_CASE("to_vector reads every dtype back from a device, bool included") {
+  if (!ensure_stand_in_cuda()) {
+    WARN("a real CUDA backend is linked: tests/cuda covers device transfers");
+    return;
+  }
+  const Device dev = Device::cuda(0);
+  // A transposed bool view: the device path copies it contiguous, then stages the bytes.
+  const Tensor<bool> b = tensor<bool>({true, false, false, true, true, false}, {2, 3});
+  CHECK(b.to(dev).to_vector() == std::vector<bool>{true, false, false, true, true, false});
+  CHECK(b.t().to(dev).to_vector() == b.t().to_vector());
+  const Tensor<float> f = uniform_random<float>({3, 4}, 11, -1, 1);
+  CHECK(f.to(dev).to_vector() == f.to_vector());
+}

@@ -5,11 +5,7 @@ using namespace mamclip;
 using namespace mamclip::test;
 
 namespace {
-Tensor<double> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) {
-  Generator g(seed);
-  Tensor<double> t = empty<double>(s);
-  return uniform_(t, lo, hi, g);
-}
+Tensor<double> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) { return uniform_random<double>(s, seed, lo, hi); }
 using Fn = std::function<Tensor<double>(const std::vector<Tensor<double>>&)>;
 }  // namespace
 

@@ -8,11 +8,7 @@ using namespace mamclip::test;
 
 namespace {
 template <class T = double>
-Tensor<T> rnd(const Shape& s, uint64_t seed, double lo = -1, double hi = 1) {
-  Generator g(seed);
-  Tensor<T> t = empty<T>(s);
-  return uniform_(t, lo, hi, g);
-}
+Tensor<T> rnd(const Shape& s, uint64_t seed, double lo = -1, double hi = 1) { return uniform_random<T>(s, seed, lo, hi); }
 Tensor<int64_t> ids(std::initializer_list<int64_t> v) { return tensor<int64_t>(v); }  // 1-D
 Tensor<int64_t> ids(std::initializer_list<int64_t> v, const Shape& s) { return tensor<int64_t>(v, s); }
 }  // namespace

@@ -12,11 +12,7 @@ using namespace mamclip::test;
 namespace {
 
 template <class T = double>
-Tensor<T> rnd(const Shape& s, uint64_t seed, double lo = -1, double hi = 1) {
-  Generator g(seed);
-  Tensor<T> t = empty<T>(s);
-  return uniform_(t, lo, hi, g);
-}
+Tensor<T> rnd(const Shape& s, uint64_t seed, double lo = -1, double hi = 1) { return uniform_random<T>(s, seed, lo, hi); }
 
 // torch.matmul by definition, in double: the value and Σ_k |a_ik||b_kj| (the scale of its rounding error).
 template <class T>

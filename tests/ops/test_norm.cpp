@@ -8,11 +8,7 @@ using namespace mamclip;
 using namespace mamclip::test;
 
 namespace {
-Tensor<double> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) {
-  Generator g(seed);
-  Tensor<double> t = empty<double>(s);
-  return uniform_(t, lo, hi, g);
-}
+Tensor<double> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) { return uniform_random<double>(s, seed, lo, hi); }
 
 // Reference layer norm from reductions and elementwise ops (biased variance).
 Tensor<double> reference_layer_norm(const Tensor<double>& x, const std::vector<int64_t>& dims, const Tensor<double>& w,
@@ -30,12 +26,6 @@ Tensor<double> away_from_zero(const Tensor<double>& t) {
   return from_vector<double>(v, t.shape());
 }
 
-bool ensure_stand_in_device() {
-  if (device_available(DeviceType::cuda)) return false;
-  static CpuAllocator alloc;
-  register_device(DeviceType::cuda, &alloc, [](void* d, Device, const void* s, Device, size_t n) { std::memcpy(d, s, n); });
-  return true;
-}
 }  // namespace
 
 TEST_CASE("layer_norm: hand-computed values, biased variance, affine") {
@@ -106,7 +96,7 @@ TEST_CASE("layer_norm errors name the argument and the shapes") {
                               "layer_norm: weight has shape [2] but normalized_shape is [3]; expected them equal");
   MAMCLIP_REQUIRE_THROWS_WITH(layer_norm(x, {3}, Tensor<double>(), rnd({3, 1}, 2)), shape_error,
                               "layer_norm: bias has shape [3, 1] but normalized_shape is [3]");
-  if (ensure_stand_in_device()) {
+  if (ensure_stand_in_cuda()) {
     auto d = ones<float>({2, 3}).to(Device::cuda(0));
     MAMCLIP_REQUIRE_THROWS_WITH(layer_norm(d, {3}), device_error,
                                 "layer_norm: no kernel is registered for float32 tensors on cuda:0");

@@ -9,25 +9,12 @@ using namespace mamclip;
 using namespace mamclip::test;
 
 namespace {
-Tensor<double> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) {
-  Generator g(seed);
-  Tensor<double> t = empty<double>(s);
-  return uniform_(t, lo, hi, g);
-}
+Tensor<double> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) { return uniform_random<double>(s, seed, lo, hi); }
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // gradcheck draws its projection with randn(output shape), which cannot fill a
 // 0-dim shape yet: all-dims reductions are checked through a [1] view.
 Tensor<double> at_least_1d(const Tensor<double>& t) { return t.dim() == 0 ? t.reshape({1}) : t; }
-
-// A stand-in "cuda:0" whose memory is host memory, so device checks can run
-// without a GPU (only when no real backend is linked).
-bool ensure_stand_in_device() {
-  if (device_available(DeviceType::cuda)) return false;
-  static CpuAllocator alloc;
-  register_device(DeviceType::cuda, &alloc, [](void* d, Device, const void* s, Device, size_t n) { std::memcpy(d, s, n); });
-  return true;
-}
 
 // Reduction cases over several dim lists, keepdim on and off.
 struct DimsCase {
@@ -186,7 +173,7 @@ TEST_CASE("reduction errors name the op and the dim") {
   MAMCLIP_REQUIRE_THROWS_WITH(var(x, {1, -1}), value_error, "var: dim 1 appears more than once in dims");
   MAMCLIP_REQUIRE_THROWS_WITH(max(x, -3), index_error, "max: dim -3 is out of range");
   MAMCLIP_REQUIRE_THROWS_WITH(logsumexp(x, {5}), index_error, "logsumexp: dim 5 is out of range");
-  if (ensure_stand_in_device()) {
+  if (ensure_stand_in_cuda()) {
     auto d = ones<float>({2, 3}).to(Device::cuda(0));
     MAMCLIP_REQUIRE_THROWS_WITH(amax(d), device_error, "amax: no kernel is registered for float32 tensors on cuda:0");
     MAMCLIP_REQUIRE_THROWS_WITH(min(d, 0), device_error, "min: no kernel is registered for float32 tensors on cuda:0");

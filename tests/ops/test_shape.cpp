@@ -6,11 +6,7 @@ using namespace mamclip;
 using namespace mamclip::test;
 
 namespace {
-Tensor<double> rnd(const Shape& s, uint64_t seed) {
-  Generator g(seed);
-  Tensor<double> t = empty<double>(s);
-  return uniform_(t, -1, 1, g);
-}
+Tensor<double> rnd(const Shape& s, uint64_t seed) { return uniform_random<double>(s, seed, -1, 1); }
 using Fn = std::function<Tensor<double>(const std::vector<Tensor<double>>&)>;
 }  // namespace
 

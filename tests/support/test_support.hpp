@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -13,6 +14,29 @@
 #include "mamclip/mamclip.hpp"
 
 namespace mamclip::test {
+
+// Values uniform in [lo, hi) from a generator seeded with `seed`: random test
+// inputs that are reproducible and never all zeros.
+template <class T = double>
+Tensor<T> uniform_random(const Shape& shape, uint64_t seed, double lo, double hi) {
+  Generator g(seed);
+  Tensor<T> t = empty<T>(shape);
+  return uniform_(t, lo, hi, g);
+}
+
+// A stand-in "cuda:0" whose memory is host memory, so device dispatch (kernel
+// lookup, device_error messages, transfers) runs without a GPU. Installs it
+// once and returns true; returns false when a real CUDA backend is linked.
+inline bool ensure_stand_in_cuda() {
+  static const bool installed = [] {
+    if (device_available(DeviceType::cuda)) return false;
+    static CpuAllocator alloc;
+    register_device(DeviceType::cuda, &alloc,
+                    [](void* dst, Device, const void* src, Device, size_t n) { std::memcpy(dst, src, n); });
+    return true;
+  }();
+  return installed;
+}
 
 // Every element must satisfy |a - b| <= atol + rtol * |b|; reports the worst one.
 template <class T, class U>

@@ -79,7 +79,14 @@ std::vector<T> Tensor<T>::to_vector() const {
     detail::for_each_offset<1>(shape(), {strides()}, [&](const std::array<int64_t, 1>& o) { out[i++] = s[o[0]]; });
   } else {
     Tensor<T> c = is_contiguous() ? *this : detail::contiguous_copy(*this);
-    copy_bytes(out.data(), kCPU, c.data_ptr(), device(), out.size() * sizeof(T));
+    if constexpr (std::is_same_v<T, bool>) {
+      // std::vector<bool> packs bits and has no data(): stage the bytes.
+      std::vector<uint8_t> bytes(out.size());
+      copy_bytes(bytes.data(), kCPU, c.data_ptr(), device(), bytes.size());
+      for (size_t i = 0; i < bytes.size(); ++i) out[i] = bytes[i] != 0;
+    } else {
+      copy_bytes(out.data(), kCPU, c.data_ptr(), device(), out.size() * sizeof(T));
+    }
   }
   return out;
 }
