@@ -332,6 +332,9 @@ TEST_CASE("the legacy torch.save format is refused with a hint") {
   std::vector<uint8_t> tar(600, 0);
   std::memcpy(tar.data() + 257, "ustar", 5);
   MAMCLIP_REQUIRE_THROWS_WITH(open_bytes(tar), io_error, msg);
+  // A zip whose entry bytes happen to hold "ustar" at offset 257 is a zip (found by fuzzing).
+  std::memcpy(tar.data(), "PK\x03\x04", 4);
+  CHECK_FALSE(io::TorchCheckpoint::is_legacy(tar.data(), tar.size()));
 }
 
 TEST_CASE("pickles of every protocol run on the inert machine") {

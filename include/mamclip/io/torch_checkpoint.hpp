@@ -159,12 +159,14 @@ class TorchCheckpoint {
                                              0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
   static constexpr const char* kLegacyMessage =
       "legacy torch.save format is not supported; re-save with torch >= 1.6 (torch.save(obj, path))";
-  // Whether bytes start like a legacy torch.save file (pickle or tar).
+  static bool is_zip(const uint8_t* b, size_t n) { return n >= 4 && std::memcmp(b, "PK\x03\x04", 4) == 0; }
+  // Whether bytes start like a legacy torch.save file (pickle or tar). A zip
+  // never is, whatever its entries hold at the tar magic's offset 257.
   static bool is_legacy(const uint8_t* b, size_t n) {
+    if (is_zip(b, n)) return false;
     if (n >= sizeof(kLegacyMagic) && std::memcmp(b, kLegacyMagic, sizeof(kLegacyMagic)) == 0) return true;
     return n >= 262 && std::memcmp(b + 257, "ustar", 5) == 0;
   }
-  static bool is_zip(const uint8_t* b, size_t n) { return n >= 4 && std::memcmp(b, "PK\x03\x04", 4) == 0; }
 
   const std::string& path() const { return bytes_->name(); }
   const ZipArchive& zip() const { return *zip_; }
