@@ -134,3 +134,20 @@ TEST_CASE("to_vector reads every dtype back from a device, bool included") {
   const Tensor<float> f = uniform_random<float>({3, 4}, 11, -1, 1);
   CHECK(f.to(dev).to_vector() == f.to_vector());
 }
+
+TEST_CASE("rand, randn and randint give element i of the Philox streams, whatever the length") {
+  // Device kernels draw element i on its own; the CPU fills draw a block per 4
+  // (uniform) or 2 (normal) elements. Both must give the same values.
+  for (int64_t n : {1, 2, 3, 5, 8, 1001}) {
+    Generator g(42);
+    const auto u = rand<double>({n}, g).to_vector();
+    const auto z = randn<double>({n}, g).to_vector();
+    const auto k = randint<int64_t>(-3, 4, {n}, g).to_vector();
+    for (int64_t i = 0; i < n; ++i) {
+      const auto ui = static_cast<uint64_t>(i);
+      CHECK(u[i] == 1.0 - Philox::uniform(42, 0, ui));
+      CHECK(z[i] == Philox::normal(42, 1, ui));
+      CHECK(k[i] == -3 + std::min<int64_t>(static_cast<int64_t>((1.0 - Philox::uniform(42, 2, ui)) * 7), 6));
+    }
+  }
+}

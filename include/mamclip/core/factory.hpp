@@ -78,7 +78,8 @@ Tensor<T>& uniform_(Tensor<T>& t, double low = 0.0, double high = 1.0, Generator
   MAMCLIP_CHECK(low <= high, value_error, "uniform_: low ", low, " is greater than high ", high);
   const uint64_t seed = gen.seed(), offset = gen.next_offset();
   std::vector<T> v(static_cast<size_t>(t.numel()));
-  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<T>(low + (high - low) * (1.0 - Philox::uniform(seed, offset, i)));
+  Philox::for_each_uniform(seed, offset, v.size(),
+                           [&](uint64_t i, double u) { v[i] = static_cast<T>(low + (high - low) * (1.0 - u)); });
   t.copy_(from_vector<T>(v, t.shape()));
   return t;
 }
@@ -87,7 +88,7 @@ Tensor<T>& normal_(Tensor<T>& t, double mean = 0.0, double stddev = 1.0, Generat
   MAMCLIP_CHECK(stddev >= 0, value_error, "normal_: stddev must be non-negative, got ", stddev);
   const uint64_t seed = gen.seed(), offset = gen.next_offset();
   std::vector<T> v(static_cast<size_t>(t.numel()));
-  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<T>(mean + stddev * Philox::normal(seed, offset, i));
+  Philox::for_each_normal(seed, offset, v.size(), [&](uint64_t i, double z) { v[i] = static_cast<T>(mean + stddev * z); });
   t.copy_(from_vector<T>(v, t.shape()));
   return t;
 }
@@ -110,11 +111,11 @@ Tensor<T> randint(int64_t low, int64_t high, const Shape& shape, Generator& gen 
   MAMCLIP_CHECK(low < high, value_error, "randint: low ", low, " must be below high ", high);
   const uint64_t seed = gen.seed(), offset = gen.next_offset();
   std::vector<T> v(static_cast<size_t>(numel_of(shape)));
-  for (size_t i = 0; i < v.size(); ++i) {
-    const auto span = static_cast<double>(high - low);
-    auto k = static_cast<int64_t>((1.0 - Philox::uniform(seed, offset, i)) * span);
+  const auto span = static_cast<double>(high - low);
+  Philox::for_each_uniform(seed, offset, v.size(), [&](uint64_t i, double u) {
+    const auto k = static_cast<int64_t>((1.0 - u) * span);
     v[i] = static_cast<T>(low + std::min<int64_t>(k, high - low - 1));
-  }
+  });
   return from_vector<T>(v, shape, device);
 }
 

@@ -54,6 +54,31 @@ struct Philox {
     const double angle = 6.283185307179586 * u2;
     return (i % 2 == 0) ? radius * std::cos(angle) : radius * std::sin(angle);
   }
+
+  // Elements [0, n) of the uniform stream, sink(i, value): the same values as
+  // uniform(seed, offset, i), one block per 4 elements instead of per element.
+  template <class Sink>
+  static void for_each_uniform(uint64_t seed, uint64_t offset, uint64_t n, Sink&& sink) {
+    uint32_t r[4];
+    for (uint64_t b = 0; b * 4 < n; ++b) {
+      block(seed, offset, b, r);
+      for (uint64_t j = 0; j < 4 && b * 4 + j < n; ++j) sink(b * 4 + j, to_unit(r[j]));
+    }
+  }
+  // Elements [0, n) of the normal stream, sink(i, value): the same values as
+  // normal(seed, offset, i), each Box–Muller pair computed once.
+  template <class Sink>
+  static void for_each_normal(uint64_t seed, uint64_t offset, uint64_t n, Sink&& sink) {
+    uint32_t r[4];
+    for (uint64_t b = 0; b * 2 < n; ++b) {
+      block(seed, offset, b, r);
+      const double u1 = to_unit(r[0]), u2 = to_unit(r[1]);
+      const double radius = std::sqrt(-2.0 * std::log(u1));
+      const double angle = 6.283185307179586 * u2;
+      sink(b * 2, radius * std::cos(angle));
+      if (b * 2 + 1 < n) sink(b * 2 + 1, radius * std::sin(angle));
+    }
+  }
 };
 
 // A seeded stream. Each draw takes a fresh `offset`, so consecutive draws differ

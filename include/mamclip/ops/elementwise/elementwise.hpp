@@ -342,8 +342,9 @@ Tensor<T> dropout(const Tensor<T>& x, double p, bool training, Generator& gen) {
   const double keep = 1.0 - p;
   Tensor<T> scale = Tensor<T>::empty(x.shape(), x.device());  // 0 or 1/keep per element
   T* ps = scale.data_ptr();
-  for (int64_t i = 0; i < scale.numel(); ++i)
-    ps[i] = static_cast<T>(p == 1 || Philox::uniform(seed, offset, static_cast<uint64_t>(i)) > keep ? 0.0 : 1.0 / keep);
+  Philox::for_each_uniform(seed, offset, static_cast<uint64_t>(scale.numel()), [&](uint64_t i, double u) {
+    ps[i] = static_cast<T>(p == 1 || u > keep ? 0.0 : 1.0 / keep);
+  });
   Tensor<T> y = detail::map_binary("mul", x, scale, [](auto a, auto b) { return a * b; });
   return autograd::record<T>("DropoutBackward", {x}, y, [scale](const Tensor<T>& g) { return detail::Grads<T>{mul(g, scale)}; });
 }
