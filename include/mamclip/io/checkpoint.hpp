@@ -45,31 +45,8 @@ inline TensorMap load_indexed(const std::string& index_path) {
   namespace fs = std::filesystem;
   if (ends_with(index_path, ".safetensors.index.json")) return load_sharded(index_path);
   const std::string w = "checkpoint index '" + index_path + "'";
-  const auto bytes = FileBytes::map(index_path);
-  MAMCLIP_CHECK(bytes->size() <= kMaxHeaderSize, io_error, w, " is ", bytes->size(), " bytes; expected at most ",
-                kMaxHeaderSize);
-  const auto j = parse_json_strict(std::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size()), w, 64);
-  MAMCLIP_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), io_error, w,
-                " has no 'weight_map' object; expected {\"weight_map\": {tensor name: shard file}}");
-  std::vector<std::pair<std::string, std::vector<std::string>>> shards;
-  for (const auto& [name, file] : j["weight_map"].items()) {
-    MAMCLIP_CHECK(file.is_string(), io_error, w, ": weight_map['", name, "'] is a JSON ", json_type_name(file),
-                  "; expected a shard file name");
-    const auto& f = file.get_ref<const std::string&>();
-    const fs::path rel(f);
-    bool escapes = f.empty() || rel.is_absolute() || rel.has_root_name();
-    for (const auto& part : rel) escapes = escapes || part == "..";
-    MAMCLIP_CHECK(!escapes, io_error, w, " maps tensor '", name, "' to '", f,
-                  "'; expected a file name relative to the index's directory");
-    auto it = std::find_if(shards.begin(), shards.end(), [&](const auto& s) { return s.first == f; });
-    if (it == shards.end()) it = shards.emplace(shards.end(), f, std::vector<std::string>{});
-    it->second.push_back(name);
-  }
   const fs::path dir = fs::path(index_path).parent_path();
-  std::error_code ec;
-  for (const auto& [file, names] : shards)
-    MAMCLIP_CHECK(fs::is_regular_file(dir / file, ec), io_error, w, " maps ", names.size(), " tensors (e.g. '",
-                  names.front(), "') to shard '", file, "', which does not exist");
+  const auto shards = read_shard_index(index_path, w);
   TensorMap out;
   for (const auto& [file, names] : shards) {
     MAMCLIP_CHECK(!ends_with(file, ".json"), io_error, w, " maps tensors to '", file,

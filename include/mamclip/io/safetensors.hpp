@@ -615,6 +615,47 @@ inline TensorMap load_safetensors(const std::string& path) {
   return out;
 }
 
+namespace detail {
+
+// Shard file -> the tensor names an index's weight_map puts in it, both in the
+// index's order (HF's *.index.json of any weight format). Shard names must stay
+// inside the index's directory, and every shard must exist: all are checked
+// before any is read, so a missing file fails fast. `w` names the index in messages.
+using ShardList = std::vector<std::pair<std::string, std::vector<std::string>>>;
+inline ShardList read_shard_index(const std::string& index_path, const std::string& w) {
+  namespace fs = std::filesystem;
+  const auto bytes = FileBytes::map(index_path);
+  MAMCLIP_CHECK(bytes->size() <= kMaxHeaderSize, io_error, w, " is ", bytes->size(), " bytes; expected at most ",
+                kMaxHeaderSize);
+  const auto j = parse_json_strict(std::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size()), w, 64);
+  MAMCLIP_CHECK(j.is_object(), io_error, w, " is a JSON ", json_type_name(j), "; expected an object with a weight_map");
+  MAMCLIP_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), io_error, w,
+                " has no 'weight_map' object; expected {\"weight_map\": {tensor name: shard file}}");
+  ShardList shards;
+  for (const auto& [name, file] : j["weight_map"].items()) {
+    MAMCLIP_CHECK(file.is_string(), io_error, w, ": weight_map['", name, "'] is a JSON ", json_type_name(file),
+                  "; expected a shard file name");
+    const auto& f = file.get_ref<const std::string&>();
+    const fs::path rel(f);
+    bool escapes = f.empty() || rel.is_absolute() || rel.has_root_name();
+    for (const auto& part : rel) escapes = escapes || part == "..";
+    MAMCLIP_CHECK(!escapes, io_error, w, " maps tensor '", name, "' to '", f,
+                  "'; expected a file name relative to the index's directory");
+    auto it = std::find_if(shards.begin(), shards.end(), [&](const auto& s) { return s.first == f; });
+    if (it == shards.end()) it = shards.emplace(shards.end(), f, std::vector<std::string>{});
+    it->second.push_back(name);
+  }
+  const fs::path dir = fs::path(index_path).parent_path();
+  std::error_code ec;
+  for (const auto& [file, names] : shards)
+    MAMCLIP_CHECK(fs::is_regular_file(dir / file, ec), io_error, w, " maps ", names.size(), " tensors (e.g. '",
+                  names.front(), "') to shard '", file, "', which does not exist (looked for '", (dir / file).string(),
+                  "')");
+  return shards;
+}
+
+}  // namespace detail
+
 // A checkpoint split over several files (HuggingFace layout). `path` is the
 // index file ({"metadata": ..., "weight_map": {tensor: shard file}}) or a
 // directory holding model.safetensors.index.json (or, unsharded,
@@ -636,39 +677,8 @@ inline TensorMap load_sharded(const std::string& path) {
   }
   const std::string iname = index.string();
   const std::string w = "safetensors index '" + iname + "'";
-  const auto bytes = FileBytes::map(iname);
-  MAMCLIP_CHECK(bytes->size() <= detail::kMaxHeaderSize, io_error, w, " is ", bytes->size(),
-                " bytes; expected at most ", detail::kMaxHeaderSize);
-  const auto j = detail::parse_json_strict(
-      std::string_view(reinterpret_cast<const char*>(bytes->data()), bytes->size()), w, 64);
-  MAMCLIP_CHECK(j.is_object(), io_error, w, " is a JSON ", detail::json_type_name(j),
-                "; expected an object with a weight_map");
-  MAMCLIP_CHECK(j.contains("weight_map"), io_error, w, " has no 'weight_map'");
-  const auto& wm = j["weight_map"];
-  MAMCLIP_CHECK(wm.is_object(), io_error, w, ": weight_map is a JSON ", detail::json_type_name(wm),
-                "; expected an object {tensor name: shard file}");
-
-  // Shard file -> the tensors mapped to it, both in the index's order.
-  std::vector<std::pair<std::string, std::vector<std::string>>> shards;
-  for (const auto& [name, file] : wm.items()) {
-    MAMCLIP_CHECK(file.is_string(), io_error, w, ": weight_map['", name, "'] is a JSON ",
-                  detail::json_type_name(file), "; expected a shard file name");
-    const auto& f = file.get_ref<const std::string&>();
-    const fs::path rel(f);
-    bool escapes = f.empty() || rel.is_absolute() || rel.has_root_name();
-    for (const auto& part : rel) escapes = escapes || part == "..";
-    MAMCLIP_CHECK(!escapes, io_error, w, " maps tensor '", name, "' to '", f,
-                  "'; expected a file name relative to the index's directory");
-    auto it = std::find_if(shards.begin(), shards.end(), [&](const auto& s) { return s.first == f; });
-    if (it == shards.end()) it = shards.emplace(shards.end(), f, std::vector<std::string>{});
-    it->second.push_back(name);
-  }
   const fs::path dir = index.parent_path();
-  // All shards are checked before any is read: a missing file fails fast.
-  for (const auto& [file, names] : shards)
-    MAMCLIP_CHECK(fs::is_regular_file(dir / file, ec), io_error, w, " maps ", names.size(), " tensors (e.g. '",
-                  names.front(), "') to shard '", file, "', which does not exist (looked for '",
-                  (dir / file).string(), "')");
+  const auto shards = detail::read_shard_index(iname, w);
   TensorMap out;
   for (const auto& [file, names] : shards) {
     SafetensorsFile shard((dir / file).string());
