@@ -5,6 +5,7 @@
 // expands), so each family header includes this file instead of the others, and
 // mamclip.hpp includes all families. Definitions never repeat default arguments.
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <utility>
@@ -42,6 +43,10 @@ template <class T> Tensor<T> where(const Tensor<bool>& condition, const Tensor<T
 template <class T> Tensor<T> masked_fill(const Tensor<T>& x, const Tensor<bool>& mask, double value);
 // Inverted dropout: zeroes elements with probability p and scales the rest by 1/(1-p); identity when !training.
 template <class T> Tensor<T> dropout(const Tensor<T>& x, double p, bool training, Generator& gen = default_generator());
+// Stochastic depth (timm's drop_path): zeroes whole samples (slices along dim 0) with probability p and, when
+// scale_by_keep, scales the kept ones by 1/(1-p); identity when !training or p == 0.
+template <class T> Tensor<T> drop_path(const Tensor<T>& x, double p, bool training, Generator& gen = default_generator(),
+                                       bool scale_by_keep = true);
 
 // ---- reduce (ops/reduce): dims may be negative; an empty dims list reduces all dims
 template <class T> Tensor<T> sum(const Tensor<T>& x, const std::vector<int64_t>& dims = {}, bool keepdim = false);
@@ -93,10 +98,37 @@ struct AttentionOptions {
 template <class T> Tensor<T> scaled_dot_product_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
                                                           const AttentionOptions& options = {}, Generator& gen = default_generator());
 
+// ---- conv (ops/conv)
+// torch.nn.functional.conv2d: x [N, C_in, H, W], weight [C_out, C_in / groups, kH, kW], bias [C_out] or undefined
+// -> [N, C_out, H_out, W_out] with H_out = (H + 2 padding - dilation (kH - 1) - 1) / stride + 1 (likewise W).
+struct Conv2dOptions {
+  std::array<int64_t, 2> stride{1, 1};
+  std::array<int64_t, 2> padding{0, 0};
+  std::array<int64_t, 2> dilation{1, 1};
+  int64_t groups = 1;
+};
+template <class T> Tensor<T> conv2d(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>& bias = Tensor<T>(),
+                                    const Conv2dOptions& options = {});
+
+// ---- pool (ops/pool): x [N, C, H, W]
+// torch.nn.functional.avg_pool2d; a zero stride means stride = kernel_size.
+struct AvgPool2dOptions {
+  std::array<int64_t, 2> stride{0, 0};
+  std::array<int64_t, 2> padding{0, 0};
+  bool ceil_mode = false;
+  bool count_include_pad = true;
+};
+template <class T> Tensor<T> avg_pool2d(const Tensor<T>& x, std::array<int64_t, 2> kernel_size, const AvgPool2dOptions& options = {});
+// torch.nn.functional.adaptive_avg_pool2d (bins [floor(i H / out), ceil((i + 1) H / out)) ).
+template <class T> Tensor<T> adaptive_avg_pool2d(const Tensor<T>& x, std::array<int64_t, 2> output_size);
+
 // ---- norm (ops/norm)
 // Normalises over the trailing dims `normalized_shape`; weight and bias (that shape) may be undefined.
 template <class T> Tensor<T> layer_norm(const Tensor<T>& x, const Shape& normalized_shape, const Tensor<T>& weight = Tensor<T>(),
                                         const Tensor<T>& bias = Tensor<T>(), double eps = 1e-5);
+// LayerNorm over the channel dim of x [N, C, H, W] (timm's LayerNorm2d); weight and bias [C] may be undefined.
+template <class T> Tensor<T> layer_norm2d(const Tensor<T>& x, const Tensor<T>& weight = Tensor<T>(), const Tensor<T>& bias = Tensor<T>(),
+                                          double eps = 1e-6);
 // x / max(||x||_p, eps) along dim (torch.nn.functional.normalize).
 template <class T> Tensor<T> normalize(const Tensor<T>& x, double p = 2.0, int64_t dim = -1, double eps = 1e-12);
 
