@@ -9,24 +9,10 @@
 
 using namespace mamclip;
 using namespace mamclip::test;
+using namespace mamclip::test::files;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh directory, removed with its contents at scope exit.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("mamclip_ckpt_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-};
 
 std::vector<std::string> keys(const io::TensorMap& m) {
   std::vector<std::string> out;
@@ -86,7 +72,7 @@ TEST_CASE("a sharded torch checkpoint loads through pytorch_model.bin.index.json
   std::ofstream(index) << R"({"metadata": {"total_size": 1}, "weight_map": {
       "fc.weight": "pytorch_model-00001-of-00002.bin", "bn.num_batches_tracked": "pytorch_model-00001-of-00002.bin",
       "f16": "pytorch_model-00002-of-00002.bin", "row": "pytorch_model-00002-of-00002.bin"}})";
-  for (const std::string& p : {index, dir.path.string()}) {
+  for (const std::string& p : {index, dir.str()}) {
     INFO(p);
     const auto m = io::load_state_dict(p);
     CHECK(keys(m) == std::vector<std::string>{"bn.num_batches_tracked", "f16", "fc.weight", "row"});

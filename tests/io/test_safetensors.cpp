@@ -15,43 +15,12 @@
 
 using namespace mamclip;
 using namespace mamclip::test;
+using namespace mamclip::test::files;
 namespace fs = std::filesystem;
 
 namespace {
 
 std::string st_fixture(const std::string& name) { return fixture_path("safetensors/" + name); }
-
-std::vector<uint8_t> read_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  REQUIRE(f.good());
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
-void write_bytes(const fs::path& p, const std::vector<uint8_t>& b) {
-  std::ofstream f(p, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-  REQUIRE(f.good());
-}
-
-// A fresh directory, removed with its contents at scope exit.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("mamclip_st_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-};
 
 // Row-major values of a CPU tensor of any layout (bool included).
 template <class T>
@@ -487,7 +456,7 @@ TEST_CASE("truncated files and bad paths give io_error") {
   TempDir dir("paths");
   MAMCLIP_REQUIRE_THROWS_WITH(io::SafetensorsFile((dir / "missing.safetensors").string()), io_error,
                               "cannot open '" + (dir / "missing.safetensors").string() + "': No such file or directory");
-  MAMCLIP_REQUIRE_THROWS_WITH(io::SafetensorsFile(dir.path.string()), io_error, "' is not a regular file");
+  MAMCLIP_REQUIRE_THROWS_WITH(io::SafetensorsFile(dir.str()), io_error, "' is not a regular file");
   write_bytes(dir / "empty.safetensors", {});
   MAMCLIP_REQUIRE_THROWS_WITH(io::SafetensorsFile((dir / "empty.safetensors").string()), io_error,
                               "empty.safetensors' is 0 bytes long");

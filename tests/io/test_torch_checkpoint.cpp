@@ -11,17 +11,12 @@
 
 using namespace mamclip;
 using namespace mamclip::test;
+using namespace mamclip::test::files;
 namespace fs = std::filesystem;
 
 namespace {
 
 std::string torch_fixture(const std::string& name) { return fixture_path("torch/" + name); }
-
-std::vector<uint8_t> read_bytes(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  REQUIRE(f.good());
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
 
 // Row-major values of a CPU tensor of any layout.
 template <class T>

@@ -20,6 +20,7 @@
 
 using namespace mamclip;
 using namespace mamclip::test;
+using namespace mamclip::test::files;
 using namespace mamclip::models;
 namespace fs = std::filesystem;
 
@@ -92,28 +93,6 @@ void require_rel(const Tensor<float>& a, const Tensor<float>& b, double tol, con
 
 bool same_values(const Tensor<float>& a, const Tensor<float>& b) {
   return a.shape() == b.shape() && a.to_vector() == b.to_vector();
-}
-
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("mamclip_bert_" + tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string str() const { return path.string(); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary);
-  f << text;
 }
 
 // A model directory holding the fixture's config and `tensors`.
@@ -389,7 +368,7 @@ TEST_CASE("a sharded checkpoint (model.safetensors.index.json) loads like the si
   REQUIRE(!shard[1].empty());
   io::save_safetensors(dir.file("model-00001-of-00002.safetensors"), shard[0]);
   io::save_safetensors(dir.file("model-00002-of-00002.safetensors"), shard[1]);
-  write_text(dir.file("model.safetensors.index.json"), index.dump(2));
+  write_file(dir.file("model.safetensors.index.json"), index.dump(2));
   CHECK(find_bert_weights(dir.str()) == dir.file("model.safetensors.index.json"));
   auto model = load_bert(dir.str());
   check_base_outputs(*model, "sharded");
@@ -470,7 +449,7 @@ TEST_CASE("save_pretrained writes HF names and config; loading it back gives ide
     if (!keep) return;
     const fs::path to = fs::path(keep) / sub;
     fs::create_directories(to);
-    fs::copy(d.path, to, fs::copy_options::overwrite_existing | fs::copy_options::recursive);
+    fs::copy(d.path(), to, fs::copy_options::overwrite_existing | fs::copy_options::recursive);
     std::printf("kept %s\n", to.string().c_str());
   };
   keep_copy(dir, "base");
@@ -523,7 +502,7 @@ TEST_CASE("BertConfig: HF defaults, validation and typed errors naming config.js
   auto with = [&](const std::string& key, const std::string& value) {
     nlohmann::json j = nlohmann::json::parse(config_text());
     j[key] = nlohmann::json::parse(value);
-    write_text(path, j.dump());
+    write_file(path, j.dump());
     fs::copy_file(kModelDir + "/model.safetensors", dir.file("model.safetensors"), fs::copy_options::overwrite_existing);
   };
   with("hidden_size", "66");
@@ -557,9 +536,9 @@ TEST_CASE("BertConfig: HF defaults, validation and typed errors naming config.js
     CHECK_NOTHROW(load_bert(dir.str()));
   }
 
-  write_text(path, "{\"hidden_size\": 64,");
+  write_file(path, "{\"hidden_size\": 64,");
   MAMCLIP_REQUIRE_THROWS_WITH(load_bert(dir.str()), io_error, path + ": not valid JSON");
-  write_text(path, "[1, 2]");
+  write_file(path, "[1, 2]");
   MAMCLIP_REQUIRE_THROWS_WITH(load_bert(dir.str()), value_error, path + ": expected a JSON object, got a JSON array");
   fs::remove(path);
   MAMCLIP_REQUIRE_THROWS_WITH(load_bert(dir.str()), io_error, "cannot open BERT config '" + path + "'");

@@ -1,6 +1,7 @@
 #pragma once
 // Test helpers: elementwise comparison with scale-aware tolerances, gradcheck
-// wrapped for Catch2, non-contiguous copies, and fixture loading.
+// wrapped for Catch2, non-contiguous copies, fixture loading, and (files.hpp)
+// temporary directories and whole-file reads and writes.
 
 #include <catch2/catch.hpp>
 
@@ -12,6 +13,7 @@
 #include <string>
 
 #include "mamclip/mamclip.hpp"
+#include "files.hpp"
 
 namespace mamclip::test {
 

@@ -11,30 +11,10 @@
 
 using namespace mamclip;
 using namespace mamclip::test;
+using namespace mamclip::test::files;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh directory under the system temp dir, removed at scope exit.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("mamclip_pretok_" + tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string str() const { return path.string(); }
-  void write(const std::string& name, const std::string& content) const {
-    std::ofstream f(path / name, std::ios::binary);
-    f << content;
-  }
-};
 
 const std::vector<std::string> kTokens{"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "breast", "mass",
                                        "##es",  ",",     ".",     "Breast", "cafe",  "café",   "的"};
@@ -75,11 +55,11 @@ std::vector<int64_t> ids(const text::BertTokenizer& tok, const std::string& s) {
 
 TEST_CASE("load_bert_tokenizer: vocab.txt with no config is uncased BERT with HF's defaults") {
   TempDir d("vocab");
-  d.write("vocab.txt", vocab_txt());
+  write_file(d / "vocab.txt", vocab_txt());
   text::BertTokenizerSettings s;
   const auto tok = text::load_bert_tokenizer(d.str(), &s);
   CHECK(tok.vocab().size() == 14);
-  CHECK(s.vocab_file == (d.path / "vocab.txt").string());
+  CHECK(s.vocab_file == (d.path() / "vocab.txt").string());
   CHECK_FALSE(s.vocab_from_tokenizer_json);
   CHECK(s.options.do_lower_case);
   CHECK(s.options.tokenize_chinese_chars);
@@ -92,13 +72,13 @@ TEST_CASE("load_bert_tokenizer: vocab.txt with no config is uncased BERT with HF
 
 TEST_CASE("load_bert_tokenizer: tokenizer.json alone gives the same ids as the equivalent vocab.txt") {
   TempDir a("json"), b("txt");
-  a.write("tokenizer.json", tokenizer_json().dump());
-  b.write("vocab.txt", vocab_txt());
+  write_file(a / "tokenizer.json", tokenizer_json().dump());
+  write_file(b / "vocab.txt", vocab_txt());
   text::BertTokenizerSettings s;
   const auto from_json = text::load_bert_tokenizer(a.str(), &s);
   const auto from_txt = text::load_bert_tokenizer(b.str());
   CHECK(s.vocab_from_tokenizer_json);
-  CHECK(s.vocab_file == (a.path / "tokenizer.json").string());
+  CHECK(s.vocab_file == (a.path() / "tokenizer.json").string());
   REQUIRE(from_json.vocab().tokens() == kTokens);
   for (const char* t : {"Breast masses, café.", "[MASK] breast 的x", "", "unknownword breast"})
     CHECK(ids(from_json, t) == ids(from_txt, t));
@@ -112,7 +92,7 @@ TEST_CASE("load_bert_tokenizer: tokenizer.json normalizer and WordPiece settings
   j["normalizer"]["handle_chinese_chars"] = false;
   j["model"]["max_input_chars_per_word"] = 5;
   j["model"]["unk_token"] = "[MASK]";  // an odd choice, but it must be obeyed
-  d.write("tokenizer.json", j.dump());
+  write_file(d / "tokenizer.json", j.dump());
   text::BertTokenizerSettings s;
   const auto tok = text::load_bert_tokenizer(d.str(), &s);
   CHECK_FALSE(s.options.do_lower_case);
@@ -125,7 +105,7 @@ TEST_CASE("load_bert_tokenizer: tokenizer.json normalizer and WordPiece settings
   CHECK(ids(tok, "cafe café") == std::vector<int64_t>{11, 12});  // cased: accents kept
 
   // tokenizer_config.json wins over the normalizer.
-  d.write("tokenizer_config.json", R"({"do_lower_case": true, "strip_accents": false})");
+  write_file(d / "tokenizer_config.json", R"({"do_lower_case": true, "strip_accents": false})");
   const auto lowered = text::load_bert_tokenizer(d.str(), &s);
   CHECK(s.options.do_lower_case);
   REQUIRE(s.options.strip_accents.has_value());
@@ -137,8 +117,8 @@ TEST_CASE("load_bert_tokenizer: tokenizer_config.json settings, AddedToken speci
   TempDir d("config");
   std::string v = vocab_txt();
   v.replace(v.find("[MASK]"), 6, "<mask>");
-  d.write("vocab.txt", v);
-  d.write("tokenizer_config.json", R"({
+  write_file(d / "vocab.txt", v);
+  write_file(d / "tokenizer_config.json", R"({
     "do_lower_case": false, "tokenize_chinese_chars": false, "strip_accents": true,
     "mask_token": {"__type": "AddedToken", "content": "<mask>", "lstrip": true},
     "model_max_length": 512, "tokenizer_class": "BertTokenizer"})");
@@ -155,14 +135,14 @@ TEST_CASE("load_bert_tokenizer: tokenizer_config.json settings, AddedToken speci
   CHECK(text::read_bert_tokenizer_settings(d.str()).model_max_length == std::optional<int64_t>(512));
 
   // HF's "no limit" sentinel int(1e30) is larger than int64: no limit.
-  d.write("tokenizer_config.json", R"({"model_max_length": 1000000000000000019884624838656})");
+  write_file(d / "tokenizer_config.json", R"({"model_max_length": 1000000000000000019884624838656})");
   CHECK_FALSE(text::read_bert_tokenizer_settings(d.str()).model_max_length.has_value());
-  d.write("tokenizer_config.json", R"({"model_max_length": 1e30, "mask_token": "<mask>"})");
+  write_file(d / "tokenizer_config.json", R"({"model_max_length": 1e30, "mask_token": "<mask>"})");
   CHECK_FALSE(text::read_bert_tokenizer_settings(d.str()).model_max_length.has_value());
 
   // special_tokens_map.json fills what tokenizer_config.json leaves open.
-  d.write("tokenizer_config.json", "{}");
-  d.write("special_tokens_map.json", R"({"mask_token": "<mask>"})");
+  write_file(d / "tokenizer_config.json", "{}");
+  write_file(d / "special_tokens_map.json", R"({"mask_token": "<mask>"})");
   CHECK(text::load_bert_tokenizer(d.str()).vocab().mask_id() == 4);
 }
 
@@ -173,34 +153,34 @@ TEST_CASE("load_bert_tokenizer: errors name the directory or file and the key") 
   MAMCLIP_REQUIRE_THROWS_WITH(text::load_bert_tokenizer(d.str()), io_error,
                               "\" holds neither vocab.txt nor tokenizer.json");
 
-  const std::string cfg = (d.path / "tokenizer_config.json").string();
-  d.write("vocab.txt", vocab_txt());
-  d.write("tokenizer_config.json", "{\"do_lower_case\": tru");
+  const std::string cfg = (d.path() / "tokenizer_config.json").string();
+  write_file(d / "vocab.txt", vocab_txt());
+  write_file(d / "tokenizer_config.json", "{\"do_lower_case\": tru");
   MAMCLIP_REQUIRE_THROWS_WITH(text::load_bert_tokenizer(d.str()), value_error,
                               "tokenizer: \"" + cfg + "\" is not valid JSON");
-  d.write("tokenizer_config.json", "[1]");
+  write_file(d / "tokenizer_config.json", "[1]");
   MAMCLIP_REQUIRE_THROWS_WITH(text::load_bert_tokenizer(d.str()), value_error, "must hold a JSON object, got array");
-  d.write("tokenizer_config.json", R"({"do_lower_case": "yes"})");
+  write_file(d / "tokenizer_config.json", R"({"do_lower_case": "yes"})");
   MAMCLIP_REQUIRE_THROWS_WITH(text::load_bert_tokenizer(d.str()), value_error,
                               "tokenizer: \"" + cfg + "\", key \"do_lower_case\" must be a boolean, got string \"yes\"");
-  d.write("tokenizer_config.json", R"({"model_max_length": -3})");
+  write_file(d / "tokenizer_config.json", R"({"model_max_length": -3})");
   MAMCLIP_REQUIRE_THROWS_WITH(text::load_bert_tokenizer(d.str()), value_error,
                               "key \"model_max_length\" must be positive, got -3");
-  d.write("tokenizer_config.json", R"({"model_max_length": "512"})");
+  write_file(d / "tokenizer_config.json", R"({"model_max_length": "512"})");
   MAMCLIP_REQUIRE_THROWS_WITH(text::load_bert_tokenizer(d.str()), value_error,
                               "key \"model_max_length\" must be an integer, got string");
-  d.write("tokenizer_config.json", R"({"unk_token": 5})");
+  write_file(d / "tokenizer_config.json", R"({"unk_token": 5})");
   MAMCLIP_REQUIRE_THROWS_WITH(text::load_bert_tokenizer(d.str()), value_error,
                               "key \"unk_token\" must be a string or an object with \"content\", got number");
-  d.write("tokenizer_config.json", R"({"unk_token": "<unk>"})");
+  write_file(d / "tokenizer_config.json", R"({"unk_token": "<unk>"})");
   MAMCLIP_REQUIRE_THROWS_WITH(text::load_bert_tokenizer(d.str()), value_error, "lacks the special token <unk>");
 }
 
 TEST_CASE("load_bert_tokenizer: tokenizer.json that a BERT tokenizer cannot reproduce is refused") {
   TempDir d("json_errors");
-  const std::string file = (d.path / "tokenizer.json").string();
+  const std::string file = (d.path() / "tokenizer.json").string();
   const auto refuse = [&](const nlohmann::json& j, const std::string& message) {
-    d.write("tokenizer.json", j.dump());
+    write_file(d / "tokenizer.json", j.dump());
     MAMCLIP_REQUIRE_THROWS_WITH(text::load_bert_tokenizer(d.str()), value_error, message);
   };
   auto j = tokenizer_json();
@@ -259,6 +239,6 @@ TEST_CASE("load_bert_tokenizer: tokenizer.json that a BERT tokenizer cannot repr
   // A normalizer may be absent (null): the defaults hold.
   j = tokenizer_json();
   j["normalizer"] = nullptr;
-  d.write("tokenizer.json", j.dump());
+  write_file(d / "tokenizer.json", j.dump());
   CHECK(text::load_bert_tokenizer(d.str()).options().do_lower_case);
 }
