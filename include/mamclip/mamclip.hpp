@@ -12,8 +12,9 @@
 // defines:
 //   core/      Tensor<T>, Shape, Device, DType, errors, Generator, factories
 //   autograd/  Node, backward engine, NoGradGuard, checkpoint, gradcheck
-//   ops/       elementwise, reduce, matmul, shape, indexing, softmax, attention, norm, loss
-//   nn/        Module, Linear, LayerNorm, Embedding, Dropout, GELU, Sequential, ModuleList, init
+//   ops/       elementwise, reduce, matmul, shape, indexing, softmax, attention, conv, pool, norm, loss
+//   nn/        Module, Linear, Conv2d, LayerNorm, LayerNorm2d, Embedding, Dropout, DropPath, GELU, Sequential,
+//              ModuleList, init
 //   optim/     SGD, AdamW, LR schedules, clip_grad_norm_
 //   io/        safetensors and PyTorch checkpoint reading, safetensors writing, load_state_dict(file)
 
@@ -37,12 +38,14 @@
 #include "mamclip/autograd/node.hpp"
 
 #include "mamclip/ops/attention/attention.hpp"
+#include "mamclip/ops/conv/conv.hpp"
 #include "mamclip/ops/elementwise/elementwise.hpp"
 #include "mamclip/ops/fwd.hpp"
 #include "mamclip/ops/indexing/indexing.hpp"
 #include "mamclip/ops/loss/loss.hpp"
 #include "mamclip/ops/matmul/matmul.hpp"
 #include "mamclip/ops/norm/norm.hpp"
+#include "mamclip/ops/pool/pool.hpp"
 #include "mamclip/ops/reduce/reduce.hpp"
 #include "mamclip/ops/shape/shape.hpp"
 #include "mamclip/ops/softmax/softmax.hpp"

@@ -1,6 +1,7 @@
 #pragma once
 // LayerNorm over the trailing `normalized_shape` dims, torch.nn.LayerNorm's
-// names (weight, bias) and init (ones, zeros).
+// names (weight, bias) and init (ones, zeros); LayerNorm2d over the channels
+// of [N, C, H, W] (timm.layers.LayerNorm2d, same names and init).
 
 #include <string>
 
@@ -53,6 +54,40 @@ class LayerNorm : public UnaryModule {
 
  private:
   Shape normalized_shape_;
+  double eps_;
+};
+
+// timm's LayerNorm2d: normalises each position of x [N, C, H, W] over its C channels.
+class LayerNorm2d : public UnaryModule {
+ public:
+  explicit LayerNorm2d(int64_t channels, double eps = 1e-6) : channels_(channels), eps_(eps) {
+    MAMCLIP_CHECK(channels > 0, value_error, "LayerNorm2d: channels must be positive, got ", channels);
+    MAMCLIP_CHECK(eps >= 0, value_error, "LayerNorm2d: eps must be non-negative, got ", eps);
+    weight = register_parameter("weight", ones<float>({channels}));
+    bias = register_parameter("bias", zeros<float>({channels}));
+  }
+
+  std::string type_name() const override { return "LayerNorm2d"; }
+  std::string extra_repr() const override {
+    std::ostringstream os;
+    os << shape_str({channels_}) << ", eps=" << eps_ << ", elementwise_affine=true";
+    return os.str();
+  }
+  int64_t channels() const { return channels_; }
+  double eps() const { return eps_; }
+
+  Tensor<float> weight;  // [channels]
+  Tensor<float> bias;    // [channels]
+
+ protected:
+  void check_input(const Tensor<float>& x) const override {
+    MAMCLIP_CHECK(x.dim() == 4 && x.size(1) == channels_, shape_error, "LayerNorm2d(", channels_, "): input has shape ",
+                  shape_str(x.shape()), "; expected [N, ", channels_, ", H, W]");
+  }
+  Tensor<float> forward_impl(const Tensor<float>& x) override { return layer_norm2d(x, weight, bias, eps_); }
+
+ private:
+  int64_t channels_;
   double eps_;
 };
 

@@ -7,14 +7,16 @@
 //   init.hpp        init::uniform_, normal_, trunc_normal_, constant_, zeros_, ones_, kaiming_uniform_,
 //                   kaiming_normal_, xavier_uniform_, xavier_normal_, calculate_gain
 //   linear.hpp      Linear
-//   layer_norm.hpp  LayerNorm
+//   layer_norm.hpp  LayerNorm, LayerNorm2d
+//   conv.hpp        Conv2d
 //   embedding.hpp   Embedding
-//   dropout.hpp     Dropout
+//   dropout.hpp     Dropout, DropPath
 //   activation.hpp  GELU, ReLU, Tanh, Identity
 //   containers.hpp  Sequential, ModuleList, ModuleListOf<M>
 
 #include "mamclip/nn/activation.hpp"
 #include "mamclip/nn/containers.hpp"
+#include "mamclip/nn/conv.hpp"
 #include "mamclip/nn/dropout.hpp"
 #include "mamclip/nn/embedding.hpp"
 #include "mamclip/nn/init.hpp"

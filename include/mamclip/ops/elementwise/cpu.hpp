@@ -4,6 +4,7 @@
 // (float for half and bfloat16), so every dtype shares one formula.
 
 #include "mamclip/core/iterate.hpp"
+#include "mamclip/core/random.hpp"
 #include "mamclip/core/tensor.hpp"
 
 namespace mamclip::cpu {
@@ -58,6 +59,15 @@ void ternary(Tensor<T>& out, const Tensor<U>& a, const Tensor<V>& b, const Tenso
       {broadcast_strides(a.shape(), a.strides(), s), broadcast_strides(b.shape(), b.strides(), s),
        broadcast_strides(c.shape(), c.strides(), s)},
       [&](const std::array<int64_t, 3>& off) { o[i++] = static_cast<T>(f(pa[off[0]], pb[off[1]], pc[off[2]])); });
+}
+
+// out[i] = 0 or `kept` for i in [0, n): element i of the uniform stream (seed,
+// offset) drops it when u > keep (u in (0, 1], so keep = 1 drops nothing and
+// keep = 0 everything). Dropout's and drop_path's masks.
+template <class T>
+void bernoulli_mask(uint64_t seed, uint64_t offset, int64_t n, double keep, double kept, T* out) {
+  Philox::for_each_uniform(seed, offset, static_cast<uint64_t>(n),
+                           [&](uint64_t i, double u) { out[i] = static_cast<T>(u > keep ? 0.0 : kept); });
 }
 
 }  // namespace mamclip::cpu

@@ -382,12 +382,29 @@ Tensor<T> dropout(const Tensor<T>& x, double p, bool training, Generator& gen) {
   const uint64_t seed = gen.seed(), offset = gen.next_offset();
   const double keep = 1.0 - p;
   Tensor<T> scale = Tensor<T>::empty(x.shape(), x.device());  // 0 or 1/keep per element
-  T* ps = scale.data_ptr();
-  Philox::for_each_uniform(seed, offset, static_cast<uint64_t>(scale.numel()), [&](uint64_t i, double u) {
-    ps[i] = static_cast<T>(p == 1 || u > keep ? 0.0 : 1.0 / keep);
-  });
+  cpu::bernoulli_mask(seed, offset, scale.numel(), keep, p == 1 ? 0.0 : 1.0 / keep, scale.data_ptr());
   Tensor<T> y = detail::map_binary("mul", x, scale, [](auto a, auto b) { return a * b; });
   return autograd::record<T>("DropoutBackward", {x}, y, [scale](const Tensor<T>& g) { return detail::Grads<T>{mul(g, scale)}; });
+}
+
+template <class T>
+Tensor<T> drop_path(const Tensor<T>& x, double p, bool training, Generator& gen, bool scale_by_keep) {
+  MAMCLIP_CHECK(p >= 0 && p <= 1, value_error, "drop_path: probability p must be in [0, 1], got ", p);
+  if (!training || p == 0) return x;
+  MAMCLIP_CHECK(x.dim() >= 1, shape_error, "drop_path: input must have a batch dim (dim 0), got a 0-dim tensor");
+  // One Bernoulli(keep) draw per sample, from element n of a Philox stream
+  // (seed, offset): a sample is dropped when u > keep, dropout's convention.
+  // timm divides by keep only when keep > 0.
+  const uint64_t seed = gen.seed(), offset = gen.next_offset();
+  const double keep = 1.0 - p;
+  const double kept = scale_by_keep && keep > 0 ? 1.0 / keep : 1.0;
+  Shape mask_shape(static_cast<size_t>(x.dim()), 1);
+  mask_shape[0] = x.size(0);
+  Tensor<T> scale = Tensor<T>::empty(mask_shape);  // [N, 1, ...]: 0 or `kept` per sample
+  cpu::bernoulli_mask(seed, offset, x.size(0), keep, kept, scale.data_ptr());
+  if (!x.device().is_cpu()) scale = scale.to(x.device());
+  Tensor<T> y = detail::map_binary("drop_path", x, scale, [](auto a, auto b) { return a * b; });
+  return autograd::record<T>("DropPathBackward", {x}, y, [scale](const Tensor<T>& g) { return detail::Grads<T>{mul(g, scale)}; });
 }
 
 // ---- operators

@@ -9,9 +9,12 @@
 //   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
 //   dw = sum over rows of g * xhat,  db = sum over rows of g.
 //
+// layer_norm2d is the same over dim 1 of [N, C, H, W] (timm's LayerNorm2d).
+//
 // normalize works on lanes along a dim (ops/reduce/cpu.hpp):
 //   y = x / d,  d = max(||x||_p, eps).
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -73,6 +76,106 @@ void layer_norm_backward(const T* g, const T* x, const T* w, const acc_t<T>* mea
   }
   for (int64_t j = 0; dw && j < n; ++j) dw[j] = static_cast<T>(dw_acc[j]);
   for (int64_t j = 0; db && j < n; ++j) db[j] = static_cast<T>(db_acc[j]);
+}
+
+// layer_norm2d: x [batch, c, hw] normalised over c for every (sample, position),
+// the formulas above with rows = positions, read with stride hw. Loops run over
+// positions innermost (contiguous, vectorisable), in tiles of kLayerNorm2dTile
+// positions that OpenMP may spread over threads; each output is computed by one
+// thread in a fixed order. mean and rstd receive [batch, hw] values.
+inline constexpr int64_t kLayerNorm2dTile = 512;
+
+template <class F>
+void for_each_position_tile(int64_t batch, int64_t hw, F&& f) {
+  const int64_t tiles = (hw + kLayerNorm2dTile - 1) / kLayerNorm2dTile, count = batch * tiles;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (count > 1)
+#endif
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t k0 = (t % tiles) * kLayerNorm2dTile;
+    f(t / tiles, k0, std::min(hw, k0 + kLayerNorm2dTile));
+  }
+}
+
+template <class T>
+void layer_norm2d(const T* x, const T* w, const T* b, T* y, acc_t<T>* mean, acc_t<T>* rstd, int64_t batch, int64_t c,
+                  int64_t hw, double eps) {
+  using A = acc_t<T>;
+  for_each_position_tile(batch, hw, [&](int64_t n, int64_t k0, int64_t k1) {
+    const T* xn = x + n * c * hw;
+    T* yn = y + n * c * hw;
+    A* m = mean + n * hw;
+    A* r = rstd + n * hw;
+    std::fill(m + k0, m + k1, A(0));
+    std::fill(r + k0, r + k1, A(0));
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t k = k0; k < k1; ++k) m[k] += static_cast<A>(xn[ch * hw + k]);
+    for (int64_t k = k0; k < k1; ++k) m[k] /= static_cast<A>(c);
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t k = k0; k < k1; ++k) {
+        const A d = static_cast<A>(xn[ch * hw + k]) - m[k];
+        r[k] += d * d;
+      }
+    for (int64_t k = k0; k < k1; ++k) r[k] = A(1) / std::sqrt(r[k] / static_cast<A>(c) + static_cast<A>(eps));
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const A wv = w ? static_cast<A>(w[ch]) : A(1), bv = b ? static_cast<A>(b[ch]) : A(0);
+      for (int64_t k = k0; k < k1; ++k)
+        yn[ch * hw + k] = static_cast<T>((static_cast<A>(xn[ch * hw + k]) - m[k]) * r[k] * wv + bv);
+    }
+  });
+}
+
+// dx, dw and db may each be null (not wanted); w may be null (no weight).
+template <class T>
+void layer_norm2d_backward(const T* g, const T* x, const T* w, const acc_t<T>* mean, const acc_t<T>* rstd,
+                           int64_t batch, int64_t c, int64_t hw, T* dx, T* dw, T* db) {
+  using A = acc_t<T>;
+  if (dx)
+    for_each_position_tile(batch, hw, [&](int64_t n, int64_t k0, int64_t k1) {
+      const T* gn = g + n * c * hw;
+      const T* xn = x + n * c * hw;
+      const A* m = mean + n * hw;
+      const A* r = rstd + n * hw;
+      // Per position: sums over channels of dxhat and dxhat · xhat.
+      A sum_d[kLayerNorm2dTile] = {}, sum_dx[kLayerNorm2dTile] = {};
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const A wv = w ? static_cast<A>(w[ch]) : A(1);
+        for (int64_t k = k0; k < k1; ++k) {
+          const A d = static_cast<A>(gn[ch * hw + k]) * wv;
+          sum_d[k - k0] += d;
+          sum_dx[k - k0] += d * (static_cast<A>(xn[ch * hw + k]) - m[k]) * r[k];
+        }
+      }
+      const A inv_c = A(1) / static_cast<A>(c);
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const A wv = w ? static_cast<A>(w[ch]) : A(1);
+        for (int64_t k = k0; k < k1; ++k) {
+          const A xhat = (static_cast<A>(xn[ch * hw + k]) - m[k]) * r[k];
+          const A d = static_cast<A>(gn[ch * hw + k]) * wv;
+          dx[n * c * hw + ch * hw + k] = static_cast<T>(r[k] * (d - sum_d[k - k0] * inv_c - xhat * sum_dx[k - k0] * inv_c));
+        }
+      }
+    });
+  if (!dw && !db) return;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (c > 1)
+#endif
+  for (int64_t ch = 0; ch < c; ++ch) {
+    A sw = 0, sb = 0;
+    for (int64_t n = 0; n < batch; ++n) {
+      const T* gr = g + (n * c + ch) * hw;
+      const T* xr = x + (n * c + ch) * hw;
+      const A* m = mean + n * hw;
+      const A* r = rstd + n * hw;
+      for (int64_t k = 0; k < hw; ++k) {
+        const A gv = static_cast<A>(gr[k]);
+        sw += gv * (static_cast<A>(xr[k]) - m[k]) * r[k];
+        sb += gv;
+      }
+    }
+    if (dw) dw[ch] = static_cast<T>(sw);
+    if (db) db[ch] = static_cast<T>(sb);
+  }
 }
 
 // ||x||_p of one lane (p > 0, finite); p = 1 and p = 2 avoid pow.

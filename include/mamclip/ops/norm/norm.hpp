@@ -1,6 +1,8 @@
 #pragma once
-// layer_norm (with a fused analytic backward for x, weight and bias) and
-// normalize (F.normalize: x / max(||x||_p, eps) along a dim).
+// layer_norm and layer_norm2d (timm's LayerNorm2d: over dim 1 of [N, C, H, W],
+// read in place, no permuted copies), each with a fused analytic backward for
+// x, weight and bias, and normalize (F.normalize: x / max(||x||_p, eps) along
+// a dim).
 
 #include <memory>
 
@@ -56,6 +58,44 @@ Tensor<T> layer_norm(const Tensor<T>& x, const Shape& normalized_shape, const Te
         auto ptr = [](const Tensor<T>& t) { return t.defined() ? t.data_ptr() : nullptr; };
         cpu::layer_norm_backward(gc.data_ptr(), xc.data_ptr(), ptr(w), stats->data(), stats->data() + rows, rows, n,
                                  ptr(dx), ptr(dw), ptr(db));
+        return std::vector<Tensor<T>>{dx, dw, db};
+      });
+}
+
+template <class T>
+Tensor<T> layer_norm2d(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>& bias, double eps) {
+  using A = acc_t<T>;
+  detail::require_cpu("layer_norm2d", x);
+  MAMCLIP_CHECK(x.dim() == 4, shape_error, "layer_norm2d: input has shape ", shape_str(x.shape()),
+                "; expected 4 dims [N, C, H, W]");
+  MAMCLIP_CHECK(eps >= 0, value_error, "layer_norm2d: eps must be non-negative, got ", eps);
+  const int64_t batch = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor<T>&>{"weight", weight}, {"bias", bias}}) {
+    if (!t.defined()) continue;
+    detail::require_cpu("layer_norm2d", t);
+    MAMCLIP_CHECK(t.shape() == Shape{c}, shape_error, "layer_norm2d: ", name, " has shape ", shape_str(t.shape()),
+                  " and input has shape ", shape_str(x.shape()), "; expected [C] = [", c, "]");
+  }
+  Tensor<T> xc = detail::contiguous_values(x);
+  Tensor<T> w = weight.defined() ? detail::contiguous_values(weight) : Tensor<T>();
+  Tensor<T> b = bias.defined() ? detail::contiguous_values(bias) : Tensor<T>();
+  // Per-position statistics [N, H·W] in the accumulation type, shared with the backward.
+  auto stats = std::make_shared<std::vector<A>>(2 * static_cast<size_t>(batch * hw));
+  Tensor<T> y = Tensor<T>::empty(x.shape());
+  if (c > 0)
+    cpu::layer_norm2d(xc.data_ptr(), w.defined() ? w.data_ptr() : nullptr, b.defined() ? b.data_ptr() : nullptr,
+                      y.data_ptr(), stats->data(), stats->data() + batch * hw, batch, c, hw, eps);
+  return autograd::record<T>(
+      "LayerNorm2dBackward", {x, weight, bias}, y,
+      [xc, w, stats, batch, c, hw](const Tensor<T>& g, const std::vector<bool>& need) {
+        Tensor<T> gc = detail::contiguous_values(g);
+        Tensor<T> dx = need[0] ? Tensor<T>::empty(xc.shape()) : Tensor<T>();
+        Tensor<T> dw = need[1] ? Tensor<T>::empty({c}) : Tensor<T>();
+        Tensor<T> db = need[2] ? Tensor<T>::empty({c}) : Tensor<T>();
+        auto ptr = [](const Tensor<T>& t) { return t.defined() ? t.data_ptr() : nullptr; };
+        if (c > 0)
+          cpu::layer_norm2d_backward(gc.data_ptr(), xc.data_ptr(), ptr(w), stats->data(), stats->data() + batch * hw,
+                                     batch, c, hw, ptr(dx), ptr(dw), ptr(db));
         return std::vector<Tensor<T>>{dx, dw, db};
       });
 }

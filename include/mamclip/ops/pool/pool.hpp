@@ -1,0 +1,116 @@
+#pragma once
+// avg_pool2d and adaptive_avg_pool2d (PyTorch semantics) over x [N, C, H, W],
+// with their backward. Windows and divisors follow ATen's rules: see
+// pool_output_size (ceil_mode), avg_pool_axis (count_include_pad) and
+// adaptive_pool_axis (bins [floor(i H / out), ceil((i + 1) H / out))).
+
+#include <string>
+
+#include "mamclip/autograd/node.hpp"
+#include "mamclip/ops/fwd.hpp"
+#include "mamclip/ops/pool/cpu.hpp"
+#include "mamclip/ops/reduce/reduce.hpp"
+
+namespace mamclip {
+
+namespace detail {
+
+template <class T>
+void require_nchw(const char* op, const Tensor<T>& x) {
+  MAMCLIP_CHECK(x.dim() == 4, shape_error, op, ": input has shape ", shape_str(x.shape()), "; expected 4 dims [N, C, H, W]");
+}
+
+// ATen's pooling_output_shape without dilation: with ceil_mode the last window
+// must start inside the image or its left padding.
+inline int64_t pool_output_size(int64_t size, int64_t k, int64_t s, int64_t p, bool ceil_mode) {
+  const int64_t span = size + 2 * p - k + (ceil_mode ? s - 1 : 0);
+  int64_t out = (span >= 0 ? span / s : -((-span + s - 1) / s)) + 1;
+  if (ceil_mode && (out - 1) * s >= size + p) --out;
+  return out;
+}
+
+inline cpu::PoolAxis avg_pool_axis(int64_t size, int64_t out, int64_t k, int64_t s, int64_t p, bool count_include_pad) {
+  cpu::PoolAxis a;
+  for (int64_t i = 0; i < out; ++i) {
+    int64_t start = i * s - p, end = std::min(start + k, size + p);
+    const int64_t padded = end - start;  // the window's extent, padding included (not past the right padding)
+    start = std::max<int64_t>(start, 0);
+    end = std::min(end, size);
+    a.start.push_back(start);
+    a.end.push_back(std::max(start, end));
+    a.divisor.push_back(static_cast<double>(count_include_pad ? padded : std::max<int64_t>(end - start, 0)));
+  }
+  return a;
+}
+
+inline cpu::PoolAxis adaptive_pool_axis(int64_t size, int64_t out) {
+  cpu::PoolAxis a;
+  for (int64_t i = 0; i < out; ++i) {
+    const int64_t start = (i * size) / out, end = ((i + 1) * size + out - 1) / out;
+    a.start.push_back(start);
+    a.end.push_back(end);
+    a.divisor.push_back(static_cast<double>(end - start));
+  }
+  return a;
+}
+
+template <class T>
+Tensor<T> avg_pool_windows(const char* node, const Tensor<T>& x, cpu::PoolAxis rows, cpu::PoolAxis cols) {
+  const int64_t planes = x.size(0) * x.size(1), h = x.size(2), w = x.size(3);
+  const Tensor<T> xc = contiguous_values(x);
+  Tensor<T> y = Tensor<T>::empty({x.size(0), x.size(1), rows.out(), cols.out()});
+  cpu::avg_pool_forward(xc.data_ptr(), y.data_ptr(), planes, h, w, rows, cols);
+  return autograd::record<T>(node, {x}, y, [rows = std::move(rows), cols = std::move(cols), shape = x.shape(), planes](const Tensor<T>& g) {
+    const Tensor<T> gc = contiguous_values(g);
+    Tensor<T> dx = Tensor<T>::empty(shape);
+    cpu::avg_pool_backward(gc.data_ptr(), dx.data_ptr(), planes, shape[2], shape[3], rows, cols);
+    return std::vector<Tensor<T>>{dx};
+  });
+}
+
+}  // namespace detail
+
+template <class T>
+Tensor<T> avg_pool2d(const Tensor<T>& x, std::array<int64_t, 2> kernel_size, const AvgPool2dOptions& options) {
+  static_assert(is_floating_v<T>, "avg_pool2d: T must be float, double, half or bfloat16");
+  constexpr const char* op = "avg_pool2d";
+  detail::require_cpu(op, x);
+  detail::require_nchw(op, x);
+  std::array<int64_t, 2> stride = options.stride;
+  for (int d = 0; d < 2; ++d) {
+    MAMCLIP_CHECK(kernel_size[d] > 0, value_error, op, ": kernel_size must be positive, got [", kernel_size[0], ", ",
+                  kernel_size[1], "]");
+    MAMCLIP_CHECK(stride[d] >= 0, value_error, op, ": stride must be positive (or 0 for stride = kernel_size), got [",
+                  stride[0], ", ", stride[1], "]");
+    if (stride[d] == 0) stride[d] = kernel_size[d];
+    MAMCLIP_CHECK(options.padding[d] >= 0 && options.padding[d] <= kernel_size[d] / 2, value_error, op,
+                  ": padding must be in [0, kernel_size / 2], got padding [", options.padding[0], ", ",
+                  options.padding[1], "] for kernel_size [", kernel_size[0], ", ", kernel_size[1], "]");
+  }
+  const int64_t h = x.size(2), w = x.size(3);
+  const int64_t oh = detail::pool_output_size(h, kernel_size[0], stride[0], options.padding[0], options.ceil_mode);
+  const int64_t ow = detail::pool_output_size(w, kernel_size[1], stride[1], options.padding[1], options.ceil_mode);
+  MAMCLIP_CHECK(oh > 0 && ow > 0, shape_error, op, ": input has shape ", shape_str(x.shape()), " and kernel_size [",
+                kernel_size[0], ", ", kernel_size[1], "] with padding [", options.padding[0], ", ", options.padding[1],
+                "] gives an output of ", oh, " x ", ow, "; expected a non-empty output");
+  return detail::avg_pool_windows(
+      "AvgPool2dBackward", x,
+      detail::avg_pool_axis(h, oh, kernel_size[0], stride[0], options.padding[0], options.count_include_pad),
+      detail::avg_pool_axis(w, ow, kernel_size[1], stride[1], options.padding[1], options.count_include_pad));
+}
+
+template <class T>
+Tensor<T> adaptive_avg_pool2d(const Tensor<T>& x, std::array<int64_t, 2> output_size) {
+  static_assert(is_floating_v<T>, "adaptive_avg_pool2d: T must be float, double, half or bfloat16");
+  constexpr const char* op = "adaptive_avg_pool2d";
+  detail::require_cpu(op, x);
+  detail::require_nchw(op, x);
+  MAMCLIP_CHECK(output_size[0] > 0 && output_size[1] > 0, value_error, op, ": output_size must be positive, got [",
+                output_size[0], ", ", output_size[1], "]");
+  MAMCLIP_CHECK(x.size(2) > 0 && x.size(3) > 0, shape_error, op, ": input has shape ", shape_str(x.shape()),
+                "; expected non-empty H and W");
+  return detail::avg_pool_windows("AdaptiveAvgPool2dBackward", x, detail::adaptive_pool_axis(x.size(2), output_size[0]),
+                                  detail::adaptive_pool_axis(x.size(3), output_size[1]));
+}
+
+}  // namespace mamclip
