@@ -12,9 +12,11 @@
 //   embedding.hpp   Embedding
 //   dropout.hpp     Dropout, DropPath
 //   activation.hpp  GELU, ReLU, Tanh, Identity
+//   attention.hpp   MultiheadAttention, multi_head_attention_forward
 //   containers.hpp  Sequential, ModuleList, ModuleListOf<M>
 
 #include "mamclip/nn/activation.hpp"
+#include "mamclip/nn/attention.hpp"
 #include "mamclip/nn/containers.hpp"
 #include "mamclip/nn/conv.hpp"
 #include "mamclip/nn/dropout.hpp"
