@@ -143,5 +143,17 @@ struct LossOptions {
 template <class T> Tensor<T> cross_entropy(const Tensor<T>& logits, const Tensor<int64_t>& target, const LossOptions& options = {});
 template <class T> Tensor<T> nll_loss(const Tensor<T>& log_probs, const Tensor<int64_t>& target, const LossOptions& options = {});
 template <class T> Tensor<T> mse_loss(const Tensor<T>& input, const Tensor<T>& target, Reduction reduction = Reduction::mean);
+// Symmetric CLIP / InfoNCE loss (open_clip's ClipLoss, fused; ops/loss/clip.hpp): S = exp(logit_scale) · I Tᵀ over
+// image_features I [Bi, D] and text_features T [Bt, D]; logit_scale ([] or [1]) holds the log of the scale. Pair i < B
+// is (image row image_offset + i, text row label_offset + i); loss = (mean_i CE(S[io + i, :], to + i) +
+// mean_i CE(S[:, to + i], io + i)) / 2. batch defaults to Bi - image_offset.
+struct ClipLossOptions {
+  std::optional<double> max_logit_scale;  // clamp of logit_scale before exp (e.g. log(100)); no gradient when clamped
+  int64_t label_offset = 0;               // text row of pair 0 (gathered texts: rank * B)
+  int64_t image_offset = 0;               // image row of pair 0 (gathered images: rank * B, with batch = B)
+  std::optional<int64_t> batch;           // number of local pairs B
+};
+template <class T> Tensor<T> clip_loss(const Tensor<T>& image_features, const Tensor<T>& text_features,
+                                       const Tensor<T>& logit_scale, const ClipLossOptions& options = {});
 
 }  // namespace mamclip

@@ -14,6 +14,7 @@
 #include "mamclip/autograd/node.hpp"
 #include "mamclip/ops/fwd.hpp"
 #include "mamclip/ops/loss/cpu.hpp"
+#include "mamclip/ops/loss/clip.hpp"  // clip_loss, the fused contrastive loss
 #include "mamclip/ops/reduce/reduce.hpp"
 #include "mamclip/ops/softmax/cpu.hpp"
 
