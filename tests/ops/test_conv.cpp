@@ -264,3 +264,27 @@ TEST_CASE("conv2d on another device: device_error without a kernel, the register
   conv2d(xc, w, b, o).backward(gy);
   require_allclose(xd.grad().to(kCPU), xc.grad(), 1e-6, 1e-6, "input gradient on the device");
 }
+
+TEST_CASE("conv2d matches PyTorch: ConvNeXt's stem, downsample and depthwise 7x7, and a grouped dilated case") {
+  const auto doc = load_json(fixture_path("conv/conv2d.json"));
+  REQUIRE(doc.at("cases").size() == 4);
+  for (const auto& c : doc.at("cases")) {
+    INFO(c.at("name").get<std::string>());
+    const auto i2 = [&](const char* k) {
+      const int64_t v = c.at(k).get<int64_t>();
+      return std::array<int64_t, 2>{v, v};
+    };
+    const Conv2dOptions o = opts(i2("stride"), i2("padding"), i2("dilation"), c.at("groups").get<int64_t>());
+    Tensor<float> x = tensor_from_json<float>(c.at("x")), w = tensor_from_json<float>(c.at("weight"));
+    Tensor<float> b = tensor_from_json<float>(c.at("bias"));
+    x.set_requires_grad();
+    w.set_requires_grad();
+    b.set_requires_grad();
+    const Tensor<float> y = conv2d(x, w, b, o);
+    require_allclose(y, tensor_from_json<float>(c.at("y")), 1e-6, 1e-5, "y");
+    y.backward(tensor_from_json<float>(c.at("gy")));
+    require_allclose(x.grad(), tensor_from_json<float>(c.at("grad_x")), 1e-5, 1e-5, "grad_x");
+    require_allclose(w.grad(), tensor_from_json<float>(c.at("grad_weight")), 1e-5, 1e-5, "grad_weight");
+    require_allclose(b.grad(), tensor_from_json<float>(c.at("grad_bias")), 1e-5, 1e-5, "grad_bias");
+  }
+}
