@@ -7,6 +7,8 @@
 #                                  mamclipTargets.cmake       mamclip::mamclip
 #                                  mamclipTextTargets.cmake   mamclip::text (when utf8proc was found)
 #                                  mamclipUtf8proc.cmake      finds utf8proc for mamclip::text
+#                                  mamclipImageTargets.cmake  mamclip::image (when stb was found)
+#                                  mamclipStb.cmake           finds stb for mamclip::image
 #                                  mamclipCudaTargets.cmake   mamclip::cuda (builds with the CUDA backend only)
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
@@ -26,6 +28,14 @@ if(TARGET mamclip_text)
   install(EXPORT mamclipTextTargets NAMESPACE mamclip:: DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR})
   install(FILES ${PROJECT_SOURCE_DIR}/cmake/utf8proc.cmake DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR}
           RENAME mamclipUtf8proc.cmake)
+endif()
+
+# mamclip::image links the imported mamclip::stb, recreated the same way.
+if(TARGET mamclip_image)
+  set_target_properties(mamclip_image PROPERTIES EXPORT_NAME image)
+  install(TARGETS mamclip_image EXPORT mamclipImageTargets)
+  install(EXPORT mamclipImageTargets NAMESPACE mamclip:: DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR})
+  install(FILES ${PROJECT_SOURCE_DIR}/cmake/stb.cmake DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR} RENAME mamclipStb.cmake)
 endif()
 
 # The CUDA backend gets an export set of its own, so that a CPU-only install

@@ -27,6 +27,7 @@ seeds_for() {
     safetensors) echo "$root/tests/fixtures/safetensors" ;;
     pickle) echo "$root/tests/fixtures/torch" ;;
     tokenizer) echo "$root/tests/fixtures/cli" ;;
+    image) echo "$root/tests/fixtures/image" ;;
     *) echo "" ;;
   esac
 }
@@ -35,6 +36,7 @@ seeds_for() {
 extra_flags_for() {
   case "$1" in
     tokenizer) echo "-DMAMCLIP_SHARED_DATA=\"$root/../shared/data\" -lutf8proc" ;;
+    image) echo "-I/usr/include/stb" ;;  # stb compiled into the target, instrumented
     *) echo "" ;;
   esac
 }
