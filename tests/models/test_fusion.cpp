@@ -4,6 +4,7 @@
 // names, the transformer output, the MLM log-probabilities and every
 // gradient; the full-size layout; masks; errors.
 #include "support/test_support.hpp"
+#include "support/scaled_close.hpp"
 
 #include <cmath>
 #include <string>
@@ -26,15 +27,6 @@ Tensor<float> get(const std::string& name) {
   INFO(name);
   REQUIRE(fixture().count(name) == 1);
   return io::get_as<float>(fixture().at(name), name);
-}
-
-double max_abs(const Tensor<float>& t) {
-  double m = 0;
-  for (float v : t.to_vector()) m = std::max(m, std::abs(static_cast<double>(v)));
-  return m;
-}
-void require_close_rel(const Tensor<float>& actual, const Tensor<float>& expected, double rel, const std::string& what) {
-  require_allclose(actual, expected, rel * max_abs(expected), rel, what);
 }
 
 FusionConfig small_config() {

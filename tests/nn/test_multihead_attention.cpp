@@ -6,6 +6,7 @@
 // the fused and explicit paths against each other; fully masked rows; dropout;
 // errors; and double-precision gradchecks of the functional form.
 #include "support/test_support.hpp"
+#include "support/scaled_close.hpp"
 
 #include <cmath>
 #include <string>
@@ -28,18 +29,6 @@ Tensor<T> get(const std::string& name) {
   INFO(name);
   REQUIRE(has(name));
   return io::get_as<T>(fixture().at(name), name);
-}
-
-double max_abs(const Tensor<float>& t) {
-  double m = 0;
-  for (float v : t.to_vector()) m = std::max(m, std::abs(static_cast<double>(v)));
-  return m;
-}
-
-// |a - b| <= rel * (max|b| + |b|): relative to the tensor's scale, so entries near zero are not held to
-// a relative bound their rounding cannot meet.
-void require_close_rel(const Tensor<float>& actual, const Tensor<float>& expected, double rel, const std::string& what) {
-  require_allclose(actual, expected, rel * max_abs(expected), rel, what);
 }
 
 struct Case {
