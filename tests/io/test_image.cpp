@@ -138,6 +138,13 @@ TEST_CASE("decode_image refuses empty, truncated, corrupt, unsupported and overs
   MAMCLIP_REQUIRE_THROWS_WITH(decode(std::vector<uint8_t>(ascii_pgm.begin(), ascii_pgm.end())), io_error,
                               "ASCII or 1-bit PNM");
 
+  // Found by fuzz_image: stb 2.27's PNM header parser overflows int on long fields.
+  const std::string long_field = "P5\n2222222222222 1\n255\n";
+  MAMCLIP_REQUIRE_THROWS_WITH(decode(std::vector<uint8_t>(long_field.begin(), long_field.end())), io_error,
+                              "corrupt PGM/PPM header (sizes up to 2^24, maxval 1 to 65535)");
+  const std::string big_maxval = "P5\n1 1\n65536\nab";
+  MAMCLIP_REQUIRE_THROWS_WITH(decode(std::vector<uint8_t>(big_maxval.begin(), big_maxval.end())), io_error,
+                              "corrupt PGM/PPM header");
   // Size limit from the header, before decoding: a PGM header claiming 100000 x 100000.
   const std::string huge = "P5\n100000 100000\n255\n";
   MAMCLIP_REQUIRE_THROWS_WITH(decode(std::vector<uint8_t>(huge.begin(), huge.end())), io_error,

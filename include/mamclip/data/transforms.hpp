@@ -136,19 +136,24 @@ struct AxisTaps {
 
 inline int64_t clamp_index(int64_t i, int64_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
 
+// Taps s and s + 1 with weights 1 - fx and fx; outside the source cv2 moves
+// all weight onto the edge pixel.
+inline void set_two_taps(AxisTaps& t, int64_t d, int64_t s, float fx, int64_t src) {
+  if (s < 0) s = 0, fx = 0.f;
+  if (s >= src - 1) s = src - 1, fx = 0.f;
+  t.index[2 * d] = s;
+  t.index[2 * d + 1] = clamp_index(s + 1, src);
+  t.weight[2 * d] = 1.f - fx;
+  t.weight[2 * d + 1] = fx;
+}
+
 // cv2 INTER_LINEAR: source coordinate (d + 0.5) * scale - 0.5, computed in float.
 inline AxisTaps linear_taps(int64_t src, int64_t dst, double scale) {
   AxisTaps t(dst, 2);
   for (int64_t d = 0; d < dst; ++d) {
     const float f = static_cast<float>((d + 0.5) * scale - 0.5);
-    int64_t s = static_cast<int64_t>(std::floor(f));
-    float fx = f - static_cast<float>(s);
-    if (s < 0) s = 0, fx = 0.f;
-    if (s >= src - 1) s = src - 1, fx = 0.f;
-    t.index[2 * d] = s;
-    t.index[2 * d + 1] = clamp_index(s + 1, src);
-    t.weight[2 * d] = 1.f - fx;
-    t.weight[2 * d + 1] = fx;
+    const int64_t s = static_cast<int64_t>(std::floor(f));
+    set_two_taps(t, d, s, f - static_cast<float>(s), src);
   }
   return t;
 }
@@ -158,15 +163,9 @@ inline AxisTaps linear_taps(int64_t src, int64_t dst, double scale) {
 inline AxisTaps area_up_taps(int64_t src, int64_t dst, double scale, double inv_scale) {
   AxisTaps t(dst, 2);
   for (int64_t d = 0; d < dst; ++d) {
-    int64_t s = static_cast<int64_t>(std::floor(d * scale));
-    float fx = static_cast<float>((d + 1) - (s + 1) * inv_scale);
-    fx = fx <= 0.f ? 0.f : fx - std::floor(fx);
-    if (s < 0) s = 0, fx = 0.f;
-    if (s >= src - 1) s = src - 1, fx = 0.f;
-    t.index[2 * d] = s;
-    t.index[2 * d + 1] = clamp_index(s + 1, src);
-    t.weight[2 * d] = 1.f - fx;
-    t.weight[2 * d + 1] = fx;
+    const int64_t s = static_cast<int64_t>(std::floor(d * scale));
+    const float fx = static_cast<float>((d + 1) - (s + 1) * inv_scale);
+    set_two_taps(t, d, s, fx <= 0.f ? 0.f : fx - std::floor(fx), src);
   }
   return t;
 }

@@ -142,7 +142,9 @@ inline bool parse_pnm_header(const uint8_t* d, size_t n, PnmHeader& h) {
     f = 0;
     while (pos < n && d[pos] >= '0' && d[pos] <= '9') {
       f = f * 10 + (d[pos++] - '0');
-      if (f > (int64_t{1} << 40)) return false;
+      // stb's int parser overflows (undefined behaviour) on long fields; stb
+      // caps sizes at 2^24 and maxval at 65535 anyway.
+      if (f > (int64_t{1} << 24)) return false;
     }
   }
   if (pos >= n || !space(d[pos])) return false;
@@ -271,6 +273,11 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
   }
   const int len = static_cast<int>(size);
 
+  detail::PnmHeader pnm;
+  if (format == detail::ImageFormat::pnm) {
+    MAMCLIP_CHECK(detail::parse_pnm_header(data, size, pnm) && pnm.maxval >= 1 && pnm.maxval <= 65535, io_error,
+                  "decode_image: '", name, "': corrupt PGM/PPM header (sizes up to 2^24, maxval 1 to 65535)");
+  }
   int w = 0, h = 0, comp = 0;
   MAMCLIP_CHECK(stbi_info_from_memory(data, len, &w, &h, &comp) == 1, io_error, "decode_image: '", name,
                 "': corrupt or truncated ", fmt, " header (", size, " bytes): ", detail::stb_reason());
@@ -283,9 +290,8 @@ inline Image decode_image(const uint8_t* data, size_t size, const std::string& n
                 " x ", h, " = ", pixels, " pixels, more than ImageReadOptions::max_pixels = ", options.max_pixels);
   const bool sixteen = stbi_is_16_bit_from_memory(data, len) == 1;
   if (format == detail::ImageFormat::pnm) {
-    detail::PnmHeader pnm;
-    MAMCLIP_CHECK(detail::parse_pnm_header(data, size, pnm) && pnm.width == w && pnm.height == h, io_error,
-                  "decode_image: '", name, "': corrupt PGM/PPM header");
+    MAMCLIP_CHECK(pnm.width == w && pnm.height == h, io_error, "decode_image: '", name,
+                  "': corrupt PGM/PPM header");
     const int64_t need = pnm.data_offset + pixels * pnm.channels * (sixteen ? 2 : 1);
     MAMCLIP_CHECK(static_cast<int64_t>(size) >= need, io_error, "decode_image: '", name, "': truncated PGM/PPM: ", w,
                   " x ", h, " x ", pnm.channels, (sixteen ? " 16-bit" : " 8-bit"), " samples need ", need,
