@@ -213,6 +213,9 @@ TEST_CASE("regression: a JPEG whose DHT declares more than 256 codes is refused 
   // The same table cut short inside its counts still sums what is there.
   const std::vector<uint8_t> b = bytes_of(path);
   MAMCLIP_REQUIRE_THROWS_WITH(io::decode_image(b.data(), 436, "cut.jpg"), io_error, "(DHT) with 588 codes");
+  // A DHT segment whose declared length ends inside its counts: stb reads all 16 anyway.
+  MAMCLIP_REQUIRE_THROWS_WITH(io::read_image(test::fixture_path("image/regressions/jpeg_dht_short_segment.jpg")),
+                              io_error, "corrupt JPEG: a JPEG Huffman table (DHT) with");
   // Valid files pass the check.
   CHECK(io::read_image(file("rgb.jpg")).pixels.size(0) == 3);
 }

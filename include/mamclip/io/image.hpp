@@ -193,9 +193,11 @@ inline std::string check_jpeg_huffman_tables(const uint8_t* d, size_t n) {
     if (m == 0xC4) {  // DHT: tables of (class/id, 16 counts, symbols)
       size_t p = pos + 4;
       while (p < end) {
-        // Counts past the end of the file read as 0 in stb.
+        // stb reads all 16 counts even past the segment's declared end (it
+        // notices the length mismatch only afterwards); past the end of the
+        // file they read as 0.
         size_t codes = 0;
-        for (size_t i = 1; i <= 16 && p + i < end; ++i) codes += d[p + i];
+        for (size_t i = 1; i <= 16 && p + i < n; ++i) codes += d[p + i];
         if (codes > 256) return "a JPEG Huffman table (DHT) with " + std::to_string(codes) + " codes (at most 256)";
         p += 17 + codes;
       }
