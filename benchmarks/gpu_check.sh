@@ -14,7 +14,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
 jobs=${JOBS:-$(nproc)}
-EXTRA_TARGETS=()
+EXTRA_TARGETS=(bench_clip_loss)
 
 echo "== device"
 if command -v nvidia-smi >/dev/null; then
@@ -39,7 +39,7 @@ echo "== configure"
 mkdir -p "$build"
 t0=$SECONDS
 cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DMAMCLIP_WITH_CUDA=ON \
-  "-DMAMCLIP_CUDA_ARCHITECTURES=$arch" -DMAMCLIP_BUILD_EXAMPLES=OFF -DMAMCLIP_BUILD_BENCHMARKS=OFF >"$build/gpu_check.configure.log" 2>&1 \
+  "-DMAMCLIP_CUDA_ARCHITECTURES=$arch" -DMAMCLIP_BUILD_EXAMPLES=OFF -DMAMCLIP_BUILD_BENCHMARKS=ON >"$build/gpu_check.configure.log" 2>&1 \
   || { tail -n 40 "$build/gpu_check.configure.log"; exit 1; }
 configure_s=$((SECONDS - t0))
 
@@ -61,12 +61,14 @@ set +e
 ctest --test-dir "$build" -L cuda --output-on-failure >"$build/gpu_check.ctest.log" 2>&1
 ctest_rc=$?
 set -e
+bench_rc=0
 test_s=$((SECONDS - t0))
 cat "$build/gpu_check.ctest.log"
 
 # Hook for kernel work: benchmarks that validate against the CPU, then time.
 extra_steps() {
-  :
+  echo "== bench_clip_loss (fused CLIP loss vs cuBLAS + kernels on the logits matrix)"
+  "$build/benchmarks/bench_clip_loss" || bench_rc=1
 }
 extra_steps
 
@@ -88,4 +90,5 @@ if grep -q "Skipped\|Not Run" "$build/gpu_check.ctest.log"; then
   echo "GPU tests were skipped: no CUDA device was visible to them"
   exit 2
 fi
-exit "$ctest_rc"
+[[ $ctest_rc -ne 0 ]] && exit "$ctest_rc"
+exit "$bench_rc"

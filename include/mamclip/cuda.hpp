@@ -30,6 +30,7 @@
 //   core/cuda/tensor_data.cuh     "fill", "strided_copy" for every dtype
 //   ops/elementwise/cuda.cuh      "add", "add_contiguous" for float, double, half, bfloat16
 //   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16
+//   ops/loss/cuda.cuh             "clip_loss", "clip_loss_backward" (fused CLIP loss) for float, half, bfloat16
 //   register_backend()            registers all of the above (the implementation unit calls it)
 
 #if !defined(__CUDACC__)
@@ -55,6 +56,7 @@
 #include "mamclip/core/storage.hpp"
 #include "mamclip/ops/elementwise/cuda.cuh"
 #include "mamclip/ops/matmul/cuda.cuh"
+#include "mamclip/ops/loss/cuda.cuh"
 
 namespace mamclip::cuda {
 
@@ -73,6 +75,7 @@ inline void register_backend() {
   register_tensor_data_kernels();
   register_elementwise_kernels();
   register_matmul_kernels();
+  register_clip_loss_kernels();
 }
 
 }  // namespace mamclip::cuda

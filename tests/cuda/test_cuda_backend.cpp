@@ -16,6 +16,7 @@
 #include "mamclip/core/cuda/caching_allocator.hpp"
 #include "mamclip/core/cuda/check.cuh"
 #include "mamclip/core/cuda/settings.hpp"
+#include "cuda/gpu_support.hpp"
 #include "support/test_support.hpp"
 
 using namespace mamclip;
@@ -24,28 +25,6 @@ using namespace mamclip::test;
 using f16 = mamclip::half;
 
 namespace {
-
-int gpu_count() {
-  static const int n = [] {
-    int c = 0;
-    if (cudaGetDeviceCount(&c) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return 0;
-    }
-    return c;
-  }();
-  return n;
-}
-
-#define MAMCLIP_SKIP_WITHOUT_GPU()         \
-  do {                                     \
-    if (gpu_count() == 0) {                \
-      WARN("skipped: no CUDA device");     \
-      return;                              \
-    }                                      \
-  } while (0)
-
-const Device kGPU = Device::cuda(0);
 
 template <class T>
 Tensor<T> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) {
