@@ -79,47 +79,42 @@ inline Range valid_outputs(int64_t size, int64_t out, int64_t stride, int64_t pa
   return {lo, std::max(lo, hi)};
 }
 
-// col [K, OH·OW] of one group of one sample; xg [C_in/G, H, W].
-template <class S>
-void im2col(const Conv2dGeometry& g, const S* xg, S* col) {
+// f(col_row, image_row, lo, hi) for every (c, ki, kj) row of col [K, OH·OW]
+// and every output row i whose input row is inside the image: col_row points
+// at col[(c·kH + ki)·kW + kj, i·OW], image_row is the offset in the group's
+// [C_in/G, H, W] image such that output column j reads image_row + j·sw, which
+// is inside the image for j in [lo, hi).
+template <class F>
+void for_each_patch_row(const Conv2dGeometry& g, F&& f) {
   const int64_t ohw = g.oh * g.ow;
   for (int64_t c = 0; c < g.cin_per_group(); ++c)
     for (int64_t ki = 0; ki < g.kh; ++ki) {
       const Range rows = valid_outputs(g.h, g.oh, g.stride_h, g.pad_h, ki * g.dil_h);
       for (int64_t kj = 0; kj < g.kw; ++kj) {
         const Range cols = valid_outputs(g.w, g.ow, g.stride_w, g.pad_w, kj * g.dil_w);
-        S* dst = col + ((c * g.kh + ki) * g.kw + kj) * ohw;
-        std::fill(dst, dst + rows.lo * g.ow, S(0));
-        for (int64_t i = rows.lo; i < rows.hi; ++i) {
-          S* d = dst + i * g.ow;
-          // src[j·sw] is x[c, i·sh − ph + ki·dh, j·sw − pw + kj·dw], in the image for j in [cols.lo, cols.hi).
-          const S* src = xg + (c * g.h + i * g.stride_h - g.pad_h + ki * g.dil_h) * g.w - g.pad_w + kj * g.dil_w;
-          std::fill(d, d + cols.lo, S(0));
-          for (int64_t j = cols.lo; j < cols.hi; ++j) d[j] = src[j * g.stride_w];
-          std::fill(d + cols.hi, d + g.ow, S(0));
-        }
-        std::fill(dst + rows.hi * g.ow, dst + ohw, S(0));
+        const int64_t row = ((c * g.kh + ki) * g.kw + kj) * ohw;
+        for (int64_t i = rows.lo; i < rows.hi; ++i)
+          f(row + i * g.ow, (c * g.h + i * g.stride_h - g.pad_h + ki * g.dil_h) * g.w - g.pad_w + kj * g.dil_w, cols.lo,
+            cols.hi);
       }
     }
+}
+
+// col [K, OH·OW] of one group of one sample; xg [C_in/G, H, W]. Reads outside the image are 0.
+template <class S>
+void im2col(const Conv2dGeometry& g, const S* xg, S* col) {
+  std::fill(col, col + g.cin_per_group() * g.kh * g.kw * g.oh * g.ow, S(0));
+  for_each_patch_row(g, [&](int64_t row, int64_t src, int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) col[row + j] = xg[src + j * g.stride_w];
+  });
 }
 
 // dxg [C_in/G, H, W] += col2im(col): the adjoint of im2col.
 template <class S>
 void col2im_add(const Conv2dGeometry& g, const S* col, S* dxg) {
-  const int64_t ohw = g.oh * g.ow;
-  for (int64_t c = 0; c < g.cin_per_group(); ++c)
-    for (int64_t ki = 0; ki < g.kh; ++ki) {
-      const Range rows = valid_outputs(g.h, g.oh, g.stride_h, g.pad_h, ki * g.dil_h);
-      for (int64_t kj = 0; kj < g.kw; ++kj) {
-        const Range cols = valid_outputs(g.w, g.ow, g.stride_w, g.pad_w, kj * g.dil_w);
-        const S* src = col + ((c * g.kh + ki) * g.kw + kj) * ohw;
-        for (int64_t i = rows.lo; i < rows.hi; ++i) {
-          const S* s = src + i * g.ow;
-          S* d = dxg + (c * g.h + i * g.stride_h - g.pad_h + ki * g.dil_h) * g.w - g.pad_w + kj * g.dil_w;
-          for (int64_t j = cols.lo; j < cols.hi; ++j) d[j * g.stride_w] += s[j];
-        }
-      }
-    }
+  for_each_patch_row(g, [&](int64_t row, int64_t dst, int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) dxg[dst + j * g.stride_w] += col[row + j];
+  });
 }
 
 inline bool col_is_input(const Conv2dGeometry& g) {
@@ -169,9 +164,8 @@ template <class S>
 void im2col_backward(const Conv2dGeometry& g, const S* x, const S* w, const S* gy, S* dx, S* dw) {
   const int64_t cg = g.cin_per_group(), og = g.cout_per_group(), k = cg * g.kh * g.kw, ohw = g.oh * g.ow;
   const int64_t hw = g.h * g.w;
-  const MatLayout l_w{MatLayout::row_major, k}, l_wt{MatLayout::col_major, k};  // w_g [og, k] and w_gᵀ [k, og]
+  const MatLayout l_wt{MatLayout::col_major, k};  // w_gᵀ [k, og] of w_g [og, k]
   const MatLayout l_gy{MatLayout::row_major, ohw}, l_colt{MatLayout::col_major, ohw};  // dy_g [og, ohw], colᵀ [ohw, k]
-  (void)l_w;
   if (dx) std::fill(dx, dx + g.batch * g.c_in * hw, S(0));
   parallel_for(g.groups, [&](int64_t gi) {
     const bool direct = col_is_input(g);
