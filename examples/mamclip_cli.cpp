@@ -4,6 +4,7 @@
 //   mamclip tokenize --vocab FILE [--cased] [--max-length N]     < texts > ids
 //   mamclip tokenize --model DIR  [--cased] [--max-length N]     < texts > ids
 //   mamclip embed --model DIR --output FILE.safetensors [--max-length N] [--batch N] < texts
+//   mamclip encode-image --model FILE --output FILE.safetensors [--arch NAME] [options] IMAGE...
 //
 // Input: one text per line of stdin (UTF-8; a trailing \r is dropped, so CRLF
 // files work; an empty line is an empty text; a last line without a newline counts).
@@ -31,7 +32,10 @@
 
 #include "mamclip/io/safetensors.hpp"
 #include "mamclip/mamclip.hpp"
+#include "mamclip/data/transforms.hpp"
+#include "mamclip/io/image.hpp"
 #include "mamclip/models/bert.hpp"
+#include "mamclip/models/convnext.hpp"
 #include "mamclip/text/pretrained.hpp"
 #include "mamclip/text/text.hpp"
 
@@ -44,6 +48,7 @@ constexpr const char* kMainHelp = R"(usage: mamclip <command> [options]
 commands:
   tokenize   BERT WordPiece ids of each line of stdin, one line of ids per text
   embed      BERT hidden states of each line of stdin, written to a safetensors file
+  encode-image  ConvNeXt features and outputs of images, written to a safetensors file
 
 mamclip <command> --help describes a command.
 Exit status: 0 success, 1 runtime error (files, models), 2 usage error (flags).
@@ -92,6 +97,36 @@ options:
   -h, --help        this text
 )";
 
+constexpr const char* kEncodeImageHelp = R"(usage: mamclip encode-image --model FILE --output FILE.safetensors [--arch NAME]
+                            [--height H] [--width W] [--num-classes N | --embed-dim N]
+                            [--layout NAME] [--batch N] IMAGE...
+
+Runs a ConvNeXt image encoder (eval mode, no dropout) on each IMAGE (PNG 8/16-bit,
+JPEG, PGM/PPM), preprocessed as MAM-CLIP does without augmentation: resized to
+H x W (bilinear), grayscale replicated to 3 channels, min-max scaled to [0, 1].
+Writes a safetensors file with, for N images:
+  features   float32 [N, C]   pooled features after head.norm, before head.fc (C = 768)
+  output     float32 [N, K]   head.fc of the features (the MAM-CLIP image embedding);
+                              the features again when the model has no head.fc
+  <head>     float32 [N, k]   for a fine-tuned checkpoint, each extra linear head
+                              (birads_layer, density_layer) applied to output
+and metadata {"model", "arch", "layout", "height", "width", "images" (one path per line)}.
+
+options:
+  --model FILE      the weights: timm (safetensors, .pth), FAIR (.pth), a MAM-CLIP
+                    Lightning .ckpt (VLModel.vision_encoder.*) or a fine-tuned .pth
+  --arch NAME       convnext_tiny, convnext_small, or auto (default): the
+                    architecture the checkpoint's tensor names and shapes give
+  --output FILE     the safetensors file to write (replaced atomically)
+  --height H, --width W
+                    the network's input size (>= 32 each; default 1024 x 768, MAM-CLIP's)
+  --num-classes N, --embed-dim N
+                    head.fc's outputs (0 = no head.fc); default: the checkpoint's
+  --layout NAME     automatic (default), timm, fair, lightning or finetune
+  --batch N         images per forward pass (N >= 1, default 1)
+  -h, --help        this text
+)";
+
 // A command-line mistake: exit status 2.
 struct UsageError {
   std::string message;
@@ -114,8 +149,10 @@ struct Args {
 
 // --flag VALUE, --flag=VALUE, switches; each flag at most once. A value may
 // start with '-' (a file named "-x" is still a file) only in the --flag=VALUE
-// form or when it is not itself a known flag.
-Args parse_flags(const std::vector<std::string>& argv, const FlagSpec& spec) {
+// form or when it is not itself a known flag. Other arguments go to
+// `positional` when the command takes them (non-null), else are usage errors.
+Args parse_flags(const std::vector<std::string>& argv, const FlagSpec& spec,
+                 std::vector<std::string>* positional = nullptr) {
   Args a;
   for (size_t i = 0; i < argv.size(); ++i) {
     std::string arg = argv[i];
@@ -123,7 +160,11 @@ Args parse_flags(const std::vector<std::string>& argv, const FlagSpec& spec) {
       a.help = true;
       continue;
     }
-    if (arg.rfind("--", 0) != 0) throw UsageError{"unexpected argument '" + arg + "' (texts are read from stdin)"};
+    if (arg.rfind("--", 0) != 0) {
+      if (!positional) throw UsageError{"unexpected argument '" + arg + "' (texts are read from stdin)"};
+      positional->push_back(arg);
+      continue;
+    }
     std::optional<std::string> inline_value;
     if (const size_t eq = arg.find('='); eq != std::string::npos) {
       inline_value = arg.substr(eq + 1);
@@ -320,6 +361,102 @@ int run_embed(const std::vector<std::string>& argv) {
   return 0;
 }
 
+// ---- encode-image
+
+int run_encode_image(const std::vector<std::string>& argv) {
+  std::vector<std::string> images;
+  const Args a = parse_flags(argv,
+                             {{"--model", true}, {"--arch", true}, {"--output", true}, {"--height", true},
+                              {"--width", true}, {"--num-classes", true}, {"--embed-dim", true}, {"--layout", true},
+                              {"--batch", true}},
+                             &images);
+  if (a.help) {
+    std::cout << kEncodeImageHelp;
+    return 0;
+  }
+  for (const char* flag : {"--model", "--output"})
+    if (!a.has(flag)) throw UsageError{std::string(flag) + " FILE is required"};
+  if (images.empty()) throw UsageError{"no IMAGE given"};
+  const std::string arch = a.get("--arch").value_or("auto");
+  if (arch != "convnext_tiny" && arch != "convnext_small" && arch != "auto")
+    throw UsageError{"--arch expects convnext_tiny, convnext_small or auto, got '" + arch + "'"};
+  if (a.has("--num-classes") && a.has("--embed-dim")) throw UsageError{"give --num-classes or --embed-dim, not both"};
+  data::MammogramTransformOptions transform;
+  if (const auto v = a.get("--height")) transform.height = parse_int("--height", *v, 32, 1 << 15);
+  if (const auto v = a.get("--width")) transform.width = parse_int("--width", *v, 32, 1 << 15);
+  std::optional<int64_t> num_classes;
+  for (const char* flag : {"--num-classes", "--embed-dim"})
+    if (const auto v = a.get(flag)) num_classes = parse_int(flag, *v, 0, 1 << 20);
+  models::ConvNeXtLoadOptions load;
+  if (const auto v = a.get("--layout")) {
+    try {
+      load.layout = models::parse_convnext_layout(*v);
+    } catch (const value_error&) {
+      throw UsageError{"--layout expects automatic, timm, fair, lightning or finetune, got '" + *v + "'"};
+    }
+  }
+  const int64_t batch = a.has("--batch") ? parse_int("--batch", *a.get("--batch"), 1, 1 << 16) : 1;
+  const std::string model_path = *a.get("--model"), output = *a.get("--output");
+#if !defined(MAMCLIP_CLI_IMAGES)
+  throw io_error(
+      "this mamclip was built without image decoding: a compiled stb (Debian: libstb-dev) was not found when it was "
+      "configured");
+#endif
+
+  load.num_classes_from_checkpoint = !num_classes;
+  const auto loaded =
+      arch == "auto"
+          ? models::load_convnext(model_path, load)
+          : models::load_convnext(model_path, models::ConvNeXtConfig::by_name(arch, num_classes.value_or(0)), load);
+  models::ConvNeXt& model = *loaded.model;
+  MAMCLIP_CHECK(!num_classes || model.num_classes() == *num_classes, value_error, model_path, ": head.fc has ",
+                model.num_classes(), " outputs; expected ", *num_classes, " (--num-classes / --embed-dim)");
+  model.eval();
+  // Extra heads of a fine-tuned checkpoint: "<name>.0.{weight,bias}" = Sequential(Linear).
+  std::vector<std::pair<std::string, std::shared_ptr<nn::Linear>>> heads;
+  for (const auto& key : loaded.extra_heads.keys()) {
+    const std::string suffix = ".0.weight";
+    if (key.size() > suffix.size() && key.compare(key.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      const std::string name = key.substr(0, key.size() - suffix.size());
+      heads.emplace_back(name, models::linear_head(loaded.extra_heads, name + ".0."));
+    }
+  }
+
+  const int64_t N = static_cast<int64_t>(images.size()), C = model.num_features();
+  std::vector<Tensor<float>> features, outputs;
+  std::vector<std::vector<Tensor<float>>> head_outputs(heads.size());
+  Generator gen;  // preprocessing without augmentation draws nothing
+  NoGradGuard no_grad;
+  for (int64_t b0 = 0; b0 < N; b0 += batch) {
+    std::vector<Tensor<float>> pixels;
+    for (int64_t i = b0; i < std::min(N, b0 + batch); ++i) {
+#if defined(MAMCLIP_CLI_IMAGES)
+      pixels.push_back(data::preprocess_mammogram(io::read_image(images[static_cast<size_t>(i)]), transform, gen));
+#endif
+    }
+    const models::ConvNeXtOutput out = model.forward_with_features(stack(pixels));
+    features.push_back(out.pooled);
+    outputs.push_back(out.output);
+    for (size_t h = 0; h < heads.size(); ++h) head_outputs[h].push_back(heads[h].second->forward(out.output));
+  }
+
+  io::NamedTensors tensors;
+  tensors.emplace_back("features", cat(features).contiguous());
+  tensors.emplace_back("output", cat(outputs).contiguous());
+  for (size_t h = 0; h < heads.size(); ++h) tensors.emplace_back(heads[h].first, cat(head_outputs[h]).contiguous());
+  std::string list;
+  for (const auto& p : images) list += (list.empty() ? "" : "\n") + p;
+  io::save_safetensors(output, tensors,
+                       {{"model", model_path}, {"arch", arch}, {"layout", models::convnext_layout_name(loaded.layout)},
+                        {"height", std::to_string(transform.height)}, {"width", std::to_string(transform.width)},
+                        {"images", list}});
+  std::cerr << "mamclip encode-image: wrote " << output << ": " << N << " images (" << arch << ", "
+            << models::convnext_layout_name(loaded.layout) << " checkpoint), features [" << N << ", " << C
+            << "], output [" << N << ", " << (model.num_classes() ? model.num_classes() : C)
+            << "]\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -338,8 +475,10 @@ int main(int argc, char** argv) {
   int (*run)(const std::vector<std::string>&) = nullptr;
   if (command == "tokenize") run = run_tokenize;
   if (command == "embed") run = run_embed;
+  if (command == "encode-image") run = run_encode_image;
   if (!run) {
-    std::cerr << "mamclip: unknown command '" << command << "' (commands: tokenize, embed; see mamclip --help)\n";
+    std::cerr << "mamclip: unknown command '" << command
+              << "' (commands: tokenize, embed, encode-image; see mamclip --help)\n";
     return 2;
   }
   try {

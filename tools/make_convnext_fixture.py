@@ -47,7 +47,10 @@ the full-size layouts are checked by their names and shapes.
                              (albumentations Resize = cv2 INTER_LINEAR to 68x40, grayscale
                              replicated to 3 channels, (x - min) / max(x - min)) and the
                              small model give: pixels.<i> [3, 68, 40], features.<i> [20],
-                             output.<i> [10] (image_gray.png is already 68x40)
+                             output.<i> [10] (image_gray.png is already 68x40); and the same
+                             with the resize done in float32 (cv2 on uint8 rounds the resized
+                             pixels to integers, mamclip's float pipeline does not):
+                             features_float.<i>, output_float.<i>
 
 Deterministic: seeded, float32, one thread, eval mode.
 """
@@ -226,8 +229,10 @@ def make_layouts():
         f.write("\n")
 
 
-def mamclip_preprocess(img, height, width):
+def mamclip_preprocess(img, height, width, in_float=False):
     """MAM-CLIP's validation pipeline (train/files/dataset.py): Resize, CHW, 3 channels, min-max."""
+    if in_float:
+        img = img.astype(np.float32)
     img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
     img = np.transpose(img, (2, 0, 1)) if img.ndim == 3 else np.repeat(img[np.newaxis], 3, axis=0)
     img = img.astype(np.float32)
@@ -246,12 +251,14 @@ def make_encode(model):
     cv2.imwrite(os.path.join(OUT, "image_rgb.png"), rgb[:, :, ::-1])
     out = OrderedDict()
     for i, img in enumerate((gray, rgb)):
-        px = mamclip_preprocess(img, h, w)
-        with torch.no_grad():
-            fmap = model.forward_features(px[None])
-            out[f"pixels.{i}"] = px
-            out[f"features.{i}"] = model.forward_head(fmap, pre_logits=True)[0]
-            out[f"output.{i}"] = model.forward_head(fmap)[0]
+        for suffix, in_float in (("", False), ("_float", True)):
+            px = mamclip_preprocess(img, h, w, in_float)
+            with torch.no_grad():
+                fmap = model.forward_features(px[None])
+                if not in_float:
+                    out[f"pixels.{i}"] = px
+                out[f"features{suffix}.{i}"] = model.forward_head(fmap, pre_logits=True)[0]
+                out[f"output{suffix}.{i}"] = model.forward_head(fmap)[0]
     save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(OUT, "encode_expected.safetensors"))
 
 

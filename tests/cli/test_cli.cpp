@@ -371,3 +371,86 @@ TEST_CASE("mamclip embed matches transformers on real model directories (MAMCLIP
     fs::remove(out);
   }
 }
+
+// encode-image on the reduced-width ConvNeXt of tests/fixtures/convnext against
+// timm with MAM-CLIP's preprocessing in Python (tools/make_convnext_fixture.py):
+// image_gray.png is already 68 x 40 (no resize: pixels compare exactly);
+// image_rgb.png (51 x 37) goes through the bilinear resize.
+#if !defined(MAMCLIP_CLI_IMAGES)
+TEST_CASE("mamclip encode-image without image decoding says so and exits 1") {
+  REQUIRE_RUNTIME_ERROR(run_cli({"encode-image", "--model", fixture_path("convnext/small.safetensors"), "--output",
+                                 tmp() / "x.safetensors", fixture_path("convnext/image_gray.png")}),
+                        "this mamclip was built without image decoding");
+}
+#else
+TEST_CASE("mamclip encode-image equals timm with MAM-CLIP's preprocessing; usage and load errors") {
+  const std::string model = fixture_path("convnext/small.safetensors");
+  const std::string gray = fixture_path("convnext/image_gray.png"), rgb = fixture_path("convnext/image_rgb.png");
+  const io::SafetensorsFile expected(fixture_path("convnext/encode_expected.safetensors"));
+  const std::string out = tmp() / "images.safetensors";
+  for (const std::string batch : {"1", "2"}) {
+    const Run r = run_cli({"encode-image", "--model", model, "--height", "68", "--width=40", "--batch", batch,
+                           "--output", out, gray, rgb});
+    INFO("batch " << batch << "\nstderr: " << r.err);
+    REQUIRE(r.status == 0);
+    const io::SafetensorsFile got(out);
+    CHECK(got.names().size() == 2);
+    CHECK(got.metadata().at("layout") == "timm");
+    CHECK(got.metadata().at("images") == gray + "\n" + rgb);
+    const Tensor<float> features = got.get<float>("features"), output = got.get<float>("output");
+    REQUIRE(features.shape() == Shape{2, 20});
+    REQUIRE(output.shape() == Shape{2, 10});
+    require_allclose(features.select(0, 0), expected.get<float>("features.0"), 1e-5, 1e-5, "features of image_gray");
+    require_allclose(output.select(0, 0), expected.get<float>("output.0"), 1e-5, 1e-5, "output of image_gray");
+    // The resize: mamclip's is cv2's INTER_LINEAR in float; the reference's
+    // runs on the 8-bit data and rounds to integers (within half a grey level).
+    require_allclose(features.select(0, 1), expected.get<float>("features_float.1"), 1e-4, 1e-4,
+                     "features of image_rgb (float resize)");
+    require_allclose(output.select(0, 1), expected.get<float>("output_float.1"), 1e-4, 1e-4,
+                     "output of image_rgb (float resize)");
+    require_allclose(features.select(0, 1), expected.get<float>("features.1"), 5e-2, 5e-2,
+                     "features of image_rgb (MAM-CLIP's uint8 resize)");
+    require_allclose(output.select(0, 1), expected.get<float>("output.1"), 5e-2, 5e-2,
+                     "output of image_rgb (MAM-CLIP's uint8 resize)");
+    fs::remove(out);
+  }
+  // A fine-tuned checkpoint adds its extra heads; --num-classes must agree with head.fc.
+  Run r = run_cli({"encode-image", "--model", fixture_path("convnext/small_ftune.pth"), "--height", "68", "--width",
+                   "40", "--num-classes", "10", "--output", out, gray});
+  REQUIRE(r.status == 0);
+  {
+    const io::SafetensorsFile got(out);
+    CHECK(got.metadata().at("layout") == "finetune");
+    CHECK(got.info("birads_layer").shape == Shape{1, 5});
+    CHECK(got.info("density_layer").shape == Shape{1, 4});
+    require_allclose(got.get<float>("output").select(0, 0), expected.get<float>("output.0"), 1e-5, 1e-5,
+                     "fine-tuned output");
+  }
+  REQUIRE_RUNTIME_ERROR(run_cli({"encode-image", "--model", model, "--height", "68", "--width", "40", "--embed-dim",
+                                 "768", "--output", tmp() / "x.safetensors", gray}),
+                        "head.fc has 10 outputs; expected 768 (--num-classes / --embed-dim)");
+  REQUIRE_RUNTIME_ERROR(run_cli({"encode-image", "--model", model, "--arch", "convnext_tiny", "--output",
+                                 tmp() / "x.safetensors", gray}),
+                        "the checkpoint's shapes say depths (1, 1, 2, 1), dims (8, 12, 16, 20), num_classes 10");
+  REQUIRE_RUNTIME_ERROR(run_cli({"encode-image", "--model", model, "--height", "68", "--width", "40", "--output",
+                                 tmp() / "x.safetensors", tmp() / "missing.png"}),
+                        "missing.png");
+  CHECK_FALSE(fs::exists(tmp() / "x.safetensors"));
+  REQUIRE_USAGE_ERROR(run_cli({"encode-image", "--model", model, "--output", out}),
+                      "mamclip encode-image: no IMAGE given");
+  REQUIRE_USAGE_ERROR(run_cli({"encode-image", "--output", out, gray}),
+                      "mamclip encode-image: --model FILE is required");
+  REQUIRE_USAGE_ERROR(run_cli({"encode-image", "--model", model, "--output", out, "--arch", "resnet50", gray}),
+                      "--arch expects convnext_tiny, convnext_small or auto, got 'resnet50'");
+  REQUIRE_USAGE_ERROR(run_cli({"encode-image", "--model", model, "--output", out, "--height", "31", gray}),
+                      "--height expects an integer in 32..32768, got '31'");
+  REQUIRE_USAGE_ERROR(run_cli({"encode-image", "--model", model, "--output", out, "--num-classes", "3", "--embed-dim",
+                               "3", gray}),
+                      "give --num-classes or --embed-dim, not both");
+  REQUIRE_USAGE_ERROR(run_cli({"encode-image", "--model", model, "--output", out, "--layout", "keras", gray}),
+                      "--layout expects automatic, timm, fair, lightning or finetune, got 'keras'");
+  r = run_cli({"encode-image", "--help"});
+  CHECK(r.status == 0);
+  CHECK(r.out.find("usage: mamclip encode-image --model FILE --output FILE.safetensors") == 0);
+}
+#endif
