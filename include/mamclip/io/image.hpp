@@ -22,6 +22,14 @@
 // .cpp of the program before including <stb_image.h> and <stb_image_write.h>.
 // See cmake/stb.cmake for why stb is not compiled into this header.
 //
+// Known stb 2.27 defects guarded here (found by fuzz/fuzz_image.cpp): JPEG
+// Huffman tables with more than 256 codes (a write past stb's table) and PNM
+// header fields that overflow int are refused before stb parses them; a short
+// PNM is refused instead of returning uninitialised memory; 16-bit PNM byte
+// order is probed and corrected. Not guardable without decoding: on corrupt
+// JPEG entropy data stb's bit reader may shift by more than 31 bits (garbage
+// pixels, no out-of-bounds access).
+//
 // stb state: decoding turns stb's per-thread "flip vertically on load" off on
 // the calling thread (so another library's stbi_set_flip_vertically_on_load
 // cannot flip our images). stbi_flip_vertically_on_write is process-global in
