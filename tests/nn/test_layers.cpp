@@ -181,8 +181,9 @@ TEST_CASE("Embedding: N(0, 1) init, zeroed padding row, lookups and padding grad
 }
 
 TEST_CASE("Dropout follows the training flag and its generator") {
-  Generator g1(3), g2(3);
-  Dropout d1(0.25, g1), d2(0.25, g2);
+  auto g1 = std::make_shared<Generator>(3);
+  Dropout d1(0.25, g1), d2(0.25);
+  d2.set_generator(std::make_shared<Generator>(3));
   auto x = ones<float>({40, 50});
   auto y1 = d1.forward(x), y2 = d2.forward(x);
   CHECK(y1.to_vector() == y2.to_vector());
@@ -196,6 +197,10 @@ TEST_CASE("Dropout follows the training flag and its generator") {
   CHECK(d1.forward(x).to_vector() != y1.to_vector());  // a fresh mask each call
   d1.eval();
   CHECK(d1.forward(x).is_same(x));
+  // Without a generator of its own, a module draws from the running thread's default generator.
+  Dropout d3(0.25);
+  manual_seed(3);
+  CHECK(d3.forward(x).to_vector() == y1.to_vector());
   MAMCLIP_REQUIRE_THROWS_WITH(Dropout(1.5), value_error, "Dropout: p must be in [0, 1], got 1.5");
 }
 

@@ -32,7 +32,6 @@ struct Net : Module {
     // A parameter registered after a child is still listed before the children's (PyTorch order).
     logit_scale = register_parameter("logit_scale", full<float>({}, 2.5f));
     mlp = register_module("mlp", std::make_shared<Mlp>(gen));
-    // Dropout keeps a reference to its generator, so it gets one that outlives this constructor.
     drop = register_module("drop", std::make_shared<Dropout>(0.5));
     register_buffer("position_ids", arange<float>(0, 7));
     register_buffer("cache", zeros<float>({2}), /*persistent=*/false);

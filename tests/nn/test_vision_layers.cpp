@@ -96,8 +96,8 @@ TEST_CASE("LayerNorm2d: timm's names and init, forward is layer_norm2d, input ch
 }
 
 TEST_CASE("DropPath follows the training flag and its generator, and has no parameters") {
-  Generator g(3), ref(3);
-  DropPath dp(0.25, g);
+  Generator ref(3);
+  DropPath dp(0.25, std::make_shared<Generator>(3));
   CHECK(dp.named_parameters().empty());
   CHECK(dp.extra_repr() == "drop_prob=0.250");
   const Tensor<float> x = uniform_random<float>({64, 3, 2, 2}, 4, -1, 1);

@@ -4,6 +4,7 @@
 // depth (drops whole samples of a residual branch), likewise.
 
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include "mamclip/nn/module.hpp"
@@ -11,11 +12,25 @@
 
 namespace mamclip::nn {
 
-class Dropout : public UnaryModule {
+// Where a random module draws its masks: a generator it shares (set with
+// set_generator, kept alive by every module that holds it), or else the
+// default generator of the thread that runs forward, as PyTorch's modules use
+// the global RNG. Never a reference that could dangle.
+class RandomModule : public UnaryModule {
  public:
-  // Masks are drawn from `gen`, which must outlive the module. The default is
-  // the constructing thread's default generator.
-  explicit Dropout(double p = 0.5, Generator& gen = default_generator()) : p_(p), gen_(&gen) {
+  void set_generator(std::shared_ptr<Generator> gen) { gen_ = std::move(gen); }
+  Generator& generator() const { return gen_ ? *gen_ : default_generator(); }
+
+ protected:
+  explicit RandomModule(std::shared_ptr<Generator> gen) : gen_(std::move(gen)) {}
+
+ private:
+  std::shared_ptr<Generator> gen_;
+};
+
+class Dropout : public RandomModule {
+ public:
+  explicit Dropout(double p = 0.5, std::shared_ptr<Generator> gen = nullptr) : RandomModule(std::move(gen)), p_(p) {
     MAMCLIP_CHECK(p >= 0 && p <= 1, value_error, "Dropout: p must be in [0, 1], got ", p);
   }
 
@@ -28,20 +43,18 @@ class Dropout : public UnaryModule {
   double p() const { return p_; }
 
  protected:
-  Tensor<float> forward_impl(const Tensor<float>& x) override { return dropout(x, p_, is_training(), *gen_); }
+  Tensor<float> forward_impl(const Tensor<float>& x) override { return dropout(x, p_, is_training(), generator()); }
 
  private:
   double p_;
-  Generator* gen_;
 };
 
 // timm.layers.DropPath (scale_by_keep = true): each sample (slice along dim 0)
 // is zeroed with probability p while training and the kept ones scaled by
 // 1/(1-p); the identity in eval mode or when p == 0.
-class DropPath : public UnaryModule {
+class DropPath : public RandomModule {
  public:
-  // Masks are drawn from `gen`, which must outlive the module.
-  explicit DropPath(double p = 0.0, Generator& gen = default_generator()) : p_(p), gen_(&gen) {
+  explicit DropPath(double p = 0.0, std::shared_ptr<Generator> gen = nullptr) : RandomModule(std::move(gen)), p_(p) {
     MAMCLIP_CHECK(p >= 0 && p <= 1, value_error, "DropPath: p must be in [0, 1], got ", p);
   }
 
@@ -54,11 +67,10 @@ class DropPath : public UnaryModule {
   double p() const { return p_; }
 
  protected:
-  Tensor<float> forward_impl(const Tensor<float>& x) override { return drop_path(x, p_, is_training(), *gen_); }
+  Tensor<float> forward_impl(const Tensor<float>& x) override { return drop_path(x, p_, is_training(), generator()); }
 
  private:
   double p_;
-  Generator* gen_;
 };
 
 }  // namespace mamclip::nn
