@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# ConvNeXt-T on the CPU: mamclip (bench_convnext) against timm + PyTorch
+# (convnext_torch.py) at the same shapes and thread count, side by side:
+# forward and training-step times, then the peak memory of one training step
+# at MAM-CLIP's input size (1024 x 768) with and without gradient
+# checkpointing, each in a process of its own.
+#
+#   benchmarks/models/convnext_vs_torch.sh [BUILD_DIR] [PYTHON]
+#
+# BUILD_DIR holds a Release build with benchmarks (default: build); PYTHON has
+# torch and timm (tools/requirements.txt; default: python3). Environment:
+# THREADS (default: all cores), CASES (default fwd:1x224x224,train:4x224x224),
+# ITERS (default 5), MEMORY (default 1x1024x768; empty skips the memory runs).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+build="${1:-build}"
+python="${2:-python3}"
+threads="${THREADS:-$(nproc)}"
+cases="${CASES:-fwd:1x224x224,train:4x224x224}"
+iters="${ITERS:-5}"
+memory="${MEMORY-1x1024x768}"
+
+bench="$build/benchmarks/bench_convnext"
+[ -x "$bench" ] || { echo "convnext_vs_torch: $bench not found; build it: ninja -C $build bench_convnext" >&2; exit 1; }
+
+ours="$(OMP_NUM_THREADS=$threads "$bench" --cases "$cases" --iters "$iters")"
+theirs="$("$python" "$here/convnext_torch.py" --threads "$threads" --cases "$cases" --iters "$iters")"
+echo "$ours"
+echo "$theirs"
+echo
+printf '%-26s %14s %14s %20s\n' "case" "mamclip ms" "pytorch ms" "time ratio (ours/pt)"
+paste <(echo "$ours") <(echo "$theirs") | while IFS=$'\t' read -r a b; do
+  key="$(sed -E 's/.*convnext_tiny (.* [0-9]+x[0-9]+) threads.*/\1/' <<<"$a")"
+  ma="$(sed -E 's/.*median ([0-9.]+) ms.*/\1/' <<<"$a")"
+  mb="$(sed -E 's/.*median ([0-9.]+) ms.*/\1/' <<<"$b")"
+  printf '%-26s %14s %14s %20s\n' "$key" "$ma" "$mb" "$(awk -v x="$ma" -v y="$mb" 'BEGIN { printf "%.2f", x / y }')"
+done
+
+[ -n "$memory" ] || exit 0
+echo
+for ckpt in "" "--checkpointing"; do
+  OMP_NUM_THREADS=$threads "$bench" --memory "$memory" $ckpt
+  "$python" "$here/convnext_torch.py" --threads "$threads" --memory "$memory" $ckpt
+done
