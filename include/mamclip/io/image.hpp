@@ -28,7 +28,8 @@
 // PNM is refused instead of returning uninitialised memory; 16-bit PNM byte
 // order is probed and corrected. Not guardable without decoding: on corrupt
 // JPEG entropy data stb's bit reader may shift by more than 31 bits (garbage
-// pixels, no out-of-bounds access).
+// pixels, no out-of-bounds access under ASan), after which an stb built with
+// its asserts on (Debian's libstb is) may fail one of them and abort.
 //
 // stb state: decoding turns stb's per-thread "flip vertically on load" off on
 // the calling thread (so another library's stbi_set_flip_vertically_on_load
