@@ -331,7 +331,8 @@ TEST_CASE("ConvNeXt gradient checkpointing gives the same outputs, gradients and
   Generator gx(2);
   const Tensor<float> x = randn<float>({6, 3, 40, 36}, gx);
   auto run = [&](bool checkpointing, std::vector<std::vector<float>>& grads, uint64_t& offset_after) {
-    Generator init(7), gen(11);
+    Generator init(7);
+    auto gen = std::make_shared<Generator>(11);
     ConvNeXt model(c, init);
     model.set_generator(gen);
     model.train();
@@ -339,7 +340,7 @@ TEST_CASE("ConvNeXt gradient checkpointing gives the same outputs, gradients and
     Tensor<float> out = model.forward(x);
     sum(out * out).backward();
     for (const auto& [name, p] : model.named_parameters()) grads.push_back(p.grad().to_vector());
-    offset_after = gen.offset();
+    offset_after = gen->offset();
     return out.to_vector();
   };
   std::vector<std::vector<float>> g_plain, g_ckpt;

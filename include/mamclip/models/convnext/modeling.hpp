@@ -28,13 +28,14 @@
 // With num_classes = 0 head.fc is the identity (timm's nn.Identity) and forward
 // returns the pooled features.
 //
-// Randomness (stochastic depth in training, head dropout) draws from the
-// model's generator (set_generator; the constructing thread's default
-// generator otherwise). Gradient checkpointing (set_grad_checkpointing)
-// recomputes each block of a stage in backward, as timm's checkpoint_seq does;
-// the recomputation replays the block's drop-path mask from a copy of the
-// generator taken before the block, so gradients are those of the masks the
-// forward pass used. The generator must outlive the backward pass.
+// Randomness (stochastic depth in training, head dropout) draws from a
+// generator the model shares (set_generator), or else from the default
+// generator of the thread that runs forward, as nn::Dropout / DropPath do.
+// Gradient checkpointing (set_grad_checkpointing) recomputes each block of a
+// stage in backward, as timm's checkpoint_seq does; the recomputation replays
+// the block's drop-path mask from a copy of the generator taken before the
+// block, so gradients are those of the masks the forward pass used (backward
+// must run while the generator lives: the model's own, or that thread's).
 //
 // defines: ConvNeXtSkipInit, init_convnext_weights, ConvNeXtMlp, ConvNeXtBlock, ConvNeXtStage,
 //   ConvNeXtHead, ConvNeXtOutput, ConvNeXt
@@ -274,7 +275,7 @@ class ConvNeXt : public nn::Module {
                   config_.in_chans, ", H, W] with N >= 1 and H, W >= ", min_size, " (the stride-", config_.patch_size,
                   " stem and three stride-2 stages need it)");
     Tensor<float> h = stem->forward(x);
-    for (const auto& s : *stages) h = s->forward(h, *gen_);
+    for (const auto& s : *stages) h = s->forward(h, generator());
     return h;
   }
 
@@ -285,7 +286,7 @@ class ConvNeXt : public nn::Module {
         shape_error, "ConvNeXt.forward_head: input has shape ",
         map.defined() ? shape_str(map.shape()) : std::string("undefined"), "; expected [N, ", config_.num_features(),
         ", h, w]");
-    return head->forward(map, *gen_, pre_logits);
+    return head->forward(map, generator(), pre_logits);
   }
 
   Tensor<float> forward(const Tensor<float>& x) { return forward_head(forward_features(x)); }
@@ -302,9 +303,9 @@ class ConvNeXt : public nn::Module {
   void set_grad_checkpointing(bool enable = true) {
     for (const auto& s : *stages) s->grad_checkpointing = enable;
   }
-  // The generator of drop-path masks and head dropout; it must outlive the model's backward passes.
-  void set_generator(Generator& gen) { gen_ = &gen; }
-  Generator& generator() const { return *gen_; }
+  // The generator of drop-path masks and head dropout (shared; null = the running thread's default generator).
+  void set_generator(std::shared_ptr<Generator> gen) { gen_ = std::move(gen); }
+  Generator& generator() const { return gen_ ? *gen_ : default_generator(); }
 
   // timm's reset_classifier (model.head.fc = nn.Linear(dims[3], num_classes)),
   // as a new model: it shares this model's stem, stages and head.norm (the same
@@ -342,7 +343,7 @@ class ConvNeXt : public nn::Module {
   }
 
   ConvNeXtConfig config_;
-  Generator* gen_ = &default_generator();
+  std::shared_ptr<Generator> gen_;
 };
 
 }  // namespace mamclip::models
