@@ -74,15 +74,6 @@ enum class RemapCoordinates { opencv4, exact };
 
 namespace detail {
 
-inline const char* interpolation_name(Interpolation i) {
-  switch (i) {
-    case Interpolation::linear: return "linear";
-    case Interpolation::area: return "area";
-    case Interpolation::lanczos4: return "lanczos4";
-  }
-  return "unknown";
-}
-
 // The image as a contiguous [C, H, W] tensor, after the checks every transform
 // makes: the input's own storage when it is contiguous, else a copy. Uses
 // only core/ (data/ sits beside the ops layer, not above it).
