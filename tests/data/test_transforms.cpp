@@ -35,14 +35,7 @@ Tensor<float> pattern(int64_t h, int64_t w) {
   return t;
 }
 
-// Largest |a - b| over all elements (shapes must agree).
-double max_abs_diff(const Tensor<float>& a, const Tensor<float>& b) {
-  REQUIRE(a.shape() == b.shape());
-  const auto va = a.to_vector(), vb = b.to_vector();
-  double worst = 0;
-  for (size_t i = 0; i < va.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(va[i]) - vb[i]));
-  return worst;
-}
+using test::max_abs_diff;
 
 // [3, H, W] from [H, W]: the same plane three times.
 Tensor<float> stack_for_test(const Tensor<float>& g) { return data::to_three_channels(g); }

@@ -19,27 +19,11 @@ namespace {
 
 std::string file(const std::string& name) { return test::fixture_path("image/files/" + name); }
 
-std::vector<uint8_t> bytes_of(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), {});
-}
-
-double max_abs_diff(const Tensor<float>& a, const Tensor<float>& b) {
-  REQUIRE(a.shape() == b.shape());
-  const auto va = a.to_vector(), vb = b.to_vector();
-  double worst = 0;
-  for (size_t i = 0; i < va.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(va[i]) - vb[i]));
-  return worst;
-}
+using test::max_abs_diff;
+using test::files::read_bytes;
 
 io::Image decode(const std::vector<uint8_t>& b, const io::ImageReadOptions& o = {}) {
   return io::decode_image(b.data(), b.size(), "test.img", o);
-}
-
-std::filesystem::path temp_dir() {
-  const auto d = std::filesystem::temp_directory_path() / ("mamclip_test_image_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(d);
-  return d;
 }
 
 }  // namespace
@@ -102,8 +86,8 @@ TEST_CASE("ImageReadOptions::channels converts gray <-> RGB; bad values are refu
 }
 
 TEST_CASE("decode_image refuses empty, truncated, corrupt, unsupported and oversized files by name") {
-  const std::vector<uint8_t> png = bytes_of(file("gray8.png"));
-  const std::vector<uint8_t> jpg = bytes_of(file("rgb.jpg"));
+  const std::vector<uint8_t> png = read_bytes(file("gray8.png"));
+  const std::vector<uint8_t> jpg = read_bytes(file("rgb.jpg"));
   MAMCLIP_REQUIRE_THROWS_WITH(io::decode_image(png.data(), 0, "empty.png"), io_error, "'empty.png' is empty");
   MAMCLIP_REQUIRE_THROWS_WITH(io::read_image(file("missing.png")), io_error, "missing.png");
 
@@ -161,7 +145,7 @@ TEST_CASE("decode_image refuses empty, truncated, corrupt, unsupported and overs
   const std::string short_pgm = "P5\n4 4\n255\nabc";
   MAMCLIP_REQUIRE_THROWS_WITH(decode(std::vector<uint8_t>(short_pgm.begin(), short_pgm.end())), io_error,
                               "'test.img': truncated PGM/PPM: 4 x 4 x 1 8-bit samples need 27 bytes, the file has 14");
-  const std::vector<uint8_t> pgm16 = bytes_of(file("gray16.pgm"));
+  const std::vector<uint8_t> pgm16 = read_bytes(file("gray16.pgm"));
   MAMCLIP_REQUIRE_THROWS_WITH(io::decode_image(pgm16.data(), pgm16.size() - 1, "g.pgm"), io_error,
                               "truncated PGM/PPM: 23 x 17 x 1 16-bit samples");
 }
@@ -177,7 +161,7 @@ TEST_CASE("encode_png / write_png: 8-bit round trip, clamping, rank 2 and 3, ato
     ok = ok && b[i] == static_cast<float>(std::lround(std::clamp(a[i], 0.f, 1.f) * 255.f));
   CHECK(ok);
 
-  const auto dir = temp_dir();
+  const test::files::TempDir dir("image");
   const auto path = dir / "gray.png";
   const Tensor<float> gray = test::uniform_random<float>({6, 5}, 8, 0.0, 1.0);
   io::write_png(path, gray.t());  // non-contiguous [5, 6]
@@ -186,15 +170,14 @@ TEST_CASE("encode_png / write_png: 8-bit round trip, clamping, rank 2 and 3, ato
   CHECK(max_abs_diff(g.pixels.squeeze(0), (gray.t().contiguous() * 255.0)) <= 0.5 + 1e-4);
 
   // A failed write leaves the previous file untouched.
-  const auto before = bytes_of(path.string());
+  const auto before = read_bytes(path);
   Tensor<float> nan_img = gray.clone();
   nan_img.data_ptr()[3] = NAN;
   MAMCLIP_REQUIRE_THROWS_WITH(io::write_png(path, nan_img), value_error, "encode_png: NaN at channel 0, row 0, column 3");
-  CHECK(bytes_of(path.string()) == before);
+  CHECK(read_bytes(path) == before);
   MAMCLIP_REQUIRE_THROWS_WITH(io::write_png(dir / "no" / "such" / "dir.png", gray), io_error, "dir.png");
   MAMCLIP_REQUIRE_THROWS_WITH(io::encode_png(zeros<float>({2, 4, 4})), shape_error, "expected 1, 3 or 4 channels");
   MAMCLIP_REQUIRE_THROWS_WITH(io::encode_png(zeros<float>({4})), shape_error, "expected [C, H, W] or [H, W]");
-  std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("another library's stbi_set_flip_vertically_on_load does not flip our images") {
@@ -211,7 +194,7 @@ TEST_CASE("regression: a JPEG whose DHT declares more than 256 codes is refused 
   MAMCLIP_REQUIRE_THROWS_WITH(io::read_image(path), io_error,
                               "corrupt JPEG: a JPEG Huffman table (DHT) with 2575 codes (at most 256)");
   // The same table cut short inside its counts still sums what is there.
-  const std::vector<uint8_t> b = bytes_of(path);
+  const std::vector<uint8_t> b = read_bytes(path);
   MAMCLIP_REQUIRE_THROWS_WITH(io::decode_image(b.data(), 436, "cut.jpg"), io_error, "(DHT) with 588 codes");
   // A DHT segment whose declared length ends inside its counts: stb reads all 16 anyway.
   MAMCLIP_REQUIRE_THROWS_WITH(io::read_image(test::fixture_path("image/regressions/jpeg_dht_short_segment.jpg")),

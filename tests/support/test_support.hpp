@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -112,6 +113,15 @@ Tensor<T> tensor_from_json(const nlohmann::json& j) {
   std::vector<T> v;
   for (const auto& x : j.at("data")) v.push_back(static_cast<T>(x.get<double>()));
   return from_vector<T>(v).reshape(shape);
+}
+
+// Largest |a - b| over all elements, in double (shapes must agree).
+inline double max_abs_diff(const Tensor<float>& a, const Tensor<float>& b) {
+  REQUIRE(a.shape() == b.shape());
+  const auto va = a.to_vector(), vb = b.to_vector();
+  double worst = 0;
+  for (size_t i = 0; i < va.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(va[i]) - vb[i]));
+  return worst;
 }
 
 inline std::string fixture_path(const std::string& name) { return std::string(MAMCLIP_TEST_FIXTURES) + "/" + name; }
