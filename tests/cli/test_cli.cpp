@@ -18,40 +18,15 @@
 
 using namespace mamclip;
 using namespace mamclip::test;
+using namespace mamclip::test::files;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("mamclip_cli_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
-
-const TempDir& tmp() {
-  static TempDir d;
+// One directory for the whole run (static: its removal at exit is the cleanup).
+const files::TempDir& tmp() {
+  static const files::TempDir d("cli");
   return d;
-}
-
-void write_file(const std::string& path, const std::string& content) {
-  std::ofstream f(path, std::ios::binary);
-  f << content;
-  REQUIRE(f.good());
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 std::string shell_quote(const std::string& s) {
@@ -68,7 +43,7 @@ struct Run {
 // Runs the program with `args` and `input` on stdin. A death by signal
 // (abort, segfault) fails the test: the program must never crash.
 Run run_cli(const std::vector<std::string>& args, const std::string& input = "") {
-  const std::string in = tmp() / "stdin", out = tmp() / "stdout", err = tmp() / "stderr";
+  const std::string in = tmp().file("stdin"), out = tmp().file("stdout"), err = tmp().file("stderr");
   write_file(in, input);
   std::string cmd = shell_quote(MAMCLIP_CLI_EXE);
   for (const auto& a : args) cmd += " " + shell_quote(a);
@@ -164,15 +139,15 @@ TEST_CASE("mamclip: usage errors name the flag and exit 2") {
                       "--max-length expects an integer >= 2, got '-4'");
   REQUIRE_USAGE_ERROR(run_cli({"embed", "--output", "x.safetensors"}), "mamclip embed: --model DIR is required");
   REQUIRE_USAGE_ERROR(run_cli({"embed", "--model", kBertDir}), "mamclip embed: --output FILE is required");
-  REQUIRE_USAGE_ERROR(run_cli({"embed", "--model", kBertDir, "--output", tmp() / "e.safetensors", "--batch", "0"}),
+  REQUIRE_USAGE_ERROR(run_cli({"embed", "--model", kBertDir, "--output", tmp().file("e.safetensors"), "--batch", "0"}),
                       "mamclip embed: --batch expects an integer in 1..1048576, got '0'");
-  REQUIRE_USAGE_ERROR(run_cli({"embed", "--model", kBertDir, "--output", tmp() / "e.safetensors", "--batch", "2.5"}),
+  REQUIRE_USAGE_ERROR(run_cli({"embed", "--model", kBertDir, "--output", tmp().file("e.safetensors"), "--batch", "2.5"}),
                       "--batch expects an integer in 1..1048576, got '2.5'");
   // A value the model cannot take is a usage error too: the fixture model has 64 positions.
-  REQUIRE_USAGE_ERROR(run_cli({"embed", "--model", kBertDir, "--output", tmp() / "e.safetensors", "--max-length", "65"},
+  REQUIRE_USAGE_ERROR(run_cli({"embed", "--model", kBertDir, "--output", tmp().file("e.safetensors"), "--max-length", "65"},
                               "a\n"),
                       "mamclip embed: --max-length 65 exceeds the model's max_position_embeddings 64");
-  CHECK_FALSE(fs::exists(tmp() / "e.safetensors"));
+  CHECK_FALSE(fs::exists(tmp().file("e.safetensors")));
 }
 
 TEST_CASE("mamclip: runtime errors say 'mamclip <command>: <what>' and exit 1") {
@@ -181,27 +156,27 @@ TEST_CASE("mamclip: runtime errors say 'mamclip <command>: <what>' and exit 1") 
   REQUIRE_RUNTIME_ERROR(run_cli({"tokenize", "--vocab", kBertDir}, "a\n"), "is a directory");
   REQUIRE_RUNTIME_ERROR(run_cli({"tokenize", "--model", "/nonexistent"}, "a\n"),
                         "mamclip tokenize: load_bert_tokenizer: \"/nonexistent\" is not a directory");
-  REQUIRE_RUNTIME_ERROR(run_cli({"embed", "--model", "/nonexistent", "--output", tmp() / "e.safetensors"}, "a\n"),
+  REQUIRE_RUNTIME_ERROR(run_cli({"embed", "--model", "/nonexistent", "--output", tmp().file("e.safetensors")}, "a\n"),
                         "mamclip embed: load_bert_tokenizer: \"/nonexistent\" is not a directory");
 
   // A directory with a vocabulary but no config.json, then one with corrupt weights.
-  const std::string broken = tmp() / "broken_model";
+  const std::string broken = tmp().file("broken_model");
   fs::create_directories(broken);
   fs::copy_file(kBertDir + "/vocab.txt", broken + "/vocab.txt", fs::copy_options::overwrite_existing);
-  auto r = run_cli({"embed", "--model", broken, "--output", tmp() / "e.safetensors"}, "a\n");
+  auto r = run_cli({"embed", "--model", broken, "--output", tmp().file("e.safetensors")}, "a\n");
   CHECK(r.status == 1);
   CHECK(r.err.rfind("mamclip embed: ", 0) == 0);
   CHECK(r.err.find("config.json") != std::string::npos);
   fs::copy_file(kBertDir + "/config.json", broken + "/config.json", fs::copy_options::overwrite_existing);
   write_file(broken + "/model.safetensors", "this is not a safetensors file");
-  r = run_cli({"embed", "--model", broken, "--output", tmp() / "e.safetensors"}, "a\n");
+  r = run_cli({"embed", "--model", broken, "--output", tmp().file("e.safetensors")}, "a\n");
   CHECK(r.status == 1);
   CHECK(r.err.rfind("mamclip embed: ", 0) == 0);
   CHECK(r.err.find("model.safetensors") != std::string::npos);
-  CHECK_FALSE(fs::exists(tmp() / "e.safetensors"));
+  CHECK_FALSE(fs::exists(tmp().file("e.safetensors")));
 
   // An output path that cannot be written.
-  REQUIRE_RUNTIME_ERROR(run_cli({"embed", "--model", kBertDir, "--output", tmp() / "no/such/dir/e.safetensors"}, "a\n"),
+  REQUIRE_RUNTIME_ERROR(run_cli({"embed", "--model", kBertDir, "--output", tmp().file("no/such/dir/e.safetensors")}, "a\n"),
                         "mamclip embed: ");
 }
 
@@ -286,7 +261,7 @@ TEST_CASE("mamclip embed equals transformers' BertModel on the tiny fixture mode
                         {{"--batch", "2"}, "max64.", "64"},
                         {{"--batch=1", "--max-length", "8"}, "max8.", "8"}};
   for (const auto& c : cases) {
-    const std::string out = tmp() / "embed.safetensors";
+    const std::string out = tmp().file("embed.safetensors");
     std::vector<std::string> args{"embed", "--model", kBertDir, "--output", out};
     args.insert(args.end(), c.extra.begin(), c.extra.end());
     const Run r = run_cli(args, texts);
@@ -312,7 +287,7 @@ TEST_CASE("mamclip embed equals transformers' BertModel on the tiny fixture mode
 }
 
 TEST_CASE("mamclip embed on no input writes empty tensors") {
-  const std::string out = tmp() / "empty.safetensors";
+  const std::string out = tmp().file("empty.safetensors");
   const Run r = run_cli({"embed", "--model", kBertDir, "--output", out}, "");
   REQUIRE(r.status == 0);
   const io::SafetensorsFile got(out);
@@ -344,7 +319,7 @@ TEST_CASE("mamclip embed matches transformers on real model directories (MAMCLIP
     const std::string ref_path = dir + "/embed_reference.safetensors";
     REQUIRE(fs::exists(ref_path));
     const io::SafetensorsFile ref(ref_path);
-    const std::string out = tmp() / "real.safetensors";
+    const std::string out = tmp().file("real.safetensors");
     const Run r = run_cli({"embed", "--model", dir, "--output", out, "--max-length", ref.metadata().at("max_length")},
                           sentences);
     REQUIRE(r.status == 0);
@@ -379,7 +354,7 @@ TEST_CASE("mamclip embed matches transformers on real model directories (MAMCLIP
 #if !defined(MAMCLIP_CLI_IMAGES)
 TEST_CASE("mamclip encode-image without image decoding says so and exits 1") {
   REQUIRE_RUNTIME_ERROR(run_cli({"encode-image", "--model", fixture_path("convnext/small.safetensors"), "--output",
-                                 tmp() / "x.safetensors", fixture_path("convnext/image_gray.png")}),
+                                 tmp().file("x.safetensors"), fixture_path("convnext/image_gray.png")}),
                         "this mamclip was built without image decoding");
 }
 #else
@@ -387,7 +362,7 @@ TEST_CASE("mamclip encode-image equals timm with MAM-CLIP's preprocessing; usage
   const std::string model = fixture_path("convnext/small.safetensors");
   const std::string gray = fixture_path("convnext/image_gray.png"), rgb = fixture_path("convnext/image_rgb.png");
   const io::SafetensorsFile expected(fixture_path("convnext/encode_expected.safetensors"));
-  const std::string out = tmp() / "images.safetensors";
+  const std::string out = tmp().file("images.safetensors");
   for (const std::string batch : {"1", "2"}) {
     const Run r = run_cli({"encode-image", "--model", model, "--height", "68", "--width=40", "--batch", batch,
                            "--output", out, gray, rgb});
@@ -427,15 +402,15 @@ TEST_CASE("mamclip encode-image equals timm with MAM-CLIP's preprocessing; usage
                      "fine-tuned output");
   }
   REQUIRE_RUNTIME_ERROR(run_cli({"encode-image", "--model", model, "--height", "68", "--width", "40", "--embed-dim",
-                                 "768", "--output", tmp() / "x.safetensors", gray}),
+                                 "768", "--output", tmp().file("x.safetensors"), gray}),
                         "head.fc has 10 outputs; expected 768 (--num-classes / --embed-dim)");
   REQUIRE_RUNTIME_ERROR(run_cli({"encode-image", "--model", model, "--arch", "convnext_tiny", "--output",
-                                 tmp() / "x.safetensors", gray}),
+                                 tmp().file("x.safetensors"), gray}),
                         "the checkpoint's shapes say depths (1, 1, 2, 1), dims (8, 12, 16, 20), num_classes 10");
   REQUIRE_RUNTIME_ERROR(run_cli({"encode-image", "--model", model, "--height", "68", "--width", "40", "--output",
-                                 tmp() / "x.safetensors", tmp() / "missing.png"}),
+                                 tmp().file("x.safetensors"), tmp().file("missing.png")}),
                         "missing.png");
-  CHECK_FALSE(fs::exists(tmp() / "x.safetensors"));
+  CHECK_FALSE(fs::exists(tmp().file("x.safetensors")));
   REQUIRE_USAGE_ERROR(run_cli({"encode-image", "--model", model, "--output", out}),
                       "mamclip encode-image: no IMAGE given");
   REQUIRE_USAGE_ERROR(run_cli({"encode-image", "--output", out, gray}),
