@@ -91,6 +91,12 @@ class Generator {
   uint64_t offset() const { return offset_; }
   // Reserves one stream for a draw and returns its offset.
   uint64_t next_offset() { return offset_++; }
+  // Restores a state read with seed() and offset() (checkpoints, replaying a
+  // micro-batch's dropout masks).
+  void set_state(uint64_t seed, uint64_t offset) {
+    seed_ = seed;
+    offset_ = offset;
+  }
 
  private:
   uint64_t seed_;
