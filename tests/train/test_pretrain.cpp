@@ -1,0 +1,208 @@
+// Pretraining steps: GradCache (`full` negatives) against one un-accumulated
+// batch, dropout replay, the `paper` accumulation, non-finite detection, and
+// the config file layer.
+#include "support/test_support.hpp"
+
+#include <cmath>
+
+#include "mamclip/train/config.hpp"
+#include "mamclip/train/pretrain.hpp"
+
+using namespace mamclip;
+using models::clip::VLModel;
+using models::clip::VLModelConfig;
+
+namespace {
+
+VLModelConfig tiny_config(double dropout) {
+  VLModelConfig c;
+  c.vision.depths = {1, 1, 1, 1};
+  c.vision.dims = {8, 8, 8, 16};
+  c.text.vocab_size = 40;
+  c.text.hidden_size = 16;
+  c.text.num_hidden_layers = 1;
+  c.text.num_attention_heads = 2;
+  c.text.intermediate_size = 32;
+  c.text.max_position_embeddings = 16;
+  c.text.hidden_dropout_prob = dropout;
+  c.text.attention_probs_dropout_prob = dropout;
+  c.embed_dim = 16;
+  c.context_length = 8;
+  c.mlm_vocab_size = 44;
+  c.fusion_heads = 2;
+  c.cls_token_id = 2;
+  c.vision.num_classes = c.embed_dim;
+  return c;
+}
+
+// n pairs: random images, ids with [CLS] = 2 first, labels with some [PAD] = 0.
+train::ClipMicroBatch random_batch(int64_t n, Generator& gen) {
+  train::ClipMicroBatch b;
+  b.images = rand<float>({n, 3, 32, 32}, gen);
+  const auto r = rand<double>({n, 8, 2}, gen).to_vector();
+  std::vector<int64_t> ids, labels;
+  for (int64_t i = 0; i < n * 8; ++i) {
+    const bool first = i % 8 == 0;
+    ids.push_back(first ? 2 : 5 + static_cast<int64_t>(r[2 * i] * 35));
+    labels.push_back(first ? 2 : (r[2 * i + 1] < 0.4 ? 5 + static_cast<int64_t>(r[2 * i] * 35) : 0));
+  }
+  b.input_ids = from_vector<int64_t>(ids, {n, 8});
+  b.labels = from_vector<int64_t>(labels, {n, 8});
+  return b;
+}
+
+train::ClipMicroBatch concat(const std::vector<train::ClipMicroBatch>& parts) {
+  std::vector<Tensor<float>> images;
+  std::vector<Tensor<int64_t>> ids, labels;
+  for (const auto& p : parts) {
+    images.push_back(p.images);
+    ids.push_back(p.input_ids);
+    labels.push_back(p.labels);
+  }
+  return {cat(images, 0), cat(ids, 0), cat(labels, 0)};
+}
+
+std::vector<std::pair<std::string, std::vector<float>>> gradients(const nn::Module& m) {
+  std::vector<std::pair<std::string, std::vector<float>>> out;
+  for (auto& [name, p] : m.named_parameters())
+    out.emplace_back(name, p.grad().defined() ? p.grad().to_vector() : std::vector<float>());
+  return out;
+}
+
+void require_same_gradients(const nn::Module& m, const std::vector<std::pair<std::string, std::vector<float>>>& ref,
+                            double tol) {
+  const auto got = gradients(m);
+  REQUIRE(got.size() == ref.size());
+  size_t compared = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    INFO(got[i].first);
+    REQUIRE(got[i].second.size() == ref[i].second.size());
+    double scale = 1e-6, err = 0;
+    for (size_t j = 0; j < got[i].second.size(); ++j) {
+      scale = std::max(scale, std::abs(static_cast<double>(ref[i].second[j])));
+      err = std::max(err, std::abs(static_cast<double>(got[i].second[j]) - ref[i].second[j]));
+    }
+    CHECK(err <= tol * scale);
+    compared += !got[i].second.empty();
+  }
+  REQUIRE(compared > 20);
+}
+
+}  // namespace
+
+TEST_CASE("GradCache over k micro-batches gives the gradients of one batch of k*B", "[pretrain]") {
+  Generator init(7);
+  VLModel model(tiny_config(0.0), init);
+  model.train();
+  auto gen = train::share_generator(model, 11);
+  Generator data(3);
+  std::vector<train::ClipMicroBatch> micro;
+  for (int i = 0; i < 4; ++i) micro.push_back(random_batch(2, data));
+
+  // One un-accumulated batch of 8: the reference gradients.
+  train::PretrainStepOptions paper;
+  model.zero_grad();
+  const auto whole = train::accumulate_gradients(model, {concat(micro)}, paper, *gen);
+  const auto ref = gradients(model);
+
+  train::PretrainStepOptions full;
+  full.negatives = "full";
+  model.zero_grad();
+  const auto cached = train::accumulate_gradients(model, micro, full, *gen);
+  CHECK(std::abs(cached.contrastive - whole.contrastive) < 1e-5);
+  CHECK(std::abs(cached.mlm - whole.mlm) < 1e-5);
+  CHECK(std::abs(cached.loss - whole.loss) < 1e-5);
+  require_same_gradients(model, ref, 1e-4);
+
+  // `paper` sees only 2 negatives per pair: a different (smaller) contrastive loss.
+  model.zero_grad();
+  const auto local = train::accumulate_gradients(model, micro, paper, *gen);
+  CHECK(local.contrastive < whole.contrastive - 1e-3);
+}
+
+TEST_CASE("GradCache replays dropout: with one micro-batch it equals the plain step", "[pretrain]") {
+  Generator init(5);
+  VLModel model(tiny_config(0.3), init);
+  model.train();
+  auto gen = train::share_generator(model, 99);
+  Generator data(4);
+  const std::vector<train::ClipMicroBatch> one{random_batch(3, data)};
+
+  const Generator fallback = default_generator();
+  model.zero_grad();
+  gen->set_state(99, 10);
+  const auto plain = train::accumulate_gradients(model, one, {}, *gen);
+  const auto ref = gradients(model);
+  const uint64_t offset_after_plain = gen->offset();
+
+  train::PretrainStepOptions full;
+  full.negatives = "full";
+  model.zero_grad();
+  gen->set_state(99, 10);
+  default_generator() = fallback;
+  const auto cached = train::accumulate_gradients(model, one, full, *gen);
+  CHECK(std::abs(cached.loss - plain.loss) < 1e-5);
+  require_same_gradients(model, ref, 1e-4);
+  // The stream continues after the draws of the first pass, so the next step
+  // draws fresh masks.
+  CHECK(gen->offset() > 10);
+  CHECK(offset_after_plain > 10);
+}
+
+TEST_CASE("a non-finite loss stops the step and names it", "[pretrain]") {
+  Generator init(1);
+  VLModel model(tiny_config(0.0), init);
+  auto gen = train::share_generator(model, 1);
+  Generator data(2);
+  auto batch = random_batch(2, data);
+  batch.images.fill_(std::nanf(""));
+  optim::AdamW opt(model.parameters());
+  MAMCLIP_REQUIRE_THROWS_WITH(train::pretrain_step(model, opt, {batch}, {}, *gen, 17), train::non_finite_error,
+                              "pretraining step 17: the contrastive loss is nan");
+}
+
+TEST_CASE("pretrain config: the reference's cfg.yaml keys, overrides and typed errors", "[pretrain][config]") {
+  // The reference cfg.yaml, as JSON (the mamclip program converts YAML).
+  nlohmann::json j = nlohmann::json::parse(R"({
+    "embed_dim": 768, "vision_model": {"name": "convnext_tiny"},
+    "optimizer": {"_target_": "torch.optim.AdamW", "lr": 1e-4, "weight_decay": 1e-6, "eps": 1e-08},
+    "text_model": {"width": 768, "context_length": 100, "vocab_size": 49408, "fusion_layers": 1, "heads": 8,
+                   "bert_model_name": "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract-fulltext",
+                   "mask_ratio": 0.15, "mlm": true},
+    "data": {"train_json_path": "train.json", "valid_json_path": "", "image_main_path": "",
+             "effective_batch_size": 64, "batch_size": 8, "image_size": [1024, 768], "num_workers": 6},
+    "trainparams": {"n_gpu": 1, "experiment_name": "x", "logger": "wandb", "max_epochs": 75,
+                    "train_transforms": "heavy", "checkpoint_dir_path": "", "project_name": ""}})");
+  auto c = train::PretrainConfig::from_json(j, "cfg.yaml");
+  CHECK(c.vision_model == "convnext_tiny");
+  CHECK(c.accumulation() == 8);
+  CHECK(c.image_height == 1024);
+  CHECK(c.image_width == 768);
+  CHECK(c.num_workers == 6);
+  CHECK(c.train_json_path == "train.json");
+
+  train::apply_override(j, "optimizer.lr=3e-4");
+  train::apply_override(j, "trainparams.negatives=full");
+  train::apply_override(j, "data.image_size=[256,192]");
+  c = train::PretrainConfig::from_json(j);
+  CHECK(c.lr == 3e-4);
+  CHECK(c.negatives == "full");
+  CHECK(c.image_width == 192);
+  // Round trip.
+  const auto again = train::PretrainConfig::from_json(c.to_json());
+  CHECK(again.to_json() == c.to_json());
+
+  auto typo = j;
+  train::apply_override(typo, "optimizer.learning_rate=1");
+  MAMCLIP_REQUIRE_THROWS_WITH(train::PretrainConfig::from_json(typo, "cfg.yaml"), value_error,
+                              "cfg.yaml: unknown key 'optimizer.learning_rate'");
+  auto bad = j;
+  train::apply_override(bad, "data.batch_size=7");
+  MAMCLIP_REQUIRE_THROWS_WITH(train::PretrainConfig::from_json(bad), value_error,
+                              "must be a multiple of data.batch_size (7)");
+  auto wrong_type = j;
+  train::apply_override(wrong_type, "optimizer.lr=fast");
+  MAMCLIP_REQUIRE_THROWS_WITH(train::PretrainConfig::from_json(wrong_type, "f.yaml"), value_error,
+                              "f.yaml: optimizer.lr has the wrong type");
+  MAMCLIP_REQUIRE_THROWS_WITH(train::apply_override(j, "lr"), value_error, "expected key=value");
+}
