@@ -13,6 +13,7 @@
 // them.
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -128,6 +129,14 @@ class OptimizerBase : public Optimizer {
   State* state(const Tensor<float>& p) {
     auto it = state_.find(p.impl().get());
     return it == state_.end() ? nullptr : &it->second;
+  }
+  // Replaces the state of parameter p (restoring a checkpoint); nullopt drops
+  // it, as before p's first update. p must be one of this optimizer's parameters.
+  void set_state(const Tensor<float>& p, std::optional<State> s) {
+    MAMCLIP_CHECK(p.defined() && members_.count(p.impl().get()) != 0, value_error, type_name(),
+                  ".set_state: the tensor is not one of this optimizer's parameters");
+    if (s) state_[p.impl().get()] = std::move(*s);
+    else state_.erase(p.impl().get());
   }
 
  protected:
