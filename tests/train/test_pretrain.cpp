@@ -5,8 +5,10 @@
 
 #include <cmath>
 
+#include "mamclip/data/synthetic.hpp"
 #include "mamclip/train/config.hpp"
 #include "mamclip/train/pretrain.hpp"
+#include "mamclip/train/pretrain_loop.hpp"
 
 using namespace mamclip;
 using models::clip::VLModel;
@@ -205,4 +207,82 @@ TEST_CASE("pretrain config: the reference's cfg.yaml keys, overrides and typed e
   MAMCLIP_REQUIRE_THROWS_WITH(train::PretrainConfig::from_json(wrong_type, "f.yaml"), value_error,
                               "f.yaml: optimizer.lr has the wrong type");
   MAMCLIP_REQUIRE_THROWS_WITH(train::apply_override(j, "lr"), value_error, "expected key=value");
+}
+
+namespace {
+
+// Specials, letters, digits and their ## continuations: WordPiece can spell any
+// lowercase ASCII caption with it.
+text::BertTokenizer spelling_tokenizer() {
+  std::vector<std::string> tokens{"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"};
+  for (char c : std::string("abcdefghijklmnopqrstuvwxyz0123456789")) {
+    tokens.push_back(std::string(1, c));
+    tokens.push_back("##" + std::string(1, c));
+  }
+  for (char c : std::string(".,;:-()/%")) tokens.push_back(std::string(1, c));
+  return text::BertTokenizer(std::make_shared<const text::Vocab>(text::Vocab::from_tokens(tokens)));
+}
+
+train::PretrainConfig tiny_run(const std::filesystem::path& dir, const std::string& name) {
+  train::PretrainConfig c;
+  c.model_size = "small";
+  c.context_length = 24;
+  c.batch_size = 2;
+  c.effective_batch_size = 4;
+  c.image_height = 32;
+  c.image_width = 32;
+  c.max_epochs = 2;
+  c.num_workers = 1;
+  c.train_transforms = "heavy";
+  c.checkpoint_dir_path = dir.string();
+  c.experiment_name = name;
+  c.seed = 5;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("pretraining resumes exactly where it stopped", "[pretrain][resume]") {
+  test::files::TempDir tmp("pretrain_resume");
+  const auto samples = data::make_synthetic_set(tmp.path() / "data", 10, 32, 32, 3);
+  const std::vector<data::Sample> train(samples.begin(), samples.begin() + 8), val(samples.begin() + 8, samples.end());
+  std::ostringstream quiet;
+
+  // Uninterrupted: 2 epochs of 4 micro-batches = 2 steps each.
+  train::Pretrainer whole(tiny_run(tmp.path(), "whole"), spelling_tokenizer(), train, val, quiet);
+  const auto ref = whole.run();
+  REQUIRE(ref.step_losses.size() == 4);
+  REQUIRE(ref.epochs.size() == 2);
+  CHECK(std::filesystem::exists(whole.best_weights_path()));
+  CHECK(std::filesystem::exists(tmp.path() / "whole" / "loss.png"));
+  CHECK(std::filesystem::exists(tmp.path() / "whole" / "metrics.csv"));
+
+  // Stopped after step 3 (in the middle of epoch 2), then resumed by a new run.
+  auto first = tiny_run(tmp.path(), "split");
+  first.max_steps = 3;
+  std::vector<double> losses;
+  {
+    train::Pretrainer part(first, spelling_tokenizer(), train, val, quiet);
+    const auto r = part.run();
+    CHECK(r.stopped_early);
+    losses = r.step_losses;
+  }
+  REQUIRE(losses.size() == 3);
+  default_generator().manual_seed(12345);  // whatever the process did meanwhile
+  train::Pretrainer rest(tiny_run(tmp.path(), "split"), spelling_tokenizer(), train, val, quiet);
+  const auto r = rest.run(/*resume=*/true);
+  CHECK(r.global_step == 4);
+  losses.insert(losses.end(), r.step_losses.begin(), r.step_losses.end());
+  REQUIRE(losses.size() == ref.step_losses.size());
+  for (size_t i = 0; i < losses.size(); ++i) {
+    INFO("step " << i + 1);
+    CHECK(losses[i] == ref.step_losses[i]);  // bit for bit
+  }
+  // The parameters end equal, too.
+  const auto a = whole.model().state_dict(), b = rest.model().state_dict();
+  for (const auto& [name, t] : a) {
+    INFO(name);
+    CHECK(t.to_vector() == b.at(name).to_vector());
+  }
+  CHECK(quiet.str().find("resumed from") != std::string::npos);
 }

@@ -54,6 +54,7 @@ struct PretrainConfig {
   bool grad_checkpointing = false;
   std::string init_checkpoint;          // start from these weights (a reference .ckpt or ours)
   int64_t max_steps = -1;               // stop after this many optimizer steps (-1: all epochs)
+  int64_t checkpoint_every_steps = 0;   // also write the training state every this many steps (0: each epoch only)
 
   int64_t accumulation() const { return effective_batch_size / batch_size; }
   std::filesystem::path run_dir() const { return std::filesystem::path(checkpoint_dir_path) / experiment_name; }
@@ -118,7 +119,8 @@ struct PretrainConfig {
                         {"seed", seed},
                         {"grad_checkpointing", grad_checkpointing},
                         {"init_checkpoint", init_checkpoint},
-                        {"max_steps", max_steps}};
+                        {"max_steps", max_steps},
+                        {"checkpoint_every_steps", checkpoint_every_steps}};
     return j;
   }
 
@@ -189,6 +191,7 @@ struct PretrainConfig {
     get("trainparams", "grad_checkpointing", c.grad_checkpointing);
     get("trainparams", "init_checkpoint", c.init_checkpoint);
     get("trainparams", "max_steps", c.max_steps);
+    get("trainparams", "checkpoint_every_steps", c.checkpoint_every_steps);
     c.validate();
     return c;
   }

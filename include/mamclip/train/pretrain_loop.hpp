@@ -1,0 +1,290 @@
+#pragma once
+// The pretraining loop: epochs of accumulated steps (train/pretrain.hpp),
+// validation loss each epoch, checkpoints, logs, plots and exact resume.
+//
+// Files in config.run_dir():
+//   last.ckpt.safetensors  the training state (model, AdamW, data position,
+//                          generators, config): written atomically at the end
+//                          of each epoch, every checkpoint_every_steps steps
+//                          and when max_steps stops the run; resume reads it
+//   best.safetensors       the weights with the lowest validation loss (the
+//                          train loss when there is no validation set), in the
+//                          reference's names (load_vlmodel_weights reads it)
+//   metrics.csv, metrics.jsonl, loss.png
+//
+// Determinism: the data order and augmentation depend only on (seed, epoch,
+// sample) (data::Loader), the caption masking of batch b of epoch e only on
+// (seed, e, b), dropout on the model's shared generator and the thread's
+// default generator (both saved in the checkpoint). A resumed run therefore
+// repeats the uninterrupted run's losses exactly.
+
+#include <cstdint>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mamclip/data/loader.hpp"
+#include "mamclip/models/bert/pretrained.hpp"
+#include "mamclip/models/clip/vlmodel.hpp"
+#include "mamclip/text/mlm_masking.hpp"
+#include "mamclip/train/checkpoint.hpp"
+#include "mamclip/train/config.hpp"
+#include "mamclip/train/log.hpp"
+#include "mamclip/train/plot.hpp"
+#include "mamclip/train/pretrain.hpp"
+
+namespace mamclip::train {
+
+// The model a pretraining config describes; cls_token_id and the BERT
+// vocabulary come from the tokenizer.
+inline models::clip::VLModelConfig vlmodel_config_for(const PretrainConfig& c, const text::BertTokenizer& tokenizer) {
+  models::clip::VLModelConfig m =
+      c.model_size == "small" ? models::clip::VLModelConfig::small() : models::clip::VLModelConfig::mamclip(c.vision_model);
+  if (c.model_size == "full") {
+    if (!c.bert_model_path.empty())
+      m.text = models::BertConfig::from_json_file((std::filesystem::path(c.bert_model_path) / "config.json").string());
+    m.embed_dim = c.embed_dim;
+    m.mlm_vocab_size = c.vocab_size;
+    m.fusion_layers = c.fusion_layers;
+    m.fusion_heads = c.heads;
+  }
+  m.mlm = c.mlm;
+  m.context_length = c.context_length;
+  m.text.vocab_size = tokenizer.vocab().size();
+  m.cls_token_id = tokenizer.vocab().cls_id();
+  // The full model keeps the reference's 49408 MLM columns; the small one predicts its own vocabulary.
+  m.mlm_vocab_size = c.model_size == "small" ? m.text.vocab_size : std::max(m.mlm_vocab_size, m.text.vocab_size);
+  m.validate();
+  return m;
+}
+
+struct PretrainEpoch {
+  int64_t epoch = 0, steps = 0;
+  double train_loss = 0, val_loss = 0, val_contrastive = 0, val_mlm = 0;
+};
+
+struct PretrainReport {
+  std::vector<PretrainEpoch> epochs;  // epochs finished in this call
+  std::vector<double> step_losses;    // the loss of every step run in this call
+  int64_t global_step = 0;
+  double best_val_loss = 0;
+  std::filesystem::path best_weights, last_state;
+  bool stopped_early = false;  // max_steps reached
+};
+
+class Pretrainer {
+ public:
+  // data: the training and validation samples (captions in Sample::caption).
+  Pretrainer(PretrainConfig config, text::BertTokenizer tokenizer, std::vector<data::Sample> train,
+             std::vector<data::Sample> val, std::ostream& out = std::cout)
+      : config_(std::move(config)),
+        tokenizer_(std::move(tokenizer)),
+        train_(std::move(train)),
+        val_(std::move(val)),
+        out_(&out) {
+    config_.validate();
+    MAMCLIP_CHECK(!train_.empty(), value_error, "Pretrainer: the training set is empty");
+    Generator init(config_.seed);
+    model_ = std::make_shared<models::clip::VLModel>(vlmodel_config_for(config_, tokenizer_), init);
+    if (!config_.bert_model_path.empty()) {
+      auto bert = models::load_bert(config_.bert_model_path);
+      model_->text_encoder->load_state_dict(bert->state_dict());
+    }
+    if (!config_.init_checkpoint.empty()) models::clip::load_vlmodel_weights(*model_, config_.init_checkpoint);
+    model_->set_grad_checkpointing(config_.grad_checkpointing);
+    dropout_ = share_generator(*model_, data::detail::mix_keys(config_.seed, 0x44524F50ull));
+    optim::AdamWOptions o;
+    o.lr = config_.lr;
+    o.weight_decay = config_.weight_decay;
+    o.eps = config_.eps;
+    optimizer_ = std::make_unique<optim::AdamW>(model_->parameters(), o);
+  }
+
+  models::clip::VLModel& model() { return *model_; }
+  optim::AdamW& optimizer() { return *optimizer_; }
+  const PretrainConfig& config() const { return config_; }
+  std::filesystem::path last_state_path() const { return config_.run_dir() / "last.ckpt.safetensors"; }
+  std::filesystem::path best_weights_path() const { return config_.run_dir() / "best.safetensors"; }
+
+  // Trains to max_epochs (or max_steps). resume: continue from
+  // last_state_path() when it exists.
+  PretrainReport run(bool resume = false) {
+    namespace fs = std::filesystem;
+    fs::create_directories(config_.run_dir());
+    TrainingMeta meta;
+    if (resume && fs::exists(last_state_path())) {
+      meta = load_training_state(last_state_path(), *model_, *optimizer_);
+      if (auto it = meta.generators.find("dropout"); it != meta.generators.end()) it->second.apply_to(*dropout_);
+      if (auto it = meta.generators.find("default"); it != meta.generators.end())
+        it->second.apply_to(default_generator());
+      *out_ << "pretrain: resumed from " << last_state_path().string() << " at epoch " << meta.epoch + 1 << ", batch "
+            << meta.batch_in_epoch << ", step " << meta.global_step << "\n";
+    } else {
+      default_generator().manual_seed(data::detail::mix_keys(config_.seed, 0x444546ull));
+    }
+    meta.config = config_.to_json();
+    double best = std::isnan(meta.best_metric) ? std::numeric_limits<double>::infinity() : meta.best_metric;
+
+    data::LoaderOptions lo;
+    lo.batch_size = config_.batch_size;
+    lo.height = config_.image_height;
+    lo.width = config_.image_width;
+    lo.seed = config_.seed;
+    lo.workers = static_cast<int>(config_.num_workers);
+    lo.augmentation = config_.train_transforms;
+    data::Loader train_loader(train_, lo);
+    lo.shuffle = false;
+    lo.augmentation = "none";
+    std::optional<data::Loader> val_loader;
+    if (!val_.empty()) val_loader.emplace(val_, lo);
+
+    text::MlmOptions mo;
+    mo.ratio = config_.mask_ratio;
+    mo.max_length = config_.context_length;
+    const text::MlmMasker masker(tokenizer_, mo);
+    mo.ratio = 0;  // validation captions are not masked (the reference's validation set)
+    const text::MlmMasker val_masker(tokenizer_, mo);
+
+    PretrainStepOptions so;
+    so.negatives = config_.negatives;
+    so.loss.mlm_coeff = config_.mlm_coeff;
+    so.loss.max_logit_scale = config_.max_logit_scale;
+    so.loss.ignore_index = tokenizer_.vocab().pad_id();
+
+    MetricLog log(config_.run_dir());
+    PretrainReport report;
+    const int64_t k = config_.accumulation();
+    for (int64_t epoch = meta.epoch; epoch < config_.max_epochs; ++epoch) {
+      model_->train();
+      const int64_t skip = epoch == meta.epoch ? meta.batch_in_epoch : 0;
+      train_loader.start_epoch(epoch, skip);
+      const int64_t total_batches = train_loader.batches_per_epoch();
+      Progress progress("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(config_.max_epochs),
+                        (total_batches - skip + k - 1) / k);
+      std::vector<ClipMicroBatch> micro;
+      int64_t batch_index = skip, steps = 0;
+      double loss_sum = 0;
+      bool stop = false;
+      while (!stop) {
+        std::optional<data::Batch> b = train_loader.next();
+        if (b) {
+          micro.push_back(to_micro_batch(*b, masker, epoch, batch_index));
+          ++batch_index;
+        }
+        if (micro.size() == static_cast<size_t>(k) || (!b && !micro.empty())) {
+          const PretrainStepResult r = pretrain_step(*model_, *optimizer_, micro, so, *dropout_, meta.global_step);
+          micro.clear();
+          ++meta.global_step;
+          ++steps;
+          loss_sum += r.loss;
+          report.step_losses.push_back(r.loss);
+          log.log({{"loss", r.loss}, {"contrastive", r.contrastive}, {"mlm", r.mlm}, {"logit_scale", r.logit_scale},
+                   {"epoch", static_cast<double>(epoch)}, {"lr", optimizer_->lr(0)}},
+                  meta.global_step, "train");
+          progress.update(steps, "loss " + detail::format_double(r.loss));
+          meta.epoch = epoch;
+          meta.batch_in_epoch = batch_index;
+          const bool at_max = config_.max_steps >= 0 && meta.global_step >= config_.max_steps;
+          if (at_max || (config_.checkpoint_every_steps > 0 && meta.global_step % config_.checkpoint_every_steps == 0))
+            save_state(meta, best);
+          if (at_max) {
+            report.stopped_early = true;
+            stop = true;
+          }
+        }
+        if (!b) break;
+      }
+      progress.finish();
+      if (stop && batch_index < total_batches) break;  // mid-epoch stop: resume continues this epoch
+
+      PretrainEpoch row;
+      row.epoch = epoch;
+      row.steps = steps;
+      row.train_loss = steps ? loss_sum / static_cast<double>(steps) : 0.0;
+      if (val_loader) {
+        model_->eval();
+        val_loader->start_epoch(0);
+        double n = 0;
+        int64_t vb = 0;
+        while (auto b = val_loader->next()) {
+          const PretrainStepResult v = evaluate_loss(*model_, {to_micro_batch(*b, val_masker, 0, vb++)}, so.loss);
+          row.val_loss += v.loss;
+          row.val_contrastive += v.contrastive;
+          row.val_mlm += v.mlm;
+          n += 1;
+        }
+        row.val_loss /= n;
+        row.val_contrastive /= n;
+        row.val_mlm /= n;
+        model_->train();
+        log.log({{"loss", row.val_loss}, {"contrastive", row.val_contrastive}, {"mlm", row.val_mlm},
+                 {"epoch", static_cast<double>(epoch)}},
+                meta.global_step, "val");
+      }
+      const double criterion = val_loader ? row.val_loss : row.train_loss;
+      *out_ << "pretrain: epoch " << epoch + 1 << "/" << config_.max_epochs << "  train loss "
+            << detail::format_double(row.train_loss);
+      if (val_loader) *out_ << "  val loss " << detail::format_double(row.val_loss);
+      if (criterion < best) {
+        best = criterion;
+        models::clip::save_vlmodel_weights(*model_, best_weights_path());
+        *out_ << "  (best, saved)";
+      }
+      *out_ << "\n";
+      report.epochs.push_back(row);
+      meta.epoch = epoch + 1;
+      meta.batch_in_epoch = 0;
+      save_state(meta, best);
+      plot_history();
+      if (stop) break;
+    }
+    report.global_step = meta.global_step;
+    report.best_val_loss = best;
+    report.best_weights = best_weights_path();
+    report.last_state = last_state_path();
+    return report;
+  }
+
+ private:
+  ClipMicroBatch to_micro_batch(const data::Batch& b, const text::MlmMasker& masker, int64_t epoch, int64_t index) const {
+    Generator gen(data::detail::mix_keys(data::detail::mix_keys(config_.seed, static_cast<uint64_t>(epoch)),
+                                         static_cast<uint64_t>(index)));
+    const text::MlmBatch t = masker.encode_batch(b.captions, gen);
+    return {b.images, t.input_ids, t.labels};
+  }
+
+  void save_state(TrainingMeta& meta, double best) {
+    meta.best_metric = std::isfinite(best) ? best : std::numeric_limits<double>::quiet_NaN();
+    meta.generators["dropout"] = GeneratorState::of(*dropout_);
+    meta.generators["default"] = GeneratorState::of(default_generator());
+    save_training_state(last_state_path(), *model_, *optimizer_, meta);
+  }
+
+  // loss.png from metrics.jsonl (so a resumed run plots its whole history).
+  void plot_history() const {
+    std::ifstream in(config_.run_dir() / "metrics.jsonl");
+    Series train{"train loss", {}}, val{"val loss", {}};
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_discarded() || !j.contains("loss") || !j["loss"].is_number() || !j.contains("phase")) continue;
+      (j["phase"] == "val" ? val : train).second.emplace_back(j["step"].get<double>(), j["loss"].get<double>());
+    }
+    std::vector<Series> series{train};
+    if (!val.second.empty()) series.push_back(val);
+    plot_lines(config_.run_dir() / "loss.png", "MAM-CLIP pretraining loss", series);
+  }
+
+  PretrainConfig config_;
+  text::BertTokenizer tokenizer_;
+  std::vector<data::Sample> train_, val_;
+  std::ostream* out_;
+  std::shared_ptr<models::clip::VLModel> model_;
+  std::shared_ptr<Generator> dropout_;
+  std::unique_ptr<optim::AdamW> optimizer_;
+};
+
+}  // namespace mamclip::train
