@@ -23,7 +23,11 @@
 //   "meta": TrainingMeta::to_json()
 // (each a JSON text). Loading restores the group options as PyTorch's
 // Optimizer.load_state_dict does, so a scheduler's lr, and every other option,
-// continues from the saved values.
+// continues from the saved values. Resume in this order: build the model, the
+// optimizer (with the run's base options) and the scheduler, then
+// load_training_state, then scheduler.set_step(meta.scheduler_step) and
+// meta.generators[name].apply_to(generator) for each generator; the loader
+// skips meta.batch_in_epoch batches of epoch meta.epoch.
 //
 // Crash safety: atomic_write goes through io::AtomicFile (a temporary in the
 // target's directory, fsync, rename over the target, fsync of the directory),

@@ -28,7 +28,9 @@
 
 #include "mamclip/core/error.hpp"
 #include "mamclip/core/factory.hpp"
+#include "mamclip/core/tensor_data.hpp"
 #include "mamclip/io/image.hpp"
+#include "mamclip/ops/shape/shape.hpp"  // Tensor::to, which from_vector and to_vector use
 #include "mamclip/train/metrics.hpp"
 
 namespace mamclip::train {
