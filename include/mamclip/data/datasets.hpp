@@ -117,7 +117,8 @@ inline std::vector<std::pair<size_t, nlohmann::json>> parse_records(const std::f
     try {
       out.emplace_back(n, nlohmann::json::parse(line));
     } catch (const nlohmann::json::parse_error& e) {
-      throw io_error(::mamclip::detail::str_cat(op, ": ", record_where(file, true, n), " is not valid JSON: ", e.what()));
+      throw io_error(
+          ::mamclip::detail::str_cat(op, ": ", record_where(file, true, n), " is not valid JSON: ", e.what()));
     }
   }
   return out;
@@ -193,11 +194,10 @@ struct BiradsMapping {
 namespace detail {
 
 inline std::string composition_words(const std::string& c) {
-  static const std::map<std::string, std::string> words = {
-      {"A", "almost entirely fatty"},
-      {"B", "scattered areas of fibroglandular density"},
-      {"C", "heterogeneously dense"},
-      {"D", "extremely dense"}};
+  static const std::map<std::string, std::string> words = {{"A", "almost entirely fatty"},
+                                                           {"B", "scattered areas of fibroglandular density"},
+                                                           {"C", "heterogeneously dense"},
+                                                           {"D", "extremely dense"}};
   const auto it = words.find(c);
   return it == words.end() ? std::string() : it->second;
 }
@@ -210,14 +210,22 @@ inline std::string laterality_word(const std::string& l) {
 
 inline const char* birads_words(int b) {
   switch (b) {
-    case 0: return "incomplete, needs additional imaging";
-    case 1: return "negative";
-    case 2: return "benign finding";
-    case 3: return "probably benign";
-    case 4: return "suspicious abnormality";
-    case 5: return "highly suggestive of malignancy";
-    case 6: return "known biopsy-proven malignancy";
-    default: return "";
+    case 0:
+      return "incomplete, needs additional imaging";
+    case 1:
+      return "negative";
+    case 2:
+      return "benign finding";
+    case 3:
+      return "probably benign";
+    case 4:
+      return "suspicious abnormality";
+    case 5:
+      return "highly suggestive of malignancy";
+    case 6:
+      return "known biopsy-proven malignancy";
+    default:
+      return "";
   }
 }
 
@@ -263,15 +271,15 @@ inline std::vector<Sample> read_teknofest_metadata(const std::filesystem::path& 
     }
     s.label = cls->second;
     const std::filesystem::path relp(rel);
-    s.image = rel.empty() ? detail::join_image(image_root, filename)
+    s.image = rel.empty()                   ? detail::join_image(image_root, filename)
               : relp.filename() == filename ? detail::join_image(image_root, rel)
                                             : detail::join_image(image_root, (relp / filename).string());
     s.id = rel.empty() ? filename : (relp.filename() == filename ? relp : relp / filename).generic_string();
     const std::string view = detail::optional_string(rec, "view", op, where);
     const std::string side = detail::laterality_word(detail::optional_string(rec, "laterality", op, where));
     const std::string comp = detail::optional_string(rec, "breast_composition", op, where);
-    std::string c = (side.empty() ? std::string() : side + " ") + (view.empty() ? std::string() : view + " ") +
-                    "mammogram.";
+    std::string c =
+        (side.empty() ? std::string() : side + " ") + (view.empty() ? std::string() : view + " ") + "mammogram.";
     if (const std::string w = detail::composition_words(comp); !w.empty())
       c += " breast composition " + comp + ": " + w + ".";
     else if (!comp.empty())
@@ -310,13 +318,14 @@ inline std::vector<std::vector<std::string>> read_plain_csv(const std::filesyste
   std::string line;
   MAMCLIP_CHECK(std::getline(in, line), io_error, op, ": '", file.string(), "' is empty; expected a CSV header");
   const auto got = split_csv_line(line);
-  MAMCLIP_CHECK(got == header, io_error, op, ": '", file.string(), "' line 1 is '", line, "'; expected the header '",
-                [&] {
-                  std::string h;
-                  for (size_t i = 0; i < header.size(); ++i) h += (i ? "," : "") + header[i];
-                  return h;
-                }(),
-                "'");
+  MAMCLIP_CHECK(
+      got == header, io_error, op, ": '", file.string(), "' line 1 is '", line, "'; expected the header '",
+      [&] {
+        std::string h;
+        for (size_t i = 0; i < header.size(); ++i) h += (i ? "," : "") + header[i];
+        return h;
+      }(),
+      "'");
   std::vector<std::vector<std::string>> rows;
   for (size_t n = 2; std::getline(in, line); ++n) {
     if (line.empty() || line == "\r") continue;
@@ -355,9 +364,8 @@ struct MiasFinding {
 inline std::string mias_finding_words(const MiasFinding& f, bool left_breast, const std::filesystem::path& csv,
                                       const char* op) {
   static const std::map<std::string, std::string> kind = {
-      {"CALC", "calcification cluster"}, {"CIRC", "well-defined circumscribed mass"},
-      {"SPIC", "spiculated mass"},       {"MISC", "ill-defined mass"},
-      {"ARCH", "architectural distortion"}, {"ASYM", "asymmetry"}};
+      {"CALC", "calcification cluster"}, {"CIRC", "well-defined circumscribed mass"}, {"SPIC", "spiculated mass"},
+      {"MISC", "ill-defined mass"},      {"ARCH", "architectural distortion"},        {"ASYM", "asymmetry"}};
   const auto k = kind.find(f.abnormality);
   MAMCLIP_CHECK(k != kind.end(), value_error, op, ": '", csv.string(), "': abnormality '", f.abnormality,
                 "'; expected CALC, CIRC, SPIC, MISC, ARCH, ASYM or NORM");
@@ -365,8 +373,9 @@ inline std::string mias_finding_words(const MiasFinding& f, bool left_breast, co
                 f.severity, "' for ", f.abnormality, "; expected B or M");
   std::string s = std::string(f.severity == "B" ? "a benign " : "a malignant ") + k->second;
   if (f.x.empty() || f.y.empty()) {
-    if (f.abnormality == "CALC") s = std::string(f.severity == "B" ? "benign" : "malignant") +
-                                     " calcifications widely distributed through the breast";
+    if (f.abnormality == "CALC")
+      s = std::string(f.severity == "B" ? "benign" : "malignant") +
+          " calcifications widely distributed through the breast";
     return s;
   }
   double x = 0, y = 0, r = 0;
@@ -374,12 +383,12 @@ inline std::string mias_finding_words(const MiasFinding& f, bool left_breast, co
     x = std::stod(f.x), y = std::stod(f.y), r = f.radius.empty() ? 0.0 : std::stod(f.radius);
   } catch (const std::exception&) {
     throw value_error(::mamclip::detail::str_cat(op, ": '", csv.string(), "': coordinates '", f.x, "', '", f.y, "', '",
-                                      f.radius, "'; expected numbers"));
+                                                 f.radius, "'; expected numbers"));
   }
   const double depth = left_breast ? x : 1024.0 - x;  // from the chest wall
   const char* vertical = y >= 1024.0 * 2 / 3 ? "upper" : (y < 1024.0 / 3 ? "lower" : "central");
-  const char* where = depth < 1024.0 / 3 ? "near the chest wall" : (depth < 1024.0 * 2 / 3 ? "in the middle depth"
-                                                                                            : "near the nipple");
+  const char* where =
+      depth < 1024.0 / 3 ? "near the chest wall" : (depth < 1024.0 * 2 / 3 ? "in the middle depth" : "near the nipple");
   s += std::string(" in the ") + vertical + " breast " + where;
   // 200 micron pixels in the 1024 x 1024 images.
   if (r > 0) s += ", about " + std::to_string(static_cast<int>(std::lround(r * 0.2 * 2))) + " mm across";
@@ -431,8 +440,8 @@ inline std::vector<Sample> read_mias(const std::filesystem::path& mias_dir) {
     std::string c = std::string("mammogram of the ") + (left ? "left" : "right") + " breast with " + t->second +
                     " background tissue";
     const auto it = by_file.find(row[0]);
-    MAMCLIP_CHECK((it == by_file.end()) == (l->second == 0), value_error, op, ": '", images_csv.string(), "': ",
-                  row[0], " is labelled ", row[2], " but labels.csv lists ",
+    MAMCLIP_CHECK((it == by_file.end()) == (l->second == 0), value_error, op, ": '", images_csv.string(), "': ", row[0],
+                  " is labelled ", row[2], " but labels.csv lists ",
                   it == by_file.end() ? std::size_t{0} : it->second.size(), " abnormal findings for it");
     if (it == by_file.end()) {
       c += ". no abnormality is seen.";
@@ -472,7 +481,8 @@ inline Split patient_split(const std::vector<Sample>& samples, double val_fracti
   const int64_t n_val = std::min(p - n_test, static_cast<int64_t>(std::llround(val_fraction * static_cast<double>(p))));
   const std::vector<int64_t> perm = detail::seeded_permutation(p, detail::mix_keys(seed, 0x53504C4954ull), 0);
   std::vector<int> where(static_cast<size_t>(p));  // 0 train, 1 val, 2 test
-  for (int64_t k = 0; k < p; ++k) where[static_cast<size_t>(perm[static_cast<size_t>(k)])] = k < n_test ? 2 : (k < n_test + n_val ? 1 : 0);
+  for (int64_t k = 0; k < p; ++k)
+    where[static_cast<size_t>(perm[static_cast<size_t>(k)])] = k < n_test ? 2 : (k < n_test + n_val ? 1 : 0);
   Split s;
   for (size_t i = 0; i < samples.size(); ++i) {
     const int w = where[static_cast<size_t>(patient_of[i])];
@@ -512,8 +522,8 @@ inline std::vector<Sample> stratified_subset(const std::vector<Sample>& samples,
   const uint64_t key = detail::mix_keys(seed, 0x5354524154ull);
   for (size_t k = 0; k < classes.size(); ++k) {
     const auto& members = *classes[k].second;
-    const auto perm = detail::seeded_permutation(static_cast<int64_t>(members.size()), key,
-                                                 static_cast<uint64_t>(classes[k].first));
+    const auto perm =
+        detail::seeded_permutation(static_cast<int64_t>(members.size()), key, static_cast<uint64_t>(classes[k].first));
     for (int64_t j = 0; j < quota[k]; ++j) chosen[members[static_cast<size_t>(perm[static_cast<size_t>(j)])]] = 1;
   }
   std::vector<Sample> out;

@@ -184,8 +184,8 @@ class Loader {
       if (options_.skip_unreadable) return std::nullopt;
       throw io_error(who + ": " + e.what());
     }
-    Generator gen(detail::mix_keys(detail::mix_keys(options_.seed, static_cast<uint64_t>(epoch_)),
-                                   static_cast<uint64_t>(index)));
+    Generator gen(
+        detail::mix_keys(detail::mix_keys(options_.seed, static_cast<uint64_t>(epoch_)), static_cast<uint64_t>(index)));
     MammogramTransformOptions t;
     t.height = options_.height;
     t.width = options_.width;
@@ -234,7 +234,8 @@ class Loader {
       int64_t b;
       {
         std::unique_lock<std::mutex> lock(mutex_);
-        claim_cv_.wait(lock, [&] { return stopping_ || claimed_ < std::min(batches_per_epoch(), next_batch_ + window); });
+        claim_cv_.wait(lock,
+                       [&] { return stopping_ || claimed_ < std::min(batches_per_epoch(), next_batch_ + window); });
         if (stopping_) return;
         b = claimed_++;
       }

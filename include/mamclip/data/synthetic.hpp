@@ -54,7 +54,8 @@ inline double smoothstep01(double t) {
 struct ValueNoise {
   int cells;
   std::vector<double> lattice;
-  ValueNoise(uint64_t key, uint64_t stream, int cells_) : cells(cells_), lattice(static_cast<size_t>((cells_ + 1) * (cells_ + 1))) {
+  ValueNoise(uint64_t key, uint64_t stream, int cells_)
+      : cells(cells_), lattice(static_cast<size_t>((cells_ + 1) * (cells_ + 1))) {
     Philox::for_each_uniform(key, stream, lattice.size(), [&](uint64_t i, double u) { lattice[i] = u; });
   }
   double operator()(double u, double v) const {
@@ -115,17 +116,21 @@ inline SyntheticImage render_synthetic(int64_t h, int64_t w, int64_t label, uint
     }
   }
 
-  auto add_disc = [&](double cx, double cyy, double rx, double ry, double amount) {
+  // f(x, y) for the pixels within (rx, ry) + 2 of (cx, cy), clipped to the image.
+  auto for_box = [&](double cx, double cyy, double rx, double ry, auto&& f) {
     const int64_t y0 = std::max<int64_t>(0, static_cast<int64_t>(cyy - ry - 2)),
                   y1 = std::min<int64_t>(h - 1, static_cast<int64_t>(cyy + ry + 2));
     const int64_t x0 = std::max<int64_t>(0, static_cast<int64_t>(cx - rx - 2)),
                   x1 = std::min<int64_t>(w - 1, static_cast<int64_t>(cx + rx + 2));
     for (int64_t y = y0; y <= y1; ++y)
-      for (int64_t x = x0; x <= x1; ++x) {
-        const double d = std::sqrt(((x - cx) / rx) * ((x - cx) / rx) + ((y - cyy) / ry) * ((y - cyy) / ry));
-        const double m = std::clamp((1.0 - d) * std::min(rx, ry) / 1.2 + 0.5, 0.0, 1.0);  // ~1 px edge
-        p[y * w + x] += static_cast<float>(amount * m);
-      }
+      for (int64_t x = x0; x <= x1; ++x) f(x, y);
+  };
+  auto add_disc = [&](double cx, double cyy, double rx, double ry, double amount) {
+    for_box(cx, cyy, rx, ry, [&](int64_t x, int64_t y) {
+      const double d = std::sqrt(((x - cx) / rx) * ((x - cx) / rx) + ((y - cyy) / ry) * ((y - cyy) / ry));
+      const double m = std::clamp((1.0 - d) * std::min(rx, ry) / 1.2 + 0.5, 0.0, 1.0);  // ~1 px edge
+      p[y * w + x] += static_cast<float>(amount * m);
+    });
   };
 
   int64_t k3 = 0;
@@ -153,21 +158,16 @@ inline SyntheticImage render_synthetic(int64_t h, int64_t w, int64_t label, uint
         ex[static_cast<size_t>(i)] = lx + len * std::cos(angle);
         ey[static_cast<size_t>(i)] = ly + len * std::sin(angle);
       }
-      const int64_t y0 = std::max<int64_t>(0, static_cast<int64_t>(ly - reach - 2)),
-                    y1 = std::min<int64_t>(h - 1, static_cast<int64_t>(ly + reach + 2));
-      const int64_t x0 = std::max<int64_t>(0, static_cast<int64_t>(lx - reach - 2)),
-                    x1 = std::min<int64_t>(w - 1, static_cast<int64_t>(lx + reach + 2));
-      for (int64_t y = y0; y <= y1; ++y)
-        for (int64_t x = x0; x <= x1; ++x) {
-          double best = 0;
-          for (int i = 0; i < n; ++i) {
-            double along = 0;
-            const double d = segment_distance(static_cast<double>(x), static_cast<double>(y), lx, ly,
-                                              ex[static_cast<size_t>(i)], ey[static_cast<size_t>(i)], along);
-            best = std::max(best, std::max(0.0, 1.0 - d / 0.9) * (1.0 - 0.6 * along));
-          }
-          p[y * w + x] += static_cast<float>(0.2 * best);
+      for_box(lx, ly, reach, reach, [&](int64_t x, int64_t y) {
+        double best = 0;
+        for (int i = 0; i < n; ++i) {
+          double along = 0;
+          const double d = segment_distance(static_cast<double>(x), static_cast<double>(y), lx, ly,
+                                            ex[static_cast<size_t>(i)], ey[static_cast<size_t>(i)], along);
+          best = std::max(best, std::max(0.0, 1.0 - d / 0.9) * (1.0 - 0.6 * along));
         }
+        p[y * w + x] += static_cast<float>(0.2 * best);
+      });
       size_word = r < s * 0.045 ? "small" : "medium-sized";
     }
     if (calcs) {
@@ -193,8 +193,7 @@ inline SyntheticImage render_synthetic(int64_t h, int64_t w, int64_t label, uint
 
   static const char* const density_words[4] = {"the breast is almost entirely fatty",
                                                "there are scattered areas of fibroglandular density",
-                                               "the breast is heterogeneously dense",
-                                               "the breast is extremely dense"};
+                                               "the breast is heterogeneously dense", "the breast is extremely dense"};
   const std::string letter(1, static_cast<char>('a' + density));
   const std::string side = left ? "left" : "right";
   const double rel = (ly - cy) / ay;
@@ -257,8 +256,11 @@ inline std::vector<Sample> make_synthetic_set(const std::filesystem::path& dir, 
     // Two images per synthetic "patient", as screening pairs come.
     s.patient_id = "synthetic-p" + std::to_string(i / 2);
     write_bytes(s.image, io::encode_png(im.pixels));
-    jsonl += nlohmann::json{{"image", s.id}, {"caption", s.caption}, {"patient_id", s.patient_id},
-                            {"label", s.label}, {"class", class_names[label]}}
+    jsonl += nlohmann::json{{"image", s.id},
+                            {"caption", s.caption},
+                            {"patient_id", s.patient_id},
+                            {"label", s.label},
+                            {"class", class_names[label]}}
                  .dump() +
              "\n";
     out.push_back(std::move(s));
