@@ -1,0 +1,494 @@
+#pragma once
+// Fine-tuning and evaluation of a MamClipClassifier on labelled images: one
+// head (FinetuneOptions::head) trained with cross-entropy and AdamW, the epoch
+// with the best validation macro-F1 kept, its weights restored and scored on
+// the test split.
+//
+//   FinetuneOptions o; o.height = 1024; o.width = 768; o.output_dir = "runs/ft";
+//   auto r = finetune_classifier(model, split.train, split.val, split.test, o, mapping.class_names);
+//   print_confusion(std::cout, r.test.confusion, mapping.class_names);
+//
+// Class weighting: w_c = n / (K n_c) over the K classes present in the
+// training set (scikit-learn's "balanced"; 0 for an absent class), used as
+// PyTorch's cross_entropy(weight=w) with mean reduction:
+//   loss = sum_i w_{y_i} nll_i / sum_i w_{y_i}
+// (a weighted mean, so the scale of w cancels and only the ratios matter).
+//
+// Learning rate: linear warmup over warmup_steps optimizer steps, then cosine
+// decay to 0 at the last step (HF get_cosine_schedule_with_warmup), or
+// constant after the warmup with lr_schedule = "constant".
+//
+// Determinism: the data order and augmentation are functions of (seed, epoch,
+// sample) (data::Loader), AdamW has no randomness, and dropout / drop-path draw
+// from the running thread's default generator, which this loop seeds with
+// `seed` for its duration (and restores afterwards). The same inputs and seed
+// give the same weights and metrics, bit for bit, on the CPU.
+//
+// Files in output_dir (when set; created if needed):
+//   metrics.csv, metrics.jsonl    MetricLog rows: phase "train" per step (loss, lr, epoch),
+//                                 "val" per epoch, "test" once
+//   best.safetensors              the best epoch's state dict (the classifier's names), written
+//                                 atomically each time the best improves; metadata: epoch, head, val_macro_f1
+//   confusion_matrix.png          the test confusion matrix (validation's when there is no test split)
+//   loss.png                      training loss per step and validation loss per epoch
+//
+// defines: FinetuneOptions, EvalResult, EpochRecord, FinetuneResult, class_weights,
+//          weighted_cross_entropy, head_index, evaluate_logits, evaluate_classifier, finetune_classifier, print_confusion
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <optional>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "mamclip/autograd/engine.hpp"
+#include "mamclip/autograd/grad_mode.hpp"
+#include "mamclip/core/error.hpp"
+#include "mamclip/core/factory.hpp"
+#include "mamclip/core/random.hpp"
+#include "mamclip/data/datasets.hpp"
+#include "mamclip/data/loader.hpp"
+#include "mamclip/io/safetensors.hpp"
+#include "mamclip/models/clip/classifier.hpp"
+#include "mamclip/ops/elementwise/elementwise.hpp"
+#include "mamclip/ops/indexing/indexing.hpp"
+#include "mamclip/ops/loss/loss.hpp"
+#include "mamclip/ops/reduce/reduce.hpp"
+#include "mamclip/ops/shape/shape.hpp"
+#include "mamclip/ops/softmax/softmax.hpp"
+#include "mamclip/optim/adamw.hpp"
+#include "mamclip/optim/lr_scheduler.hpp"
+#include "mamclip/train/log.hpp"
+#include "mamclip/train/metrics.hpp"
+#include "mamclip/train/plot.hpp"
+
+namespace mamclip::train {
+
+struct FinetuneOptions {
+  int64_t epochs = 10;
+  int64_t batch_size = 8;
+  double lr = 1e-4, weight_decay = 0.05;  // AdamW (betas 0.9, 0.999, eps 1e-8)
+  int64_t warmup_steps = 0;
+  std::string lr_schedule = "cosine";     // cosine | constant (after the warmup)
+  bool class_weighting = false;
+  uint64_t seed = 0;
+  int64_t height = 1024, width = 768;     // the loader's output size
+  std::string augmentation = "soft";      // training only: none | soft | heavy; evaluation uses none
+  int workers = 2;
+  std::string head = "birads_layer";      // the head that is trained and scored
+  std::filesystem::path output_dir;       // empty: nothing is written
+  bool quiet = false;                     // no progress bars or epoch lines
+
+  void validate() const {
+    MAMCLIP_CHECK(epochs > 0, value_error, "FinetuneOptions: epochs is ", epochs, "; expected at least 1");
+    MAMCLIP_CHECK(batch_size > 0, value_error, "FinetuneOptions: batch_size is ", batch_size, "; expected at least 1");
+    MAMCLIP_CHECK(lr >= 0 && std::isfinite(lr), value_error, "FinetuneOptions: lr is ", lr,
+                  "; expected a finite non-negative number");
+    MAMCLIP_CHECK(weight_decay >= 0, value_error, "FinetuneOptions: weight_decay is ", weight_decay,
+                  "; expected >= 0");
+    MAMCLIP_CHECK(warmup_steps >= 0, value_error, "FinetuneOptions: warmup_steps is ", warmup_steps,
+                  "; expected >= 0");
+    MAMCLIP_CHECK(lr_schedule == "cosine" || lr_schedule == "constant", value_error,
+                  "FinetuneOptions: lr_schedule is \"", lr_schedule, "\"; expected \"cosine\" or \"constant\"");
+    MAMCLIP_CHECK(height > 0 && width > 0, value_error, "FinetuneOptions: image size ", height, "x", width,
+                  "; expected positive height and width");
+    MAMCLIP_CHECK(workers >= 0, value_error, "FinetuneOptions: workers is ", workers, "; expected >= 0");
+  }
+};
+
+// Scores of one pass over a labelled split. NaN (and an empty 1-class matrix)
+// when the split is empty.
+struct EvalResult {
+  double macro_f1 = std::numeric_limits<double>::quiet_NaN();     // sklearn's f1_score(average="macro"), present classes
+  double accuracy = std::numeric_limits<double>::quiet_NaN();
+  double roc_auc_ovr = std::numeric_limits<double>::quiet_NaN();  // macro over the classes with positives and negatives
+  std::vector<double> per_class_f1;                               // [num_classes]
+  ConfusionMatrix confusion = ConfusionMatrix(1);                 // rows: true class, columns: predicted
+  double loss = std::numeric_limits<double>::quiet_NaN();         // mean unweighted cross-entropy
+  int64_t count = 0;                                              // samples scored
+};
+
+struct EpochRecord {
+  int64_t epoch = 0;        // from 0
+  double train_loss = 0;    // mean of the epoch's (weighted) step losses
+  double lr = 0;            // the last step's learning rate
+  double seconds = 0;       // wall time of training and validation
+  EvalResult val;
+};
+
+struct FinetuneResult {
+  EvalResult best_val, test;
+  int64_t best_epoch = -1;
+  std::vector<EpochRecord> history;
+  std::vector<double> step_losses;  // every optimizer step's training loss
+};
+
+// ---- loss
+
+// Inverse-frequency class weights over `labels` in [0, num_classes) (see the header comment):
+// n / (K n_c) for the K classes that occur, 0 for the others.
+inline std::vector<double> class_weights(const std::vector<int64_t>& labels, int64_t num_classes) {
+  MAMCLIP_CHECK(num_classes > 0, value_error, "class_weights: num_classes is ", num_classes, "; expected >= 1");
+  MAMCLIP_CHECK(!labels.empty(), value_error, "class_weights: no labels");
+  std::vector<int64_t> counts(static_cast<size_t>(num_classes), 0);
+  for (size_t i = 0; i < labels.size(); ++i) {
+    MAMCLIP_CHECK(labels[i] >= 0 && labels[i] < num_classes, value_error, "class_weights: labels[", i, "] = ",
+                  labels[i], " is out of range; expected a class in [0, ", num_classes, ")");
+    ++counts[static_cast<size_t>(labels[i])];
+  }
+  const auto present = static_cast<double>(std::count_if(counts.begin(), counts.end(), [](int64_t c) { return c > 0; }));
+  std::vector<double> w(counts.size(), 0.0);
+  for (size_t c = 0; c < counts.size(); ++c)
+    if (counts[c] > 0) w[c] = static_cast<double>(labels.size()) / (present * static_cast<double>(counts[c]));
+  return w;
+}
+
+// PyTorch's cross_entropy(logits, target, weight=w) with mean reduction: logits [N, C], target [N]
+// in [0, C), weights [C] (empty: the unweighted mean). Composed from log_softmax and gather, so it
+// is differentiable with respect to logits.
+template <class T>
+Tensor<T> weighted_cross_entropy(const Tensor<T>& logits, const Tensor<int64_t>& target,
+                                 const std::vector<double>& weights) {
+  if (weights.empty()) return cross_entropy(logits, target);
+  MAMCLIP_CHECK(logits.dim() == 2, shape_error, "weighted_cross_entropy: logits has shape ", shape_str(logits.shape()),
+                "; expected [N, C]");
+  MAMCLIP_CHECK(static_cast<int64_t>(weights.size()) == logits.size(1), shape_error, "weighted_cross_entropy: ",
+                weights.size(), " class weights for logits of shape ", shape_str(logits.shape()),
+                "; expected one weight per class");
+  MAMCLIP_CHECK(target.dim() == 1 && target.size(0) == logits.size(0), shape_error,
+                "weighted_cross_entropy: target has shape ", shape_str(target.shape()), " and logits ",
+                shape_str(logits.shape()), "; expected target [N]");
+  const std::vector<int64_t> y = target.to_vector();
+  std::vector<T> w(y.size());
+  double total = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    MAMCLIP_CHECK(y[i] >= 0 && y[i] < logits.size(1), value_error, "weighted_cross_entropy: target[", i, "] = ", y[i],
+                  " is out of range; expected a class in [0, ", logits.size(1), ")");
+    w[i] = static_cast<T>(weights[static_cast<size_t>(y[i])]);
+    total += weights[static_cast<size_t>(y[i])];
+  }
+  MAMCLIP_CHECK(total > 0, value_error, "weighted_cross_entropy: the weights of the batch's targets sum to ", total,
+                "; expected a positive sum");
+  const Tensor<T> picked = gather(log_softmax(logits, 1), 1, target.unsqueeze(1)).squeeze(1);  // [N] log p_{y_i}
+  const Tensor<T> wt = from_vector<T>(w, Shape{static_cast<int64_t>(w.size())}, logits.device());
+  return sum(picked * wt) * (-1.0 / total);
+}
+
+// ---- evaluation
+
+// The index of the head called `name`; value_error listing the model's heads otherwise.
+inline int64_t head_index(const models::clip::MamClipClassifier& model, const std::string& name) {
+  const auto& heads = model.heads();
+  std::string known;
+  for (size_t i = 0; i < heads.size(); ++i) {
+    if (heads[i].name == name) return static_cast<int64_t>(i);
+    known += (i ? ", \"" : "\"") + heads[i].name + "\"";
+  }
+  throw value_error(mamclip::detail::str_cat("head_index: the classifier has no head \"", name, "\"; its heads are ",
+                                             known));
+}
+
+namespace detail {
+
+inline void check_head(const models::clip::MamClipClassifier& model, int64_t head, int64_t num_classes,
+                       const char* who) {
+  const auto& heads = model.heads();
+  MAMCLIP_CHECK(head >= 0 && head < static_cast<int64_t>(heads.size()), index_error, who, ": head ", head,
+                " is out of range; the classifier has ", heads.size(), " heads");
+  MAMCLIP_CHECK(heads[static_cast<size_t>(head)].num_classes == num_classes, value_error, who, ": head \"",
+                heads[static_cast<size_t>(head)].name, "\" has ", heads[static_cast<size_t>(head)].num_classes,
+                " outputs and num_classes is ", num_classes, "; expected the same");
+  MAMCLIP_CHECK(num_classes >= 2, value_error, who, ": num_classes is ", num_classes, "; expected at least 2");
+}
+
+inline void check_batch_labels(const Tensor<int64_t>& labels, int64_t num_classes, const char* who) {
+  for (int64_t y : labels.to_vector())
+    MAMCLIP_CHECK(y >= 0 && y < num_classes, value_error, who, ": a sample has label ", y,
+                  "; expected a class in [0, ", num_classes, ") (unlabelled samples, label -1, cannot be scored)");
+}
+
+// Restores the thread's default generator when the loop ends (also by an exception).
+class DefaultGeneratorScope {
+ public:
+  explicit DefaultGeneratorScope(uint64_t seed)
+      : seed_(default_generator().seed()), offset_(default_generator().offset()) {
+    default_generator().manual_seed(seed);
+  }
+  ~DefaultGeneratorScope() { default_generator().set_state(seed_, offset_); }
+  DefaultGeneratorScope(const DefaultGeneratorScope&) = delete;
+  DefaultGeneratorScope& operator=(const DefaultGeneratorScope&) = delete;
+
+ private:
+  uint64_t seed_, offset_;
+};
+
+// Eval mode for its scope; the module's training flag comes back on exit (also by an exception).
+class EvalModeScope {
+ public:
+  explicit EvalModeScope(nn::Module& module) : module_(module), was_training_(module.is_training()) { module.eval(); }
+  ~EvalModeScope() { module_.train(was_training_); }
+  EvalModeScope(const EvalModeScope&) = delete;
+  EvalModeScope& operator=(const EvalModeScope&) = delete;
+
+ private:
+  nn::Module& module_;
+  bool was_training_;
+};
+
+// A deep copy of the module's state (state_dict() holds views of the live parameters).
+inline nn::StateDict snapshot(const nn::Module& model) {
+  NoGradGuard no_grad;
+  nn::StateDict out;
+  for (const auto& [name, t] : model.state_dict()) out.insert(name, t.clone());
+  return out;
+}
+
+inline std::string fixed(double x, int digits = 4) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(digits) << x;
+  return os.str();
+}
+
+}  // namespace detail
+
+// Scores logits [N, C] against labels [N] in [0, C): the metrics of train/metrics.hpp on the argmax
+// predictions (first index on ties) and the softmax probabilities (AUC), and the mean cross-entropy.
+// N = 0 gives the NaN result.
+inline EvalResult evaluate_logits(const Tensor<float>& logits, const Tensor<int64_t>& labels, int64_t num_classes) {
+  MAMCLIP_CHECK(num_classes >= 2, value_error, "evaluate_logits: num_classes is ", num_classes, "; expected at least 2");
+  MAMCLIP_CHECK(logits.defined() && logits.dim() == 2 && logits.size(1) == num_classes, shape_error,
+                "evaluate_logits: logits has shape ",
+                logits.defined() ? shape_str(logits.shape()) : std::string("(undefined)"), "; expected [N, ",
+                num_classes, "]");
+  MAMCLIP_CHECK(labels.defined() && labels.dim() == 1 && labels.size(0) == logits.size(0), shape_error,
+                "evaluate_logits: labels has shape ",
+                labels.defined() ? shape_str(labels.shape()) : std::string("(undefined)"), " and logits ",
+                shape_str(logits.shape()), "; expected labels [N]");
+  detail::check_batch_labels(labels, num_classes, "evaluate_logits");
+  NoGradGuard no_grad;
+  EvalResult r;
+  r.confusion = ConfusionMatrix(num_classes);
+  r.count = logits.size(0);
+  r.per_class_f1.assign(static_cast<size_t>(num_classes), std::numeric_limits<double>::quiet_NaN());
+  if (r.count == 0) return r;
+  r.confusion.update(labels, max(logits, 1).second);
+  r.loss = static_cast<double>(cross_entropy(logits, labels).item());
+  r.accuracy = accuracy(r.confusion);
+  r.macro_f1 = macro_f1(r.confusion);
+  r.per_class_f1 = precision_recall_f1(r.confusion).f1;
+  RocAucOptions auc;
+  auc.skip_undefined = true;        // a small split may lack a class
+  auc.check_probabilities = false;  // softmax rows are probabilities by construction (float rounding aside)
+  r.roc_auc_ovr = roc_auc_ovr(labels, softmax(logits, 1), auc);
+  return r;
+}
+
+// Scores model's head `head` over one pass of `loader` with evaluate_logits (no gradients, eval
+// mode; the module's training flag is restored).
+inline EvalResult evaluate_classifier(models::clip::MamClipClassifier& model, data::Loader& loader,
+                                      int64_t num_classes, int64_t head) {
+  detail::check_head(model, head, num_classes, "evaluate_classifier");
+  detail::EvalModeScope eval_mode(model);
+  NoGradGuard no_grad;
+  std::vector<Tensor<float>> logits;
+  std::vector<Tensor<int64_t>> labels;
+  loader.start_epoch(0);
+  while (std::optional<data::Batch> batch = loader.next()) {
+    detail::check_batch_labels(batch->labels, num_classes, "evaluate_classifier");
+    logits.push_back(model.forward(batch->images)[static_cast<size_t>(head)]);  // [B, C]
+    labels.push_back(batch->labels);
+  }
+  if (logits.empty()) return evaluate_logits(zeros<float>({0, num_classes}), zeros<int64_t>({0}), num_classes);
+  return evaluate_logits(cat(logits, 0), cat(labels, 0), num_classes);
+}
+
+inline EvalResult evaluate_classifier(models::clip::MamClipClassifier& model, data::Loader& loader,
+                                      int64_t num_classes, const std::string& head) {
+  return evaluate_classifier(model, loader, num_classes, head_index(model, head));
+}
+
+// ---- terminal output
+
+// The confusion matrix as an aligned table, rows true class, columns predicted, with per-row support.
+inline void print_confusion(std::ostream& os, const ConfusionMatrix& cm, const std::vector<std::string>& names) {
+  const int64_t c = cm.num_classes();
+  auto name = [&](int64_t i) { return i < static_cast<int64_t>(names.size()) ? names[static_cast<size_t>(i)] : std::to_string(i); };
+  size_t label_w = std::string("true \\ pred").size(), cell_w = std::string("support").size();
+  for (int64_t i = 0; i < c; ++i) {
+    label_w = std::max(label_w, name(i).size());
+    cell_w = std::max({cell_w, name(i).size(), std::to_string(cm.support(i)).size()});
+  }
+  os << std::left << std::setw(static_cast<int>(label_w)) << "true \\ pred" << std::right;
+  for (int64_t j = 0; j < c; ++j) os << "  " << std::setw(static_cast<int>(cell_w)) << name(j);
+  os << "  " << std::setw(static_cast<int>(cell_w)) << "support" << '\n';
+  for (int64_t i = 0; i < c; ++i) {
+    os << std::left << std::setw(static_cast<int>(label_w)) << name(i) << std::right;
+    for (int64_t j = 0; j < c; ++j) os << "  " << std::setw(static_cast<int>(cell_w)) << cm.count(i, j);
+    os << "  " << std::setw(static_cast<int>(cell_w)) << cm.support(i) << '\n';
+  }
+}
+
+// ---- training
+
+inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model,
+                                          const std::vector<data::Sample>& train,
+                                          const std::vector<data::Sample>& val,
+                                          const std::vector<data::Sample>& test, const FinetuneOptions& options,
+                                          const std::vector<std::string>& class_names) {
+  options.validate();
+  const auto num_classes = static_cast<int64_t>(class_names.size());
+  const int64_t head = head_index(model, options.head);
+  detail::check_head(model, head, num_classes, "finetune_classifier");
+  MAMCLIP_CHECK(!train.empty(), value_error, "finetune_classifier: the training split is empty");
+  std::vector<int64_t> train_labels;
+  for (const auto& s : train) {
+    MAMCLIP_CHECK(s.label >= 0 && s.label < num_classes, value_error, "finetune_classifier: training sample \"",
+                  s.id.empty() ? s.image.string() : s.id, "\" has label ", s.label, "; expected a class in [0, ",
+                  num_classes, ")");
+    train_labels.push_back(s.label);
+  }
+  const std::vector<double> weights =
+      options.class_weighting ? class_weights(train_labels, num_classes) : std::vector<double>{};
+
+  detail::DefaultGeneratorScope generator_scope(options.seed);
+  auto loader_options = [&](bool training) {
+    data::LoaderOptions o;
+    o.batch_size = options.batch_size;
+    o.height = options.height;
+    o.width = options.width;
+    o.shuffle = training;
+    o.drop_last = false;
+    o.seed = options.seed;
+    o.workers = options.workers;
+    o.augmentation = training ? options.augmentation : "none";
+    return o;
+  };
+  data::Loader train_loader(train, loader_options(true));
+  std::optional<data::Loader> val_loader, test_loader;
+  if (!val.empty()) val_loader.emplace(val, loader_options(false));
+  if (!test.empty()) test_loader.emplace(test, loader_options(false));
+
+  optim::AdamWOptions adamw;
+  adamw.lr = options.lr;
+  adamw.weight_decay = options.weight_decay;
+  optim::AdamW optimizer(model.parameters(), adamw);
+  const int64_t steps_per_epoch = train_loader.batches_per_epoch();
+  const int64_t total_steps = std::max<int64_t>(options.epochs * steps_per_epoch, options.warmup_steps);
+  const int64_t warmup = options.warmup_steps;
+  const bool cosine = options.lr_schedule == "cosine";
+  optim::LambdaLR scheduler(optimizer, [=](int64_t s) {
+    return cosine ? optim::CosineWithWarmup::factor_at(s, warmup, total_steps)
+                  : (s < warmup ? static_cast<double>(s) / static_cast<double>(warmup) : 1.0);
+  });
+
+  const bool write = !options.output_dir.empty();
+  std::optional<MetricLog> log;
+  if (write) {
+    std::filesystem::create_directories(options.output_dir);
+    log.emplace(options.output_dir);
+  }
+
+  FinetuneResult result;
+  nn::StateDict best_state;
+  double best_f1 = -std::numeric_limits<double>::infinity();
+  int64_t step = 0;
+  for (int64_t epoch = 0; epoch < options.epochs; ++epoch) {
+    const auto t0 = std::chrono::steady_clock::now();
+    model.train();
+    train_loader.start_epoch(epoch);
+    std::optional<Progress> progress;
+    if (!options.quiet)
+      progress.emplace("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(options.epochs), steps_per_epoch);
+    EpochRecord rec;
+    rec.epoch = epoch;
+    double loss_sum = 0;
+    int64_t batches = 0;
+    while (std::optional<data::Batch> batch = train_loader.next()) {
+      detail::check_batch_labels(batch->labels, num_classes, "finetune_classifier");
+      const Tensor<float> logits = model.forward(batch->images)[static_cast<size_t>(head)];
+      const Tensor<float> loss = weighted_cross_entropy(logits, batch->labels, weights);
+      const double value = static_cast<double>(loss.item());
+      MAMCLIP_CHECK(std::isfinite(value), value_error, "finetune_classifier: the training loss is ", value,
+                    " at epoch ", epoch, ", step ", step, " (batch ", batches, " of the epoch); lower the lr");
+      optimizer.zero_grad();
+      loss.backward();
+      optimizer.step();
+      rec.lr = optimizer.lr(0);
+      scheduler.step();
+      loss_sum += value;
+      ++batches;
+      result.step_losses.push_back(value);
+      if (log)
+        log->log({{"loss", value}, {"lr", rec.lr}, {"epoch", static_cast<double>(epoch)}}, step, "train");
+      ++step;
+      if (progress) progress->update(batches, "loss " + detail::fixed(value));
+    }
+    if (progress) progress->finish();
+    rec.train_loss = batches ? loss_sum / static_cast<double>(batches) : std::numeric_limits<double>::quiet_NaN();
+    if (val_loader) rec.val = evaluate_classifier(model, *val_loader, num_classes, head);
+    rec.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (log && val_loader)
+      log->log({{"loss", rec.val.loss}, {"macro_f1", rec.val.macro_f1}, {"accuracy", rec.val.accuracy},
+                {"roc_auc_ovr", rec.val.roc_auc_ovr}, {"epoch", static_cast<double>(epoch)}},
+               step, "val");
+    // Without a validation split every epoch counts as better, so the last one is kept.
+    const double score = val_loader ? rec.val.macro_f1 : static_cast<double>(epoch);
+    if (score > best_f1) {
+      best_f1 = score;
+      result.best_epoch = epoch;
+      result.best_val = rec.val;
+      best_state = detail::snapshot(model);
+      if (write) {
+        io::NamedTensors tensors;
+        for (const auto& [name, t] : best_state) tensors.emplace_back(name, t);
+        io::save_safetensors((options.output_dir / "best.safetensors").string(), tensors,
+                             {{"format", "pt"}, {"epoch", std::to_string(epoch)}, {"head", options.head},
+                              {"val_macro_f1", std::to_string(rec.val.macro_f1)}});
+      }
+    }
+    if (!options.quiet) {
+      std::cout << "epoch " << epoch + 1 << "/" << options.epochs << "  train loss " << detail::fixed(rec.train_loss);
+      if (val_loader)
+        std::cout << "  val loss " << detail::fixed(rec.val.loss) << "  macro-F1 " << detail::fixed(rec.val.macro_f1)
+                  << "  acc " << detail::fixed(rec.val.accuracy) << "  AUC " << detail::fixed(rec.val.roc_auc_ovr);
+      std::cout << "  (" << detail::fixed(rec.seconds, 1) << " s)" << (result.best_epoch == epoch ? "  *" : "")
+                << std::endl;
+    }
+    result.history.push_back(std::move(rec));
+  }
+
+  if (!best_state.empty()) model.load_state_dict(best_state);
+  if (test_loader) {
+    result.test = evaluate_classifier(model, *test_loader, num_classes, head);
+    if (log)
+      log->log({{"loss", result.test.loss}, {"macro_f1", result.test.macro_f1}, {"accuracy", result.test.accuracy},
+                {"roc_auc_ovr", result.test.roc_auc_ovr}, {"epoch", static_cast<double>(result.best_epoch)}},
+               step, "test");
+  }
+  if (write) {
+    const EvalResult& shown = test_loader ? result.test : result.best_val;
+    if (shown.count > 0) plot_confusion_matrix(options.output_dir / "confusion_matrix.png", shown.confusion, class_names);
+    std::vector<std::pair<double, double>> train_curve, val_curve;
+    for (size_t i = 0; i < result.step_losses.size(); ++i)
+      train_curve.emplace_back(static_cast<double>(i + 1) / static_cast<double>(std::max<int64_t>(1, steps_per_epoch)),
+                               result.step_losses[i]);
+    for (const auto& r : result.history)
+      if (std::isfinite(r.val.loss)) val_curve.emplace_back(static_cast<double>(r.epoch + 1), r.val.loss);
+    std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>> series{{"train", train_curve}};
+    if (!val_curve.empty()) series.emplace_back("validation", val_curve);
+    plot_lines(options.output_dir / "loss.png", "loss (x: epoch)", series);
+  }
+  return result;
+}
+
+}  // namespace mamclip::train
