@@ -41,6 +41,8 @@ Written to tests/fixtures/vlmodel/:
 
     /tmp/venv/bin/python tools/make_vlmodel_fixture.py
 
+The tensors are the same on every run; safetensors may order the metadata entries differently.
+
 Versions (tools/requirements.txt): torch 2.15.0, transformers 4.57.6, timm 1.0.31, safetensors 0.8.0.
 """
 import json

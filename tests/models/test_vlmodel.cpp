@@ -174,6 +174,35 @@ TEST_CASE("VLModel: losses, outputs and every parameter gradient against PyTorch
                                                  << with_grad << " parameters)");
 }
 
+TEST_CASE("VLModel: gradient checkpointing gives the same gradients; without MLM the loss is contrastive") {
+  const Batch b = batch(0);
+  auto plain = loaded_model(), ckpt = loaded_model();
+  ckpt->set_grad_checkpointing(true);
+  vlmodel_loss(plain->forward(b.images, b.input_ids), b.labels).total.backward();
+  vlmodel_loss(ckpt->forward(b.images, b.input_ids), b.labels).total.backward();
+  const auto pa = plain->named_parameters(), pb = ckpt->named_parameters();
+  REQUIRE(pa.size() == pb.size());
+  for (size_t i = 0; i < pa.size(); ++i) {
+    INFO(pa[i].first);
+    REQUIRE(pa[i].second.grad().defined() == pb[i].second.grad().defined());
+    if (pa[i].second.grad().defined()) CHECK(max_abs_diff(pa[i].second.grad(), pb[i].second.grad()) == 0.0);
+  }
+
+  VLModelConfig c = tiny_config();
+  c.mlm = false;
+  VLModel no_mlm(c, VLModelSkipInit{});
+  load_vlmodel_weights(no_mlm, vl_path("vlmodel.ckpt"));  // the MLM parameters exist either way
+  const VLModelOutput out = no_mlm.forward(b.images, b.input_ids);
+  CHECK(!out.mlm_log_probs.defined());
+  const VLLoss loss = vlmodel_loss(out, b.labels);
+  CHECK(!loss.mlm.defined());
+  CHECK(std::abs(loss.total.item() - fixture_tensor("loss.contrastive").item()) <
+        1e-4 * std::abs(fixture_tensor("loss.contrastive").item()));
+  loss.total.backward();
+  CHECK(!no_mlm.mlm_projection.grad().defined());
+  CHECK(no_mlm.logit_scale.grad().defined());
+}
+
 TEST_CASE("VLModel: 20 AdamW steps follow PyTorch's loss curve") {
   auto model = loaded_model();
   optim::AdamWOptions o;
