@@ -5,6 +5,12 @@
 //   mamclip tokenize --model DIR  [--cased] [--max-length N]     < texts > ids
 //   mamclip embed --model DIR --output FILE.safetensors [--max-length N] [--batch N] < texts
 //   mamclip encode-image --model FILE --output FILE.safetensors [--arch NAME] [options] IMAGE...
+//   mamclip pretrain [--config FILE] [--data PATH] [--resume] [KEY=VALUE ...]
+//   mamclip finetune --data PATH --output DIR [--init scratch|mamclip:FILE|timm:FILE] [options]
+//   mamclip zeroshot --model FILE --data PATH
+//   mamclip convert INPUT OUTPUT.safetensors [--strip-prefix P]
+//   mamclip demo [--data PATH] [--output DIR] [--quick]
+//   (the training commands are in cli_train.hpp)
 //
 // Input: one text per line of stdin (UTF-8; a trailing \r is dropped, so CRLF
 // files work; an empty line is an empty text; a last line without a newline counts).
@@ -49,6 +55,16 @@ commands:
   tokenize   BERT WordPiece ids of each line of stdin, one line of ids per text
   embed      BERT hidden states of each line of stdin, written to a safetensors file
   encode-image  ConvNeXt features and outputs of images, written to a safetensors file
+  pretrain   MAM-CLIP pretraining (contrastive + masked language modelling) from a config
+  finetune   fine-tune the vision encoder as a classifier; macro-F1, ROC-AUC, confusion matrix
+  zeroshot   zero-shot classification and retrieval recall@K with a pretrained model
+  convert    a .ckpt / .pth / .bin checkpoint to safetensors
+  demo       the whole pipeline end to end on a synthetic set (or --data) in minutes
+
+Data (--data PATH): a mini-MIAS directory (image_labels.csv), a directory with
+captions.jsonl (a synthetic set of `mamclip demo`), a TEKNOFEST
+metadata_image_level.json, or MAM-CLIP image-caption records (.json / .jsonl of
+{"image", "caption"}); BI-RADS maps to 3 classes: 1 normal, 2 benign, 4-5 suspicious.
 
 mamclip <command> --help describes a command.
 Exit status: 0 success, 1 runtime error (files, models), 2 usage error (flags).
@@ -459,6 +475,10 @@ int run_encode_image(const std::vector<std::string>& argv) {
 
 }  // namespace
 
+#ifdef MAMCLIP_CLI_IMAGES
+#include "cli_train.hpp"
+#endif
+
 int main(int argc, char** argv) {
   std::ios::sync_with_stdio(false);
   const std::vector<std::string> all(argv + 1, argv + argc);
@@ -476,9 +496,16 @@ int main(int argc, char** argv) {
   if (command == "tokenize") run = run_tokenize;
   if (command == "embed") run = run_embed;
   if (command == "encode-image") run = run_encode_image;
+#ifdef MAMCLIP_CLI_IMAGES
+  if (command == "pretrain") run = run_pretrain;
+  if (command == "finetune") run = run_finetune;
+  if (command == "zeroshot") run = run_zeroshot;
+  if (command == "convert") run = run_convert;
+  if (command == "demo") run = run_demo;
+#endif
   if (!run) {
     std::cerr << "mamclip: unknown command '" << command
-              << "' (commands: tokenize, embed, encode-image; see mamclip --help)\n";
+              << "' (commands: tokenize, embed, encode-image, pretrain, finetune, zeroshot, convert, demo; see mamclip --help)\n";
     return 2;
   }
   try {

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The main job: builds the end-to-end example (target mamclip_train_demo, in
-# the same build/ as scripts/test.sh) and runs it. Arguments go to the program.
+# The main job: builds the mamclip program (target mamclip_cli, in the same
+# build/ as scripts/test.sh) and runs `mamclip demo`, MAM-CLIP end to end:
+# a synthetic mammogram-like image-caption set (or --data DIR, e.g.
+# ../shared/data/mias), pretraining, fine-tuning with and without it at two
+# label budgets, the macro-F1 table and plots in runs/demo. Arguments go to
+# `mamclip demo` (see --help).
 # Installs the Debian packages it needs first (scripts/install_deps.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 jobs=${JOBS:-2}
-target=mamclip_train_demo
+target=mamclip_cli
 
 bash scripts/install_deps.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMAMCLIP_BUILD_EXAMPLES=ON
@@ -16,5 +20,5 @@ if ! query=$(ninja -C build -t query "$target" 2>/dev/null); then
 fi
 exe=build/$(awk '/input: phony/ { getline; print $1; exit }' <<<"$query")
 cmake --build build -j "$jobs" --target "$target"
-echo "==> $exe $*"
-exec "$exe" "$@"
+echo "==> $exe demo $*"
+exec "$exe" demo "$@"

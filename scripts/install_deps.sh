@@ -11,6 +11,7 @@ packages=(
   libstb-dev          # image loading
   libutf8proc-dev     # Unicode normalisation for the tokenizer
   libopenblas-dev     # optional BLAS matmul path and the GEMM benchmark baseline
+  libyaml-cpp-dev     # the mamclip program reads the reference cfg.yaml config files
 )
 
 missing=()

@@ -14,6 +14,9 @@
 #include <sstream>
 
 #include "mamclip/io/safetensors.hpp"
+#if defined(MAMCLIP_CLI_IMAGES)
+#include "mamclip/data/synthetic.hpp"
+#endif
 #include "text/text_fixtures.hpp"
 
 using namespace mamclip;
@@ -427,5 +430,70 @@ TEST_CASE("mamclip encode-image equals timm with MAM-CLIP's preprocessing; usage
   r = run_cli({"encode-image", "--help"});
   CHECK(r.status == 0);
   CHECK(r.out.find("usage: mamclip encode-image --model FILE --output FILE.safetensors") == 0);
+}
+#endif
+
+// The training commands on a tiny synthetic set: pretrain from a YAML config
+// with overrides, resume, convert, fine-tune from the pretrained weights,
+// zero-shot; and their errors.
+#if defined(MAMCLIP_CLI_IMAGES)
+TEST_CASE("mamclip pretrain, finetune, convert and zeroshot run end to end on a synthetic set") {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(tmp().file("train"));
+  const fs::path set = root / "synthetic";
+  data::make_synthetic_set(set, 24, 64, 48, 1);
+  const std::string cfg = (root / "cfg.yaml").string();
+  write_file(cfg,
+             "model_size: small\n"
+             "optimizer:\n  _target_: torch.optim.AdamW\n  lr: 1e-3\n"
+             "text_model:\n  context_length: 32\n  mask_ratio: 0.15\n"
+             "data:\n  batch_size: 4\n  effective_batch_size: 8\n  image_size: [64, 48]\n  num_workers: 1\n"
+             "trainparams:\n  max_epochs: 2\n  train_transforms: 'heavy'\n  logger: wandb\n"
+             "  checkpoint_dir_path: " + root.string() + "\n  experiment_name: run\n  negatives: full\n");
+  Run r = run_cli({"pretrain", "--config", cfg, "--data", set.string(), "trainparams.max_steps=2"});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("pretrain: 2 steps") != std::string::npos);
+  CHECK(fs::exists(root / "run" / "last.ckpt.safetensors"));
+  r = run_cli({"pretrain", "--config", cfg, "--data", set.string(), "--resume"});
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("resumed from") != std::string::npos);
+  CHECK(r.out.find("epoch 2/2") != std::string::npos);
+  const std::string best = (root / "run" / "best.safetensors").string();
+  REQUIRE(fs::exists(best));
+  CHECK(fs::exists(root / "run" / "loss.png"));
+
+  // The best weights under the reference's Lightning names, and back.
+  const std::string prefixed = (root / "prefixed.safetensors").string();
+  r = run_cli({"convert", best, prefixed, "--add-prefix", "VLModel."});
+  REQUIRE(r.status == 0);
+  io::SafetensorsFile converted(io::FileBytes::map(prefixed));
+  CHECK(converted.contains("VLModel.logit_scale"));
+  CHECK(converted.contains("VLModel.vision_encoder.head.fc.weight"));
+
+  r = run_cli({"finetune", "--data", set.string(), "--init", "mamclip:" + best, "--arch", "small", "--epochs", "1",
+               "--batch", "4", "--height", "64", "--width", "48", "--output", (root / "ft").string()});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("finetune: test macro-F1") != std::string::npos);
+  const auto result = nlohmann::json::parse(read_file((root / "ft" / "result.json").string()));
+  CHECK(result["test"]["count"].get<int64_t>() > 0);
+  CHECK(result["test"]["macro_f1"].get<double>() >= 0.0);
+  CHECK(fs::exists(root / "ft" / "confusion_matrix.png"));
+
+  r = run_cli({"zeroshot", "--model", best, "--data", set.string(), "--height", "64", "--width", "48"});
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("zeroshot: macro-F1") != std::string::npos);
+  CHECK(r.out.find("retrieval: recall@1 image->text") != std::string::npos);
+
+  // Errors: a typo in the config, a missing file, a bad --init.
+  REQUIRE_RUNTIME_ERROR(run_cli({"pretrain", "--config", cfg, "--data", set.string(), "optimizer.learning_rate=1"}),
+                        "unknown key 'optimizer.learning_rate'");
+  REQUIRE_RUNTIME_ERROR(run_cli({"pretrain", "--config", (root / "none.yaml").string()}),
+                        "cannot open the config file");
+  REQUIRE_USAGE_ERROR(run_cli({"pretrain", "--config", cfg, "stray"}), "overrides are KEY=VALUE");
+  REQUIRE_USAGE_ERROR(run_cli({"finetune", "--data", set.string(), "--output", "x", "--init", "imagenet"}),
+                      "--init expects scratch, mamclip:FILE or timm:FILE, got 'imagenet'");
+  REQUIRE_RUNTIME_ERROR(run_cli({"convert", (root / "missing.ckpt").string(), prefixed}), "missing.ckpt");
 }
 #endif

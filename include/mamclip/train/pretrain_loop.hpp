@@ -19,6 +19,7 @@
 // repeats the uninterrupted run's losses exactly.
 
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -184,7 +185,9 @@ class Pretrainer {
           log.log({{"loss", r.loss}, {"contrastive", r.contrastive}, {"mlm", r.mlm}, {"logit_scale", r.logit_scale},
                    {"epoch", static_cast<double>(epoch)}, {"lr", optimizer_->lr(0)}},
                   meta.global_step, "train");
-          progress.update(steps, "loss " + detail::format_double(r.loss));
+          char postfix[32];
+          std::snprintf(postfix, sizeof(postfix), "loss %.4f", r.loss);
+          progress.update(steps, postfix);
           meta.epoch = epoch;
           meta.batch_in_epoch = batch_index;
           const bool at_max = config_.max_steps >= 0 && meta.global_step >= config_.max_steps;
@@ -225,9 +228,13 @@ class Pretrainer {
                 meta.global_step, "val");
       }
       const double criterion = val_loader ? row.val_loss : row.train_loss;
-      *out_ << "pretrain: epoch " << epoch + 1 << "/" << config_.max_epochs << "  train loss "
-            << detail::format_double(row.train_loss);
-      if (val_loader) *out_ << "  val loss " << detail::format_double(row.val_loss);
+      char losses[96];
+      std::snprintf(losses, sizeof(losses), "  train loss %.4f", row.train_loss);
+      *out_ << "pretrain: epoch " << epoch + 1 << "/" << config_.max_epochs << losses;
+      if (val_loader) {
+        std::snprintf(losses, sizeof(losses), "  val loss %.4f", row.val_loss);
+        *out_ << losses;
+      }
       if (criterion < best) {
         best = criterion;
         models::clip::save_vlmodel_weights(*model_, best_weights_path());

@@ -1,0 +1,25 @@
+# mamclip_add_cli(): the mamclip program (examples/mamclip_cli.cpp) as target
+# mamclip_cli, output name mamclip (`mamclip` names the library). examples/
+# defines it; tests/cli/ does when the examples are off (the sanitizer build).
+# It needs the tokenizer (mamclip::text); images (encode-image and the training
+# commands) need stb (mamclip::image); YAML config files need yaml-cpp
+# (libyaml-cpp-dev), JSON configs work without it.
+function(mamclip_add_cli)
+  if(TARGET mamclip_cli OR NOT TARGET mamclip::text)
+    return()
+  endif()
+  add_executable(mamclip_cli ${PROJECT_SOURCE_DIR}/examples/mamclip_cli.cpp)
+  set_target_properties(mamclip_cli PROPERTIES OUTPUT_NAME mamclip)
+  target_link_libraries(mamclip_cli PRIVATE mamclip::text)
+  if(TARGET mamclip::image)
+    target_link_libraries(mamclip_cli PRIVATE mamclip::image)
+    target_compile_definitions(mamclip_cli PRIVATE MAMCLIP_CLI_IMAGES=1)
+  endif()
+  find_package(yaml-cpp QUIET)
+  if(yaml-cpp_FOUND)
+    target_link_libraries(mamclip_cli PRIVATE yaml-cpp)
+    target_compile_definitions(mamclip_cli PRIVATE MAMCLIP_CLI_YAML=1)
+  else()
+    message(STATUS "mamclip: yaml-cpp not found; the mamclip program reads JSON config files only")
+  endif()
+endfunction()
