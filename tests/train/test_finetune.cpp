@@ -4,7 +4,8 @@
 // ConvNeXt classifier on the synthetic set (the loss falls, macro-F1 beats
 // chance, the best epoch's weights come back, files are written, the same seed
 // gives the same run), recall@K and zero-shot predictions on hand-made
-// features, and the text path of a tiny VLModel.
+// features, the text path of a tiny VLModel, and Grad-CAM against finite
+// differences.
 #include "support/test_support.hpp"
 
 #include <cmath>
@@ -60,6 +61,17 @@ FinetuneOptions tiny_options() {
   o.workers = 1;
   o.quiet = true;
   return o;
+}
+
+// The synthetic images in their order, without augmentation.
+data::LoaderOptions in_order(int64_t batch_size) {
+  data::LoaderOptions lo;
+  lo.batch_size = batch_size;
+  lo.height = 64;
+  lo.width = 48;
+  lo.shuffle = false;
+  lo.workers = 1;
+  return lo;
 }
 
 std::vector<double> weights_of(const nn::Module& m) {
@@ -190,12 +202,7 @@ TEST_CASE("fine-tuning a tiny classifier on the synthetic set: loss falls, macro
   o.output_dir = out.path();
 
   auto model = tiny_classifier(5);
-  data::LoaderOptions lo;
-  lo.batch_size = 8;
-  lo.height = 64;
-  lo.width = 48;
-  lo.shuffle = false;
-  lo.workers = 1;
+  const data::LoaderOptions lo = in_order(8);
   data::Loader train_eval(train, lo);
   const EvalResult before = evaluate_classifier(*model, train_eval, 3, "birads_layer");
   const std::vector<double> density_before = [&] {
@@ -294,12 +301,7 @@ TEST_CASE("class weighting changes the fine-tuning loss as the weights say") {
   // The same by hand from the untrained model's logits: weights 20 / (3 * 12), 20 / (3 * 4), 20 / (3 * 4).
   auto model = tiny_classifier(3);
   model->eval();  // no dropout in this config, so train and eval forward agree
-  data::LoaderOptions lo;
-  lo.batch_size = 20;
-  lo.height = 64;
-  lo.width = 48;
-  lo.shuffle = false;
-  lo.workers = 1;
+  const data::LoaderOptions lo = in_order(20);
   data::Loader loader(train, lo);
   loader.start_epoch(0);
   const auto batch = loader.next();
@@ -431,12 +433,7 @@ TEST_CASE("zero-shot and retrieval through a tiny VLModel's towers") {
   // Paired features of the synthetic images and captions: normalised rows; recall@K is a fraction
   // that grows with K and is 1 once K covers every candidate.
   const std::vector<data::Sample> samples(synthetic_samples().begin(), synthetic_samples().begin() + 10);
-  data::LoaderOptions lo;
-  lo.batch_size = 4;
-  lo.height = 64;
-  lo.width = 48;
-  lo.shuffle = false;
-  lo.workers = 1;
+  const data::LoaderOptions lo = in_order(4);
   data::Loader loader(samples, lo);
   const PairedFeatures pf = encode_pairs(model, tokenizer, loader);
   REQUIRE(pf.image.shape() == Shape{10, cfg.embed_dim});
@@ -460,4 +457,66 @@ TEST_CASE("zero-shot and retrieval through a tiny VLModel's towers") {
   CHECK(zs.count == 10);
   CHECK(zs.accuracy == direct.accuracy);
   CHECK(zs.loss == Approx(direct.loss).epsilon(1e-5));
+}
+
+TEST_CASE("grad_cam: [h, w] in [0, 1], weights = mean gradients (finite differences), PNG overlay") {
+  auto model = tiny_classifier(8);
+  // A gray 128 x 96 noise image on 3 channels: map [1, 32, 4, 3] that varies over the locations.
+  const Tensor<float> gray = uniform_random<float>({1, 1, 128, 96}, 21, 0.0, 1.0);
+  const Tensor<float> image = cat(std::vector<Tensor<float>>{gray, gray, gray}, 1).contiguous();
+  const Tensor<float> cam = grad_cam(*model, image, 2, 1);
+  REQUIRE(cam.shape() == Shape{4, 3});
+  CHECK(static_cast<double>(amin(cam).item()) >= 0.0);
+  CHECK(static_cast<double>(amax(cam).item()) == Approx(1.0));
+  for (const auto& p : model->parameters()) CHECK_FALSE(p.grad().defined());  // no gradient left behind
+  CHECK(model->is_training());
+
+  // Reference: the map's gradient is d logit / d pooled_c / (h w) at every location (mean pooling), so
+  // alpha_c is that, and cam = relu(sum_c alpha_c A_c) / max. d logit / d pooled from autograd on the
+  // pooled features as a leaf (forward_head of a [1, C, 1, 1] map pools nothing), checked against
+  // central differences.
+  model->eval();
+  Tensor<float> map, pooled;
+  {
+    NoGradGuard no_grad;
+    map = model->encoder->forward_features(image);  // [1, C, 4, 3]
+    pooled = mean(map, {2, 3}, true).contiguous();
+  }
+  const int64_t c = map.size(1);
+  auto logit = [&](const Tensor<float>& p) { return model->head_layers[1]->forward(model->encoder->forward_head(p)); };
+  Tensor<float> leaf = pooled.clone().detach();
+  leaf.set_requires_grad(true);
+  sum(logit(leaf).select(1, 2)).backward();
+  const Tensor<float> alpha = leaf.grad() * (1.0 / 12);
+  model->zero_grad();
+  NoGradGuard no_grad;
+  const double eps = 1e-2;
+  for (int64_t k = 0; k < c; ++k) {
+    Tensor<float> up = pooled.clone(), down = pooled.clone();
+    up.at({0, k, 0, 0}) += static_cast<float>(eps);
+    down.at({0, k, 0, 0}) -= static_cast<float>(eps);
+    const double fd = (static_cast<double>(logit(up)(0, 2)) - static_cast<double>(logit(down)(0, 2))) / (2 * eps);
+    CHECK(static_cast<double>(alpha(0, k, 0, 0)) * 12 == Approx(fd).margin(5e-3).epsilon(2e-2));
+  }
+  const Tensor<float> raw = relu(sum(map * alpha, {1})).select(0, 0);
+  const double peak = static_cast<double>(amax(raw).item());
+  // sum_c alpha_c A_c averages to 0 over the locations (head.norm is scale invariant, so the gradient
+  // is orthogonal to the pooled features), so float rounding of the terms sets the tolerance: 1e-5 of
+  // the largest sum of |alpha_c A_c|, which the peak must clearly exceed for the check to mean anything.
+  const double terms = static_cast<double>(amax(sum(abs(map * alpha), {1})).item());
+  INFO("peak " << peak << ", largest sum of |terms| " << terms);
+  REQUIRE(peak > 1e-2 * terms);
+  require_allclose(cam, raw * (1.0 / peak), 1e-5 * terms / peak, 0.0, "Grad-CAM vs reference");
+  CHECK(static_cast<double>(amin(cam).item()) == 0.0);  // the negative half is cut by the ReLU
+  model->train();
+
+  files::TempDir out("gradcam");
+  const Tensor<float> written = write_grad_cam(out / "cam.png", *model, image, 2, 1);
+  require_allclose(written, cam, 0.0, 0.0);
+  const io::Image png = io::read_image((out / "cam.png").string());
+  CHECK(png.pixels.shape() == Shape{3, 128, 96});
+  MAMCLIP_REQUIRE_THROWS_WITH(grad_cam(*model, image, 3, 1), index_error, "target_class 3 is out of range");
+  MAMCLIP_REQUIRE_THROWS_WITH(grad_cam(*model, image.narrow(1, 0, 1), 0, 5), index_error, "head 5 is out of range");
+  MAMCLIP_REQUIRE_THROWS_WITH(grad_cam(*model, cat(std::vector<Tensor<float>>{image, image}, 0), 0), shape_error,
+                              "expected [1, 3, H, W]");
 }

@@ -2,7 +2,7 @@
 // Fine-tuning and evaluation of a MamClipClassifier on labelled images: one
 // head (FinetuneOptions::head) trained with cross-entropy and AdamW, the epoch
 // with the best validation macro-F1 kept, its weights restored and scored on
-// the test split.
+// the test split; Grad-CAM heat maps of the result.
 //
 //   FinetuneOptions o; o.height = 1024; o.width = 768; o.output_dir = "runs/ft";
 //   auto r = finetune_classifier(model, split.train, split.val, split.test, o, mapping.class_names);
@@ -33,7 +33,8 @@
 //   loss.png                      training loss per step and validation loss per epoch
 //
 // defines: FinetuneOptions, EvalResult, EpochRecord, FinetuneResult, class_weights,
-//          weighted_cross_entropy, head_index, evaluate_logits, evaluate_classifier, finetune_classifier, print_confusion
+//          weighted_cross_entropy, head_index, evaluate_logits, evaluate_classifier, finetune_classifier, print_confusion,
+//          grad_cam, write_grad_cam
 
 #include <algorithm>
 #include <chrono>
@@ -489,6 +490,63 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
     plot_lines(options.output_dir / "loss.png", "loss (x: epoch)", series);
   }
   return result;
+}
+
+// ---- Grad-CAM
+
+// Grad-CAM (Selvaraju et al. 2017) of head `head`'s logit `target_class` for one image [1, 3, H, W]:
+// A = the last stage's map [C, h, w] (ConvNeXt::forward_features), alpha_c = the spatial mean of
+// d logit / d A_c, cam = relu(sum_c alpha_c A_c), divided by its maximum -> [h, w] in [0, 1] (all
+// zeros when no location has positive evidence). Eval mode; the map is a leaf, so the trunk builds
+// no graph, and the parameters' .grad are left as they were.
+inline Tensor<float> grad_cam(models::clip::MamClipClassifier& model, const Tensor<float>& image, int64_t target_class,
+                              int64_t head = 0) {
+  MAMCLIP_CHECK(image.defined() && image.dim() == 4 && image.size(0) == 1, shape_error, "grad_cam: image has shape ",
+                image.defined() ? shape_str(image.shape()) : std::string("(undefined)"), "; expected [1, 3, H, W]");
+  MAMCLIP_CHECK(head >= 0 && head < static_cast<int64_t>(model.head_layers.size()), index_error, "grad_cam: head ", head,
+                " is out of range; the classifier has ", model.head_layers.size(), " heads");
+  const int64_t classes = model.heads()[static_cast<size_t>(head)].num_classes;
+  MAMCLIP_CHECK(target_class >= 0 && target_class < classes, index_error, "grad_cam: target_class ", target_class,
+                " is out of range for head \"", model.heads()[static_cast<size_t>(head)].name, "\" with ", classes,
+                " classes");
+  detail::EvalModeScope eval_mode(model);
+  Tensor<float> map;
+  {
+    NoGradGuard no_grad;
+    map = model.encoder->forward_features(image);  // [1, C, h, w]
+  }
+  map = map.detach();
+  map.set_requires_grad(true);
+  // Set the parameters' gradients aside so that this backward pass does not add to them.
+  std::vector<std::pair<Tensor<float>, Tensor<float>>> saved;
+  for (const Tensor<float>& p : model.parameters()) {
+    saved.emplace_back(p, p.grad());
+    p.set_grad(Tensor<float>());
+  }
+  try {
+    autograd::GradModeGuard grad_on(true);
+    const Tensor<float> logits = model.head_layers[static_cast<size_t>(head)]->forward(model.encoder->forward_head(map));
+    sum(logits.select(1, target_class)).backward();
+  } catch (...) {
+    for (auto& [p, g] : saved) p.set_grad(g);
+    throw;
+  }
+  for (auto& [p, g] : saved) p.set_grad(g);
+  NoGradGuard no_grad;
+  const Tensor<float> alpha = mean(map.grad(), {2, 3}, /*keepdim=*/true);        // [1, C, 1, 1]
+  const Tensor<float> cam = relu(sum(map.detach() * alpha, {1})).select(0, 0);  // [h, w]
+  const double peak = static_cast<double>(amax(cam).item());
+  return peak > 0 ? (cam * (1.0 / peak)).contiguous() : zeros<float>(cam.shape());
+}
+
+// The Grad-CAM of `image` [1, 3, H, W] (values in [0, 1]) blended over its first channel as a jet
+// heat map (plot.hpp's overlay_heatmap), written to `png`; returns the [h, w] map.
+inline Tensor<float> write_grad_cam(const std::filesystem::path& png, models::clip::MamClipClassifier& model,
+                                    const Tensor<float>& image, int64_t target_class, int64_t head = 0,
+                                    double alpha = 0.4) {
+  const Tensor<float> cam = grad_cam(model, image, target_class, head);
+  overlay_heatmap(png, image.select(0, 0).select(0, 0).contiguous(), cam, alpha);
+  return cam;
 }
 
 }  // namespace mamclip::train
