@@ -476,7 +476,7 @@ int run_zeroshot(const std::vector<std::string>& argv) {
 
 // ---- demo
 
-constexpr const char* kDemoHelp = R"(usage: mamclip demo [--data PATH] [--output DIR] [--images N] [--quick]
+constexpr const char* kDemoHelp = R"(usage: mamclip demo [--data PATH] [--output DIR] [--images N] [--quick] [--class-weighting] [--seed S]
 
 The whole MAM-CLIP pipeline, end to end, on the CPU in minutes:
   1. data: a procedurally generated, clearly labelled SYNTHETIC mammogram-like
@@ -494,15 +494,22 @@ options:
   --data PATH    labelled image-caption data instead of the synthetic set
   --output DIR   default runs/demo
   --images N     size of the synthetic set (default 480)
-  --quick        fewer images and epochs (a smoke test, about a minute)
-  --seed S       default 0
+  --quick        fewer images and epochs (a smoke test, seconds)
+  --class-weighting  inverse-frequency class weights when fine-tuning (imbalanced
+                 data such as mini-MIAS: 207 normal, 63 benign, 52 malignant)
+  --seed S       data split, initialisation and order (default 0)
   -h, --help     this text
 )";
 
 int run_demo(const std::vector<std::string>& argv) {
   namespace fs = std::filesystem;
   const Args a =
-      parse_flags(argv, {{"--data", true}, {"--output", true}, {"--images", true}, {"--quick", false}, {"--seed", true}});
+      parse_flags(argv, {{"--data", true},
+                         {"--output", true},
+                         {"--images", true},
+                         {"--quick", false},
+                         {"--seed", true},
+                         {"--class-weighting", false}});
   if (a.help) {
     std::cout << kDemoHelp;
     return 0;
@@ -582,6 +589,10 @@ int run_demo(const std::vector<std::string>& argv) {
       s.options.seed = seed;
       s.options.quiet = true;
       s.options.augmentation = "soft";
+      s.options.class_weighting = a.has("--class-weighting");
+      // One epoch of linear warmup: a randomly initialised ConvNeXt otherwise
+      // tends to stay on the class prior at this learning rate.
+      s.options.warmup_steps = (std::min<int64_t>(n, all) + s.options.batch_size - 1) / s.options.batch_size;
       const std::string name = (use_pretrained ? "finetune_pretrained_" : "finetune_scratch_") + std::to_string(n);
       s.options.output_dir = out / name;
       auto model = make_classifier(s, 3, use_pretrained ? pretrained.get() : nullptr);
@@ -612,6 +623,92 @@ int run_demo(const std::vector<std::string>& argv) {
   });
   std::cout << "demo: wrote " << (out / "results.md").string() << " and the plots under " << out.string() << " in "
             << std::fixed << std::setprecision(0) << elapsed() << " s\n";
+  return 0;
+}
+
+}  // namespace
+
+namespace {
+
+// ---- gradcam
+
+constexpr const char* kGradcamHelp = R"(usage: mamclip gradcam --model FILE --output FILE.png [--arch NAME] [--class K] [--height H --width W] IMAGE
+
+Grad-CAM of a fine-tuned classifier (best.safetensors of `mamclip finetune`, or
+the authors' convnext_*_ftune.pth): the gradient of the class score with
+respect to the last stage's feature map, averaged per channel, weights that
+map; the ReLU of the sum, scaled to [0, 1], is drawn as a heat map over the
+preprocessed mammogram.
+
+options:
+  --model FILE      the classifier's weights; its heads (<name>.0.weight) are read from the file
+  --arch NAME       convnext_small (default), convnext_tiny or small (the demo's size)
+  --output FILE     the PNG to write
+  --class K         the class to explain (default: the predicted one), of the first head
+  --height H --width W   input size (default 1024 x 768)
+  -h, --help        this text
+)";
+
+int run_gradcam(const std::vector<std::string>& argv) {
+  std::vector<std::string> images;
+  const Args a = parse_flags(argv,
+                             {{"--model", true}, {"--output", true}, {"--arch", true}, {"--class", true},
+                              {"--height", true}, {"--width", true}},
+                             &images);
+  if (a.help) {
+    std::cout << kGradcamHelp;
+    return 0;
+  }
+  for (const char* flag : {"--model", "--output"})
+    if (!a.has(flag)) throw UsageError{std::string(flag) + " FILE is required"};
+  if (images.size() != 1) throw UsageError{"expected one IMAGE, got " + std::to_string(images.size())};
+  const std::string arch = a.get("--arch").value_or("convnext_small");
+  if (arch != "small" && arch != "convnext_tiny" && arch != "convnext_small")
+    throw UsageError{"--arch expects convnext_tiny, convnext_small or small, got '" + arch + "'"};
+  const std::string path = *a.get("--model");
+
+  // Heads and embedding width from the file's tensor names and shapes.
+  std::vector<models::clip::ClassifierHead> heads;
+  int64_t embed = 0;
+  for (const auto& [name, t] : io::load_state_dict(path)) {
+    const Tensor<float> w = models::detail::to_float_weight(t, name, path);
+    if (name == "head.fc.weight") embed = w.size(0);
+    const auto dot = name.find(".0.weight");
+    if (dot != std::string::npos && dot + 9 == name.size() && name.rfind("stem", 0) != 0 &&
+        name.rfind("stages", 0) != 0 && name.rfind("head", 0) != 0)
+      heads.push_back({name.substr(0, dot), w.size(0)});
+  }
+  if (embed == 0 || heads.empty())
+    throw value_error(path + ": not a classifier checkpoint (expected head.fc.weight and <head>.0.weight tensors)");
+  const models::ConvNeXtConfig vision =
+      arch == "small" ? models::clip::VLModelConfig::small().vision : models::ConvNeXtConfig::by_name(arch);
+  models::clip::MamClipClassifier model(vision, embed, heads);
+  models::clip::load_classifier_weights(model, path);
+
+  data::LoaderOptions lo;
+  lo.batch_size = 1;
+  lo.shuffle = false;
+  lo.workers = 0;
+  lo.height = a.has("--height") ? parse_int("--height", *a.get("--height"), 32, 16384) : 1024;
+  lo.width = a.has("--width") ? parse_int("--width", *a.get("--width"), 32, 16384) : 768;
+  data::Sample sample;
+  sample.image = images[0];
+  data::Loader loader({sample}, lo);
+  const Tensor<float> image = loader.next()->images;
+  int64_t target = 0;
+  {
+    model.eval();
+    NoGradGuard no_grad;
+    const auto probs = softmax(model.forward(image)[0], -1).to_vector();
+    target = std::max_element(probs.begin(), probs.end()) - probs.begin();
+    std::cout << "gradcam: " << heads[0].name << " probabilities";
+    for (float p : probs) std::cout << " " << f3(p);
+    std::cout << "\n";
+  }
+  if (a.has("--class")) target = parse_int("--class", *a.get("--class"), 0, heads[0].num_classes - 1);
+  const Tensor<float> cam = train::write_grad_cam(*a.get("--output"), model, image, target);
+  std::cout << "gradcam: class " << target << ", map " << cam.size(0) << " x " << cam.size(1) << " -> "
+            << *a.get("--output") << "\n";
   return 0;
 }
 

@@ -9,6 +9,7 @@
 //   mamclip finetune --data PATH --output DIR [--init scratch|mamclip:FILE|timm:FILE] [options]
 //   mamclip zeroshot --model FILE --data PATH
 //   mamclip convert INPUT OUTPUT.safetensors [--strip-prefix P]
+//   mamclip gradcam --model FILE --output FILE.png IMAGE
 //   mamclip demo [--data PATH] [--output DIR] [--quick]
 //   (the training commands are in cli_train.hpp)
 //
@@ -59,6 +60,7 @@ commands:
   finetune   fine-tune the vision encoder as a classifier; macro-F1, ROC-AUC, confusion matrix
   zeroshot   zero-shot classification and retrieval recall@K with a pretrained model
   convert    a .ckpt / .pth / .bin checkpoint to safetensors
+  gradcam    Grad-CAM heat map of a fine-tuned classifier over a mammogram (PNG)
   demo       the whole pipeline end to end on a synthetic set (or --data) in minutes
 
 Data (--data PATH): a mini-MIAS directory (image_labels.csv), a directory with
@@ -502,10 +504,11 @@ int main(int argc, char** argv) {
   if (command == "zeroshot") run = run_zeroshot;
   if (command == "convert") run = run_convert;
   if (command == "demo") run = run_demo;
+  if (command == "gradcam") run = run_gradcam;
 #endif
   if (!run) {
     std::cerr << "mamclip: unknown command '" << command
-              << "' (commands: tokenize, embed, encode-image, pretrain, finetune, zeroshot, convert, demo; see mamclip --help)\n";
+              << "' (commands: tokenize, embed, encode-image, pretrain, finetune, zeroshot, convert, gradcam, demo; see mamclip --help)\n";
     return 2;
   }
   try {

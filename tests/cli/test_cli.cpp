@@ -16,6 +16,7 @@
 #include "mamclip/io/safetensors.hpp"
 #if defined(MAMCLIP_CLI_IMAGES)
 #include "mamclip/data/synthetic.hpp"
+#include "mamclip/io/image.hpp"
 #endif
 #include "text/text_fixtures.hpp"
 
@@ -480,6 +481,20 @@ TEST_CASE("mamclip pretrain, finetune, convert and zeroshot run end to end on a 
   CHECK(result["test"]["count"].get<int64_t>() > 0);
   CHECK(result["test"]["macro_f1"].get<double>() >= 0.0);
   CHECK(fs::exists(root / "ft" / "confusion_matrix.png"));
+
+  const std::string heat = (root / "cam.png").string();
+  r = run_cli({"gradcam", "--model", (root / "ft" / "best.safetensors").string(), "--arch", "small", "--height", "64",
+               "--width", "48", "--output", heat, (set / "synthetic_00000.png").string()});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("gradcam: class ") != std::string::npos);
+  const Tensor<float> overlay = io::read_image(heat).pixels;
+  CHECK(overlay.size(1) == 64);
+  CHECK(overlay.size(2) == 48);
+  REQUIRE_USAGE_ERROR(run_cli({"gradcam", "--model", best, "--output", heat}), "expected one IMAGE, got 0");
+  REQUIRE_RUNTIME_ERROR(run_cli({"gradcam", "--model", best, "--arch", "small", "--output", heat,
+                                 (set / "synthetic_00000.png").string()}),
+                        "not a classifier checkpoint");
 
   r = run_cli({"zeroshot", "--model", best, "--data", set.string(), "--height", "64", "--width", "48"});
   REQUIRE(r.status == 0);
