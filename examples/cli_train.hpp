@@ -151,17 +151,15 @@ text::BertTokenizer caption_vocabulary(const std::vector<data::Sample>& samples)
     }
   }
   for (int c = 33; c < 127; ++c) {
-    tokens.push_back(std::string(1, static_cast<char>(std::isupper(c) ? std::tolower(c) : c)));
-    if (std::isalnum(c)) tokens.push_back("##" + std::string(1, static_cast<char>(std::tolower(c))));
+    if (std::islower(c)) continue;  // already added, lower-cased, at its capital's place
+    const auto ch = static_cast<char>(std::tolower(c));
+    tokens.push_back(std::string(1, ch));
+    if (std::isalnum(c)) tokens.push_back("##" + std::string(1, ch));
   }
-  std::set<std::string> seen(tokens.begin(), tokens.end());
+  const std::set<std::string> seen(tokens.begin(), tokens.end());
   for (const auto& w : words)
-    if (seen.insert(w).second) tokens.push_back(w);
-  std::vector<std::string> unique;
-  std::set<std::string> once;
-  for (auto& t : tokens)
-    if (once.insert(t).second) unique.push_back(t);
-  return text::BertTokenizer(std::make_shared<const text::Vocab>(text::Vocab::from_tokens(unique, "<captions>")));
+    if (!seen.count(w)) tokens.push_back(w);
+  return text::BertTokenizer(std::make_shared<const text::Vocab>(text::Vocab::from_tokens(tokens, "<captions>")));
 }
 
 text::BertTokenizer tokenizer_for(const train::PretrainConfig& c, const std::vector<data::Sample>& samples) {

@@ -67,12 +67,6 @@ inline std::shared_ptr<Generator> share_generator(nn::Module& model, uint64_t se
   return gen;
 }
 
-inline Tensor<float> named_parameter(const nn::Module& model, const std::string& name) {
-  for (auto& [n, p] : model.named_parameters())
-    if (n == name) return p;
-  throw value_error("the model has no parameter '" + name + "'");
-}
-
 inline void check_finite(double value, const char* what, int64_t step) {
   if (!std::isfinite(value))
     throw non_finite_error("pretraining step " + std::to_string(step) + ": the " + what + " loss is " +
@@ -142,7 +136,7 @@ inline PretrainStepResult accumulate_gradients(models::clip::VLModel& model, con
   Tensor<float> texts = cat(text_parts, 0).detach();
   images.set_requires_grad();
   texts.set_requires_grad();
-  const Tensor<float> logit_scale = named_parameter(model, "logit_scale");
+  const Tensor<float> logit_scale = model.logit_scale;
   ClipLossOptions clip_options;
   clip_options.max_logit_scale = lo.max_logit_scale;
   const Tensor<float> contrastive = clip_loss(images, texts, logit_scale, clip_options);
