@@ -28,6 +28,17 @@ constexpr std::string_view dtype_name(DType d) {
   return "unknown";
 }
 
+// Bytes per element.
+constexpr size_t dtype_size(DType d) {
+  switch (d) {
+    case DType::f64: case DType::i64: return 8;
+    case DType::f32: case DType::i32: return 4;
+    case DType::f16: case DType::bf16: return 2;
+    case DType::u8: case DType::boolean: return 1;
+  }
+  return 0;
+}
+
 template <class T> struct dtype_of;
 template <> struct dtype_of<float> { static constexpr DType value = DType::f32; };
 template <> struct dtype_of<double> { static constexpr DType value = DType::f64; };

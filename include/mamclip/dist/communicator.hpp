@@ -1,0 +1,204 @@
+#pragma once
+// Collective communication between the processes of a data-parallel job.
+//
+// A Communicator is one group of ranks (0 .. world_size-1). Backends:
+//   LocalCommunicator  world size 1, no library needed (the default)
+//   MpiCommunicator    dist/mpi.hpp: Open MPI, CPU tensors (link mamclip::mpi)
+//   NcclCommunicator   dist/nccl.hpp: NCCL, CUDA tensors (link mamclip::nccl)
+// Collectives are called by every rank in the same order (as in MPI). Each
+// waits at most timeout(); past it, dist_timeout_error names the collective
+// and the ranks that did not arrive, so a dead or hung peer stops the job
+// instead of hanging it.
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mamclip/core/dtype.hpp"
+#include "mamclip/core/error.hpp"
+#include "mamclip/core/tensor.hpp"
+
+namespace mamclip::dist {
+
+// A collective failed (a peer left, configurations differ across ranks).
+struct dist_error : error {
+  using error::error;
+};
+// A collective did not complete within the communicator's timeout.
+struct dist_timeout_error : dist_error {
+  using dist_error::dist_error;
+};
+
+enum class ReduceOp { sum, max, min };
+
+// An operation in flight (all_reduce_async).
+class Work {
+ public:
+  virtual ~Work() = default;
+  // True when complete; drives progress. Never blocks.
+  virtual bool test() = 0;
+  // Blocks until complete or the communicator's timeout (dist_timeout_error).
+  virtual void wait() = 0;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  // This process's index among the ranks on its machine (its GPU, for NCCL).
+  virtual int local_rank() const = 0;
+  virtual std::string backend() const = 0;  // "local", "mpi", "nccl"
+
+  // Raw collectives over `count` elements of `dtype` (host memory for local
+  // and mpi, device memory for nccl).
+  virtual void all_reduce(void* data, int64_t count, DType dtype, ReduceOp op) = 0;
+  virtual std::unique_ptr<Work> all_reduce_async(void* data, int64_t count, DType dtype, ReduceOp op) = 0;
+  virtual void broadcast(void* data, int64_t count, DType dtype, int root) = 0;
+  // Rank r contributes counts[r] elements (its `send`); `recv` receives all of
+  // them in rank order (sum(counts) elements).
+  virtual void all_gather(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype) = 0;
+  virtual void barrier() = 0;
+
+  // A new communicator over the same ranks whose collectives never interleave
+  // with this one's (gradient buckets run beside the loss's gathers).
+  virtual std::unique_ptr<Communicator> duplicate() const = 0;
+
+  std::chrono::milliseconds timeout() const { return timeout_; }
+  void set_timeout(std::chrono::milliseconds t) { timeout_ = t; }
+
+ protected:
+  std::chrono::milliseconds timeout_{std::chrono::minutes(10)};
+};
+
+// World size 1: every collective is a copy or nothing.
+class LocalCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int world_size() const override { return 1; }
+  int local_rank() const override { return 0; }
+  std::string backend() const override { return "local"; }
+  void all_reduce(void*, int64_t, DType, ReduceOp) override {}
+  std::unique_ptr<Work> all_reduce_async(void*, int64_t, DType, ReduceOp) override {
+    struct Done final : Work {
+      bool test() override { return true; }
+      void wait() override {}
+    };
+    return std::make_unique<Done>();
+  }
+  void broadcast(void*, int64_t, DType, int root) override {
+    MAMCLIP_CHECK(root == 0, value_error, "broadcast: root is ", root, "; the world has only rank 0");
+  }
+  void all_gather(const void* send, void* recv, const std::vector<int64_t>& counts, DType dtype) override {
+    MAMCLIP_CHECK(counts.size() == 1, value_error, "all_gather: ", counts.size(), " counts for a world of 1");
+    if (counts[0] > 0 && send != recv) std::memcpy(recv, send, static_cast<size_t>(counts[0]) * dtype_size(dtype));
+  }
+  void barrier() override {}
+  std::unique_ptr<Communicator> duplicate() const override { return std::make_unique<LocalCommunicator>(); }
+};
+
+// ---- Tensor collectives ----------------------------------------------------
+
+namespace detail {
+template <class T>
+void check_dense(const Tensor<T>& t, const char* op) {
+  MAMCLIP_CHECK(t.defined(), value_error, op, ": the tensor is undefined");
+  MAMCLIP_CHECK(t.is_contiguous(), value_error, op, ": the tensor of shape ", shape_str(t.shape()),
+                " is not contiguous; call .contiguous() first");
+}
+}  // namespace detail
+
+// In place. ReduceOp::sum, or the mean over ranks with mean = true.
+template <class T>
+void all_reduce(Communicator& comm, Tensor<T>& t, ReduceOp op = ReduceOp::sum) {
+  detail::check_dense(t, "all_reduce");
+  comm.all_reduce(t.data_ptr(), t.numel(), dtype_v<T>, op);
+}
+
+template <class T>
+void all_reduce_mean(Communicator& comm, Tensor<T>& t) {
+  all_reduce(comm, t, ReduceOp::sum);
+  if (comm.world_size() > 1) {
+    T* p = t.data_ptr();
+    const double inv = 1.0 / comm.world_size();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<T>(static_cast<double>(p[i]) * inv);
+  }
+}
+
+// Sum (or max/min) of host scalars over ranks.
+inline double all_reduce_scalar(Communicator& comm, double v, ReduceOp op = ReduceOp::sum) {
+  comm.all_reduce(&v, 1, DType::f64, op);
+  return v;
+}
+inline int64_t all_reduce_scalar(Communicator& comm, int64_t v, ReduceOp op = ReduceOp::sum) {
+  comm.all_reduce(&v, 1, DType::i64, op);
+  return v;
+}
+
+template <class T>
+void broadcast(Communicator& comm, Tensor<T>& t, int root = 0) {
+  detail::check_dense(t, "broadcast");
+  comm.broadcast(t.data_ptr(), t.numel(), dtype_v<T>, root);
+}
+
+// Every rank's value of a host integer, in rank order.
+inline std::vector<int64_t> all_gather_scalar(Communicator& comm, int64_t v) {
+  std::vector<int64_t> out(static_cast<size_t>(comm.world_size()));
+  comm.all_gather(&v, out.data(), std::vector<int64_t>(out.size(), 1), DType::i64);
+  return out;
+}
+
+// Concatenation along dim 0 of every rank's `t` (first dimensions may differ;
+// the others must agree). No gradient: see gather_with_grad in parallel.hpp.
+template <class T>
+Tensor<T> all_gather(Communicator& comm, const Tensor<T>& t) {
+  Tensor<T> local = t.contiguous();
+  detail::check_dense(local, "all_gather");
+  MAMCLIP_CHECK(local.dim() >= 1, shape_error, "all_gather: expected a tensor with a first dimension, got shape ",
+                shape_str(local.shape()));
+  const int64_t row = local.size(0) > 0 ? local.numel() / local.size(0) : 0;
+  // Every rank checks the others' row sizes, so shapes that differ give an
+  // error rather than a garbled result.
+  const std::vector<int64_t> rows = all_gather_scalar(comm, local.size(0));
+  const std::vector<int64_t> widths = all_gather_scalar(comm, row);
+  Shape shape = local.shape();
+  int64_t total = 0;
+  std::vector<int64_t> counts;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    MAMCLIP_CHECK(rows[r] == 0 || row == 0 || widths[r] == row, shape_error, "all_gather: rank ", r,
+                  " sends rows of ", widths[r], " elements, rank ", comm.rank(), " rows of ", row, " (shape ",
+                  shape_str(local.shape()), ")");
+    total += rows[r];
+    counts.push_back(rows[r] * row);
+  }
+  shape[0] = total;
+  Tensor<T> out = Tensor<T>::empty(shape, local.device());
+  comm.all_gather(local.data_ptr(), out.data_ptr(), counts, dtype_v<T>);
+  return out;
+}
+
+// FNV-1a of a string: what check_same compares.
+inline int64_t fingerprint(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return static_cast<int64_t>(h);
+}
+
+// Throws dist_error on every rank when `value` differs between ranks, naming
+// `what` and the ranks that differ from rank 0 (e.g. the model configuration
+// at start, or the step a resumed checkpoint holds).
+inline void check_same(Communicator& comm, const std::string& what, const std::string& value) {
+  const std::vector<int64_t> all = all_gather_scalar(comm, fingerprint(value));
+  std::string differ;
+  for (size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
+  MAMCLIP_CHECK(differ.empty(), dist_error, "the ", what, " differs across ranks: rank(s) ", differ,
+                " disagree with rank 0 (this is rank ", comm.rank(), ", whose value is: ",
+                value.size() > 200 ? value.substr(0, 200) + "..." : value, ")");
+}
+
+}  // namespace mamclip::dist
