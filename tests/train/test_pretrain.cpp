@@ -9,88 +9,17 @@
 #include "mamclip/train/config.hpp"
 #include "mamclip/train/pretrain.hpp"
 #include "mamclip/train/pretrain_loop.hpp"
+#include "support/clip_batches.hpp"
 
 using namespace mamclip;
 using models::clip::VLModel;
 using models::clip::VLModelConfig;
 
-namespace {
-
-VLModelConfig tiny_config(double dropout) {
-  VLModelConfig c;
-  c.vision.depths = {1, 1, 1, 1};
-  c.vision.dims = {8, 8, 8, 16};
-  c.text.vocab_size = 40;
-  c.text.hidden_size = 16;
-  c.text.num_hidden_layers = 1;
-  c.text.num_attention_heads = 2;
-  c.text.intermediate_size = 32;
-  c.text.max_position_embeddings = 16;
-  c.text.hidden_dropout_prob = dropout;
-  c.text.attention_probs_dropout_prob = dropout;
-  c.embed_dim = 16;
-  c.context_length = 8;
-  c.mlm_vocab_size = 44;
-  c.fusion_heads = 2;
-  c.cls_token_id = 2;
-  c.vision.num_classes = c.embed_dim;
-  return c;
-}
-
-// n pairs: random images, ids with [CLS] = 2 first, labels with some [PAD] = 0.
-train::ClipMicroBatch random_batch(int64_t n, Generator& gen) {
-  train::ClipMicroBatch b;
-  b.images = rand<float>({n, 3, 32, 32}, gen);
-  const auto r = rand<double>({n, 8, 2}, gen).to_vector();
-  std::vector<int64_t> ids, labels;
-  for (int64_t i = 0; i < n * 8; ++i) {
-    const bool first = i % 8 == 0;
-    ids.push_back(first ? 2 : 5 + static_cast<int64_t>(r[2 * i] * 35));
-    labels.push_back(first ? 2 : (r[2 * i + 1] < 0.4 ? 5 + static_cast<int64_t>(r[2 * i] * 35) : 0));
-  }
-  b.input_ids = from_vector<int64_t>(ids, {n, 8});
-  b.labels = from_vector<int64_t>(labels, {n, 8});
-  return b;
-}
-
-train::ClipMicroBatch concat(const std::vector<train::ClipMicroBatch>& parts) {
-  std::vector<Tensor<float>> images;
-  std::vector<Tensor<int64_t>> ids, labels;
-  for (const auto& p : parts) {
-    images.push_back(p.images);
-    ids.push_back(p.input_ids);
-    labels.push_back(p.labels);
-  }
-  return {cat(images, 0), cat(ids, 0), cat(labels, 0)};
-}
-
-std::vector<std::pair<std::string, std::vector<float>>> gradients(const nn::Module& m) {
-  std::vector<std::pair<std::string, std::vector<float>>> out;
-  for (auto& [name, p] : m.named_parameters())
-    out.emplace_back(name, p.grad().defined() ? p.grad().to_vector() : std::vector<float>());
-  return out;
-}
-
-void require_same_gradients(const nn::Module& m, const std::vector<std::pair<std::string, std::vector<float>>>& ref,
-                            double tol) {
-  const auto got = gradients(m);
-  REQUIRE(got.size() == ref.size());
-  size_t compared = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    INFO(got[i].first);
-    REQUIRE(got[i].second.size() == ref[i].second.size());
-    double scale = 1e-6, err = 0;
-    for (size_t j = 0; j < got[i].second.size(); ++j) {
-      scale = std::max(scale, std::abs(static_cast<double>(ref[i].second[j])));
-      err = std::max(err, std::abs(static_cast<double>(got[i].second[j]) - ref[i].second[j]));
-    }
-    CHECK(err <= tol * scale);
-    compared += !got[i].second.empty();
-  }
-  REQUIRE(compared > 20);
-}
-
-}  // namespace
+using test::concat;
+using test::gradients;
+using test::random_batch;
+using test::require_same_gradients;
+using test::tiny_config;
 
 TEST_CASE("GradCache over k micro-batches gives the gradients of one batch of k*B", "[pretrain]") {
   Generator init(7);
@@ -149,6 +78,43 @@ TEST_CASE("GradCache replays dropout: with one micro-batch it equals the plain s
   // draws fresh masks.
   CHECK(gen->offset() > 10);
   CHECK(offset_after_plain > 10);
+}
+
+TEST_CASE("a world-of-one DataParallel leaves the step unchanged and reduces buckets inside backward",
+          "[pretrain][dist]") {
+  for (const std::string negatives : {"paper", "full"}) {
+    INFO(negatives);
+    Generator init(21);
+    VLModel model(tiny_config(0.0), init);
+    model.train();
+    auto gen = train::share_generator(model, 5);
+    Generator data(9);
+    const std::vector<train::ClipMicroBatch> micro{random_batch(3, data), random_batch(2, data)};
+    train::PretrainStepOptions plain;
+    plain.negatives = negatives;
+    const auto ref_result = train::accumulate_gradients(model, micro, plain, *gen);
+    const auto ref = gradients(model);
+
+    dist::LocalCommunicator comm;
+    dist::DataParallelOptions o;
+    o.bucket_bytes = 4096;  // many buckets
+    dist::DataParallel dp(model, comm, o);
+    REQUIRE(dp.buckets() > 3);
+    train::PretrainStepOptions parallel = plain;
+    parallel.data_parallel = &dp;
+    for (int step = 0; step < 2; ++step) {
+      model.zero_grad();
+      const auto r = train::accumulate_gradients(model, micro, parallel, *gen);
+      CHECK(r.loss == Approx(ref_result.loss).epsilon(1e-6));
+      CHECK(r.mlm == Approx(ref_result.mlm).epsilon(1e-6));
+      require_same_gradients(model, ref, 1e-6);
+    }
+    // The second step buckets parameters in the order their gradients came:
+    // all but the buckets holding parameters that no backward reaches start
+    // inside the last backward.
+    CHECK(dp.buckets_launched_in_backward() >= dp.buckets() - 2);
+    CHECK(dp.reduced_bytes_per_step() >= 4 * static_cast<int64_t>(model.parameters().size()));
+  }
 }
 
 TEST_CASE("a non-finite loss stops the step and names it", "[pretrain]") {

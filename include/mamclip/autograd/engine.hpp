@@ -136,6 +136,13 @@ void Tensor<T>::register_hook(GradHook<T> hook) const {
 }
 
 template <class T>
+void Tensor<T>::register_post_accumulate_grad_hook(std::function<void()> hook) const {
+  MAMCLIP_CHECK(is_leaf() && requires_grad(), autograd_error,
+                "register_post_accumulate_grad_hook: expected a leaf that requires grad");
+  impl()->post_accumulate_hooks.push_back(std::move(hook));
+}
+
+template <class T>
 void Tensor<T>::retain_grad() const {
   MAMCLIP_CHECK(requires_grad(), autograd_error, "retain_grad: the tensor does not require grad");
   if (is_leaf()) return;  // leaves keep .grad anyway

@@ -56,6 +56,7 @@ struct TensorImpl {
   std::shared_ptr<TensorImpl<T>> grad;         // accumulated .grad (leaves, or retain_grad())
   std::weak_ptr<autograd::Node> grad_accumulator;  // a leaf's AccumulateGrad, alive while a graph uses it
   std::vector<GradHook<T>> leaf_hooks;         // hooks of a leaf, run by its AccumulateGrad
+  std::vector<std::function<void()>> post_accumulate_hooks;  // run after .grad is updated (data parallel)
 };
 
 template <class T>
@@ -202,6 +203,9 @@ class Tensor {
   void set_grad(const Tensor& g) const { checked().grad = g.impl_; }
   void backward(const Tensor& gradient = Tensor(), bool retain_graph = false) const;
   void register_hook(GradHook<T> hook) const;
+  // Runs `hook` on a leaf each time a backward has added its gradient to
+  // .grad (once per backward, after all its uses are summed).
+  void register_post_accumulate_grad_hook(std::function<void()> hook) const;
   // Keep .grad for this non-leaf tensor after backward.
   void retain_grad() const;
 

@@ -66,6 +66,12 @@ struct LoaderOptions {
   int prefetch = 2;
   std::string augmentation = "none";  // none | soft | heavy
   bool skip_unreadable = false;
+  // Data-parallel sharding: with world_size W, batch i of the epoch is the
+  // i-th global batch of W * batch_size samples of the shared seeded order,
+  // and rank r gets its r-th slice, so the ranks' batches together are the
+  // batch one process would draw with batch_size * W. A last global batch
+  // with fewer than W samples is dropped (a rank would get none).
+  int rank = 0, world_size = 1;
 };
 
 struct Batch {
@@ -85,6 +91,9 @@ class Loader {
                   " x ", options_.width, "; expected positive height and width");
     MAMCLIP_CHECK(options_.workers >= 0, value_error, "Loader: workers is ", options_.workers,
                   "; expected >= 0 (0 loads in the calling thread)");
+    MAMCLIP_CHECK(options_.world_size >= 1 && options_.rank >= 0 && options_.rank < options_.world_size, value_error,
+                  "Loader: rank ", options_.rank, " of world size ", options_.world_size,
+                  "; expected 0 <= rank < world_size");
     MAMCLIP_CHECK(options_.prefetch >= 1, value_error, "Loader: prefetch is ", options_.prefetch, "; expected >= 1");
     if (options_.augmentation == "none")
       augmentation_ = Augmentation::none;
@@ -104,8 +113,20 @@ class Loader {
   const LoaderOptions& options() const { return options_; }
 
   int64_t batches_per_epoch() const {
-    const int64_t n = size(), b = options_.batch_size;
-    return options_.drop_last ? n / b : (n + b - 1) / b;
+    const int64_t n = size(), b = options_.batch_size * options_.world_size;
+    if (options_.drop_last) return n / b;
+    const int64_t rest = n % b;
+    return n / b + (rest >= options_.world_size ? 1 : 0);
+  }
+
+  // Positions in the sample list of this rank's part of batch `batch` of the
+  // current epoch (before skipping unreadable images).
+  std::vector<int64_t> batch_indices(int64_t batch) const {
+    MAMCLIP_CHECK(started_, value_error, "Loader::batch_indices: call start_epoch first");
+    MAMCLIP_CHECK(batch >= 0 && batch < batches_per_epoch(), index_error, "Loader::batch_indices: batch ", batch,
+                  " of an epoch of ", batches_per_epoch(), " batches");
+    const auto [begin, end] = rows_of(batch);
+    return std::vector<int64_t>(order_.begin() + begin, order_.begin() + end);
   }
 
   // Starts epoch `epoch` at batch `skip_batches` (0 <= skip <= batches_per_epoch).
@@ -193,11 +214,17 @@ class Loader {
     return preprocess_mammogram(image.pixels, t, gen, who);
   }
 
+  // This rank's [begin, end) in order_ of batch b.
+  std::pair<int64_t, int64_t> rows_of(int64_t b) const {
+    const int64_t w = options_.world_size, global = options_.batch_size * w;
+    const int64_t begin = b * global, m = std::min(size(), begin + global) - begin;
+    return {begin + options_.rank * m / w, begin + (options_.rank + 1) * m / w};
+  }
+
   Built build(int64_t b) const {
     Built out;
     try {
-      const int64_t n = size(), bs = options_.batch_size;
-      const int64_t begin = b * bs, end = std::min(n, begin + bs);
+      const auto [begin, end] = rows_of(b);
       std::vector<Tensor<float>> images;
       Batch batch;
       std::vector<int64_t> labels;

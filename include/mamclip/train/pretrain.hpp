@@ -27,6 +27,7 @@
 #include "mamclip/autograd/grad_mode.hpp"
 #include "mamclip/core/error.hpp"
 #include "mamclip/core/random.hpp"
+#include "mamclip/dist/parallel.hpp"
 #include "mamclip/models/clip/vlmodel.hpp"
 #include "mamclip/nn/dropout.hpp"
 #include "mamclip/ops/fwd.hpp"
@@ -50,6 +51,8 @@ struct ClipMicroBatch {
 struct PretrainStepOptions {
   std::string negatives = "paper";  // paper | full (see the top of this header)
   models::clip::VLLossOptions loss;
+  // Set on every rank of a data-parallel job (see accumulate_gradients).
+  dist::DataParallel* data_parallel = nullptr;
 };
 
 // Loss values of one step, averaged as they enter the gradient.
@@ -85,35 +88,112 @@ inline void check_finite_gradients(const nn::Module& model, int64_t step) {
   }
 }
 
+namespace detail {
+// The contrastive loss of this rank's pairs against the pairs of every rank
+// (global negatives), weighted by W * n / N (W ranks, n local pairs, N in
+// all): DataParallel averages gradients over ranks, so the gradients become
+// those of one process holding all N pairs. `value` is that global loss.
+// Without a communicator it is the plain loss of the local pairs.
+struct RankLoss {
+  Tensor<float> weighted;
+  double value = 0;
+};
+inline RankLoss contrastive_over_ranks(dist::Communicator* comm, const Tensor<float>& images,
+                                       const Tensor<float>& texts, const Tensor<float>& logit_scale,
+                                       const models::clip::VLLossOptions& lo) {
+  ClipLossOptions o;
+  o.max_logit_scale = lo.max_logit_scale;
+  if (!comm || comm->world_size() == 1) {
+    Tensor<float> loss = clip_loss(images, texts, logit_scale, o);
+    return {loss, loss.item()};
+  }
+  const int64_t n = images.size(0);
+  const std::vector<int64_t> rows = dist::all_gather_scalar(*comm, n);
+  int64_t total = 0;
+  for (int64_t r : rows) total += r;
+  o.image_offset = o.label_offset = dist::row_offset(rows, comm->rank());
+  o.batch = n;
+  const Tensor<float> loss = clip_loss(dist::gather_with_grad(*comm, images), dist::gather_with_grad(*comm, texts),
+                                       logit_scale, o);
+  const double local = loss.item();
+  const double value = dist::all_reduce_scalar(*comm, local * static_cast<double>(n)) / static_cast<double>(total);
+  return {mul(loss, static_cast<double>(comm->world_size()) * static_cast<double>(n) / static_cast<double>(total)),
+          value};
+}
+
+// Tokens the MLM loss counts, summed over ranks.
+inline int64_t mlm_tokens(dist::Communicator* comm, const std::vector<const ClipMicroBatch*>& micro, int64_t ignore) {
+  int64_t tokens = 0;
+  for (const auto* mb : micro)
+    for (int64_t id : mb->labels.to_vector()) tokens += id != ignore;
+  return comm ? dist::all_reduce_scalar(*comm, tokens) : tokens;
+}
+
+// Summed NLL of the MLM predictions of one micro-batch.
+inline Tensor<float> mlm_nll_sum(const Tensor<float>& log_probs, const Tensor<int64_t>& labels, int64_t ignore) {
+  const int64_t V = log_probs.size(-1);
+  LossOptions nll;
+  nll.reduction = Reduction::sum;
+  nll.ignore_index = ignore;
+  return nll_loss(log_probs.reshape({-1, V}), labels.contiguous().reshape({-1}), nll);
+}
+}  // namespace detail
+
 // Accumulates the gradients of one optimizer step into the parameters' .grad
 // (which the caller zeroes). `gen` is the generator shared by the model's
 // random modules (share_generator), needed by `full` to replay dropout.
+//
+// With options.data_parallel, every rank calls this with its own
+// micro-batches: the contrastive loss uses the pairs of all ranks as
+// negatives, the MLM mean counts the tokens of all ranks, and the gradients
+// are averaged over ranks (communicated on the last backward only), so each
+// step equals one process's step on the ranks' batches put together.
 inline PretrainStepResult accumulate_gradients(models::clip::VLModel& model, const std::vector<ClipMicroBatch>& micro,
                                                const PretrainStepOptions& options, Generator& gen, int64_t step = 0) {
   MAMCLIP_CHECK(!micro.empty(), value_error, "accumulate_gradients: no micro-batches");
+  MAMCLIP_CHECK(options.negatives == "paper" || options.negatives == "full", value_error,
+                "accumulate_gradients: negatives must be 'paper' or 'full', got '", options.negatives, "'");
   const double k = static_cast<double>(micro.size());
   const auto& lo = options.loss;
   const bool mlm = model.config().mlm;
+  dist::DataParallel* dp = options.data_parallel;
+  dist::Communicator* comm = dp ? &dp->communicator() : nullptr;
+  const double world = comm ? comm->world_size() : 1;
+  auto set_sync = [&](bool on) {
+    if (dp) dp->set_sync(on);
+  };
   PretrainStepResult r;
 
   if (options.negatives == "paper") {
-    for (const auto& mb : micro) {
+    for (size_t i = 0; i < micro.size(); ++i) {
+      const auto& mb = micro[i];
+      set_sync(i + 1 == micro.size());
       const auto out = model.forward(mb.images, mb.input_ids);
-      const auto loss = models::clip::vlmodel_loss(out, mb.labels, lo);
-      const double total = loss.total.item();
-      check_finite(loss.contrastive.item(), "contrastive", step);
-      if (loss.mlm.defined()) check_finite(loss.mlm.item(), "MLM", step);
-      check_finite(total, "total", step);
-      mul(loss.total, 1.0 / k).backward();
-      r.loss += total / k;
-      r.contrastive += loss.contrastive.item() / k;
-      if (loss.mlm.defined()) r.mlm += loss.mlm.item() / k;
+      const auto c = detail::contrastive_over_ranks(comm, out.image_features, out.text_features, out.logit_scale, lo);
+      check_finite(c.value, "contrastive", step);
+      Tensor<float> total = c.weighted;
+      double mlm_value = 0;
+      if (mlm) {
+        const int64_t tokens = detail::mlm_tokens(comm, {&mb}, lo.ignore_index);
+        if (tokens > 0) {
+          const Tensor<float> nll = detail::mlm_nll_sum(out.mlm_log_probs, mb.labels, lo.ignore_index);
+          const double local = nll.item();
+          mlm_value = (comm ? dist::all_reduce_scalar(*comm, local) : local) / static_cast<double>(tokens);
+          check_finite(mlm_value, "MLM", step);
+          total = add(total, mul(nll, lo.mlm_coeff * world / static_cast<double>(tokens)));
+        }
+      }
+      const double value = c.value + (mlm ? lo.mlm_coeff * mlm_value : 0.0);
+      check_finite(value, "total", step);
+      mul(total, 1.0 / k).backward();
+      r.loss += value / k;
+      r.contrastive += c.value / k;
+      r.mlm += mlm_value / k;
       r.logit_scale = std::exp(out.logit_scale.item());
     }
+    if (dp) dp->finish_gradient_sync();
     return r;
   }
-  MAMCLIP_CHECK(options.negatives == "full", value_error, "accumulate_gradients: negatives must be 'paper' or 'full', got '",
-                options.negatives, "'");
 
   // 1. Features of every micro-batch, without a graph; remember where each
   //    micro-batch's random draws start.
@@ -130,32 +210,32 @@ inline PretrainStepResult accumulate_gradients(models::clip::VLModel& model, con
   }
   const Generator after(gen), fallback_after(fallback);
 
-  // 2. The contrastive loss over the whole effective batch; its gradient
-  //    reaches logit_scale directly and the features as leaves.
+  // 2. The contrastive loss over the whole effective batch (of all ranks); its
+  //    gradient reaches logit_scale directly and the features as leaves.
+  set_sync(false);
   Tensor<float> images = cat(image_parts, 0).detach();
   Tensor<float> texts = cat(text_parts, 0).detach();
   images.set_requires_grad();
   texts.set_requires_grad();
   const Tensor<float> logit_scale = model.logit_scale;
-  ClipLossOptions clip_options;
-  clip_options.max_logit_scale = lo.max_logit_scale;
-  const Tensor<float> contrastive = clip_loss(images, texts, logit_scale, clip_options);
-  r.contrastive = contrastive.item();
+  const auto contrastive = detail::contrastive_over_ranks(comm, images, texts, logit_scale, lo);
+  r.contrastive = contrastive.value;
   check_finite(r.contrastive, "contrastive", step);
-  contrastive.backward();
+  contrastive.weighted.backward();
   const Tensor<float> image_grad = images.grad(), text_grad = texts.grad();
   r.logit_scale = std::exp(logit_scale.item());
 
   // The MLM loss is the mean over the non-ignored tokens of the whole batch.
-  int64_t tokens = 0;
-  if (mlm)
-    for (const auto& mb : micro)
-      for (int64_t id : mb.labels.to_vector()) tokens += id != lo.ignore_index;
+  std::vector<const ClipMicroBatch*> all;
+  for (const auto& mb : micro) all.push_back(&mb);
+  const int64_t tokens = mlm ? detail::mlm_tokens(comm, all, lo.ignore_index) : 0;
 
   // 3. Each micro-batch again, with its graph, backpropagating its slice.
   int64_t row = 0;
+  double mlm_sum = 0;
   for (size_t i = 0; i < micro.size(); ++i) {
     const auto& mb = micro[i];
+    set_sync(i + 1 == micro.size());
     gen = starts[i].first;
     fallback = starts[i].second;
     const int64_t b = mb.images.size(0);
@@ -164,22 +244,19 @@ inline PretrainStepResult accumulate_gradients(models::clip::VLModel& model, con
     Tensor<float> surrogate = add(sum(mul(img, image_grad.narrow(0, row, b))),
                                   sum(mul(text.features, text_grad.narrow(0, row, b))));
     if (mlm && tokens > 0) {
-      const Tensor<float> log_probs = model.mlm_log_probs(text.hidden, img);
-      const int64_t V = log_probs.size(-1);
-      LossOptions nll;
-      nll.reduction = Reduction::sum;
-      nll.ignore_index = lo.ignore_index;
-      const Tensor<float> mlm_sum = nll_loss(log_probs.reshape({-1, V}), mb.labels.reshape({-1}), nll);
-      const double part = mlm_sum.item() / static_cast<double>(tokens);
+      const Tensor<float> nll = detail::mlm_nll_sum(model.mlm_log_probs(text.hidden, img), mb.labels, lo.ignore_index);
+      const double part = nll.item();
       check_finite(part, "MLM", step);
-      r.mlm += part;
-      surrogate = add(surrogate, mul(mlm_sum, lo.mlm_coeff / static_cast<double>(tokens)));
+      mlm_sum += part;
+      surrogate = add(surrogate, mul(nll, lo.mlm_coeff * world / static_cast<double>(tokens)));
     }
     surrogate.backward();
     row += b;
   }
+  if (dp) dp->finish_gradient_sync();
   gen = after;
   fallback = fallback_after;
+  if (mlm && tokens > 0) r.mlm = (comm ? dist::all_reduce_scalar(*comm, mlm_sum) : mlm_sum) / static_cast<double>(tokens);
   r.loss = r.contrastive + (mlm ? lo.mlm_coeff * r.mlm : 0.0);
   check_finite(r.loss, "total", step);
   return r;
@@ -196,17 +273,26 @@ inline PretrainStepResult pretrain_step(models::clip::VLModel& model, optim::Ada
   return r;
 }
 
-// Mean loss over micro-batches without gradients (the validation loss).
+// Mean loss over micro-batches without gradients (the validation loss). With
+// a communicator, every rank passes its shard and all get the loss over all
+// ranks' pairs (global negatives, MLM over all tokens).
 inline PretrainStepResult evaluate_loss(models::clip::VLModel& model, const std::vector<ClipMicroBatch>& micro,
-                                        const models::clip::VLLossOptions& options) {
+                                        const models::clip::VLLossOptions& options,
+                                        dist::Communicator* comm = nullptr) {
   autograd::NoGradGuard no_grad;
   PretrainStepResult r;
   for (const auto& mb : micro) {
     const auto out = model.forward(mb.images, mb.input_ids);
-    const auto loss = models::clip::vlmodel_loss(out, mb.labels, options);
-    r.loss += loss.total.item();
-    r.contrastive += loss.contrastive.item();
-    if (loss.mlm.defined()) r.mlm += loss.mlm.item();
+    const auto c = detail::contrastive_over_ranks(comm, out.image_features, out.text_features, out.logit_scale, options);
+    double mlm = 0;
+    if (out.mlm_log_probs.defined()) {
+      const int64_t tokens = detail::mlm_tokens(comm, {&mb}, options.ignore_index);
+      const double local = detail::mlm_nll_sum(out.mlm_log_probs, mb.labels, options.ignore_index).item();
+      mlm = (comm ? dist::all_reduce_scalar(*comm, local) : local) / static_cast<double>(std::max<int64_t>(tokens, 1));
+    }
+    r.contrastive += c.value;
+    r.mlm += mlm;
+    r.loss += c.value + (out.mlm_log_probs.defined() ? options.mlm_coeff * mlm : 0.0);
     r.logit_scale = std::exp(out.logit_scale.item());
   }
   const double n = static_cast<double>(std::max<size_t>(micro.size(), 1));

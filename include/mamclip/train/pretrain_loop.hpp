@@ -17,6 +17,15 @@
 // (seed, e, b), dropout on the model's shared generator and the thread's
 // default generator (both saved in the checkpoint). A resumed run therefore
 // repeats the uninterrupted run's losses exactly.
+//
+// Data parallel: give every rank of the job the same config and data and a
+// Communicator (dist/). Rank 0's initial weights are broadcast, each rank
+// loads its shard of every batch (data::LoaderOptions::rank), the step is the
+// one-process step on the ranks' batches together (accumulate_gradients),
+// validation losses are computed over all ranks' pairs, and only rank 0
+// writes files and prints. Each rank has its own dropout streams. A resume
+// with another world size continues from the same sample count (rounded down
+// to whole global batches); with the same world size it is exact.
 
 #include <cstdint>
 #include <cstdio>
@@ -79,14 +88,19 @@ struct PretrainReport {
 class Pretrainer {
  public:
   // data: the training and validation samples (captions in Sample::caption).
+  // comm: the job's communicator for data-parallel training (outlives this),
+  // or null for one process.
   Pretrainer(PretrainConfig config, text::BertTokenizer tokenizer, std::vector<data::Sample> train,
-             std::vector<data::Sample> val, std::ostream& out = std::cout)
+             std::vector<data::Sample> val, std::ostream& out = std::cout, dist::Communicator* comm = nullptr)
       : config_(std::move(config)),
         tokenizer_(std::move(tokenizer)),
         train_(std::move(train)),
         val_(std::move(val)),
-        out_(&out) {
+        out_(&out),
+        comm_(comm && comm->world_size() > 1 ? comm : nullptr) {
     config_.validate();
+    if (!is_main()) out_ = &null_out_;
+    if (comm_) dist::check_same(*comm_, "pretraining configuration", config_.to_json().dump());
     MAMCLIP_CHECK(!train_.empty(), value_error, "Pretrainer: the training set is empty");
     Generator init(config_.seed);
     model_ = std::make_shared<models::clip::VLModel>(vlmodel_config_for(config_, tokenizer_), init);
@@ -96,7 +110,8 @@ class Pretrainer {
     }
     if (!config_.init_checkpoint.empty()) models::clip::load_vlmodel_weights(*model_, config_.init_checkpoint);
     model_->set_grad_checkpointing(config_.grad_checkpointing);
-    dropout_ = share_generator(*model_, data::detail::mix_keys(config_.seed, 0x44524F50ull));
+    dropout_ = share_generator(*model_, data::detail::mix_keys(config_.seed, 0x44524F50ull + rank_key()));
+    if (comm_) data_parallel_ = std::make_unique<dist::DataParallel>(*model_, *comm_);
     optim::AdamWOptions o;
     o.lr = config_.lr;
     o.weight_decay = config_.weight_decay;
@@ -109,22 +124,40 @@ class Pretrainer {
   const PretrainConfig& config() const { return config_; }
   std::filesystem::path last_state_path() const { return config_.run_dir() / "last.ckpt.safetensors"; }
   std::filesystem::path best_weights_path() const { return config_.run_dir() / "best.safetensors"; }
+  int rank() const { return comm_ ? comm_->rank() : 0; }
+  int world_size() const { return comm_ ? comm_->world_size() : 1; }
+  bool is_main() const { return rank() == 0; }
 
   // Trains to max_epochs (or max_steps). resume: continue from
   // last_state_path() when it exists.
   PretrainReport run(bool resume = false) {
     namespace fs = std::filesystem;
-    fs::create_directories(config_.run_dir());
+    if (is_main()) fs::create_directories(config_.run_dir());
+    if (comm_) comm_->barrier();
     TrainingMeta meta;
+    default_generator().manual_seed(data::detail::mix_keys(config_.seed, 0x444546ull + rank_key()));
     if (resume && fs::exists(last_state_path())) {
       meta = load_training_state(last_state_path(), *model_, *optimizer_);
-      if (auto it = meta.generators.find("dropout"); it != meta.generators.end()) it->second.apply_to(*dropout_);
-      if (auto it = meta.generators.find("default"); it != meta.generators.end())
-        it->second.apply_to(default_generator());
+      const int64_t saved_world = meta.extra.value("world_size", int64_t{1});
+      if (comm_) dist::check_same(*comm_, "resumed training state (step)", std::to_string(meta.global_step));
+      if (saved_world == world_size()) {
+        const std::string suffix = rank() == 0 ? "" : "." + std::to_string(rank());
+        if (auto it = meta.generators.find("dropout" + suffix); it != meta.generators.end())
+          it->second.apply_to(*dropout_);
+        if (auto it = meta.generators.find("default" + suffix); it != meta.generators.end())
+          it->second.apply_to(default_generator());
+      } else {
+        // Another world size: the same samples seen, in whole global batches
+        // of the new size; dropout streams start afresh from the step.
+        const int64_t seen = meta.batch_in_epoch * saved_world;
+        meta.batch_in_epoch = seen / world_size();
+        dropout_->manual_seed(data::detail::mix_keys(dropout_->seed(), static_cast<uint64_t>(meta.global_step)));
+        *out_ << "pretrain: the state was saved by " << saved_world << " rank(s), this job has " << world_size()
+              << ": continuing after " << meta.batch_in_epoch * world_size() << " of the epoch's " << seen
+              << " consumed batch slices\n";
+      }
       *out_ << "pretrain: resumed from " << last_state_path().string() << " at epoch " << meta.epoch + 1 << ", batch "
             << meta.batch_in_epoch << ", step " << meta.global_step << "\n";
-    } else {
-      default_generator().manual_seed(data::detail::mix_keys(config_.seed, 0x444546ull));
     }
     meta.config = config_.to_json();
     double best = std::isnan(meta.best_metric) ? std::numeric_limits<double>::infinity() : meta.best_metric;
@@ -136,6 +169,8 @@ class Pretrainer {
     lo.seed = config_.seed;
     lo.workers = static_cast<int>(config_.num_workers);
     lo.augmentation = config_.train_transforms;
+    lo.rank = rank();
+    lo.world_size = world_size();
     data::Loader train_loader(train_, lo);
     lo.shuffle = false;
     lo.augmentation = "none";
@@ -154,8 +189,10 @@ class Pretrainer {
     so.loss.mlm_coeff = config_.mlm_coeff;
     so.loss.max_logit_scale = config_.max_logit_scale;
     so.loss.ignore_index = tokenizer_.vocab().pad_id();
+    so.data_parallel = data_parallel_.get();
 
-    MetricLog log(config_.run_dir());
+    std::optional<MetricLog> log;
+    if (is_main()) log.emplace(config_.run_dir());
     PretrainReport report;
     const int64_t k = config_.accumulation();
     for (int64_t epoch = meta.epoch; epoch < config_.max_epochs; ++epoch) {
@@ -182,7 +219,7 @@ class Pretrainer {
           ++steps;
           loss_sum += r.loss;
           report.step_losses.push_back(r.loss);
-          log.log({{"loss", r.loss}, {"contrastive", r.contrastive}, {"mlm", r.mlm}, {"logit_scale", r.logit_scale},
+          if (log) log->log({{"loss", r.loss}, {"contrastive", r.contrastive}, {"mlm", r.mlm}, {"logit_scale", r.logit_scale},
                    {"epoch", static_cast<double>(epoch)}, {"lr", optimizer_->lr(0)}},
                   meta.global_step, "train");
           char postfix[32];
@@ -213,7 +250,8 @@ class Pretrainer {
         double n = 0;
         int64_t vb = 0;
         while (auto b = val_loader->next()) {
-          const PretrainStepResult v = evaluate_loss(*model_, {to_micro_batch(*b, val_masker, 0, vb++)}, so.loss);
+          const PretrainStepResult v =
+              evaluate_loss(*model_, {to_micro_batch(*b, val_masker, 0, vb++)}, so.loss, comm_);
           row.val_loss += v.loss;
           row.val_contrastive += v.contrastive;
           row.val_mlm += v.mlm;
@@ -223,7 +261,7 @@ class Pretrainer {
         row.val_contrastive /= n;
         row.val_mlm /= n;
         model_->train();
-        log.log({{"loss", row.val_loss}, {"contrastive", row.val_contrastive}, {"mlm", row.val_mlm},
+        if (log) log->log({{"loss", row.val_loss}, {"contrastive", row.val_contrastive}, {"mlm", row.val_mlm},
                  {"epoch", static_cast<double>(epoch)}},
                 meta.global_step, "val");
       }
@@ -237,7 +275,7 @@ class Pretrainer {
       }
       if (criterion < best) {
         best = criterion;
-        models::clip::save_vlmodel_weights(*model_, best_weights_path());
+        if (is_main()) models::clip::save_vlmodel_weights(*model_, best_weights_path());
         *out_ << "  (best, saved)";
       }
       *out_ << "\n";
@@ -245,7 +283,7 @@ class Pretrainer {
       meta.epoch = epoch + 1;
       meta.batch_in_epoch = 0;
       save_state(meta, best);
-      plot_history();
+      if (is_main()) plot_history();
       if (stop) break;
     }
     report.global_step = meta.global_step;
@@ -259,15 +297,35 @@ class Pretrainer {
   ClipMicroBatch to_micro_batch(const data::Batch& b, const text::MlmMasker& masker, int64_t epoch, int64_t index) const {
     Generator gen(data::detail::mix_keys(data::detail::mix_keys(config_.seed, static_cast<uint64_t>(epoch)),
                                          static_cast<uint64_t>(index)));
+    if (rank() > 0) gen.manual_seed(data::detail::mix_keys(gen.seed(), rank_key()));
     const text::MlmBatch t = masker.encode_batch(b.captions, gen);
     return {b.images, t.input_ids, t.labels};
   }
 
+  // Distinguishes the ranks' random streams; 0 for rank 0 (and one process).
+  uint64_t rank_key() const { return static_cast<uint64_t>(rank()) << 40; }
+
+  // Rank 0 writes; every rank's generators are kept ("dropout", "dropout.1", ...).
   void save_state(TrainingMeta& meta, double best) {
     meta.best_metric = std::isfinite(best) ? best : std::numeric_limits<double>::quiet_NaN();
-    meta.generators["dropout"] = GeneratorState::of(*dropout_);
-    meta.generators["default"] = GeneratorState::of(default_generator());
-    save_training_state(last_state_path(), *model_, *optimizer_, meta);
+    meta.extra["world_size"] = world_size();
+    for (const auto& [name, gen] : {std::pair<std::string, Generator*>{"dropout", dropout_.get()},
+                                    std::pair<std::string, Generator*>{"default", &default_generator()}}) {
+      const GeneratorState mine = GeneratorState::of(*gen);
+      std::vector<int64_t> seeds{static_cast<int64_t>(mine.seed)}, offsets{static_cast<int64_t>(mine.offset)};
+      if (comm_) {
+        seeds = dist::all_gather_scalar(*comm_, static_cast<int64_t>(mine.seed));
+        offsets = dist::all_gather_scalar(*comm_, static_cast<int64_t>(mine.offset));
+      }
+      for (size_t r = 0; r < seeds.size(); ++r) {
+        GeneratorState g = mine;
+        g.seed = static_cast<decltype(g.seed)>(seeds[r]);
+        g.offset = static_cast<decltype(g.offset)>(offsets[r]);
+        meta.generators[r == 0 ? name : name + "." + std::to_string(r)] = g;
+      }
+    }
+    if (is_main()) save_training_state(last_state_path(), *model_, *optimizer_, meta);
+    if (comm_) comm_->barrier();  // resume on any rank sees the file
   }
 
   // loss.png from metrics.jsonl (so a resumed run plots its whole history).
@@ -289,7 +347,10 @@ class Pretrainer {
   text::BertTokenizer tokenizer_;
   std::vector<data::Sample> train_, val_;
   std::ostream* out_;
+  dist::Communicator* comm_;
+  std::ostream null_out_{nullptr};
   std::shared_ptr<models::clip::VLModel> model_;
+  std::unique_ptr<dist::DataParallel> data_parallel_;
   std::shared_ptr<Generator> dropout_;
   std::unique_ptr<optim::AdamW> optimizer_;
 };

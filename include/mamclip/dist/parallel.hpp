@@ -1,0 +1,262 @@
+#pragma once
+// Data-parallel training over a Communicator.
+//
+//   gather_with_grad  all ranks' rows of a tensor, differentiable: the
+//                     backward sums each row's gradient over ranks and hands
+//                     the owner its rows (the contrastive loss's global
+//                     negatives)
+//   DataParallel      parameters broadcast from rank 0 at start; gradients
+//                     averaged over ranks in buckets that are launched from
+//                     autograd hooks while the rest of backward runs
+//
+// One step on every rank:
+//   dp.set_sync(false) for all micro-batches but the last (accumulation
+//   communicates once), backward, ..., dp.set_sync(true), last backward,
+//   dp.finish_gradient_sync() — then .grad holds the mean over ranks.
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mamclip/autograd/node.hpp"
+#include "mamclip/dist/communicator.hpp"
+#include "mamclip/nn/module.hpp"
+#include "mamclip/ops/fwd.hpp"
+
+namespace mamclip::dist {
+
+// Row offset of this rank's rows in a gather whose ranks hold `rows` rows each.
+inline int64_t row_offset(const std::vector<int64_t>& rows, int rank) {
+  int64_t off = 0;
+  for (int r = 0; r < rank; ++r) off += rows[static_cast<size_t>(r)];
+  return off;
+}
+
+// All ranks' `t` concatenated along dim 0, with a gradient back to this
+// rank's rows: the gradient of the output is summed over ranks (each rank's
+// loss may use every row) and this rank's slice is kept. The communicator
+// must outlive the graph. Every rank must run the backward.
+template <class T>
+Tensor<T> gather_with_grad(Communicator& comm, const Tensor<T>& t) {
+  const std::vector<int64_t> rows = all_gather_scalar(comm, t.size(0));
+  const int64_t offset = row_offset(rows, comm.rank()), n = t.size(0);
+  Tensor<T> out = all_gather(comm, t.detach());
+  Communicator* c = &comm;
+  return autograd::record<T>("GatherWithGradBackward", {t}, out, [c, offset, n](const Tensor<T>& g) {
+    Tensor<T> summed = g.contiguous().clone();
+    all_reduce(*c, summed, ReduceOp::sum);
+    return std::vector<Tensor<T>>{summed.narrow(0, offset, n).contiguous()};
+  });
+}
+
+struct DataParallelOptions {
+  // Gradient bytes per bucket: small buckets start communicating earlier,
+  // large ones cost fewer collectives.
+  int64_t bucket_bytes = int64_t(25) << 20;
+  bool broadcast_parameters = true;  // rank 0's parameters and buffers to all at construction
+};
+
+class DataParallel {
+ public:
+  // Checks that every rank has the same parameter names and shapes (a
+  // dist_error names the differing ranks), broadcasts rank 0's parameters and
+  // buffers, and hooks every parameter. `module` and `comm` must outlive this.
+  DataParallel(nn::Module& module, Communicator& comm, DataParallelOptions options = {})
+      : comm_(&comm), bucket_comm_(comm.duplicate()), options_(options) {
+    MAMCLIP_CHECK(options_.bucket_bytes > 0, value_error, "DataParallel: bucket_bytes is ", options_.bucket_bytes,
+                  "; expected > 0");
+    std::string layout;
+    for (auto& [name, p] : module.named_parameters()) {
+      names_.push_back(name);
+      params_.push_back(p);
+      layout += name + shape_str(p.shape()) + ";";
+    }
+    check_same(comm, "model's parameter list (names and shapes)", layout);
+    if (options_.broadcast_parameters) {
+      for (auto& p : params_) broadcast(comm, p);
+      for (auto& [name, b] : module.named_buffers()) broadcast(comm, b);
+    }
+    std::vector<size_t> order(params_.size());
+    // Backward reaches the last parameters first: bucket in reverse order
+    // until the first step has shown the real order.
+    for (size_t i = 0; i < order.size(); ++i) order[i] = order.size() - 1 - i;
+    build_buckets(order);
+    for (size_t i = 0; i < params_.size(); ++i)
+      if (params_[i].requires_grad()) params_[i].register_post_accumulate_grad_hook([this, i] { on_ready(i); });
+  }
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+
+  Communicator& communicator() { return *comm_; }
+  int world_size() const { return comm_->world_size(); }
+  int rank() const { return comm_->rank(); }
+
+  // Off: backward accumulates locally and communicates nothing (all
+  // micro-batches of an accumulated step but the last).
+  void set_sync(bool on) { sync_ = on; }
+  bool sync() const { return sync_; }
+
+  // Launches the buckets not launched yet (parameters no backward reached,
+  // or gradients accumulated while sync was off), waits for all of them and
+  // writes the mean over ranks into .grad. A parameter keeps an undefined
+  // .grad only when it has none on every rank (as in one process, where an
+  // optimizer then skips it). Resets the step.
+  void finish_gradient_sync() {
+    for (auto& b : buckets_) b.complete = true;
+    launch_ready();
+    const double inv = 1.0 / comm_->world_size();
+    for (auto& b : buckets_) {
+      b.work->wait();
+      int64_t at = 0;
+      for (size_t j = 0; j < b.params.size(); ++j) {
+        Tensor<float>& p = params_[b.params[j]];
+        const int64_t n = p.numel();
+        const float has_grad = b.buffer[static_cast<size_t>(b.total + static_cast<int64_t>(j))];
+        if (has_grad > 0) {
+          Tensor<float> g = p.grad();
+          if (!g.defined()) {
+            g = Tensor<float>::empty(p.shape());
+            p.set_grad(g);
+          }
+          float* dst = g.data_ptr();
+          for (int64_t e = 0; e < n; ++e) dst[e] = static_cast<float>(b.buffer[static_cast<size_t>(at + e)] * inv);
+        }
+        at += n;
+      }
+      b.work.reset();
+    }
+    last_launched_in_backward_ = launched_in_backward_;
+    if (!order_learned_) learn_order();
+    reset_step();
+  }
+
+  // Gradient elements all-reduced per step (float32, plus one flag per parameter).
+  int64_t reduced_bytes_per_step() const {
+    int64_t n = 0;
+    for (const auto& b : buckets_) n += static_cast<int64_t>(b.buffer.size()) * 4;
+    return n;
+  }
+  int64_t buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  // Buckets whose reduction started inside backward in the last step (the
+  // rest started in finish_gradient_sync).
+  int64_t buckets_launched_in_backward() const { return last_launched_in_backward_; }
+
+ private:
+  struct Bucket {
+    std::vector<size_t> params;  // indices into params_
+    int64_t total = 0;           // gradient elements; one has-gradient flag per parameter follows them
+    std::vector<float> buffer;
+    int64_t pending = 0;         // parameters whose gradient has not arrived this step
+    bool complete = false;
+    std::unique_ptr<Work> work;  // in flight or done, this step
+  };
+
+  void build_buckets(const std::vector<size_t>& order) {
+    buckets_.clear();
+    bucket_of_.assign(params_.size(), 0);
+    Bucket cur;
+    int64_t bytes = 0;
+    auto close = [&] {
+      if (cur.params.empty()) return;
+      cur.buffer.assign(static_cast<size_t>(cur.total) + cur.params.size(), 0.0f);
+      buckets_.push_back(std::move(cur));
+      cur = Bucket{};
+      bytes = 0;
+    };
+    for (size_t i : order) {
+      if (!params_[i].requires_grad()) continue;
+      bucket_of_[i] = buckets_.size();
+      cur.params.push_back(i);
+      cur.total += params_[i].numel();
+      bytes += params_[i].numel() * 4;
+      if (bytes >= options_.bucket_bytes) close();
+    }
+    close();
+    reset_step();
+  }
+
+  void reset_step() {
+    for (auto& b : buckets_) {
+      b.pending = static_cast<int64_t>(b.params.size());
+      b.complete = false;
+      b.work.reset();
+    }
+    next_launch_ = 0;
+    launched_in_backward_ = 0;
+  }
+
+  void on_ready(size_t i) {
+    if (!sync_) return;
+    if (!order_learned_) ready_order_.push_back(i);
+    Bucket& b = buckets_[bucket_of_[i]];
+    MAMCLIP_CHECK(!b.work, dist_error, "DataParallel: parameter ", names_[i],
+                  " received a gradient after its bucket was reduced; with sync on, run one backward per step "
+                  "(set_sync(false) for the micro-batches before the last)");
+    if (--b.pending == 0) b.complete = true;
+    const size_t before = next_launch_;
+    launch_ready();
+    launched_in_backward_ += static_cast<int64_t>(next_launch_ - before);
+    for (auto& other : buckets_)  // drive the progress of those in flight
+      if (other.work) other.work->test();
+  }
+
+  // Buckets start in index order on every rank, so the collectives match.
+  void launch_ready() {
+    while (next_launch_ < buckets_.size() && buckets_[next_launch_].complete) {
+      Bucket& b = buckets_[next_launch_++];
+      int64_t at = 0;
+      for (size_t j = 0; j < b.params.size(); ++j) {
+        const Tensor<float>& p = params_[b.params[j]];
+        const Tensor<float> g = p.grad();
+        float* dst = b.buffer.data() + at;
+        if (g.defined()) {
+          const Tensor<float> gc = g.contiguous();
+          std::copy_n(gc.data_ptr(), p.numel(), dst);
+        } else {
+          std::fill_n(dst, p.numel(), 0.0f);
+        }
+        b.buffer[static_cast<size_t>(b.total + static_cast<int64_t>(j))] = g.defined() ? 1.0f : 0.0f;
+        at += p.numel();
+      }
+      b.work = bucket_comm_->all_reduce_async(b.buffer.data(), static_cast<int64_t>(b.buffer.size()), DType::f32,
+                                              ReduceOp::sum);
+    }
+  }
+
+  // After the first step: re-bucket in the order gradients arrived (rank 0's
+  // order, so all ranks agree), parameters that got none last.
+  void learn_order() {
+    order_learned_ = true;
+    const int64_t n = static_cast<int64_t>(params_.size());
+    std::vector<int64_t> order(static_cast<size_t>(n), -1);
+    std::vector<bool> seen(params_.size(), false);
+    size_t k = 0;
+    for (size_t i : ready_order_)
+      if (!seen[i]) {
+        seen[i] = true;
+        order[k++] = static_cast<int64_t>(i);
+      }
+    for (size_t i = params_.size(); i-- > 0;)
+      if (!seen[i]) order[k++] = static_cast<int64_t>(i);
+    comm_->broadcast(order.data(), n, DType::i64, 0);
+    std::vector<size_t> o(order.begin(), order.end());
+    build_buckets(o);
+    ready_order_.clear();
+  }
+
+  Communicator* comm_;
+  std::unique_ptr<Communicator> bucket_comm_;
+  DataParallelOptions options_;
+  std::vector<std::string> names_;
+  std::vector<Tensor<float>> params_;
+  std::vector<Bucket> buckets_;
+  std::vector<size_t> bucket_of_;
+  std::vector<size_t> ready_order_;
+  size_t next_launch_ = 0;
+  int64_t launched_in_backward_ = 0, last_launched_in_backward_ = 0;
+  bool sync_ = true;
+  bool order_learned_ = false;
+};
+
+}  // namespace mamclip::dist
