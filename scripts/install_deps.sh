@@ -12,6 +12,7 @@ packages=(
   libutf8proc-dev     # Unicode normalisation for the tokenizer
   libopenblas-dev     # optional BLAS matmul path and the GEMM benchmark baseline
   libyaml-cpp-dev     # the mamclip program reads the reference cfg.yaml config files
+  libopenmpi-dev openmpi-bin  # data-parallel training (dist/mpi.hpp) and its multi-process tests
 )
 
 missing=()

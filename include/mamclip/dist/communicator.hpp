@@ -160,16 +160,19 @@ Tensor<T> all_gather(Communicator& comm, const Tensor<T>& t) {
   detail::check_dense(local, "all_gather");
   MAMCLIP_CHECK(local.dim() >= 1, shape_error, "all_gather: expected a tensor with a first dimension, got shape ",
                 shape_str(local.shape()));
-  const int64_t row = local.size(0) > 0 ? local.numel() / local.size(0) : 0;
-  // Every rank checks the others' row sizes, so shapes that differ give an
-  // error rather than a garbled result.
+  // From the shape, not numel / rows: a rank with no rows still knows (and
+  // must agree on) the row width, or its counts for the others would be 0.
+  int64_t row = 1;
+  for (int64_t d = 1; d < local.dim(); ++d) row *= local.size(d);
+  // Every rank checks every rank's row size (rows or not), so shapes that
+  // differ give an error on all ranks rather than a garbled result.
   const std::vector<int64_t> rows = all_gather_scalar(comm, local.size(0));
   const std::vector<int64_t> widths = all_gather_scalar(comm, row);
   Shape shape = local.shape();
   int64_t total = 0;
   std::vector<int64_t> counts;
   for (size_t r = 0; r < rows.size(); ++r) {
-    MAMCLIP_CHECK(rows[r] == 0 || row == 0 || widths[r] == row, shape_error, "all_gather: rank ", r,
+    MAMCLIP_CHECK(widths[r] == row, shape_error, "all_gather: rank ", r,
                   " sends rows of ", widths[r], " elements, rank ", comm.rank(), " rows of ", row, " (shape ",
                   shape_str(local.shape()), ")");
     total += rows[r];
