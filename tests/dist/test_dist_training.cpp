@@ -1,0 +1,238 @@
+// Data-parallel MAM-CLIP training, run by mpirun on 2 or 3 ranks: every rank
+// also computes the one-process reference on the batch all ranks hold
+// together (the data are seeded, so each rank can draw all of it), and the
+// distributed results must equal it.
+#include "support/test_support.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <set>
+
+#include "mamclip/data/loader.hpp"
+#include "mamclip/dist/mpi.hpp"
+#include "mamclip/dist/parallel.hpp"
+#include "mamclip/optim/adamw.hpp"
+#include "mamclip/train/pretrain.hpp"
+#include "support/clip_batches.hpp"
+
+using namespace mamclip;
+using models::clip::VLModel;
+
+namespace {
+
+dist::Communicator& world() {
+  static dist::MpiCommunicator comm;
+  static const bool once = [] {
+    comm.set_timeout(std::chrono::seconds(60));
+    return true;
+  }();
+  (void)once;
+  return comm;
+}
+
+// Pairs of rank r in one micro-batch: ranks hold different counts.
+int64_t rows_of_rank(int r) { return 3 - r % 2; }
+
+// Largest |a - b| / (1e-4 max|b| + atol) over the parameters' elements,
+// `worst` names its parameter. The keys' biases are left out: their gradient
+// is exactly zero (softmax ignores a shift shared by all keys), so AdamW,
+// which divides by the gradient's RMS, moves them by up to lr either way on
+// rounding noise alone.
+double max_parameter_error(const nn::Module& a, const nn::Module& b, double atol, std::string* worst_name = nullptr) {
+  const auto pa = a.named_parameters(), pb = b.named_parameters();
+  REQUIRE(pa.size() == pb.size());
+  double worst = 0;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    const std::string& name = pa[i].first;
+    if (name.size() >= 8 && name.compare(name.size() - 8, 8, "key.bias") == 0) continue;
+    const auto va = pa[i].second.to_vector(), vb = pb[i].second.to_vector();
+    // in_proj_bias is [q; k; v]: skip its middle third.
+    const bool in_proj = name.find("in_proj_bias") != std::string::npos;
+    double scale = 0;
+    for (float v : vb) scale = std::max(scale, std::abs(static_cast<double>(v)));
+    for (size_t j = 0; j < va.size(); ++j) {
+      if (in_proj && j >= va.size() / 3 && j < 2 * va.size() / 3) continue;
+      const double err = std::abs(static_cast<double>(va[j]) - vb[j]) / (1e-4 * scale + atol);
+      if (err > worst && worst_name) *worst_name = name;
+      worst = std::max(worst, err);
+    }
+  }
+  return worst;
+}
+
+// Largest gradient difference, relative to each tensor's largest gradient
+// (at least 1e-3 of the model's largest: gradients that are rounding noise,
+// such as the keys' biases', compare on that floor).
+double max_gradient_error(const nn::Module& a, const nn::Module& b, std::string* worst_name) {
+  const auto pa = a.named_parameters(), pb = b.named_parameters();
+  double global = 0;
+  for (const auto& [name, p] : pb)
+    if (p.grad().defined())
+      for (float v : p.grad().to_vector()) global = std::max(global, std::abs(static_cast<double>(v)));
+  double worst = 0;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    const Tensor<float> ga = pa[i].second.grad(), gb = pb[i].second.grad();
+    REQUIRE(ga.defined() == gb.defined());
+    if (!gb.defined()) continue;
+    const auto va = ga.to_vector(), vb = gb.to_vector();
+    double scale = 1e-3 * global, err = 0;
+    for (size_t j = 0; j < va.size(); ++j) {
+      scale = std::max(scale, std::abs(static_cast<double>(vb[j])));
+      err = std::max(err, std::abs(static_cast<double>(va[j]) - vb[j]));
+    }
+    if (err / scale > worst) *worst_name = pa[i].first;
+    worst = std::max(worst, err / scale);
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("the gathered contrastive loss and its gradients equal one process's on the concatenated batch",
+          "[dist]") {
+  auto& comm = world();
+  const int W = comm.world_size(), rank = comm.rank();
+  Generator data(17);
+  std::vector<Tensor<float>> images, texts;
+  for (int r = 0; r < W; ++r) {
+    images.push_back(randn<float>({rows_of_rank(r) + 2, 12}, data));
+    texts.push_back(randn<float>({rows_of_rank(r) + 2, 12}, data));
+  }
+  models::clip::VLLossOptions lo;
+  // One process: all pairs.
+  Tensor<float> all_i = cat(images, 0).detach(), all_t = cat(texts, 0).detach();
+  all_i.set_requires_grad();
+  all_t.set_requires_grad();
+  Tensor<float> scale_ref = full<float>({}, 2.1f);
+  scale_ref.set_requires_grad();
+  const Tensor<float> ref = clip_loss(all_i, all_t, scale_ref);
+  ref.backward();
+
+  // This rank's pairs.
+  Tensor<float> my_i = images[static_cast<size_t>(rank)].clone(), my_t = texts[static_cast<size_t>(rank)].clone();
+  my_i.set_requires_grad();
+  my_t.set_requires_grad();
+  Tensor<float> scale = full<float>({}, 2.1f);
+  scale.set_requires_grad();
+  const auto loss = train::detail::contrastive_over_ranks(&comm, my_i, my_t, scale, lo);
+  loss.weighted.backward();
+  CHECK(loss.value == Approx(ref.item()).epsilon(1e-5));
+
+  // DataParallel averages over ranks: the mean of the ranks' gradients is the reference.
+  Tensor<float> gi = my_i.grad().clone(), gt = my_t.grad().clone(), gs = scale.grad().clone();
+  for (auto* g : {&gi, &gt, &gs}) *g = mul(*g, 1.0 / W).contiguous();
+  dist::all_reduce(comm, gs);
+  const int64_t offset = dist::row_offset(dist::all_gather_scalar(comm, my_i.size(0)), rank);
+  test::require_allclose(gi, all_i.grad().narrow(0, offset, my_i.size(0)), 1e-6, 1e-5);
+  test::require_allclose(gt, all_t.grad().narrow(0, offset, my_t.size(0)), 1e-6, 1e-5);
+  test::require_allclose(gs, scale_ref.grad(), 1e-6, 1e-5);
+}
+
+TEST_CASE("W ranks with their batches end with the parameters of one process with the combined batch", "[dist]") {
+  auto& comm = world();
+  const int W = comm.world_size(), rank = comm.rank();
+  REQUIRE(W >= 2);
+  for (const std::string negatives : {"paper", "full"}) {
+    INFO("negatives = " << negatives);
+    // Ranks start from different weights: DataParallel broadcasts rank 0's.
+    Generator init_ref(100), init_mine(100 + static_cast<uint64_t>(rank));
+    VLModel reference(test::tiny_config(0.0), init_ref), model(test::tiny_config(0.0), init_mine);
+    reference.train();
+    model.train();
+    auto gen_ref = train::share_generator(reference, 1), gen = train::share_generator(model, 1);
+    dist::DataParallelOptions dpo;
+    dpo.bucket_bytes = 8192;
+    dist::DataParallel dp(model, comm, dpo);
+    REQUIRE(max_parameter_error(model, reference, 1e-30) == 0.0);
+
+    optim::AdamWOptions o;
+    o.lr = 3e-3;
+    o.weight_decay = 0.05;
+    optim::AdamW opt_ref(reference.parameters(), o), opt(model.parameters(), o);
+    train::PretrainStepOptions so_ref, so;
+    so_ref.negatives = so.negatives = negatives;
+    so.data_parallel = &dp;
+    Generator data(55);
+    for (int step = 0; step < 3; ++step) {
+      // Two micro-batches; micro-batch j of the reference is micro-batch j of all ranks.
+      std::vector<train::ClipMicroBatch> mine, combined;
+      for (int j = 0; j < 2; ++j) {
+        std::vector<train::ClipMicroBatch> parts;
+        for (int r = 0; r < W; ++r) parts.push_back(test::random_batch(rows_of_rank(r), data));
+        mine.push_back(parts[static_cast<size_t>(rank)]);
+        combined.push_back(test::concat(parts));
+      }
+      const auto a = train::pretrain_step(reference, opt_ref, combined, so_ref, *gen_ref, step);
+      const auto b = train::pretrain_step(model, opt, mine, so, *gen, step);
+      CHECK(b.loss == Approx(a.loss).epsilon(2e-5));
+      CHECK(b.contrastive == Approx(a.contrastive).epsilon(2e-5));
+      CHECK(b.mlm == Approx(a.mlm).epsilon(2e-5));
+      if (step == 0) {  // same parameters: the gradients agree to float32 rounding
+        std::string worst;
+        const double grad_err = max_gradient_error(model, reference, &worst);
+        INFO("worst gradient error " << grad_err << " (" << worst << ")");
+        CHECK(grad_err < 1e-5);
+      }
+    }
+    // Elements whose gradient is at rounding level may differ by a hundredth of lr.
+    std::string worst;
+    const double err = max_parameter_error(model, reference, o.lr / 100, &worst);
+    INFO("worst parameter error " << err << " of the tolerance (" << worst << ")");
+    CHECK(err <= 1.0);
+    // Every rank holds the same parameters.
+    dist::check_same(comm, "parameters", std::to_string(model.parameters()[0].to_vector()[0]));
+    CHECK(dp.buckets_launched_in_backward() >= 1);
+  }
+}
+
+TEST_CASE("the loader's shards are disjoint and cover each global batch", "[dist]") {
+  auto& comm = world();
+  const int W = comm.world_size();
+  std::vector<data::Sample> samples(23);
+  for (size_t i = 0; i < samples.size(); ++i) samples[i].image = "sample" + std::to_string(i) + ".png";
+  data::LoaderOptions o;
+  o.batch_size = 3;
+  o.workers = 0;
+  o.rank = comm.rank();
+  o.world_size = W;
+  data::Loader loader(samples, o);
+  loader.start_epoch(1);
+  const int64_t batches = loader.batches_per_epoch();
+  REQUIRE(dist::all_gather_scalar(comm, batches) == std::vector<int64_t>(static_cast<size_t>(W), batches));
+  std::vector<int64_t> mine;
+  for (int64_t b = 0; b < batches; ++b) {
+    const auto idx = loader.batch_indices(b);
+    CHECK(static_cast<int64_t>(idx.size()) >= 1);
+    CHECK(static_cast<int64_t>(idx.size()) <= o.batch_size);
+    mine.insert(mine.end(), idx.begin(), idx.end());
+  }
+  const Tensor<int64_t> all = dist::all_gather(comm, from_vector<int64_t>(mine));
+  const auto v = all.to_vector();
+  const std::set<int64_t> distinct(v.begin(), v.end());
+  CHECK(distinct.size() == v.size());  // disjoint
+  // Covered: all but a last global batch too small to give every rank a sample.
+  const int64_t rest = 23 % (o.batch_size * W);
+  CHECK(static_cast<int64_t>(v.size()) == 23 - (rest < W ? rest : 0));
+  // One process with batch_size * W sees the same samples in each batch.
+  data::LoaderOptions one = o;
+  one.rank = 0;
+  one.world_size = 1;
+  one.batch_size = o.batch_size * W;
+  data::Loader whole(samples, one);
+  whole.start_epoch(1);
+  std::vector<int64_t> first;
+  for (int64_t b = 0; b < batches; ++b) {
+    const auto idx = whole.batch_indices(b);
+    first.insert(first.end(), idx.begin(), idx.end());
+  }
+  CHECK(std::set<int64_t>(first.begin(), first.end()) == distinct);
+}
+
+TEST_CASE("a model that differs across ranks is refused at start on every rank", "[dist]") {
+  auto& comm = world();
+  auto config = test::tiny_config(0.0);
+  if (comm.rank() == 1) config.vision.dims = {8, 8, 12, 16};
+  Generator init(3);
+  VLModel model(config, init);
+  MAMCLIP_REQUIRE_THROWS_WITH(dist::DataParallel(model, comm), dist::dist_error, "disagree with rank 0");
+}
