@@ -24,6 +24,9 @@
 #ifdef MAMCLIP_CLI_YAML
 #include <yaml-cpp/yaml.h>
 #endif
+#ifdef MAMCLIP_WITH_MPI
+#include "mamclip/dist/mpi.hpp"
+#endif
 
 namespace {
 
@@ -196,6 +199,10 @@ Writes into trainparams.checkpoint_dir_path/experiment_name: last.ckpt.safetenso
 (the training state, atomic), best.safetensors (the best validation loss, in the
 reference's names), metrics.csv / metrics.jsonl and loss.png.
 
+Data parallel: `mpirun -np N mamclip pretrain ...` trains on N processes (each
+takes data.batch_size pairs of every step; the negatives and the gradients are
+those of one process with N x data.batch_size); see docs/distributed.md.
+
 options:
   --config FILE     the config (default: the paper's values)
   --data PATH       training data (see mamclip --help); default data.train_json_path;
@@ -233,12 +240,24 @@ int run_pretrain(const std::vector<std::string>& argv) {
     train_set = s.train;
     val_set = s.val;
   }
-  std::cout << "pretrain: " << train_data.description << ": " << train_set.size() << " training and " << val_set.size()
-            << " validation pairs\n";
-  train::Pretrainer p(cfg, tokenizer_for(cfg, train_data.samples), train_set, val_set, std::cout);
+#ifdef MAMCLIP_WITH_MPI
+  const std::unique_ptr<dist::Communicator> comm = dist::communicator_from_environment();
+#else
+  const std::unique_ptr<dist::Communicator> comm = std::make_unique<dist::LocalCommunicator>();
+#endif
+  std::ostringstream quiet;
+  std::ostream& out = comm->rank() == 0 ? std::cout : quiet;  // rank 0 speaks for the job
+  out << "pretrain: " << train_data.description << ": " << train_set.size() << " training and " << val_set.size()
+      << " validation pairs\n";
+  train::Pretrainer p(cfg, tokenizer_for(cfg, train_data.samples), train_set, val_set, out, comm.get());
+  if (p.world_size() > 1)
+    out << "pretrain: data parallel over " << p.world_size() << " ranks (" << comm->backend() << "), "
+        << p.world_size() * cfg.batch_size << " pairs per micro-batch in all; gradients all-reduced per step: "
+        << p.data_parallel()->reduced_bytes_per_step() << " bytes in " << p.data_parallel()->buckets()
+        << " buckets\n";
   const auto r = p.run(a.has("--resume"));
-  std::cout << "pretrain: " << r.global_step << " steps; best loss " << f3(r.best_val_loss) << " -> "
-            << r.best_weights.string() << "\n";
+  out << "pretrain: " << r.global_step << " steps; best loss " << f3(r.best_val_loss) << " -> "
+      << r.best_weights.string() << "\n";
   return 0;
 }
 
@@ -496,6 +515,8 @@ options:
   --class-weighting  inverse-frequency class weights when fine-tuning (imbalanced
                  data such as mini-MIAS: 207 normal, 63 benign, 52 malignant)
   --seed S       data split, initialisation and order (default 0)
+  --set-only     write the synthetic set to OUTPUT/synthetic and stop (data for
+                 other commands, e.g. benchmarks/dist/scaling.sh)
   -h, --help     this text
 )";
 
@@ -507,7 +528,8 @@ int run_demo(const std::vector<std::string>& argv) {
                          {"--images", true},
                          {"--quick", false},
                          {"--seed", true},
-                         {"--class-weighting", false}});
+                         {"--class-weighting", false},
+                         {"--set-only", false}});
   if (a.help) {
     std::cout << kDemoHelp;
     return 0;
@@ -533,6 +555,7 @@ int run_demo(const std::vector<std::string>& argv) {
                     "; not real patients)";
   }
   std::cout << "demo: data: " << d.description << "\n";
+  if (a.has("--set-only")) return 0;
   const data::Split split = data::patient_split(d.samples, 0.15, 0.25, seed);
   std::cout << "demo: patients split into " << split.train.size() << " train / " << split.val.size() << " val / "
             << split.test.size() << " test images\n";

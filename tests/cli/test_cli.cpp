@@ -44,12 +44,16 @@ struct Run {
   std::string out, err;
 };
 
-// Runs the program with `args` and `input` on stdin. A death by signal
-// (abort, segfault) fails the test: the program must never crash.
-Run run_cli(const std::vector<std::string>& args, const std::string& input = "") {
+// Runs the program with `args` and `input` on stdin, after `launcher` (e.g.
+// mpirun) when given. A death by signal (abort, segfault) fails the test: the
+// program must never crash.
+Run run_cli(const std::vector<std::string>& args, const std::string& input = "",
+            const std::vector<std::string>& launcher = {}) {
   const std::string in = tmp().file("stdin"), out = tmp().file("stdout"), err = tmp().file("stderr");
   write_file(in, input);
-  std::string cmd = shell_quote(MAMCLIP_CLI_EXE);
+  std::string cmd;
+  for (const auto& a : launcher) cmd += shell_quote(a) + " ";
+  cmd += shell_quote(MAMCLIP_CLI_EXE);
   for (const auto& a : args) cmd += " " + shell_quote(a);
   cmd += " < " + shell_quote(in) + " > " + shell_quote(out) + " 2> " + shell_quote(err);
   const int raw = std::system(cmd.c_str());
@@ -510,5 +514,38 @@ TEST_CASE("mamclip pretrain, finetune, convert and zeroshot run end to end on a 
   REQUIRE_USAGE_ERROR(run_cli({"finetune", "--data", set.string(), "--output", "x", "--init", "imagenet"}),
                       "--init expects scratch, mamclip:FILE or timm:FILE, got 'imagenet'");
   REQUIRE_RUNTIME_ERROR(run_cli({"convert", (root / "missing.ckpt").string(), prefixed}), "missing.ckpt");
+}
+#endif
+
+#if defined(MAMCLIP_CLI_IMAGES) && defined(MAMCLIP_CLI_MPIEXEC)
+// Data parallel as users launch it: mpirun -np 2, then a resume on one process.
+TEST_CASE("mpirun -np 2 mamclip pretrain trains one model on two processes; one process resumes it") {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(tmp().file("dist"));
+  const fs::path set = root / "synthetic";
+  data::make_synthetic_set(set, 24, 64, 48, 2);
+  const std::string cfg = (root / "cfg.json").string();
+  write_file(cfg, R"({"model_size": "small", "text_model": {"context_length": 32},
+    "data": {"batch_size": 4, "effective_batch_size": 8, "image_size": [64, 48], "num_workers": 1},
+    "trainparams": {"max_epochs": 2, "checkpoint_dir_path": ")" + root.string() + R"(", "experiment_name": "run"}})");
+  // Open MPI refuses root without these; LeakSanitizer would report Open MPI's own memory.
+  const std::vector<std::string> mpirun{"env", "OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
+                                        "ASAN_OPTIONS=detect_leaks=0", MAMCLIP_CLI_MPIEXEC, "-np", "2",
+                                        "--oversubscribe"};
+  Run r = run_cli({"pretrain", "--config", cfg, "--data", set.string(), "trainparams.max_steps=2"}, "", mpirun);
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("data parallel over 2 ranks (mpi)") != std::string::npos);
+  // Rank 0 speaks for the job: one report, not two.
+  const size_t first = r.out.find("pretrain: 2 steps");
+  REQUIRE(first != std::string::npos);
+  CHECK(r.out.find("pretrain: 2 steps", first + 1) == std::string::npos);
+  REQUIRE(fs::exists(root / "run" / "last.ckpt.safetensors"));
+
+  r = run_cli({"pretrain", "--config", cfg, "--data", set.string(), "--resume", "trainparams.max_steps=3"});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("saved by 2 rank(s), this job has 1") != std::string::npos);
+  CHECK(r.out.find("pretrain: 3 steps") != std::string::npos);
 }
 #endif

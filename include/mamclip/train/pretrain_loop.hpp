@@ -19,8 +19,9 @@
 // repeats the uninterrupted run's losses exactly.
 //
 // Data parallel: give every rank of the job the same config and data and a
-// Communicator (dist/). Rank 0's initial weights are broadcast, each rank
-// loads its shard of every batch (data::LoaderOptions::rank), the step is the
+// Communicator (dist/). data.batch_size is per rank, data.effective_batch_size
+// the job's. Rank 0's initial weights are broadcast, each rank loads its
+// shard of every batch (data::LoaderOptions::rank), the step is the
 // one-process step on the ranks' batches together (accumulate_gradients),
 // validation losses are computed over all ranks' pairs, and only rank 0
 // writes files and prints. Each rank has its own dropout streams. A resume
@@ -127,6 +128,7 @@ class Pretrainer {
   int rank() const { return comm_ ? comm_->rank() : 0; }
   int world_size() const { return comm_ ? comm_->world_size() : 1; }
   bool is_main() const { return rank() == 0; }
+  dist::DataParallel* data_parallel() { return data_parallel_.get(); }
 
   // Trains to max_epochs (or max_steps). resume: continue from
   // last_state_path() when it exists.
@@ -153,8 +155,8 @@ class Pretrainer {
         meta.batch_in_epoch = seen / world_size();
         dropout_->manual_seed(data::detail::mix_keys(dropout_->seed(), static_cast<uint64_t>(meta.global_step)));
         *out_ << "pretrain: the state was saved by " << saved_world << " rank(s), this job has " << world_size()
-              << ": continuing after " << meta.batch_in_epoch * world_size() << " of the epoch's " << seen
-              << " consumed batch slices\n";
+              << ": the epoch continues at batch " << meta.batch_in_epoch << " (" << seen * config_.batch_size
+              << " samples seen)\n";
       }
       *out_ << "pretrain: resumed from " << last_state_path().string() << " at epoch " << meta.epoch + 1 << ", batch "
             << meta.batch_in_epoch << ", step " << meta.global_step << "\n";
@@ -194,7 +196,12 @@ class Pretrainer {
     std::optional<MetricLog> log;
     if (is_main()) log.emplace(config_.run_dir());
     PretrainReport report;
-    const int64_t k = config_.accumulation();
+    // The effective batch is the job's: each rank accumulates its share.
+    const int64_t per_step = config_.batch_size * world_size();
+    MAMCLIP_CHECK(config_.effective_batch_size % per_step == 0, value_error, "pretrain: data.effective_batch_size (",
+                  config_.effective_batch_size, ") must be a multiple of data.batch_size x ranks (",
+                  config_.batch_size, " x ", world_size(), ")");
+    const int64_t k = config_.effective_batch_size / per_step;
     for (int64_t epoch = meta.epoch; epoch < config_.max_epochs; ++epoch) {
       model_->train();
       const int64_t skip = epoch == meta.epoch ? meta.batch_in_epoch : 0;
