@@ -254,7 +254,7 @@ int run_pretrain(const std::vector<std::string>& argv) {
     out << "pretrain: data parallel over " << p.world_size() << " ranks (" << comm->backend() << "), "
         << p.world_size() * cfg.batch_size << " pairs per micro-batch in all; gradients all-reduced per step: "
         << p.data_parallel()->reduced_bytes_per_step() << " bytes in " << p.data_parallel()->buckets()
-        << " buckets\n";
+        << " bucket(s) for " << 4 * p.model().num_parameters() << " bytes of float32 parameters\n";
   const auto r = p.run(a.has("--resume"));
   out << "pretrain: " << r.global_step << " steps; best loss " << f3(r.best_val_loss) << " -> "
       << r.best_weights.string() << "\n";
@@ -651,6 +651,117 @@ int run_demo(const std::vector<std::string>& argv) {
 
 namespace {
 
+// ---- classifier files
+
+// A fine-tuned classifier file (ours or convnext_*_ftune.pth) with the heads
+// and embedding width its tensors have; `arch` names the ConvNeXt.
+std::unique_ptr<models::clip::MamClipClassifier> load_classifier_file(const std::string& path, const std::string& arch) {
+  if (arch != "small" && arch != "convnext_tiny" && arch != "convnext_small")
+    throw UsageError{"--arch expects convnext_tiny, convnext_small or small, got '" + arch + "'"};
+  std::vector<models::clip::ClassifierHead> heads;
+  int64_t embed = 0;
+  for (const auto& [name, t] : io::load_state_dict(path)) {
+    const Tensor<float> w = models::detail::to_float_weight(t, name, path);
+    if (name == "head.fc.weight") embed = w.size(0);
+    const auto dot = name.find(".0.weight");
+    if (dot != std::string::npos && dot + 9 == name.size() && name.rfind("stem", 0) != 0 &&
+        name.rfind("stages", 0) != 0 && name.rfind("head", 0) != 0)
+      heads.push_back({name.substr(0, dot), w.size(0)});
+  }
+  if (embed == 0 || heads.empty())
+    throw value_error(path + ": not a classifier checkpoint (expected head.fc.weight and <head>.0.weight tensors)");
+  const models::ConvNeXtConfig vision =
+      arch == "small" ? models::clip::VLModelConfig::small().vision : models::ConvNeXtConfig::by_name(arch);
+  auto model = std::make_unique<models::clip::MamClipClassifier>(vision, embed, heads);
+  models::clip::load_classifier_weights(*model, path);
+  return model;
+}
+
+// ---- evaluate
+
+constexpr const char* kEvaluateHelp = R"(usage: mamclip evaluate --model FILE --data PATH [options]
+
+Scores a fine-tuned classifier (best.safetensors of `mamclip finetune`, or the
+authors' convnext_*_ftune.pth) on labelled images: macro-F1, per-class F1,
+accuracy, ROC-AUC (one-vs-rest) and the confusion matrix.
+
+options:
+  --model FILE         the classifier
+  --data PATH          labelled data (see mamclip --help)
+  --image-root DIR     the folder the records' image paths are relative to
+  --arch NAME          convnext_tiny | convnext_small | small (default convnext_small)
+  --head NAME          the head to score (default: the file's first, e.g. birads_layer)
+  --split NAME         all (default) | train | val | test: the patient split of
+                       `mamclip finetune` with the same --val, --test and --seed
+  --val F --test F     default 0.15 and 0.25
+  --seed S             default 0
+  --batch N            default 8
+  --height H --width W input size, default 1024 x 768
+  --output DIR         result.json and confusion_matrix.png
+  -h, --help           this text
+)";
+
+int run_evaluate(const std::vector<std::string>& argv) {
+  const Args a = parse_flags(argv, {{"--model", true}, {"--data", true},  {"--image-root", true}, {"--arch", true},
+                                    {"--head", true},  {"--split", true}, {"--val", true},        {"--test", true},
+                                    {"--seed", true},  {"--batch", true}, {"--height", true},     {"--width", true},
+                                    {"--output", true}});
+  if (a.help) {
+    std::cout << kEvaluateHelp;
+    return 0;
+  }
+  for (const char* flag : {"--model", "--data"})
+    if (!a.has(flag)) throw UsageError{std::string(flag) + " is required"};
+  const std::string split_name = a.get("--split").value_or("all");
+  if (split_name != "all" && split_name != "train" && split_name != "val" && split_name != "test")
+    throw UsageError{"--split expects all, train, val or test, got '" + split_name + "'"};
+  const double val = a.has("--val") ? parse_double("--val", *a.get("--val")) : 0.15;
+  const double test = a.has("--test") ? parse_double("--test", *a.get("--test")) : 0.25;
+  const uint64_t seed =
+      a.has("--seed") ? static_cast<uint64_t>(parse_int("--seed", *a.get("--seed"), 0, std::numeric_limits<int64_t>::max())) : 0;
+
+  const auto model = load_classifier_file(*a.get("--model"), a.get("--arch").value_or("convnext_small"));
+  const std::string head = a.get("--head").value_or(model->heads().front().name);
+  const int64_t index = train::head_index(*model, head);
+  const int64_t classes = model->heads()[static_cast<size_t>(index)].num_classes;
+
+  const LabelledData d = read_data(*a.get("--data"), a.get("--image-root"));
+  std::vector<data::Sample> samples = d.samples;
+  if (split_name != "all") {
+    const data::Split split = data::patient_split(d.samples, val, test, seed);
+    samples = split_name == "train" ? split.train : split_name == "val" ? split.val : split.test;
+  }
+  std::vector<std::string> names = d.class_names;
+  names.resize(static_cast<size_t>(std::max<int64_t>(classes, static_cast<int64_t>(names.size()))));
+  for (size_t i = d.class_names.size(); i < names.size(); ++i) names[i] = "class " + std::to_string(i);
+
+  data::LoaderOptions lo;
+  lo.shuffle = false;
+  lo.batch_size = a.has("--batch") ? parse_int("--batch", *a.get("--batch"), 1, 4096) : 8;
+  lo.height = a.has("--height") ? parse_int("--height", *a.get("--height"), 32, 16384) : 1024;
+  lo.width = a.has("--width") ? parse_int("--width", *a.get("--width"), 32, 16384) : 768;
+  data::Loader loader(samples, lo);
+  const train::EvalResult r = train::evaluate_classifier(*model, loader, classes, index);
+  std::cout << "evaluate: " << d.description << ", split " << split_name << ": " << r.count << " images, head "
+            << head << " (" << classes << " classes)\n";
+  train::print_confusion(std::cout, r.confusion, names);
+  std::cout << "evaluate: macro-F1 " << f3(r.macro_f1) << ", accuracy " << f3(r.accuracy) << ", ROC-AUC "
+            << f3(r.roc_auc_ovr) << "; per-class F1";
+  for (size_t i = 0; i < r.per_class_f1.size(); ++i) std::cout << " " << names[i] << " " << f3(r.per_class_f1[i]);
+  std::cout << "\n";
+  if (a.has("--output")) {
+    const std::filesystem::path out = *a.get("--output");
+    std::filesystem::create_directories(out);
+    const nlohmann::json j{{"model", *a.get("--model")}, {"data", d.description}, {"split", split_name},
+                           {"head", head},  {"macro_f1", r.macro_f1}, {"accuracy", r.accuracy},
+                           {"roc_auc_ovr", r.roc_auc_ovr}, {"per_class_f1", r.per_class_f1},
+                           {"count", r.count}, {"class_names", names}};
+    train::atomic_write(out / "result.json", [&](std::ostream& os) { os << j.dump(2) << "\n"; });
+    if (r.count > 0) train::plot_confusion_matrix(out / "confusion_matrix.png", r.confusion, names);
+  }
+  return 0;
+}
+
 // ---- gradcam
 
 constexpr const char* kGradcamHelp = R"(usage: mamclip gradcam --model FILE --output FILE.png [--arch NAME] [--class K] [--height H --width W] IMAGE
@@ -683,28 +794,9 @@ int run_gradcam(const std::vector<std::string>& argv) {
   for (const char* flag : {"--model", "--output"})
     if (!a.has(flag)) throw UsageError{std::string(flag) + " FILE is required"};
   if (images.size() != 1) throw UsageError{"expected one IMAGE, got " + std::to_string(images.size())};
-  const std::string arch = a.get("--arch").value_or("convnext_small");
-  if (arch != "small" && arch != "convnext_tiny" && arch != "convnext_small")
-    throw UsageError{"--arch expects convnext_tiny, convnext_small or small, got '" + arch + "'"};
-  const std::string path = *a.get("--model");
-
-  // Heads and embedding width from the file's tensor names and shapes.
-  std::vector<models::clip::ClassifierHead> heads;
-  int64_t embed = 0;
-  for (const auto& [name, t] : io::load_state_dict(path)) {
-    const Tensor<float> w = models::detail::to_float_weight(t, name, path);
-    if (name == "head.fc.weight") embed = w.size(0);
-    const auto dot = name.find(".0.weight");
-    if (dot != std::string::npos && dot + 9 == name.size() && name.rfind("stem", 0) != 0 &&
-        name.rfind("stages", 0) != 0 && name.rfind("head", 0) != 0)
-      heads.push_back({name.substr(0, dot), w.size(0)});
-  }
-  if (embed == 0 || heads.empty())
-    throw value_error(path + ": not a classifier checkpoint (expected head.fc.weight and <head>.0.weight tensors)");
-  const models::ConvNeXtConfig vision =
-      arch == "small" ? models::clip::VLModelConfig::small().vision : models::ConvNeXtConfig::by_name(arch);
-  models::clip::MamClipClassifier model(vision, embed, heads);
-  models::clip::load_classifier_weights(model, path);
+  const auto loaded = load_classifier_file(*a.get("--model"), a.get("--arch").value_or("convnext_small"));
+  models::clip::MamClipClassifier& model = *loaded;
+  const auto& heads = model.heads();
 
   data::LoaderOptions lo;
   lo.batch_size = 1;

@@ -58,6 +58,7 @@ commands:
   encode-image  ConvNeXt features and outputs of images, written to a safetensors file
   pretrain   MAM-CLIP pretraining (contrastive + masked language modelling) from a config
   finetune   fine-tune the vision encoder as a classifier; macro-F1, ROC-AUC, confusion matrix
+  evaluate   score a fine-tuned classifier on labelled images (macro-F1, ROC-AUC, confusion matrix)
   zeroshot   zero-shot classification and retrieval recall@K with a pretrained model
   convert    a .ckpt / .pth / .bin checkpoint to safetensors
   gradcam    Grad-CAM heat map of a fine-tuned classifier over a mammogram (PNG)
@@ -505,10 +506,11 @@ int main(int argc, char** argv) {
   if (command == "convert") run = run_convert;
   if (command == "demo") run = run_demo;
   if (command == "gradcam") run = run_gradcam;
+  if (command == "evaluate") run = run_evaluate;
 #endif
   if (!run) {
     std::cerr << "mamclip: unknown command '" << command
-              << "' (commands: tokenize, embed, encode-image, pretrain, finetune, zeroshot, convert, gradcam, demo; see mamclip --help)\n";
+              << "' (commands: tokenize, embed, encode-image, pretrain, finetune, evaluate, zeroshot, convert, gradcam, demo; see mamclip --help)\n";
     return 2;
   }
   try {

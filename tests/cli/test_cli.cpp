@@ -486,6 +486,22 @@ TEST_CASE("mamclip pretrain, finetune, convert and zeroshot run end to end on a 
   CHECK(result["test"]["macro_f1"].get<double>() >= 0.0);
   CHECK(fs::exists(root / "ft" / "confusion_matrix.png"));
 
+  // evaluate scores the saved classifier on the same test split as finetune did.
+  r = run_cli({"evaluate", "--model", (root / "ft" / "best.safetensors").string(), "--data", set.string(), "--arch",
+               "small", "--split", "test", "--height", "64", "--width", "48", "--output", (root / "ev").string()});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("evaluate: macro-F1") != std::string::npos);
+  const auto scored = nlohmann::json::parse(read_file((root / "ev" / "result.json").string()));
+  CHECK(scored["count"].get<int64_t>() == result["test"]["count"].get<int64_t>());
+  CHECK(scored["macro_f1"].get<double>() == Approx(result["test"]["macro_f1"].get<double>()).margin(1e-9));
+  CHECK(scored["accuracy"].get<double>() == Approx(result["test"]["accuracy"].get<double>()).margin(1e-9));
+  CHECK(fs::exists(root / "ev" / "confusion_matrix.png"));
+  REQUIRE_USAGE_ERROR(run_cli({"evaluate", "--model", best, "--data", set.string(), "--split", "holdout"}),
+                      "--split expects all, train, val or test, got 'holdout'");
+  REQUIRE_RUNTIME_ERROR(run_cli({"evaluate", "--model", best, "--data", set.string(), "--arch", "small"}),
+                        "not a classifier checkpoint");
+
   const std::string heat = (root / "cam.png").string();
   r = run_cli({"gradcam", "--model", (root / "ft" / "best.safetensors").string(), "--arch", "small", "--height", "64",
                "--width", "48", "--output", heat, (set / "synthetic_00000.png").string()});

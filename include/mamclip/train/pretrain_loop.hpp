@@ -138,7 +138,13 @@ class Pretrainer {
     if (comm_) comm_->barrier();
     TrainingMeta meta;
     default_generator().manual_seed(data::detail::mix_keys(config_.seed, 0x444546ull + rank_key()));
-    if (resume && fs::exists(last_state_path())) {
+    const bool resuming = resume && fs::exists(last_state_path());
+    if (comm_)
+      dist::check_same(*comm_,
+                       "presence of " + last_state_path().string() +
+                           " for --resume (the run directory must be on a file system all ranks share)",
+                       resuming ? "present" : "absent");
+    if (resuming) {
       meta = load_training_state(last_state_path(), *model_, *optimizer_);
       const int64_t saved_world = meta.extra.value("world_size", int64_t{1});
       if (comm_) dist::check_same(*comm_, "resumed training state (step)", std::to_string(meta.global_step));
