@@ -1,6 +1,7 @@
 // The backward engine: accumulation, hooks, retain_graph, detach, no-grad, errors, checkpointing.
 #include "support/test_support.hpp"
 
+namespace test_engine {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -142,3 +143,5 @@ TEST_CASE("custom functions define their own backward") {
   auto y = Cube::apply({x, s});
   CHECK(y.grad_fn()->name() == "CubeBackward");
 }
+
+}  // namespace test_engine

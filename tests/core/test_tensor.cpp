@@ -1,6 +1,7 @@
 // Tensor basics: factories, views share storage, element access, printing, errors.
 #include "support/test_support.hpp"
 
+namespace test_tensor {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -151,3 +152,5 @@ TEST_CASE("rand, randn and randint give element i of the Philox streams, whateve
     }
   }
 }
+
+}  // namespace test_tensor

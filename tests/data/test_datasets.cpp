@@ -11,6 +11,7 @@
 #include "mamclip/data/data.hpp"
 #include "support/test_support.hpp"
 
+namespace test_datasets {
 using namespace mamclip;
 using test::files::TempDir;
 using test::files::write_file;
@@ -450,3 +451,5 @@ TEST_CASE("Loader: destroyed mid-epoch or before starting, it stops its workers"
   CHECK(empty_loader.batches_per_epoch() == 0);
   CHECK_FALSE(empty_loader.next());
 }
+
+}  // namespace test_datasets

@@ -10,6 +10,7 @@
 #include "support/test_support.hpp"
 #include "mamclip/data/transforms.hpp"
 
+namespace test_transforms {
 using namespace mamclip;
 using data::Interpolation;
 
@@ -376,3 +377,5 @@ TEST_CASE("real mini-MIAS images: resize matches OpenCV's statistics; flips and 
   }
   CHECK(checked == 4);
 }
+
+}  // namespace test_transforms

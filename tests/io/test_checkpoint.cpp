@@ -7,6 +7,7 @@
 
 #include "mamclip/io/io.hpp"
 
+namespace test_checkpoint {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::test::files;
@@ -146,3 +147,5 @@ TEST_CASE("map_keys renames a loaded checkpoint and refuses collisions") {
   MAMCLIP_REQUIRE_THROWS_WITH(io::map_keys(sd, clash), value_error,
                               "map_keys: keys 'VLModel.encoder.ids' and 'VLModel.encoder.weight' both map to 'w'");
 }
+
+}  // namespace test_checkpoint

@@ -13,6 +13,7 @@
 #include <stb_image.h>
 #include <stb_image_write.h>
 
+namespace test_image {
 using namespace mamclip;
 
 namespace {
@@ -212,3 +213,5 @@ TEST_CASE("regression: a JPEG whose DHT declares more than 256 codes is refused 
   // Valid files pass the check.
   CHECK(io::read_image(file("rgb.jpg")).pixels.size(0) == 3);
 }
+
+}  // namespace test_image

@@ -13,6 +13,7 @@
 
 #include "mamclip/io/io.hpp"
 
+namespace test_safetensors {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::test::files;
@@ -549,3 +550,5 @@ TEST_CASE("a mapped file stays readable after it is replaced on disk") {
   io::SafetensorsFile copy = f;  // copies share the mapping
   CHECK(copy.get<float>("w")(3) == 1.5f);
 }
+
+}  // namespace test_safetensors

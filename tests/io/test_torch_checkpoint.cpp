@@ -9,6 +9,7 @@
 
 #include "mamclip/io/io.hpp"
 
+namespace test_torch_checkpoint {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::test::files;
@@ -791,3 +792,5 @@ TEST_CASE("truncated and bit-flipped fixtures give typed errors, never crashes")
     CHECK(refused > loaded);
   }
 }
+
+}  // namespace test_torch_checkpoint

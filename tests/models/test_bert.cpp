@@ -18,6 +18,7 @@
 
 #include "mamclip/models/bert.hpp"
 
+namespace test_bert {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::test::files;
@@ -642,3 +643,5 @@ TEST_CASE("full-size PubMedBERT-shaped model matches transformers (MAMCLIP_BERT_
               static_cast<long long>(model->config().hidden_size), shape_str(get_i("input_ids").shape()).c_str(),
               secs(t0, t1), secs(t1, t2), err_h, err_p);
 }
+
+}  // namespace test_bert

@@ -13,6 +13,7 @@
 #include "support/scaled_close.hpp"
 #include "support/test_support.hpp"
 
+namespace test_convnext {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::models;
@@ -450,3 +451,5 @@ TEST_CASE("ConvNeXt input and config errors") {
   MAMCLIP_REQUIRE_THROWS_WITH(ConvNeXtConfig::by_name("convnext_base"), value_error,
                               "unknown architecture \"convnext_base\"; known: \"convnext_tiny\", \"convnext_small\"");
 }
+
+}  // namespace test_convnext

@@ -6,6 +6,7 @@
 
 #include <map>
 
+namespace test_foundation_golden {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -107,3 +108,5 @@ TEST_CASE("20 AdamW steps with warmup-cosine and clipping match PyTorch") {
     require_allclose(g.params.at(name), tensor_from_json<float>(aw.at("params_after").at(name)), 1e-6, 1e-5, name);
   }
 }
+
+}  // namespace test_foundation_golden

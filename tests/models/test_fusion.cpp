@@ -13,6 +13,7 @@
 #include "mamclip/io/safetensors.hpp"
 #include "mamclip/models/clip/fusion.hpp"
 
+namespace test_fusion {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::models::clip;
@@ -144,3 +145,5 @@ TEST_CASE("FusionTransformer: configuration and shape errors") {
   MAMCLIP_REQUIRE_THROWS_WITH(mlm_log_probs(text, zeros<float>({16, 11})), shape_error,
                               "mlm_log_probs: x has shape [2, 5, 20] and mlm_projection has shape [16, 11]");
 }
+
+}  // namespace test_fusion

@@ -18,6 +18,7 @@
 #include "mamclip/models/clip.hpp"
 #include "mamclip/optim/adamw.hpp"
 
+namespace test_vlmodel {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::models::clip;
@@ -358,3 +359,5 @@ TEST_CASE("MamClipClassifier: the released fine-tuned checkpoint's names, logits
   MAMCLIP_REQUIRE_THROWS_WITH(other.init_from_vlmodel(*vl), nn::state_dict_error,
                               "'head.fc.weight': checkpoint has [24, 24], the module has [24, 32]");
 }
+
+}  // namespace test_vlmodel

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+namespace test_layers {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::nn;
@@ -299,3 +300,5 @@ TEST_CASE("init: kaiming and xavier bounds follow the fans") {
   MAMCLIP_REQUIRE_THROWS_WITH(init::xavier_uniform_(v, 1.0, gen), value_error,
                               "xavier_uniform_: fan in and fan out need a tensor with at least 2 dims, got shape [5]");
 }
+
+}  // namespace test_layers

@@ -2,6 +2,7 @@
 // in-place loading), train/eval, zero_grad, to(Device), containers.
 #include "support/test_support.hpp"
 
+namespace test_module {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::nn;
@@ -323,3 +324,5 @@ TEST_CASE("ModuleList is indexable, typed, and names children by position") {
   for (const auto& layer : *b.layers) count += layer->out_features() == 2;
   CHECK(count == 3);
 }
+
+}  // namespace test_module

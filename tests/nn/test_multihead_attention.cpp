@@ -14,6 +14,7 @@
 #include "mamclip/io/safetensors.hpp"
 #include "mamclip/nn/attention.hpp"
 
+namespace test_multihead_attention {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -352,3 +353,5 @@ TEST_CASE("multi_head_attention_forward compiles and runs for half and bfloat16 
   require_allclose(run(half{}), ref, 2e-2, 2e-2, "half");
   require_allclose(run(bfloat16{}), ref, 1e-1, 5e-2, "bfloat16");
 }
+
+}  // namespace test_multihead_attention

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+namespace test_vision_layers {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::nn;
@@ -111,3 +112,5 @@ TEST_CASE("DropPath follows the training flag and its generator, and has no para
   CHECK(DropPath().extra_repr() == "drop_prob=0.000");
   MAMCLIP_REQUIRE_THROWS_WITH(DropPath(-0.1), value_error, "DropPath: p must be in [0, 1], got -0.1");
 }
+
+}  // namespace test_vision_layers

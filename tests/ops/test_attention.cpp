@@ -6,6 +6,7 @@
 
 #include "support/test_support.hpp"
 
+namespace test_attention {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -489,3 +490,5 @@ TEST_CASE("attention matches torch.nn.functional.scaled_dot_product_attention (f
     require_allclose(v.grad(), tensor_from_json<double>(c.at("grad_v")), 1e-12, 1e-10, "grad_v");
   }
 }
+
+}  // namespace test_attention

@@ -8,6 +8,7 @@
 #include "mamclip/ops/loss/clip.hpp"
 #include "support/test_support.hpp"
 
+namespace test_clip_loss {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -467,3 +468,5 @@ TEST_CASE("clip_loss errors name the argument, what was expected and what was gi
                                 "clip_loss: expected all tensors on one device, but image_features is on cpu, "
                                 "text_features on cuda:0 and logit_scale on cpu");
 }
+
+}  // namespace test_clip_loss

@@ -4,6 +4,7 @@
 // PyTorch fixtures, half / bfloat16, device dispatch and argument errors.
 #include "support/test_support.hpp"
 
+namespace test_conv {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -288,3 +289,5 @@ TEST_CASE("conv2d matches PyTorch: ConvNeXt's stem, downsample and depthwise 7x7
     require_allclose(b.grad(), tensor_from_json<float>(c.at("grad_bias")), 1e-5, 1e-5, "grad_bias");
   }
 }
+
+}  // namespace test_conv

@@ -1,6 +1,7 @@
 // Elementwise ops: values, broadcasting, and gradcheck on non-contiguous inputs at awkward sizes.
 #include "support/test_support.hpp"
 
+namespace test_elementwise {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -122,3 +123,5 @@ TEST_CASE("exact gelu in float (vectorised erf on contiguous data) agrees with d
     require_allclose(xf.grad(), x2.grad(), 1e-6, 4e-6, contiguous ? "gelu' contiguous" : "gelu' strided");
   }
 }
+
+}  // namespace test_elementwise

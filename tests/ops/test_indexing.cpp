@@ -3,6 +3,7 @@
 // non-contiguous inputs, and out-of-range errors.
 #include "support/test_support.hpp"
 
+namespace test_indexing {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -139,3 +140,5 @@ TEST_CASE("out-of-range indices name the op, position, value and valid range") {
   MAMCLIP_REQUIRE_THROWS_WITH(index_select(scalar<double>(1.0), 0, ids({0})), shape_error,
                               "index_select: x has shape [] (0-dim); expected at least 1 dim");
 }
+
+}  // namespace test_indexing

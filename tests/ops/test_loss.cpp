@@ -5,6 +5,7 @@
 
 #include "support/test_support.hpp"
 
+namespace test_loss {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -225,3 +226,5 @@ TEST_CASE("loss errors name the op, the argument and what was expected") {
     MAMCLIP_REQUIRE_THROWS_WITH(mse_loss(d, d), device_error, "mse_loss: no kernel is registered");
   }
 }
+
+}  // namespace test_loss

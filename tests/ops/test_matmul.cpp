@@ -6,6 +6,7 @@
 
 #include <cstring>
 
+namespace test_matmul {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -331,3 +332,5 @@ TEST_CASE("matmul on a device calls the registered gemm kernel with the document
     MAMCLIP_REQUIRE_THROWS_WITH(matmul(rnd({2, 3}, 1).to(dev), rnd({3, 2}, 2).to(dev)), device_error,
                                 "matmul: no \"gemm\" kernel is registered for float64 tensors on cuda:0");
 }
+
+}  // namespace test_matmul

@@ -4,6 +4,7 @@
 
 #include "support/test_support.hpp"
 
+namespace test_norm {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -151,3 +152,5 @@ TEST_CASE("normalize errors") {
   auto h = normalize(x.to<float>().to<half>(), 2.0, 1).to<float>();
   require_allclose(h, normalize(x.to<float>(), 2.0, 1), 1e-3, 1e-2);
 }
+
+}  // namespace test_norm

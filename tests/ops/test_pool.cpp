@@ -3,6 +3,7 @@
 // on non-contiguous inputs at odd sizes, half / bfloat16, argument errors.
 #include "support/test_support.hpp"
 
+namespace test_pool {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -109,3 +110,5 @@ TEST_CASE("pooling errors name the op, the argument and what was expected") {
     MAMCLIP_REQUIRE_THROWS_WITH(avg_pool2d(x.to(Device::cuda(0)), {2, 2}), device_error,
                                 "avg_pool2d: no kernel is registered for float64 tensors on cuda:0");
 }
+
+}  // namespace test_pool

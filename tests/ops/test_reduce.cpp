@@ -5,6 +5,7 @@
 
 #include "support/test_support.hpp"
 
+namespace test_reduce {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -213,3 +214,5 @@ TEST_CASE("pointwise ops and logsumexp match PyTorch (fixture)") {
   require_allclose(logsumexp(noncontiguous(lse_in), {-1}), expected, 0, rtol, "logsumexp, non-contiguous");
   require_allclose(logsumexp(lse_in.t().contiguous(), {0}), expected, 0, rtol, "logsumexp over dim 0 of the transpose");
 }
+
+}  // namespace test_reduce

@@ -2,6 +2,7 @@
 // gradcheck on non-contiguous inputs at awkward sizes, and error messages.
 #include "support/test_support.hpp"
 
+namespace test_shape {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -179,3 +180,5 @@ TEST_CASE("shape ops reject bad arguments with messages that name them") {
   MAMCLIP_REQUIRE_THROWS_WITH(sc.slice(0, 0, 1), shape_error, "slice: x has shape [] (0-dim); expected at least 1 dim");
   MAMCLIP_REQUIRE_THROWS_WITH(sc.select(0, 0), shape_error, "select: x has shape [] (0-dim); expected at least 1 dim");
 }
+
+}  // namespace test_shape

@@ -4,6 +4,7 @@
 
 #include "support/test_support.hpp"
 
+namespace test_softmax {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -106,3 +107,5 @@ TEST_CASE("softmax errors name the op") {
     MAMCLIP_REQUIRE_THROWS_WITH(log_softmax(d, 1), device_error, "log_softmax: no kernel is registered");
   }
 }
+
+}  // namespace test_softmax

@@ -4,6 +4,7 @@
 // reuse in backward, argument errors.
 #include "support/test_support.hpp"
 
+namespace test_vision_norm {
 using namespace mamclip;
 using namespace mamclip::test;
 
@@ -133,3 +134,5 @@ TEST_CASE("drop_path is the identity when not training or p == 0, drops everythi
     MAMCLIP_REQUIRE_THROWS_WITH(drop_path(x.to(Device::cuda(0)), 0.5, true), device_error,
                                 "drop_path: no kernel is registered for float64 tensors on cuda:0");
 }
+
+}  // namespace test_vision_norm

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+namespace test_optim {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::optim;
@@ -364,3 +365,5 @@ TEST_CASE("clip_grad_norm_ scales by max_norm / (total + 1e-6), clamped to 1, an
                               "clip_grad_norm_: the total norm of order 2 of the gradients is nan");
   MAMCLIP_REQUIRE_THROWS_WITH(clip_grad_norm_({a}, 1.0, 0.0), value_error, "norm_type must be positive or infinity");
 }
+
+}  // namespace test_optim

@@ -6,6 +6,7 @@
 
 #include "text/text_fixtures.hpp"
 
+namespace test_mlm_masking {
 using namespace mamclip;
 using namespace mamclip::test;
 using text::BertTokenizer;
@@ -216,3 +217,5 @@ TEST_CASE("ratio 0 (MAM-CLIP's validation): input is the caption, labels are [CL
   CHECK(b.labels.to_vector() == std::vector<int64_t>{2, 0, 0, 3, 0, 0, 0, 0, /**/ 2, 0, 3, 0, 0, 0, 0, 0});
   CHECK(b.attention_mask.to_vector() == std::vector<int64_t>{1, 1, 1, 1, 0, 0, 0, 0, /**/ 1, 1, 1, 0, 0, 0, 0, 0});
 }
+
+}  // namespace test_mlm_masking

@@ -9,6 +9,7 @@
 #include "mamclip/text/pretrained.hpp"
 #include "text/text_fixtures.hpp"
 
+namespace test_pretrained_tokenizer {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::test::files;
@@ -242,3 +243,5 @@ TEST_CASE("load_bert_tokenizer: tokenizer.json that a BERT tokenizer cannot repr
   write_file(d / "tokenizer.json", j.dump());
   CHECK(text::load_bert_tokenizer(d.str()).options().do_lower_case);
 }
+
+}  // namespace test_pretrained_tokenizer

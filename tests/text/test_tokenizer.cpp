@@ -6,6 +6,7 @@
 
 #include "text/text_fixtures.hpp"
 
+namespace test_tokenizer {
 using namespace mamclip;
 using namespace mamclip::test;
 using text::BertTokenizer;
@@ -248,3 +249,5 @@ TEST_CASE("tokenizing is fast enough for the data loader") {
   CHECK(total == 200000);
   CHECK(us < 2000);  // generous: a debug build on a busy machine
 }
+
+}  // namespace test_tokenizer

@@ -6,6 +6,7 @@
 
 #include "text/text_fixtures.hpp"
 
+namespace test_unicode {
 using namespace mamclip;
 using namespace mamclip::test;
 namespace uc = mamclip::text::unicode;
@@ -168,3 +169,5 @@ TEST_CASE("str.lower() final sigma, strip_accents, and NFC reordering of combini
   CHECK(uc::nfc(U"\u212A") == U"K");  // Kelvin sign: a singleton decomposition
   CHECK(uc::nfc(U"\u1100\u1161\u11A8") == U"\uAC01");
 }
+
+}  // namespace test_unicode

@@ -6,6 +6,7 @@
 
 #include "text/text_fixtures.hpp"
 
+namespace test_vocab {
 using namespace mamclip;
 using namespace mamclip::test;
 using text::Vocab;
@@ -111,3 +112,5 @@ TEST_CASE("vocab errors name the file, the token, the lines and the missing spec
                               "vocab: custom (5 tokens) lacks the special token <s>; a BERT vocabulary needs [PAD], "
                               "[UNK], <s>, [SEP] and [MASK]");
 }
+
+}  // namespace test_vocab

@@ -16,6 +16,7 @@
 #include "mamclip/train/finetune.hpp"
 #include "mamclip/train/zeroshot.hpp"
 
+namespace test_finetune {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::train;
@@ -520,3 +521,5 @@ TEST_CASE("grad_cam: [h, w] in [0, 1], weights = mean gradients (finite differen
   MAMCLIP_REQUIRE_THROWS_WITH(grad_cam(*model, cat(std::vector<Tensor<float>>{image, image}, 0), 0), shape_error,
                               "expected [1, 3, H, W]");
 }
+
+}  // namespace test_finetune

@@ -10,6 +10,7 @@
 
 #include "mamclip/train/metrics.hpp"
 
+namespace test_metrics {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::train;
@@ -157,3 +158,5 @@ TEST_CASE("metrics: errors name the function, the argument and the offending val
   MAMCLIP_REQUIRE_THROWS_WITH(roc_auc_ovr(tensor<int64_t>({0, 1}), tensor<float>({1.0f, 1.0f})), shape_error,
                               "roc_auc_ovr: scores has shape [2]; expected [N, num_classes]");
 }
+
+}  // namespace test_metrics

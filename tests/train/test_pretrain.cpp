@@ -11,6 +11,7 @@
 #include "mamclip/train/pretrain_loop.hpp"
 #include "support/clip_batches.hpp"
 
+namespace test_pretrain {
 using namespace mamclip;
 using models::clip::VLModel;
 using models::clip::VLModelConfig;
@@ -252,3 +253,5 @@ TEST_CASE("pretraining resumes exactly where it stopped", "[pretrain][resume]") 
   }
   CHECK(quiet.str().find("resumed from") != std::string::npos);
 }
+
+}  // namespace test_pretrain

@@ -16,6 +16,7 @@
 #include "mamclip/train/plot.hpp"
 #include "support/test_support.hpp"
 
+namespace test_train_infra {
 using namespace mamclip;
 using namespace mamclip::test;
 using namespace mamclip::train;
@@ -619,3 +620,5 @@ TEST_CASE("heatmap_overlay: bilinear resize (half-pixel centres), jet colours, a
   MAMCLIP_REQUIRE_THROWS_WITH(heatmap_overlay(zeros<float>({2, 2}), full<float>({1, 1}, std::nanf(""))), value_error,
                               "heat holds NaN");
 }
+
+}  // namespace test_train_infra
