@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "mamclip/dist/mpi.hpp"
+#include "mamclip/dist/parallel.hpp"
 #include "support/test_support.hpp"
 
 using namespace mamclip;
@@ -203,6 +204,51 @@ TEST_CASE("mpi all_gather: rows of different widths throw shape_error on every r
   MAMCLIP_REQUIRE_THROWS_WITH(all_gather(comm, t), shape_error, "all_gather: rank ");
   // Every rank threw, so the next collective still lines up.
   REQUIRE(all_reduce_scalar(comm, int64_t{1}) == comm.world_size());
+}
+
+// The job's loss is the sum of every rank's loss, and each rank's loss uses
+// every rank's rows; gather_with_grad's backward must give each rank the
+// derivative of that sum with respect to its own rows. Checked against
+// central differences in double: for each element of each rank, its owner
+// moves it by ±h and all ranks recompute the summed loss.
+TEST_CASE("mpi gather_with_grad: gradient of the loss summed over ranks, by finite differences", "[dist]") {
+  MpiCommunicator& comm = world();
+  const int rank = comm.rank(), n = comm.world_size();
+  auto rows_of = [](int r) -> int64_t { return r + 1; };
+  const int64_t width = 3, total_rows = n * (n + 1) / 2;
+  Tensor<double> x = Tensor<double>::empty({rows_of(rank), width});
+  for (int64_t i = 0; i < x.numel(); ++i) x.data_ptr()[i] = value<double>(rank, i, 47) / 1000.0;
+  x.set_requires_grad();
+  // This rank's loss: sum(tanh(c * G) * W), different c and W on each rank.
+  Tensor<double> weights = Tensor<double>::empty({total_rows, width});
+  for (int64_t i = 0; i < weights.numel(); ++i) weights.data_ptr()[i] = value<double>(rank, i, 53) / 1000.0;
+  const double c = 1.0 + 0.5 * rank;
+  auto rank_loss = [&](const Tensor<double>& rows) { return sum(tanh(gather_with_grad(comm, rows) * c) * weights); };
+
+  Tensor<double> loss = rank_loss(x);
+  REQUIRE(loss.numel() == 1);
+  loss.backward();
+  const Tensor<double> analytic = x.grad();
+  REQUIRE(analytic.shape() == x.shape());
+
+  const double h = 1e-6;
+  std::vector<double> numeric(static_cast<size_t>(x.numel()));
+  NoGradGuard no_grad;
+  for (int owner = 0; owner < n; ++owner) {
+    for (int64_t i = 0; i < rows_of(owner) * width; ++i) {
+      double summed[2];
+      for (int side = 0; side < 2; ++side) {
+        Tensor<double> moved = x.detach().clone();
+        if (rank == owner) moved.data_ptr()[i] += side == 0 ? h : -h;
+        summed[side] = all_reduce_scalar(comm, rank_loss(moved).item());
+      }
+      if (rank == owner) numeric[static_cast<size_t>(i)] = (summed[0] - summed[1]) / (2 * h);
+    }
+  }
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    INFO("rank " << rank << " element " << i);
+    REQUIRE(analytic.data_ptr()[i] == Approx(numeric[static_cast<size_t>(i)]).epsilon(1e-6).margin(1e-9));
+  }
 }
 
 TEST_CASE("mpi check_same: equal passes, a differing rank is named on every rank", "[dist]") {
