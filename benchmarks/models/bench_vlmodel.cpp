@@ -1,7 +1,8 @@
-// One MAM-CLIP pretraining step on the CPU: zero_grad, VLModel forward in train
-// mode (dropout as configured), vlmodel_loss (symmetric contrastive + 0.5 * MLM
-// NLL), backward and an AdamW update (lr 1e-4, weight decay 1e-6), with random
-// weights and a random batch. Its baseline is the reference model (timm
+// One MAM-CLIP pretraining step on the CPU, as train::pretrain_step takes it:
+// zero_grad, VLModel forward in train mode (dropout as configured), symmetric
+// contrastive + 0.5 * MLM NLL (only the labelled positions are projected onto
+// the vocabulary; the reference projects them all), backward and an AdamW
+// update (lr 1e-4, weight decay 1e-6), with random weights and a random batch. Its baseline is the reference model (timm
 // ConvNeXt + transformers BertModel + the fusion Transformer) under PyTorch in
 // another process: vlmodel_vs_torch.sh runs both at the same shapes and thread
 // count and prints the ratio. Lines are in vlmodel_torch.py's format.
@@ -26,6 +27,7 @@
 #include "bench_common.hpp"
 #include "mamclip/models/clip/vlmodel.hpp"
 #include "mamclip/optim/adamw.hpp"
+#include "mamclip/train/pretrain.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -80,15 +82,14 @@ Batch random_batch(const Case& c, int64_t len, int64_t vocab, Generator& gen) {
   return b;
 }
 
-// One pretraining step; returns the loss.
+// One pretraining step as `mamclip pretrain` takes it (train::pretrain_step, one micro-batch,
+// the paper's in-batch negatives); returns the loss.
 float train_step(VLModel& model, optim::AdamW& opt, const Batch& b) {
-  opt.zero_grad();
-  models::clip::VLLossOptions lo;
-  lo.mlm_coeff = 0.5;
-  const models::clip::VLLoss loss = models::clip::vlmodel_loss(model.forward(b.images, b.input_ids), b.labels, lo);
-  loss.total.backward();
-  opt.step();
-  return loss.total.item();
+  train::PretrainStepOptions options;
+  options.loss.mlm_coeff = 0.5;
+  Generator unused(0);  // replays random draws for negatives == "full" only
+  const train::ClipMicroBatch mb{b.images, b.input_ids, b.labels};
+  return static_cast<float>(train::pretrain_step(model, opt, {mb}, options, unused).loss);
 }
 
 }  // namespace

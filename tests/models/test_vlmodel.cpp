@@ -204,6 +204,48 @@ TEST_CASE("VLModel: gradient checkpointing gives the same gradients; without MLM
   CHECK(no_mlm.logit_scale.grad().defined());
 }
 
+TEST_CASE("VLModel: mlm_nll_sum projects only the labelled positions, with the full branch's loss and gradients") {
+  const Batch b = batch(0);
+  auto full = loaded_model(), picked = loaded_model();
+  LossOptions nll;
+  nll.reduction = Reduction::sum;
+  nll.ignore_index = 0;  // [PAD]
+  const VLModelOutput out = full->forward(b.images, b.input_ids);
+  const int64_t rows = b.labels.numel(), vocab = out.mlm_log_probs.size(2);
+  const Tensor<float> expected = nll_loss(out.mlm_log_probs.reshape({rows, vocab}), b.labels.reshape({rows}), nll);
+  int64_t labelled = 0;
+  for (int64_t id : b.labels.to_vector()) labelled += id != 0;
+  REQUIRE(labelled > 0);
+  REQUIRE(labelled < rows);  // some positions are skipped, so the selection matters
+
+  const Tensor<float> img = picked->encode_image(b.images);
+  const auto text = picked->encode_text(b.input_ids);
+  const Tensor<float> got = picked->mlm_nll_sum(text.hidden, img, b.labels, 0);
+  REQUIRE(got.dim() == 0);
+  CHECK(std::abs(got.item() - expected.item()) < 1e-5 * std::abs(expected.item()));
+
+  expected.backward();
+  got.backward();
+  const auto pa = full->named_parameters(), pb = picked->named_parameters();
+  size_t compared = 0;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    INFO(pa[i].first);
+    REQUIRE(pa[i].second.grad().defined() == pb[i].second.grad().defined());
+    if (!pa[i].second.grad().defined() || max_abs_diff(pa[i].second.grad(), zeros<float>(pa[i].second.shape())) < 1e-12)
+      continue;
+    CHECK(rel_err(pb[i].second.grad(), pa[i].second.grad()) < 1e-5);
+    ++compared;
+  }
+  CHECK(compared > 10);  // the MLM projection, the fusion module and the towers below it
+
+  // No labelled position: zero, without a graph.
+  const Tensor<float> none = picked->mlm_nll_sum(text.hidden, img, zeros<int64_t>(b.labels.shape()), 0);
+  CHECK(none.item() == 0.0f);
+  CHECK(!none.requires_grad());
+  MAMCLIP_REQUIRE_THROWS_WITH(picked->mlm_nll_sum(text.hidden, img, b.labels.narrow(1, 0, 3), 0), shape_error,
+                              "VLModel.mlm_nll_sum: labels has shape [" + std::to_string(b.labels.size(0)) + ", 3]");
+}
+
 TEST_CASE("VLModel: 20 AdamW steps follow PyTorch's loss curve") {
   auto model = loaded_model();
   optim::AdamWOptions o;

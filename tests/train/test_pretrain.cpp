@@ -4,6 +4,7 @@
 #include "support/test_support.hpp"
 
 #include <cmath>
+#include <limits>
 
 #include "mamclip/data/synthetic.hpp"
 #include "mamclip/train/config.hpp"
@@ -128,6 +129,27 @@ TEST_CASE("a non-finite loss stops the step and names it", "[pretrain]") {
   optim::AdamW opt(model.parameters());
   MAMCLIP_REQUIRE_THROWS_WITH(train::pretrain_step(model, opt, {batch}, {}, *gen, 17), train::non_finite_error,
                               "pretraining step 17: the contrastive loss is nan");
+}
+
+TEST_CASE("check_finite_gradients: clean gradients pass, one inf or NaN element names its parameter", "[pretrain]") {
+  Generator init(1);
+  VLModel model(tiny_config(0.0), init);
+  auto gen = train::share_generator(model, 1);
+  Generator data(2);
+  train::accumulate_gradients(model, {random_batch(2, data)}, {}, *gen);
+  train::check_finite_gradients(model, 3);
+  Tensor<float> g = model.mlm_projection.grad();
+  REQUIRE(g.numel() > 40);
+  const float saved = g.data_ptr()[37];
+  g.data_ptr()[37] = std::numeric_limits<float>::infinity();
+  MAMCLIP_REQUIRE_THROWS_WITH(train::check_finite_gradients(model, 3), train::non_finite_error,
+                              "pretraining step 3: the gradient of mlm_projection holds inf");
+  g.data_ptr()[37] = -std::nanf("");
+  MAMCLIP_REQUIRE_THROWS_WITH(train::check_finite_gradients(model, 4), train::non_finite_error,
+                              "pretraining step 4: the gradient of mlm_projection holds");
+  g.data_ptr()[37] = saved;
+  g.data_ptr()[g.numel() - 1] = std::numeric_limits<float>::max();  // large but finite
+  train::check_finite_gradients(model, 5);
 }
 
 TEST_CASE("pretrain config: the reference's cfg.yaml keys, overrides and typed errors", "[pretrain][config]") {

@@ -18,6 +18,7 @@
 //          module (BERT's attention dropout) draw from the thread's default
 //          generator; both states are restored before each recomputation.
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -79,12 +80,19 @@ inline void check_finite(double value, const char* what, int64_t step) {
 // Throws naming the first parameter whose gradient holds a NaN or infinity.
 inline void check_finite_gradients(const nn::Module& model, int64_t step) {
   for (auto& [name, p] : model.named_parameters()) {
-    const Tensor<float> g = p.grad();
-    if (!g.defined()) continue;
-    for (float v : g.to_vector())
-      if (!std::isfinite(v))
+    if (!p.grad().defined()) continue;
+    const Tensor<float> g = p.grad().to(Device::cpu()).contiguous();  // no copy for CPU gradients
+    const float* d = g.data_ptr();
+    const int64_t n = g.numel();
+    // A float is inf or NaN exactly when its exponent bits are all ones; OR-ing that test over the
+    // bits vectorises, so a clean gradient (every step but the failing one) costs one read.
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((std::bit_cast<uint32_t>(d[i]) & 0x7f800000u) == 0x7f800000u);
+    if (!bad) continue;
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(d[i]))
         throw non_finite_error("pretraining step " + std::to_string(step) + ": the gradient of " + name +
-                               " holds " + std::to_string(v));
+                               " holds " + std::to_string(d[i]));
   }
 }
 
@@ -129,14 +137,6 @@ inline int64_t mlm_tokens(dist::Communicator* comm, const std::vector<const Clip
   return comm ? dist::all_reduce_scalar(*comm, tokens) : tokens;
 }
 
-// Summed NLL of the MLM predictions of one micro-batch.
-inline Tensor<float> mlm_nll_sum(const Tensor<float>& log_probs, const Tensor<int64_t>& labels, int64_t ignore) {
-  const int64_t V = log_probs.size(-1);
-  LossOptions nll;
-  nll.reduction = Reduction::sum;
-  nll.ignore_index = ignore;
-  return nll_loss(log_probs.reshape({-1, V}), labels.contiguous().reshape({-1}), nll);
-}
 }  // namespace detail
 
 // Accumulates the gradients of one optimizer step into the parameters' .grad
@@ -168,15 +168,17 @@ inline PretrainStepResult accumulate_gradients(models::clip::VLModel& model, con
     for (size_t i = 0; i < micro.size(); ++i) {
       const auto& mb = micro[i];
       set_sync(i + 1 == micro.size());
-      const auto out = model.forward(mb.images, mb.input_ids);
-      const auto c = detail::contrastive_over_ranks(comm, out.image_features, out.text_features, out.logit_scale, lo);
+      // VLModel::forward's order (image, text, MLM branch), so the random draws are the same.
+      const Tensor<float> img = model.encode_image(mb.images);
+      const auto text = model.encode_text(mb.input_ids);
+      const auto c = detail::contrastive_over_ranks(comm, img, text.features, model.logit_scale, lo);
       check_finite(c.value, "contrastive", step);
       Tensor<float> total = c.weighted;
       double mlm_value = 0;
       if (mlm) {
         const int64_t tokens = detail::mlm_tokens(comm, {&mb}, lo.ignore_index);
         if (tokens > 0) {
-          const Tensor<float> nll = detail::mlm_nll_sum(out.mlm_log_probs, mb.labels, lo.ignore_index);
+          const Tensor<float> nll = model.mlm_nll_sum(text.hidden, img, mb.labels, lo.ignore_index);
           const double local = nll.item();
           mlm_value = (comm ? dist::all_reduce_scalar(*comm, local) : local) / static_cast<double>(tokens);
           check_finite(mlm_value, "MLM", step);
@@ -189,7 +191,7 @@ inline PretrainStepResult accumulate_gradients(models::clip::VLModel& model, con
       r.loss += value / k;
       r.contrastive += c.value / k;
       r.mlm += mlm_value / k;
-      r.logit_scale = std::exp(out.logit_scale.item());
+      r.logit_scale = std::exp(model.logit_scale.item());
     }
     if (dp) dp->finish_gradient_sync();
     return r;
@@ -244,7 +246,7 @@ inline PretrainStepResult accumulate_gradients(models::clip::VLModel& model, con
     Tensor<float> surrogate = add(sum(mul(img, image_grad.narrow(0, row, b))),
                                   sum(mul(text.features, text_grad.narrow(0, row, b))));
     if (mlm && tokens > 0) {
-      const Tensor<float> nll = detail::mlm_nll_sum(model.mlm_log_probs(text.hidden, img), mb.labels, lo.ignore_index);
+      const Tensor<float> nll = model.mlm_nll_sum(text.hidden, img, mb.labels, lo.ignore_index);
       const double part = nll.item();
       check_finite(part, "MLM", step);
       mlm_sum += part;
@@ -282,18 +284,20 @@ inline PretrainStepResult evaluate_loss(models::clip::VLModel& model, const std:
   autograd::NoGradGuard no_grad;
   PretrainStepResult r;
   for (const auto& mb : micro) {
-    const auto out = model.forward(mb.images, mb.input_ids);
-    const auto c = detail::contrastive_over_ranks(comm, out.image_features, out.text_features, out.logit_scale, options);
+    const Tensor<float> img = model.encode_image(mb.images);
+    const auto text = model.encode_text(mb.input_ids);
+    const auto c = detail::contrastive_over_ranks(comm, img, text.features, model.logit_scale, options);
+    const bool with_mlm = model.config().mlm;
     double mlm = 0;
-    if (out.mlm_log_probs.defined()) {
+    if (with_mlm) {
       const int64_t tokens = detail::mlm_tokens(comm, {&mb}, options.ignore_index);
-      const double local = detail::mlm_nll_sum(out.mlm_log_probs, mb.labels, options.ignore_index).item();
+      const double local = model.mlm_nll_sum(text.hidden, img, mb.labels, options.ignore_index).item();
       mlm = (comm ? dist::all_reduce_scalar(*comm, local) : local) / static_cast<double>(std::max<int64_t>(tokens, 1));
     }
     r.contrastive += c.value;
     r.mlm += mlm;
-    r.loss += c.value + (out.mlm_log_probs.defined() ? options.mlm_coeff * mlm : 0.0);
-    r.logit_scale = std::exp(out.logit_scale.item());
+    r.loss += c.value + (with_mlm ? options.mlm_coeff * mlm : 0.0);
+    r.logit_scale = std::exp(model.logit_scale.item());
   }
   const double n = static_cast<double>(std::max<size_t>(micro.size(), 1));
   r.loss /= n;

@@ -271,6 +271,37 @@ class VLModel : public nn::Module {
                                mlm_projection);
   }
 
+  // The MLM branch's summed NLL over the positions whose label is not ignore_index, the way the
+  // training loops need it: nll_loss(mlm_log_probs(text_hidden, image_features), labels, sum), with
+  // the same value and gradients, but only the labelled positions are projected onto the vocabulary.
+  // The others add nothing to the loss or its gradient, and the projection (W x mlm_vocab_size per
+  // position) is the largest matmul of the text side, while MAM-CLIP labels about 15 % of the tokens.
+  // labels int64 [N, L]; 0-dim; zero (no graph) when no position is labelled.
+  Tensor<float> mlm_nll_sum(const Tensor<float>& text_hidden, const Tensor<float>& image_features,
+                            const Tensor<int64_t>& labels, int64_t ignore_index) {
+    MAMCLIP_CHECK(text_hidden.defined() && text_hidden.dim() == 3 && labels.defined() &&
+                      labels.shape() == (Shape{text_hidden.size(0), text_hidden.size(1)}),
+                  shape_error, "VLModel.mlm_nll_sum: labels has shape ",
+                  labels.defined() ? shape_str(labels.shape()) : std::string("(undefined)"), " and text_hidden has shape ",
+                  text_hidden.defined() ? shape_str(text_hidden.shape()) : std::string("(undefined)"),
+                  "; expected labels [N, L] and text_hidden [N, L, W]");
+    const std::vector<int64_t> all = labels.to(Device::cpu()).to_vector();
+    std::vector<int64_t> rows, targets;
+    for (size_t i = 0; i < all.size(); ++i)
+      if (all[i] != ignore_index) {
+        rows.push_back(static_cast<int64_t>(i));
+        targets.push_back(all[i]);
+      }
+    if (rows.empty()) return zeros<float>({}, text_hidden.device());
+    const Tensor<float> fused = fuse_text_image(*fusion_module, text_hidden, img_special_token, image_features);
+    const int64_t m = static_cast<int64_t>(rows.size()), w = fused.size(2);
+    const Tensor<float> picked = index_select(fused.reshape({-1, w}), 0, from_vector<int64_t>(rows, {m}, fused.device()));
+    LossOptions nll;
+    nll.reduction = Reduction::sum;
+    nll.ignore_index = ignore_index;
+    return nll_loss(clip::mlm_log_probs(picked, mlm_projection), from_vector<int64_t>(targets, {m}, fused.device()), nll);
+  }
+
   VLModelOutput forward(const Tensor<float>& images, const Tensor<int64_t>& input_ids) {
     MAMCLIP_CHECK(images.defined() && input_ids.defined() && images.dim() >= 1 && input_ids.dim() >= 1 &&
                       images.size(0) == input_ids.size(0),
