@@ -2,10 +2,10 @@
 // zero_grad, VLModel forward in train mode (dropout as configured), symmetric
 // contrastive + 0.5 * MLM NLL (only the labelled positions are projected onto
 // the vocabulary; the reference projects them all), backward and an AdamW
-// update (lr 1e-4, weight decay 1e-6), with random weights and a random batch. Its baseline is the reference model (timm
-// ConvNeXt + transformers BertModel + the fusion Transformer) under PyTorch in
-// another process: vlmodel_vs_torch.sh runs both at the same shapes and thread
-// count and prints the ratio. Lines are in vlmodel_torch.py's format.
+// update (lr 1e-4, weight decay 1e-6), with random weights and a random batch.
+// Its baseline is the reference model (timm ConvNeXt + transformers BertModel +
+// the fusion Transformer) under PyTorch in another process: vlmodel_vs_torch.sh
+// runs both at the same shapes and thread count and prints the ratio. Lines are in vlmodel_torch.py's format.
 //
 //   bench_vlmodel [--cases small:8x128x96,full:1x256x192] [--iters 3] [--warmup 1] [--len 100]
 //
