@@ -6,6 +6,10 @@
 
 #include <cstring>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace test_matmul {
 using namespace mamclip;
 using namespace mamclip::test;
@@ -331,6 +335,88 @@ TEST_CASE("matmul on a device calls the registered gemm kernel with the document
   if (stand_in)
     MAMCLIP_REQUIRE_THROWS_WITH(matmul(rnd({2, 3}, 1).to(dev), rnd({3, 2}, 2).to(dev)), device_error,
                                 "matmul: no \"gemm\" kernel is registered for float64 tensors on cuda:0");
+}
+
+// The packed AVX2 kernel behind float cpu::gemm, called directly at sizes
+// around its register tile (6×16) and its blocks (MC 144, KC 256, NC 3072),
+// on all four operand layouts with leading dimensions past the extent.
+TEST_CASE("packed float GEMM matches a double product at awkward sizes, layouts and blockings") {
+  if (!cpu::sgemm::available()) {
+    WARN("skipped: this CPU or build has no AVX2+FMA GEMM kernel (float GEMMs run on Eigen here)");
+    return;
+  }
+  struct Size {
+    int64_t m, n, k;
+  };
+  const std::vector<Size> sizes = {{1, 1, 1},    {2, 3, 1},    {6, 16, 256},  {7, 17, 257}, {13, 33, 300},
+                                   {145, 50, 20}, {150, 3090, 9}, {5, 20, 600}, {289, 31, 513}};
+  uint64_t seed = 100;
+  for (const auto& sz : sizes)
+    for (int layout = 0; layout < 4; ++layout)
+      for (bool accumulate : {false, true}) {
+        const bool a_rows = layout & 1, b_rows = layout & 2;
+        const int64_t lda = (a_rows ? sz.k : sz.m) + 3, ldb = (b_rows ? sz.n : sz.k) + 5;
+        const auto a = uniform_random<float>({(a_rows ? sz.m : sz.k) * lda}, ++seed, -1, 1).to_vector();
+        const auto b = uniform_random<float>({(b_rows ? sz.k : sz.n) * ldb}, ++seed, -1, 1).to_vector();
+        const auto c0 = uniform_random<float>({sz.m * sz.n}, ++seed, -1, 1).to_vector();
+        const int64_t a_rs = a_rows ? lda : 1, a_cs = a_rows ? 1 : lda, b_rs = b_rows ? ldb : 1, b_cs = b_rows ? 1 : ldb;
+        std::vector<float> c = c0;
+        cpu::sgemm::gemm(sz.m, sz.n, sz.k, a.data(), a_rs, a_cs, b.data(), b_rs, b_cs, c.data(), accumulate);
+        INFO("m " << sz.m << " n " << sz.n << " k " << sz.k << " a " << (a_rows ? "row" : "col") << "-major, b "
+                  << (b_rows ? "row" : "col") << "-major, accumulate " << accumulate);
+        int bad = 0;
+        std::ostringstream first;
+        for (int64_t i = 0; i < sz.m; ++i)
+          for (int64_t j = 0; j < sz.n; ++j) {
+            double ref = accumulate ? c0[i * sz.n + j] : 0.0, scale = std::abs(ref);
+            for (int64_t p = 0; p < sz.k; ++p) {
+              const double x = static_cast<double>(a[i * a_rs + p * a_cs]) * b[p * b_rs + j * b_cs];
+              ref += x;
+              scale += std::abs(x);
+            }
+            const double err = std::abs(c[i * sz.n + j] - ref);
+            if (!(err <= 2.0 * static_cast<double>(sz.k + 1) * dtype_eps<float>() * scale) && bad++ < 3)
+              first << "(" << i << ", " << j << "): " << c[i * sz.n + j] << " vs " << ref << "\n";
+          }
+        INFO(first.str());
+        CHECK(bad == 0);
+      }
+}
+
+TEST_CASE("float matmul goes through the packed kernel and still matches a naive loop") {
+  // Big enough for cpu::gemm to choose the kernel (when the CPU has it), with transposed and batched operands.
+  CHECK(cpu::sgemm::worthwhile(67, 130, 300) == cpu::sgemm::available());
+  auto a = rnd<float>({2, 300, 67}, 40).transpose(1, 2), b = rnd<float>({300, 130}, 41);
+  require_matmul_close(matmul(a, b), naive_matmul(a, b), 300, "[2,67,300] (transposed) @ [300,130]");
+  auto x = rnd<float>({3, 50, 70}, 42), w = rnd<float>({90, 70}, 43);
+  require_matmul_close(matmul(x, w.t()), naive_matmul(x, w.t()), 70, "[3,50,70] @ [70,90] (transposed)");
+}
+
+TEST_CASE("CPU kernels give the same bits on one thread and on several") {
+#ifdef _OPENMP
+  if (omp_get_num_procs() < 2) {
+    WARN("skipped: one processor; the threaded paths would run on one thread");
+    return;
+  }
+  const int saved = omp_get_max_threads();
+  auto run = [](int threads) {
+    omp_set_num_threads(threads);
+    std::vector<Tensor<float>> out;
+    auto a = rnd<float>({300, 200}, 50), b = rnd<float>({200, 500}, 51);  // 30M multiply-adds: threaded GEMM
+    out.push_back(matmul(a, b));
+    out.push_back(matmul(rnd<float>({40, 1000}, 52), rnd<float>({1000, 700}, 53)));  // few A blocks: columns split
+    out.push_back(matmul(b.t(), a.t()));
+    return out;
+  };
+  const auto one = run(1), two = run(2);
+  omp_set_num_threads(saved);
+  for (size_t i = 0; i < one.size(); ++i) {
+    INFO("product " << i);
+    CHECK(one[i].to_vector() == two[i].to_vector());
+  }
+#else
+  WARN("skipped: built without OpenMP, so every CPU kernel runs on one thread");
+#endif
 }
 
 }  // namespace test_matmul

@@ -1,6 +1,7 @@
 #pragma once
-// CPU reference GEMM: batched, strided matrices, on Eigen (or BLAS when
-// MAMCLIP_WITH_BLAS is defined).
+// CPU GEMM: batched, strided matrices. Float products go to the packed AVX2
+// kernel (sgemm.hpp) where the CPU has it, everything else to Eigen; with
+// MAMCLIP_WITH_BLAS defined, BLAS takes both.
 //
 // A matrix operand is a strided view: element (i, j) of an r×c matrix sits at
 // data[i*rs + j*cs]. When one stride is 1 and the other covers the inner
@@ -70,6 +71,7 @@ inline void dgemm(int o, int ta, int tb, blas_int m, blas_int n, blas_int k, dou
 
 #include "mamclip/core/iterate.hpp"
 #include "mamclip/core/shape.hpp"
+#include "mamclip/ops/matmul/sgemm.hpp"
 
 namespace mamclip::cpu {
 
@@ -175,6 +177,17 @@ void gemm(int64_t m, int64_t n, int64_t k, const S* a, MatLayout la, const S* b,
     return;
   }
 #endif
+  if constexpr (std::is_same_v<S, float>) {
+    if (sgemm::worthwhile(m, n, k)) {
+      const auto strides = [](MatLayout l) {
+        return l.kind == MatLayout::row_major ? std::pair<int64_t, int64_t>{l.ld, 1} : std::pair<int64_t, int64_t>{1, l.ld};
+      };
+      const auto [a_rs, a_cs] = strides(la);
+      const auto [b_rs, b_cs] = strides(lb);
+      sgemm::gemm(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, accumulate);
+      return;
+    }
+  }
   gemm_impl::eigen_gemm(m, n, k, a, la, b, lb, c, accumulate);
 }
 

@@ -1,0 +1,279 @@
+#pragma once
+// Float GEMM for x86-64 CPUs with AVX2 and FMA: C (m×n, row-major, leading
+// dimension n) = A·B, or C += A·B.
+//
+// The algorithm is Goto's, as BLIS arranges it. B is packed a KC×NC panel at
+// a time into NR-column slivers, A an MC×KC block at a time into MR-row
+// slivers; the micro-kernel multiplies one A sliver by one B sliver, keeping
+// the MR×NR tile of C in 12 AVX registers for the whole KC loop. Block sizes
+// fit Zen 3 / Haswell-class caches: an A sliver (6 KiB) and a B sliver
+// (16 KiB) in L1, the A block (144 KiB) in L2, the B panel in L3.
+//
+// Threads (OpenMP, when the including program is compiled with it) share the
+// B panel and split the (A block × column chunk) tiles; every element of C is
+// summed by one thread in the same order whatever the thread count, so the
+// result does not depend on it.
+//
+// The kernel is compiled for AVX2+FMA through function attributes and chosen
+// at run time (cpu::gemm falls back to Eigen on CPUs without them, on other
+// architectures and compilers, and for products too small to pay for packing).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
+
+#include "mamclip/core/error.hpp"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(MAMCLIP_NO_SGEMM_KERNEL)
+#define MAMCLIP_SGEMM_KERNEL 1
+#include <immintrin.h>
+#define MAMCLIP_SGEMM_TARGET __attribute__((target("avx2,fma")))
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace mamclip::cpu::sgemm {
+
+inline constexpr int64_t MR = 6, NR = 16;  // register tile: 6 rows × two 8-float vectors
+inline constexpr int64_t MC = 144, KC = 256, NC = 3072;
+// Below this many multiply-adds Eigen's GEMM (no packing) is as fast; below
+// the second one threads cost more than they save.
+inline constexpr int64_t kMinMacs = 32 * 1024, kMinParallelMacs = 1024 * 1024;
+
+// True when this CPU can run the kernel (checked once).
+inline bool available() {
+#ifdef MAMCLIP_SGEMM_KERNEL
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// Whether cpu::gemm hands an m×n×k float product to this kernel.
+inline bool worthwhile(int64_t m, int64_t n, int64_t k) {
+  return m >= 2 && n >= 2 && m * n * k >= kMinMacs && available();
+}
+
+#ifdef MAMCLIP_SGEMM_KERNEL
+namespace detail {
+
+// A strided matrix operand: element (i, j) sits at p[i*rs + j*cs].
+struct Operand {
+  const float* p;
+  int64_t rs, cs;
+  float at(int64_t i, int64_t j) const { return p[i * rs + j * cs]; }
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A per-thread, 64-byte aligned scratch buffer that only grows.
+class Scratch {
+ public:
+  float* get(int64_t count) {
+    if (count > size_) {
+      data_.reset(static_cast<float*>(::operator new[](static_cast<size_t>(count) * sizeof(float), std::align_val_t(64))));
+      size_ = count;
+    }
+    return data_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { ::operator delete[](p, std::align_val_t(64)); }
+  };
+  std::unique_ptr<float[], Free> data_;
+  int64_t size_ = 0;
+};
+
+// Rows [i0, i0+mc) × columns [p0, p0+kc) of A as MR-row slivers: sliver s
+// holds A(i0 + s*MR + r, p0 + q) at dst[s*MR*kc + q*MR + r], rows past m zero.
+MAMCLIP_SGEMM_TARGET inline void pack_a(const Operand& a, int64_t m, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* dst) {
+  for (int64_t s = 0; s < mc; s += MR, dst += MR * kc) {
+    const int64_t rows = std::min(MR, m - (i0 + s));
+    if (rows == MR && a.cs == 1) {
+      const float* src[MR];
+      for (int64_t r = 0; r < MR; ++r) src[r] = a.p + (i0 + s + r) * a.rs + p0;
+      for (int64_t q = 0; q < kc; ++q)
+        for (int64_t r = 0; r < MR; ++r) dst[q * MR + r] = src[r][q];
+    } else if (rows == MR && a.rs == 1) {
+      for (int64_t q = 0; q < kc; ++q) {
+        const float* src = a.p + (p0 + q) * a.cs + i0 + s;
+        for (int64_t r = 0; r < MR; ++r) dst[q * MR + r] = src[r];
+      }
+    } else {
+      for (int64_t q = 0; q < kc; ++q)
+        for (int64_t r = 0; r < MR; ++r) dst[q * MR + r] = r < rows ? a.at(i0 + s + r, p0 + q) : 0.0f;
+    }
+  }
+}
+
+// Slivers [t0, t1) of the B panel at rows [p0, p0+kc), columns from j0:
+// B(p0 + q, j0 + t*NR + c) at dst[t*NR*kc + q*NR + c], columns past n zero.
+// A row-major B is read row by row (sequential reads, whole-line writes).
+MAMCLIP_SGEMM_TARGET inline void pack_b(const Operand& b, int64_t n, int64_t p0, int64_t kc, int64_t j0, int64_t t0,
+                                        int64_t t1, float* dst) {
+  const int64_t full_end = std::min(t1, t0 + std::max<int64_t>(0, (n - j0) / NR - t0));  // slivers without padding
+  if (b.cs == 1) {
+    for (int64_t q = 0; q < kc; ++q) {
+      const float* src = b.p + (p0 + q) * b.rs + j0;
+      for (int64_t t = t0; t < full_end; ++t) {
+        _mm256_store_ps(dst + t * NR * kc + q * NR, _mm256_loadu_ps(src + t * NR));
+        _mm256_store_ps(dst + t * NR * kc + q * NR + 8, _mm256_loadu_ps(src + t * NR + 8));
+      }
+    }
+  } else if (b.rs == 1) {
+    for (int64_t t = t0; t < full_end; ++t) {
+      const float* src[NR];
+      for (int64_t c = 0; c < NR; ++c) src[c] = b.p + (j0 + t * NR + c) * b.cs + p0;
+      float* d = dst + t * NR * kc;
+      for (int64_t q = 0; q < kc; ++q)
+        for (int64_t c = 0; c < NR; ++c) d[q * NR + c] = src[c][q];
+    }
+  }
+  for (int64_t t = (b.cs == 1 || b.rs == 1) ? full_end : t0; t < t1; ++t) {
+    const int64_t jj = j0 + t * NR, cols = std::min(NR, n - jj);
+    float* d = dst + t * NR * kc;
+    for (int64_t q = 0; q < kc; ++q)
+      for (int64_t c = 0; c < NR; ++c) d[q * NR + c] = c < cols ? b.at(p0 + q, jj + c) : 0.0f;
+  }
+}
+
+// The MR×NR tile at c (leading dimension ldc) = pa·pb (+ the tile, when
+// `add`); pa and pb are packed slivers of depth kc.
+MAMCLIP_SGEMM_TARGET inline void micro_kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
+                                              float* c, int64_t ldc, bool add) {
+  __m256 acc[MR][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);  // C's lines arrive during the loop
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + NR - 1), _MM_HINT_T0);
+  }
+  for (int64_t q = 0; q < kc; ++q, pa += MR, pb += NR) {
+    _mm_prefetch(reinterpret_cast<const char*>(pa + 8 * MR), _MM_HINT_T0);
+    const __m256 b0 = _mm256_load_ps(pb), b1 = _mm256_load_ps(pb + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m256 x = _mm256_broadcast_ss(pa + r);
+      acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    float* row = c + r * ldc;
+    if (add) {
+      acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_loadu_ps(row));
+      acc[r][1] = _mm256_add_ps(acc[r][1], _mm256_loadu_ps(row + 8));
+    }
+    _mm256_storeu_ps(row, acc[r][0]);
+    _mm256_storeu_ps(row + 8, acc[r][1]);
+  }
+}
+
+// A partial tile (rows × cols < MR × NR) goes through a full one in scratch.
+MAMCLIP_SGEMM_TARGET inline void edge_kernel(int64_t kc, const float* pa, const float* pb, float* c, int64_t ldc,
+                                             bool add, int64_t rows, int64_t cols) {
+  alignas(32) float tile[MR * NR];
+  micro_kernel(kc, pa, pb, tile, NR, false);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) c[r * ldc + j] = add ? c[r * ldc + j] + tile[r * NR + j] : tile[r * NR + j];
+}
+
+inline Scratch& a_scratch() {
+  thread_local Scratch s;
+  return s;
+}
+inline Scratch& b_scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+}  // namespace detail
+
+// C (m×n, leading dimension n) = A·B, or += when `accumulate`; A(i, p) at
+// a[i*a_rs + p*a_cs], B(p, j) at b[p*b_rs + j*b_cs]. Needs available().
+inline void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                 int64_t b_rs, int64_t b_cs, float* c, bool accumulate) {
+  using namespace detail;
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    if (!accumulate) std::fill(c, c + m * n, 0.0f);
+    return;
+  }
+  const Operand A{a, a_rs, a_cs}, B{b, b_rs, b_cs};
+  int threads = 1;
+#ifdef _OPENMP
+  if (!omp_in_parallel() && m * n * k >= kMinParallelMacs) threads = omp_get_max_threads();
+#endif
+  const int64_t panel_cols = std::min(n, NC);
+  float* bpack = b_scratch().get(std::min(k, KC) * ceil_div(panel_cols, NR) * NR);
+  const int64_t mblocks = ceil_div(m, MC);
+  // Split columns too when there are fewer A blocks than threads.
+  const int64_t chunks = mblocks >= threads ? 1 : ceil_div(threads, mblocks);
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+  {
+    float* apack = a_scratch().get(MC * KC);
+    for (int64_t j0 = 0; j0 < n; j0 += NC) {
+      const int64_t nc = std::min(NC, n - j0), slivers = ceil_div(nc, NR);
+      const int64_t chunk = ceil_div(slivers, chunks);
+      for (int64_t p0 = 0; p0 < k; p0 += KC) {
+        const int64_t kc = std::min(KC, k - p0);
+        const bool add = accumulate || p0 > 0;
+#ifdef _OPENMP
+        {
+          const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+          pack_b(B, n, p0, kc, j0, slivers * me / team, slivers * (me + 1) / team, bpack);
+        }
+#pragma omp barrier
+#else
+        pack_b(B, n, p0, kc, j0, 0, slivers, bpack);
+#endif
+        int64_t packed_block = -1;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t item = 0; item < mblocks * chunks; ++item) {
+          const int64_t blk = item / chunks, i0 = blk * MC, mc = std::min(MC, m - i0);
+          if (blk != packed_block) {
+            pack_a(A, m, i0, mc, p0, kc, apack);
+            packed_block = blk;
+          }
+          const int64_t t_end = std::min(slivers, (item % chunks + 1) * chunk);
+          for (int64_t t = (item % chunks) * chunk; t < t_end; ++t) {
+            const int64_t jj = j0 + t * NR, cols = std::min(NR, n - jj);
+            for (int64_t s = 0; s < mc; s += MR) {
+              const int64_t rows = std::min(MR, mc - s);
+              float* tile = c + (i0 + s) * n + jj;
+              const float* pa = apack + s * kc;
+              const float* pb = bpack + t * NR * kc;
+              if (rows == MR && cols == NR)
+                micro_kernel(kc, pa, pb, tile, n, add);
+              else
+                edge_kernel(kc, pa, pb, tile, n, add, rows, cols);
+            }
+          }
+        }
+        // (implicit barrier: the panel may be repacked)
+      }
+    }
+  }
+}
+#else
+inline void gemm(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*,
+                 bool) {
+  throw device_error("cpu::sgemm::gemm: this build has no AVX2 GEMM kernel (x86-64 with GCC or Clang only); "
+                     "check cpu::sgemm::available() before calling it");
+}
+#endif
+
+}  // namespace mamclip::cpu::sgemm
