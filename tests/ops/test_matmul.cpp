@@ -392,7 +392,7 @@ TEST_CASE("float matmul goes through the packed kernel and still matches a naive
   require_matmul_close(matmul(x, w.t()), naive_matmul(x, w.t()), 70, "[3,50,70] @ [70,90] (transposed)");
 }
 
-TEST_CASE("CPU kernels give the same bits on one thread and on several") {
+TEST_CASE("CPU kernels (GEMM, elementwise loops) give the same bits on one thread and on several") {
 #ifdef _OPENMP
   if (omp_get_num_procs() < 2) {
     WARN("skipped: one processor; the threaded paths would run on one thread");
@@ -406,14 +406,36 @@ TEST_CASE("CPU kernels give the same bits on one thread and on several") {
     out.push_back(matmul(a, b));
     out.push_back(matmul(rnd<float>({40, 1000}, 52), rnd<float>({1000, 700}, 53)));  // few A blocks: columns split
     out.push_back(matmul(b.t(), a.t()));
+    // Elementwise loops split by element index: contiguous, permuted, broadcast, three operands.
+    auto x = rnd<float>({3, 257, 171}, 54), y = rnd<float>({171}, 55);
+    out.push_back(exp(x));
+    out.push_back(exp(x.permute({2, 0, 1})));
+    out.push_back(x.permute({1, 2, 0}).contiguous());
+    out.push_back(add(x.transpose(0, 2), y.unsqueeze(-1).unsqueeze(-1)));
+    std::vector<bool> pick(171);
+    for (size_t j = 0; j < pick.size(); ++j) pick[j] = j % 3 == 1;
+    out.push_back(where(from_vector<bool>(pick, {171}), x, y.unsqueeze(0)));
     return out;
   };
   const auto one = run(1), two = run(2);
   omp_set_num_threads(saved);
   for (size_t i = 0; i < one.size(); ++i) {
-    INFO("product " << i);
+    INFO("result " << i);
     CHECK(one[i].to_vector() == two[i].to_vector());
   }
+  // The split loops visit every element at the right offsets (against plain loops).
+  const auto x = rnd<float>({3, 257, 171}, 54).to_vector();
+  const auto e = two[4].to_vector(), p = two[5].to_vector();
+  bool exp_ok = true, permute_ok = true;
+  for (int64_t a = 0; a < 3; ++a)
+    for (int64_t b = 0; b < 257; ++b)
+      for (int64_t c = 0; c < 171; ++c) {
+        const float v = x[(a * 257 + b) * 171 + c];
+        exp_ok = exp_ok && e[(c * 3 + a) * 257 + b] == std::exp(v);
+        permute_ok = permute_ok && p[(b * 171 + c) * 3 + a] == v;
+      }
+  CHECK(exp_ok);
+  CHECK(permute_ok);
 #else
   WARN("skipped: built without OpenMP, so every CPU kernel runs on one thread");
 #endif

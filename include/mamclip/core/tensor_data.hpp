@@ -32,8 +32,8 @@ Tensor<T> contiguous_copy(const Tensor<T>& src) {
     if (src.is_contiguous()) {
       std::memcpy(d, s, sizeof(T) * static_cast<size_t>(src.numel()));
     } else {
-      int64_t i = 0;
-      for_each_offset<1>(src.shape(), {src.strides()}, [&](const std::array<int64_t, 1>& o) { d[i++] = s[o[0]]; });
+      for_each_index_offset<1>(src.shape(), {src.strides()},
+                               [&](int64_t i, const std::array<int64_t, 1>& o) { d[i] = s[o[0]]; });
     }
   } else {
     require_kernel<StridedCopyKernel<T>>("strided_copy", dtype_v<T>, src.device())(out.data_ptr(), src.data_ptr(),
@@ -54,9 +54,8 @@ Tensor<T> add_same_shape(const Tensor<T>& a, const Tensor<T>& b) {
     T* o = out.data_ptr();
     const T* pa = a.data_ptr();
     const T* pb = b.data_ptr();
-    int64_t i = 0;
-    for_each_offset<2>(a.shape(), {a.strides(), b.strides()}, [&](const std::array<int64_t, 2>& off) {
-      o[i++] = static_cast<T>(static_cast<acc_t<T>>(pa[off[0]]) + static_cast<acc_t<T>>(pb[off[1]]));
+    for_each_index_offset<2>(a.shape(), {a.strides(), b.strides()}, [&](int64_t i, const std::array<int64_t, 2>& off) {
+      o[i] = static_cast<T>(static_cast<acc_t<T>>(pa[off[0]]) + static_cast<acc_t<T>>(pb[off[1]]));
     });
   } else {
     Tensor<T> ca = a.is_contiguous() ? a : contiguous_copy(a);

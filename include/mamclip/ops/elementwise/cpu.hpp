@@ -1,6 +1,6 @@
 #pragma once
-// CPU reference loops for elementwise ops: strided inputs, broadcasting,
-// contiguous output. Functors take and return the accumulation type acc_t<T>
+// CPU loops for elementwise ops: strided inputs, broadcasting, contiguous
+// output, large ones split over threads (functors must be pure). Functors take and return the accumulation type acc_t<T>
 // (float for half and bfloat16), so every dtype shares one formula.
 
 #include "mamclip/core/iterate.hpp"
@@ -16,13 +16,14 @@ void unary(Tensor<T>& out, const Tensor<T>& x, F&& f) {
   T* o = out.data_ptr();
   const T* px = x.data_ptr();
   if (x.is_contiguous()) {
-    const int64_t n = x.numel();
-    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<T>(f(static_cast<A>(px[i])));
+    detail::parallel_for(x.numel(), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) o[i] = static_cast<T>(f(static_cast<A>(px[i])));
+    });
     return;
   }
-  int64_t i = 0;
-  detail::for_each_offset<1>(x.shape(), {x.strides()},
-                             [&](const std::array<int64_t, 1>& off) { o[i++] = static_cast<T>(f(static_cast<A>(px[off[0]]))); });
+  detail::for_each_index_offset<1>(x.shape(), {x.strides()}, [&](int64_t i, const std::array<int64_t, 1>& off) {
+    o[i] = static_cast<T>(f(static_cast<A>(px[off[0]])));
+  });
 }
 
 // out = f(a, b) with a and b broadcast to out's shape.
@@ -34,15 +35,16 @@ void binary(Tensor<T>& out, const Tensor<U>& a, const Tensor<V>& b, F&& f) {
   const V* pb = b.data_ptr();
   const Shape& s = out.shape();
   if (a.shape() == s && b.shape() == s && a.is_contiguous() && b.is_contiguous()) {
-    const int64_t n = out.numel();
-    for (int64_t i = 0; i < n; ++i) o[i] = static_cast<T>(f(static_cast<A>(pa[i]), static_cast<A>(pb[i])));
+    detail::parallel_for(out.numel(), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) o[i] = static_cast<T>(f(static_cast<A>(pa[i]), static_cast<A>(pb[i])));
+    });
     return;
   }
-  int64_t i = 0;
-  detail::for_each_offset<2>(s, {broadcast_strides(a.shape(), a.strides(), s), broadcast_strides(b.shape(), b.strides(), s)},
-                             [&](const std::array<int64_t, 2>& off) {
-                               o[i++] = static_cast<T>(f(static_cast<A>(pa[off[0]]), static_cast<A>(pb[off[1]])));
-                             });
+  detail::for_each_index_offset<2>(
+      s, {broadcast_strides(a.shape(), a.strides(), s), broadcast_strides(b.shape(), b.strides(), s)},
+      [&](int64_t i, const std::array<int64_t, 2>& off) {
+        o[i] = static_cast<T>(f(static_cast<A>(pa[off[0]]), static_cast<A>(pb[off[1]])));
+      });
 }
 
 // out = f(a, b, c) with all three broadcast to out's shape.
@@ -53,12 +55,11 @@ void ternary(Tensor<T>& out, const Tensor<U>& a, const Tensor<V>& b, const Tenso
   const V* pb = b.data_ptr();
   const W* pc = c.data_ptr();
   const Shape& s = out.shape();
-  int64_t i = 0;
-  detail::for_each_offset<3>(
+  detail::for_each_index_offset<3>(
       s,
       {broadcast_strides(a.shape(), a.strides(), s), broadcast_strides(b.shape(), b.strides(), s),
        broadcast_strides(c.shape(), c.strides(), s)},
-      [&](const std::array<int64_t, 3>& off) { o[i++] = static_cast<T>(f(pa[off[0]], pb[off[1]], pc[off[2]])); });
+      [&](int64_t i, const std::array<int64_t, 3>& off) { o[i] = static_cast<T>(f(pa[off[0]], pb[off[1]], pc[off[2]])); });
 }
 
 // out[i] = 0 or `kept` for i in [0, n): element i of the uniform stream (seed,

@@ -214,9 +214,16 @@ inline void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, 
 #endif
   const int64_t panel_cols = std::min(n, NC);
   float* bpack = b_scratch().get(std::min(k, KC) * ceil_div(panel_cols, NR) * NR);
-  const int64_t mblocks = ceil_div(m, MC);
-  // Split columns too when there are fewer A blocks than threads.
-  const int64_t chunks = mblocks >= threads ? 1 : ceil_div(threads, mblocks);
+  // Rows go in blocks of at most MC, as many as a multiple of the thread
+  // count, with whole slivers spread evenly over them (so threads get equal
+  // rows); with fewer blocks than threads the columns are split as well.
+  const int64_t row_slivers = ceil_div(m, MR);
+  int64_t mblocks = ceil_div(m, MC), chunks = 1;
+  if (mblocks >= threads)
+    mblocks = ceil_div(mblocks, threads) * threads;
+  else
+    chunks = ceil_div(threads, mblocks);
+  mblocks = std::min(mblocks, row_slivers);
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -225,7 +232,6 @@ inline void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, 
     float* apack = a_scratch().get(MC * KC);
     for (int64_t j0 = 0; j0 < n; j0 += NC) {
       const int64_t nc = std::min(NC, n - j0), slivers = ceil_div(nc, NR);
-      const int64_t chunk = ceil_div(slivers, chunks);
       for (int64_t p0 = 0; p0 < k; p0 += KC) {
         const int64_t kc = std::min(KC, k - p0);
         const bool add = accumulate || p0 > 0;
@@ -243,13 +249,14 @@ inline void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, 
 #pragma omp for schedule(static)
 #endif
         for (int64_t item = 0; item < mblocks * chunks; ++item) {
-          const int64_t blk = item / chunks, i0 = blk * MC, mc = std::min(MC, m - i0);
+          const int64_t blk = item / chunks, chunk = item % chunks;
+          const int64_t i0 = MR * (blk * row_slivers / mblocks);
+          const int64_t mc = std::min(m, MR * ((blk + 1) * row_slivers / mblocks)) - i0;
           if (blk != packed_block) {
             pack_a(A, m, i0, mc, p0, kc, apack);
             packed_block = blk;
           }
-          const int64_t t_end = std::min(slivers, (item % chunks + 1) * chunk);
-          for (int64_t t = (item % chunks) * chunk; t < t_end; ++t) {
+          for (int64_t t = chunk * slivers / chunks; t < (chunk + 1) * slivers / chunks; ++t) {
             const int64_t jj = j0 + t * NR, cols = std::min(NR, n - jj);
             for (int64_t s = 0; s < mc; s += MR) {
               const int64_t rows = std::min(MR, mc - s);
