@@ -9,6 +9,7 @@
 //   *.json / *.jsonl                      MAM-CLIP image-caption records (--image-root; default the file's folder)
 // Labels map to classes with the documented default 3-class grouping.
 
+#include <cstdlib>
 #include <fstream>
 #include <iomanip>
 #include <set>
@@ -23,6 +24,9 @@
 
 #ifdef MAMCLIP_CLI_YAML
 #include <yaml-cpp/yaml.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
 #endif
 #ifdef MAMCLIP_WITH_MPI
 #include "mamclip/dist/mpi.hpp"
@@ -244,6 +248,19 @@ int run_pretrain(const std::vector<std::string>& argv) {
   const std::unique_ptr<dist::Communicator> comm = dist::communicator_from_environment();
 #else
   const std::unique_ptr<dist::Communicator> comm = std::make_unique<dist::LocalCommunicator>();
+#endif
+#ifdef _OPENMP
+  // Ranks on one machine share its cores: each takes its share of the CPU
+  // kernels' threads unless OMP_NUM_THREADS says otherwise.
+  if (comm->world_size() > 1 && !std::getenv("OMP_NUM_THREADS")) {
+    int local = comm->world_size();
+    for (const char* name : {"OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE"})
+      if (const char* v = std::getenv(name); v && std::atoi(v) > 0) {
+        local = std::atoi(v);
+        break;
+      }
+    omp_set_num_threads(std::max(1, omp_get_num_procs() / local));
+  }
 #endif
   std::ostringstream quiet;
   std::ostream& out = comm->rank() == 0 ? std::cout : quiet;  // rank 0 speaks for the job

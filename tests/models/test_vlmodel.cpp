@@ -233,6 +233,11 @@ TEST_CASE("VLModel: mlm_nll_sum projects only the labelled positions, with the f
     REQUIRE(pa[i].second.grad().defined() == pb[i].second.grad().defined());
     if (!pa[i].second.grad().defined() || max_abs_diff(pa[i].second.grad(), zeros<float>(pa[i].second.shape())) < 1e-12)
       continue;
+    if (pa[i].first.find("attention.self.key.bias") != std::string::npos) {
+      // Zero in exact arithmetic (softmax over keys is shift-invariant): both sides are rounding noise.
+      CHECK(max_abs_diff(pb[i].second.grad(), zeros<float>(pb[i].second.shape())) < 1e-6);
+      continue;
+    }
     CHECK(rel_err(pb[i].second.grad(), pa[i].second.grad()) < 1e-5);
     ++compared;
   }
