@@ -415,6 +415,13 @@ TEST_CASE("CPU kernels (GEMM, elementwise loops) give the same bits on one threa
     std::vector<bool> pick(171);
     for (size_t j = 0; j < pick.size(); ++j) pick[j] = j % 3 == 1;
     out.push_back(where(from_vector<bool>(pick, {171}), x, y.unsqueeze(0)));
+    // GELU's vectorised path (forward and its backward) in fixed blocks; 131,137 elements end in a partial one.
+    auto z = rnd<float>({131137}, 56, -4, 4);
+    z.set_requires_grad();
+    auto gz = gelu(z);
+    out.push_back(gz.detach());
+    sum(mul(gz, rnd<float>({131137}, 57))).backward();
+    out.push_back(z.grad());
     return out;
   };
   const auto one = run(1), two = run(2);

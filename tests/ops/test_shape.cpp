@@ -2,6 +2,8 @@
 // gradcheck on non-contiguous inputs at awkward sizes, and error messages.
 #include "support/test_support.hpp"
 
+#include <algorithm>
+
 namespace test_shape {
 using namespace mamclip;
 using namespace mamclip::test;
@@ -179,6 +181,30 @@ TEST_CASE("shape ops reject bad arguments with messages that name them") {
   MAMCLIP_REQUIRE_THROWS_WITH(sc.narrow(0, 0, 1), shape_error, "narrow: x has shape [] (0-dim); expected at least 1 dim");
   MAMCLIP_REQUIRE_THROWS_WITH(sc.slice(0, 0, 1), shape_error, "slice: x has shape [] (0-dim); expected at least 1 dim");
   MAMCLIP_REQUIRE_THROWS_WITH(sc.select(0, 0), shape_error, "select: x has shape [] (0-dim); expected at least 1 dim");
+}
+
+TEST_CASE("contiguous() of every permutation of a 4-D tensor reads each element from its place") {
+  // Odd sizes, the source contiguous along every dim in turn; the 360,000-element one is split over threads.
+  for (const Shape& shape : {Shape{2, 37, 19, 23}, Shape{1, 64, 9, 40}, Shape{3, 50, 300, 8}, Shape{2, 3, 4, 5}}) {
+    const int64_t n = numel_of(shape);
+    std::vector<float> v(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(i);
+    const Tensor<float> x = from_vector<float>(v, shape);
+    std::vector<int64_t> perm = {0, 1, 2, 3};
+    do {
+      const Tensor<float> p = x.permute(perm), c = p.contiguous();
+      REQUIRE(c.is_contiguous());
+      const auto got = c.to_vector();
+      int64_t i = 0, bad = 0;
+      for (int64_t a = 0; a < p.size(0); ++a)
+        for (int64_t b = 0; b < p.size(1); ++b)
+          for (int64_t e = 0; e < p.size(2); ++e)
+            for (int64_t f = 0; f < p.size(3); ++f, ++i)
+              bad += got[i] != v[a * p.stride(0) + b * p.stride(1) + e * p.stride(2) + f * p.stride(3)];
+      INFO("shape " << shape_str(shape) << " permuted " << perm[0] << perm[1] << perm[2] << perm[3]);
+      CHECK(bad == 0);
+    } while (std::next_permutation(perm.begin(), perm.end()));
+  }
 }
 
 }  // namespace test_shape

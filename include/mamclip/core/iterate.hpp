@@ -88,10 +88,12 @@ inline constexpr int64_t kParallelGrain = 64 * 1024;
 
 // f(begin, end) over consecutive pieces of [0, n): one piece per thread when n
 // is large and no parallel region is active, else f(0, n).
+// `grain` is the least n worth splitting (items of more than one element each
+// pass their own).
 template <class F>
-void parallel_for(int64_t n, F&& f) {
+void parallel_for(int64_t n, F&& f, int64_t grain = kParallelGrain) {
 #ifdef _OPENMP
-  if (n >= kParallelGrain && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+  if (n >= std::max<int64_t>(grain, 2) && omp_get_max_threads() > 1 && !omp_in_parallel()) {
 #pragma omp parallel
     {
       const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();

@@ -287,15 +287,35 @@ Tensor<T> gelu_erf_fast(const Tensor<T>& x, const Tensor<T>& g) {
         (with_g && (!g.device().is_cpu() || !g.is_contiguous() || g.shape() != x.shape())))
       return Tensor<T>();
     Tensor<T> out = Tensor<T>::empty(x.shape());
-    const Eigen::Map<const Eigen::ArrayXf> xa(x.data_ptr(), x.numel());
-    Eigen::Map<Eigen::ArrayXf> oa(out.data_ptr(), out.numel());
-    const Eigen::ArrayXf cdf = 0.5f * (1.0f + (xa * 0.70710678118654752f).erf());
-    if (!with_g) {
-      oa = xa * cdf;
-    } else {
-      const Eigen::Map<const Eigen::ArrayXf> ga(g.data_ptr(), g.numel());
-      oa = ga * (cdf + xa * (-0.5f * xa.square()).exp() * 0.3989422804014327f);
-    }
+    const float* px = x.data_ptr();
+    const float* pg = with_g ? g.data_ptr() : nullptr;
+    float* po = out.data_ptr();
+    // Fixed blocks (the last one zero-padded): every element takes the same
+    // vector code wherever a thread's range starts, so results do not depend
+    // on the thread count.
+    constexpr int64_t kBlock = 64;
+    using Block = Eigen::Array<float, kBlock, 1>;
+    const int64_t n = x.numel();
+    detail::parallel_for(
+        (n + kBlock - 1) / kBlock,
+        [&](int64_t first, int64_t last) {
+          Block xb, gb, ob;
+          for (int64_t blk = first; blk < last; ++blk) {
+            const int64_t i0 = blk * kBlock, len = std::min(kBlock, n - i0);
+            xb.setZero();
+            std::copy_n(px + i0, len, xb.data());
+            const Block cdf = 0.5f * (1.0f + (xb * 0.70710678118654752f).erf());
+            if (!pg) {
+              ob = xb * cdf;
+            } else {
+              gb.setZero();
+              std::copy_n(pg + i0, len, gb.data());
+              ob = gb * (cdf + xb * (-0.5f * xb.square()).exp() * 0.3989422804014327f);
+            }
+            std::copy_n(ob.data(), len, po + i0);
+          }
+        },
+        detail::kParallelGrain / kBlock);
     return out;
   }
 #endif
