@@ -184,7 +184,8 @@ TEST_CASE("shape ops reject bad arguments with messages that name them") {
 }
 
 TEST_CASE("contiguous() of every permutation of a 4-D tensor reads each element from its place") {
-  // Odd sizes, the source contiguous along every dim in turn; the 360,000-element one is split over threads.
+  // Odd sizes, the source contiguous along every dim in turn (the 8x8-block transposes and their scalar
+  // edges); the 360,000-element one is split over threads.
   for (const Shape& shape : {Shape{2, 37, 19, 23}, Shape{1, 64, 9, 40}, Shape{3, 50, 300, 8}, Shape{2, 3, 4, 5}}) {
     const int64_t n = numel_of(shape);
     std::vector<float> v(static_cast<size_t>(n));

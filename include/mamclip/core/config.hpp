@@ -13,3 +13,23 @@
 #else
 #define MAMCLIP_HOST_DEVICE inline
 #endif
+
+// x86-64 AVX2+FMA code paths (the float GEMM, transposing copies): compiled
+// through function attributes whatever -march says, and taken only when
+// cpu_has_avx2_fma() is true at run time. MAMCLIP_NO_AVX2 turns them off.
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(MAMCLIP_NO_AVX2)
+#define MAMCLIP_AVX2 1
+#define MAMCLIP_AVX2_TARGET __attribute__((target("avx2,fma")))
+#endif
+
+namespace mamclip {
+inline bool cpu_has_avx2_fma() {
+#ifdef MAMCLIP_AVX2
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+}  // namespace mamclip

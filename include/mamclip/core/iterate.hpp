@@ -14,9 +14,15 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <type_traits>
+
+#include "mamclip/core/config.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#ifdef MAMCLIP_AVX2
+#include <immintrin.h>
 #endif
 
 #include "mamclip/core/shape.hpp"
@@ -148,6 +154,97 @@ void for_each_index_offset(const Shape& shape, const std::array<Shape, N>& strid
   int64_t n = 1;
   for (int64_t d : loop.shape) n *= d;
   parallel_for(n, [&](int64_t begin, int64_t end) { for_each_offset_in(loop, begin, end, f); });
+}
+
+#ifdef MAMCLIP_AVX2
+// d[i*d_rs + j] = s[i + j*s_cs] for an 8×8 block, in registers.
+MAMCLIP_AVX2_TARGET inline void transpose_8x8(const float* s, int64_t s_cs, float* d, int64_t d_rs) {
+  __m256 r[8], t[8], u[8];
+  for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(s + j * s_cs);  // r[j][i] = element (i, j)
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+    u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+    u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+    u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(d + i * d_rs, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+    _mm256_storeu_ps(d + (i + 4) * d_rs, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+  }
+}
+
+// d[i*d_rs + j] = s[i + j*s_cs] for i < rows, j < cols: 8×8 register blocks, scalar edges.
+MAMCLIP_AVX2_TARGET inline void transpose_avx2(const float* s, int64_t s_cs, float* d, int64_t d_rs, int64_t rows,
+                                               int64_t cols) {
+  const int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
+  for (int64_t i = 0; i < r8; i += 8) {
+    for (int64_t j = 0; j < c8; j += 8) transpose_8x8(s + i + j * s_cs, s_cs, d + i * d_rs + j, d_rs);
+    for (int64_t ii = i; ii < i + 8; ++ii)
+      for (int64_t j = c8; j < cols; ++j) d[ii * d_rs + j] = s[ii + j * s_cs];
+  }
+  for (int64_t i = r8; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) d[i * d_rs + j] = s[i + j * s_cs];
+}
+#endif
+
+// d (contiguous, row-major over `shape`) = the strided source s. A permuted
+// float source, contiguous along some dim other than the innermost (NCHW <->
+// NHWC), is copied as 2-D transposes of those two dims in 8×8 register blocks
+// where the CPU has AVX2; everything else element by element.
+template <class T>
+void copy_to_contiguous(const T* s, const Shape& shape, const Shape& strides, T* d) {
+  for (int64_t x : shape)
+    if (x == 0) return;
+  const StridedLoop<1> loop(shape, {strides});
+  const size_t nd = loop.shape.size();
+  const Shape& st = loop.strides[0];
+  size_t t = nd;  // the dim along which the source is contiguous
+#ifdef MAMCLIP_AVX2
+  if (std::is_same_v<T, float> && cpu_has_avx2_fma() && nd >= 2 && st[nd - 1] != 1 && loop.shape[nd - 1] >= 8)
+    for (size_t k = 0; k + 1 < nd; ++k)
+      if (st[k] == 1 && loop.shape[k] >= 8) t = k;
+#endif
+  if (t == nd) {
+    for_each_index_offset<1>(shape, {strides}, [&](int64_t i, const std::array<int64_t, 1>& o) { d[i] = s[o[0]]; });
+    return;
+  }
+#ifdef MAMCLIP_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    // Every dim but t and the innermost is an outer loop; the destination's strides are loop.shape's contiguous ones.
+    Shape dst_st(nd, 1), outer_shape, outer_src, outer_dst;
+    for (size_t k = nd - 1; k-- > 0;) dst_st[k] = dst_st[k + 1] * loop.shape[k + 1];
+    for (size_t k = 0; k + 1 < nd; ++k)
+      if (k != t) {
+        outer_shape.push_back(loop.shape[k]);
+        outer_src.push_back(st[k]);
+        outer_dst.push_back(dst_st[k]);
+      }
+    const StridedLoop<2> outer(outer_shape, {outer_src, outer_dst});
+    int64_t outer_count = 1;
+    for (int64_t x : outer.shape) outer_count *= x;
+    // Work items: (outer index, band of 64 rows of the transposed plane).
+    constexpr int64_t kBand = 64;
+    const int64_t rows = loop.shape[t], cols = loop.shape[nd - 1], bands = (rows + kBand - 1) / kBand;
+    parallel_for(
+        outer_count * bands,
+        [&](int64_t begin, int64_t end) {
+          for (int64_t o = begin / bands; o * bands < end; ++o) {
+            auto copy_bands = [&](int64_t, const std::array<int64_t, 2>& off) {
+              const int64_t first = std::max(begin, o * bands) - o * bands;
+              const int64_t last = std::min(end, (o + 1) * bands) - o * bands;
+              const int64_t i0 = first * kBand, i1 = std::min(rows, last * kBand);
+              transpose_avx2(s + off[0] + i0, st[nd - 1], d + off[1] + i0 * dst_st[t], dst_st[t], i1 - i0, cols);
+            };
+            for_each_offset_in(outer, o, o + 1, copy_bands);
+          }
+        },
+        std::max<int64_t>(1, kParallelGrain / (kBand * cols)));
+  }
+#endif
 }
 
 }  // namespace mamclip::detail

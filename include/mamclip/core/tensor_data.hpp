@@ -32,8 +32,7 @@ Tensor<T> contiguous_copy(const Tensor<T>& src) {
     if (src.is_contiguous()) {
       std::memcpy(d, s, sizeof(T) * static_cast<size_t>(src.numel()));
     } else {
-      for_each_index_offset<1>(src.shape(), {src.strides()},
-                               [&](int64_t i, const std::array<int64_t, 1>& o) { d[i] = s[o[0]]; });
+      copy_to_contiguous(s, src.shape(), src.strides(), d);
     }
   } else {
     require_kernel<StridedCopyKernel<T>>("strided_copy", dtype_v<T>, src.device())(out.data_ptr(), src.data_ptr(),

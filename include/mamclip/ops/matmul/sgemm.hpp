@@ -26,11 +26,11 @@
 
 #include "mamclip/core/error.hpp"
 
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(MAMCLIP_NO_SGEMM_KERNEL)
+#include "mamclip/core/config.hpp"
+#ifdef MAMCLIP_AVX2
 #define MAMCLIP_SGEMM_KERNEL 1
 #include <immintrin.h>
-#define MAMCLIP_SGEMM_TARGET __attribute__((target("avx2,fma")))
+#define MAMCLIP_SGEMM_TARGET MAMCLIP_AVX2_TARGET
 #endif
 
 #ifdef _OPENMP
@@ -46,14 +46,7 @@ inline constexpr int64_t MC = 144, KC = 256, NC = 3072;
 inline constexpr int64_t kMinMacs = 32 * 1024, kMinParallelMacs = 1024 * 1024;
 
 // True when this CPU can run the kernel (checked once).
-inline bool available() {
-#ifdef MAMCLIP_SGEMM_KERNEL
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
+inline bool available() { return cpu_has_avx2_fma(); }
 
 // Whether cpu::gemm hands an m×n×k float product to this kernel.
 inline bool worthwhile(int64_t m, int64_t n, int64_t k) {
