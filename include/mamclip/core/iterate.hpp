@@ -58,37 +58,6 @@ struct StridedLoop {
   }
 };
 
-// f(const std::array<int64_t, N>& offsets) for every element; offsets start at base.
-template <size_t N, class F>
-void for_each_offset(const Shape& shape, const std::array<Shape, N>& strides, F&& f) {
-  for (int64_t d : shape)
-    if (d == 0) return;
-  StridedLoop<N> loop(shape, strides);
-  const size_t nd = loop.shape.size();
-  const int64_t inner = loop.shape[nd - 1];
-  std::array<int64_t, N> inner_stride;
-  for (size_t k = 0; k < N; ++k) inner_stride[k] = loop.strides[k][nd - 1];
-  Shape counter(nd, 0);
-  std::array<int64_t, N> base{};
-  while (true) {
-    std::array<int64_t, N> off = base;
-    for (int64_t i = 0; i < inner; ++i) {
-      f(off);
-      for (size_t k = 0; k < N; ++k) off[k] += inner_stride[k];
-    }
-    // Advance the outer counter (odometer), updating base offsets.
-    size_t d = nd - 1;
-    while (d-- > 0) {
-      ++counter[d];
-      for (size_t k = 0; k < N; ++k) base[k] += loop.strides[k][d];
-      if (counter[d] < loop.shape[d]) break;
-      for (size_t k = 0; k < N; ++k) base[k] -= loop.strides[k][d] * loop.shape[d];
-      counter[d] = 0;
-    }
-    if (d == static_cast<size_t>(-1)) return;
-  }
-}
-
 // Below this many elements an elementwise loop stays on the calling thread.
 inline constexpr int64_t kParallelGrain = 64 * 1024;
 
@@ -142,6 +111,19 @@ void for_each_offset_in(const StridedLoop<N>& loop, int64_t begin, int64_t end, 
       counter[d] = 0;
     }
   }
+}
+
+// f(const std::array<int64_t, N>& offsets) for every element, in row-major
+// order on the calling thread (f may keep state across elements).
+template <size_t N, class F>
+void for_each_offset(const Shape& shape, const std::array<Shape, N>& strides, F&& f) {
+  for (int64_t d : shape)
+    if (d == 0) return;
+  const StridedLoop<N> loop(shape, strides);
+  int64_t n = 1;
+  for (int64_t d : loop.shape) n *= d;
+  auto each = [&](int64_t, const std::array<int64_t, N>& off) { f(off); };
+  for_each_offset_in(loop, 0, n, each);
 }
 
 // f(i, offsets) for every element, i its row-major index (the offset in a

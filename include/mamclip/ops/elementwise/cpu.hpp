@@ -1,7 +1,8 @@
 #pragma once
 // CPU loops for elementwise ops: strided inputs, broadcasting, contiguous
-// output, large ones split over threads (functors must be pure). Functors take and return the accumulation type acc_t<T>
-// (float for half and bfloat16), so every dtype shares one formula.
+// output, large ones split over threads (functors must be pure). Functors
+// take and return the accumulation type acc_t<T> (float for half and
+// bfloat16), so every dtype shares one formula.
 
 #include "mamclip/core/iterate.hpp"
 #include "mamclip/core/random.hpp"

@@ -20,17 +20,14 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <memory>
 #include <new>
 
+#include "mamclip/core/config.hpp"
 #include "mamclip/core/error.hpp"
 
-#include "mamclip/core/config.hpp"
 #ifdef MAMCLIP_AVX2
-#define MAMCLIP_SGEMM_KERNEL 1
 #include <immintrin.h>
-#define MAMCLIP_SGEMM_TARGET MAMCLIP_AVX2_TARGET
 #endif
 
 #ifdef _OPENMP
@@ -53,7 +50,7 @@ inline bool worthwhile(int64_t m, int64_t n, int64_t k) {
   return m >= 2 && n >= 2 && m * n * k >= kMinMacs && available();
 }
 
-#ifdef MAMCLIP_SGEMM_KERNEL
+#ifdef MAMCLIP_AVX2
 namespace detail {
 
 // A strided matrix operand: element (i, j) sits at p[i*rs + j*cs].
@@ -86,7 +83,7 @@ class Scratch {
 
 // Rows [i0, i0+mc) × columns [p0, p0+kc) of A as MR-row slivers: sliver s
 // holds A(i0 + s*MR + r, p0 + q) at dst[s*MR*kc + q*MR + r], rows past m zero.
-MAMCLIP_SGEMM_TARGET inline void pack_a(const Operand& a, int64_t m, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* dst) {
+MAMCLIP_AVX2_TARGET inline void pack_a(const Operand& a, int64_t m, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* dst) {
   for (int64_t s = 0; s < mc; s += MR, dst += MR * kc) {
     const int64_t rows = std::min(MR, m - (i0 + s));
     if (rows == MR && a.cs == 1) {
@@ -109,9 +106,9 @@ MAMCLIP_SGEMM_TARGET inline void pack_a(const Operand& a, int64_t m, int64_t i0,
 // Slivers [t0, t1) of the B panel at rows [p0, p0+kc), columns from j0:
 // B(p0 + q, j0 + t*NR + c) at dst[t*NR*kc + q*NR + c], columns past n zero.
 // A row-major B is read row by row (sequential reads, whole-line writes).
-MAMCLIP_SGEMM_TARGET inline void pack_b(const Operand& b, int64_t n, int64_t p0, int64_t kc, int64_t j0, int64_t t0,
+MAMCLIP_AVX2_TARGET inline void pack_b(const Operand& b, int64_t n, int64_t p0, int64_t kc, int64_t j0, int64_t t0,
                                         int64_t t1, float* dst) {
-  const int64_t full_end = std::min(t1, t0 + std::max<int64_t>(0, (n - j0) / NR - t0));  // slivers without padding
+  const int64_t full_end = std::min(t1, std::max(t0, (n - j0) / NR));  // slivers without padding
   if (b.cs == 1) {
     for (int64_t q = 0; q < kc; ++q) {
       const float* src = b.p + (p0 + q) * b.rs + j0;
@@ -139,7 +136,7 @@ MAMCLIP_SGEMM_TARGET inline void pack_b(const Operand& b, int64_t n, int64_t p0,
 
 // The MR×NR tile at c (leading dimension ldc) = pa·pb (+ the tile, when
 // `add`); pa and pb are packed slivers of depth kc.
-MAMCLIP_SGEMM_TARGET inline void micro_kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
+MAMCLIP_AVX2_TARGET inline void micro_kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
                                               float* c, int64_t ldc, bool add) {
   __m256 acc[MR][2];
 #pragma GCC unroll 6
@@ -171,7 +168,7 @@ MAMCLIP_SGEMM_TARGET inline void micro_kernel(int64_t kc, const float* __restric
 }
 
 // A partial tile (rows × cols < MR × NR) goes through a full one in scratch.
-MAMCLIP_SGEMM_TARGET inline void edge_kernel(int64_t kc, const float* pa, const float* pb, float* c, int64_t ldc,
+MAMCLIP_AVX2_TARGET inline void edge_kernel(int64_t kc, const float* pa, const float* pb, float* c, int64_t ldc,
                                              bool add, int64_t rows, int64_t cols) {
   alignas(32) float tile[MR * NR];
   micro_kernel(kc, pa, pb, tile, NR, false);
