@@ -337,19 +337,25 @@ TEST_CASE("matmul on a device calls the registered gemm kernel with the document
                                 "matmul: no \"gemm\" kernel is registered for float64 tensors on cuda:0");
 }
 
-// The packed AVX2 kernel behind float cpu::gemm, called directly at sizes
-// around its register tile (6×16) and its blocks (MC 144, KC 256, NC 3072),
-// on all four operand layouts with leading dimensions past the extent.
+// The packed kernels behind float cpu::gemm (AVX2 6×16 tiles, AVX-512 12×32),
+// called directly at sizes around their register tiles and their blocks (MC
+// 144, KC 256, NC 3072), on all four operand layouts with leading dimensions
+// past the extent. Both kernels sum in the same order, so where the CPU runs
+// both their results must be the same bits.
 TEST_CASE("packed float GEMM matches a double product at awkward sizes, layouts and blockings") {
+  using cpu::sgemm::Isa;
   if (!cpu::sgemm::available()) {
     WARN("skipped: this CPU or build has no AVX2+FMA GEMM kernel (float GEMMs run on Eigen here)");
     return;
   }
+  const bool both = cpu::sgemm::available(Isa::avx512);
+  if (!both) WARN("AVX-512 kernel not checked: this CPU or build has no AVX-512F; the AVX2 kernel is");
   struct Size {
     int64_t m, n, k;
   };
-  const std::vector<Size> sizes = {{1, 1, 1},    {2, 3, 1},    {6, 16, 256},  {7, 17, 257}, {13, 33, 300},
-                                   {145, 50, 20}, {150, 3090, 9}, {5, 20, 600}, {289, 31, 513}};
+  const std::vector<Size> sizes = {{1, 1, 1},     {2, 3, 1},      {6, 16, 256},  {7, 17, 257}, {12, 32, 256},
+                                   {13, 33, 300}, {25, 65, 255},  {145, 50, 20}, {150, 3090, 9},
+                                   {5, 20, 600},  {289, 31, 513}, {37, 3100, 3}};
   uint64_t seed = 100;
   for (const auto& sz : sizes)
     for (int layout = 0; layout < 4; ++layout)
@@ -360,10 +366,16 @@ TEST_CASE("packed float GEMM matches a double product at awkward sizes, layouts 
         const auto b = uniform_random<float>({(b_rows ? sz.k : sz.n) * ldb}, ++seed, -1, 1).to_vector();
         const auto c0 = uniform_random<float>({sz.m * sz.n}, ++seed, -1, 1).to_vector();
         const int64_t a_rs = a_rows ? lda : 1, a_cs = a_rows ? 1 : lda, b_rs = b_rows ? ldb : 1, b_cs = b_rows ? 1 : ldb;
-        std::vector<float> c = c0;
-        cpu::sgemm::gemm(sz.m, sz.n, sz.k, a.data(), a_rs, a_cs, b.data(), b_rs, b_cs, c.data(), accumulate);
         INFO("m " << sz.m << " n " << sz.n << " k " << sz.k << " a " << (a_rows ? "row" : "col") << "-major, b "
                   << (b_rows ? "row" : "col") << "-major, accumulate " << accumulate);
+        std::vector<float> c = c0;
+        cpu::sgemm::gemm(sz.m, sz.n, sz.k, a.data(), a_rs, a_cs, b.data(), b_rs, b_cs, c.data(), accumulate, Isa::avx2);
+        if (both) {
+          std::vector<float> wide = c0;
+          cpu::sgemm::gemm(sz.m, sz.n, sz.k, a.data(), a_rs, a_cs, b.data(), b_rs, b_cs, wide.data(), accumulate,
+                           Isa::avx512);
+          CHECK(std::memcmp(wide.data(), c.data(), c.size() * sizeof(float)) == 0);
+        }
         int bad = 0;
         std::ostringstream first;
         for (int64_t i = 0; i < sz.m; ++i)

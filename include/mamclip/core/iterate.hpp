@@ -26,6 +26,7 @@
 #endif
 
 #include "mamclip/core/shape.hpp"
+#include "mamclip/core/simd.hpp"
 
 namespace mamclip::detail {
 
@@ -141,22 +142,10 @@ void for_each_index_offset(const Shape& shape, const std::array<Shape, N>& strid
 #ifdef MAMCLIP_AVX2
 // d[i*d_rs + j] = s[i + j*s_cs] for an 8×8 block, in registers.
 MAMCLIP_AVX2_TARGET inline void transpose_8x8(const float* s, int64_t s_cs, float* d, int64_t d_rs) {
-  __m256 r[8], t[8], u[8];
-  for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(s + j * s_cs);  // r[j][i] = element (i, j)
-  for (int k = 0; k < 8; k += 2) {
-    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
-    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
-  }
-  for (int k = 0; k < 8; k += 4) {
-    u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
-    u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
-    u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
-    u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {
-    _mm256_storeu_ps(d + i * d_rs, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
-    _mm256_storeu_ps(d + (i + 4) * d_rs, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
-  }
+  __m256 v[8];
+  for (int j = 0; j < 8; ++j) v[j] = _mm256_loadu_ps(s + j * s_cs);  // v[j][i] = element (i, j)
+  simd::transpose_8x8_registers(v);
+  for (int i = 0; i < 8; ++i) _mm256_storeu_ps(d + i * d_rs, v[i]);
 }
 
 // d[i*d_rs + j] = s[i + j*s_cs] for i < rows, j < cols: 8×8 register blocks, scalar edges.
