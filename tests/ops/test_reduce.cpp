@@ -152,6 +152,49 @@ TEST_CASE("logsumexp gradcheck on non-contiguous inputs") {
   require_gradcheck([](auto& v) { return logsumexp(v[0], {0}); }, {noncontiguous(rnd({5, 9}, 9, -50, 50))});
 }
 
+// sum and mean read a contiguous input in place when the kept dims are one
+// consecutive block (leading, trailing or middle reduced dims), several outputs
+// at a time and split over threads; each output must still be the sum of its
+// elements in row order, the same bits as a plain loop, at sizes that split.
+TEST_CASE("sum and mean over leading, middle and trailing dims add in row order") {
+  const std::vector<std::pair<Shape, std::vector<int64_t>>> cases = {
+      {{5, 7, 9, 11}, {0}},       {{5, 7, 9, 11}, {0, 1}},    {{5, 7, 9, 11}, {0, 3}},  {{5, 7, 9, 11}, {2, 3}},
+      {{5, 7, 9, 11}, {0, 2, 3}}, {{5, 7, 9, 11}, {1}},       {{5, 7, 9, 11}, {1, 3}},  {{300, 385}, {0}},
+      {{3, 97, 31, 29}, {0, 2, 3}}, {{2, 70000}, {0}},         {{70000, 3}, {0}},        {{700, 300}, {1}}};
+  uint64_t seed = 500;
+  for (const auto& [shape, dims] : cases) {
+    const auto x = uniform_random<float>(shape, ++seed, -1, 1);
+    const auto xv = x.to_vector();
+    const auto nd = static_cast<int64_t>(shape.size());
+    std::vector<bool> red(nd, false);
+    for (int64_t d : dims) red[d] = true;
+    // Expected: for each kept index (row-major), acc over the reduced dims in row-major order.
+    Shape kept_shape, red_shape;
+    for (int64_t d = 0; d < nd; ++d) (red[d] ? red_shape : kept_shape).push_back(shape[d]);
+    const Shape strides = contiguous_strides(shape);
+    std::vector<float> want_sum, want_mean;
+    const int64_t n_kept = numel_of(kept_shape), n_red = numel_of(red_shape);
+    for (int64_t o = 0; o < n_kept; ++o) {
+      float acc = 0;
+      for (int64_t r = 0; r < n_red; ++r) {
+        int64_t off = 0, ko = o, ro = r;
+        for (int64_t d = nd - 1; d >= 0; --d) {
+          int64_t& rem = red[d] ? ro : ko;
+          off += (rem % shape[d]) * strides[d];
+          rem /= shape[d];
+        }
+        acc += xv[off];
+      }
+      want_sum.push_back(acc);
+      want_mean.push_back(acc / static_cast<float>(n_red));
+    }
+    INFO("shape " << shape_str(shape) << " dims " << shape_str(dims));
+    CHECK(sum(x, dims).to_vector() == want_sum);
+    CHECK(mean(x, dims).to_vector() == want_mean);
+    CHECK(sum(x, dims, true).shape().size() == shape.size());
+  }
+}
+
 TEST_CASE("reductions of a 0-dim tensor and over an empty dim") {
   auto s = scalar<double>(2.5);
   CHECK(sum(s, {0}).item() == 2.5);

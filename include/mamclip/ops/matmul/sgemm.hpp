@@ -125,10 +125,7 @@ MAMCLIP_AVX2_TARGET inline void pack_a(const Operand& a, int64_t m, int64_t i0, 
     if (rows == MR && a.cs == 1) {
       pack_transposed<MR>(a.p + (i0 + s) * a.rs + p0, a.rs, kc, dst);
     } else if (rows == MR && a.rs == 1) {
-      for (int64_t q = 0; q < kc; ++q) {
-        const float* src = a.p + (p0 + q) * a.cs + i0 + s;
-        for (int64_t r = 0; r < MR; ++r) dst[q * MR + r] = src[r];
-      }
+      for (int64_t q = 0; q < kc; ++q) std::memcpy(dst + q * MR, a.p + (p0 + q) * a.cs + i0 + s, MR * sizeof(float));
     } else {
       for (int64_t q = 0; q < kc; ++q)
         for (int64_t r = 0; r < MR; ++r) dst[q * MR + r] = r < rows ? a.at(i0 + s + r, p0 + q) : 0.0f;

@@ -85,7 +85,12 @@ Tensor<T> map_rows(const Tensor<T>& x, const ReducePlan& p, bool keepdim, F&& f)
   Tensor<T> out = Tensor<T>::empty(keepdim ? p.out_shape : p.out_shape_squeezed);
   const T* src = rows.data_ptr();
   T* dst = out.data_ptr();
-  for (int64_t o = 0; o < p.outer; ++o) dst[o] = static_cast<T>(f(src + o * p.inner, p.inner));
+  detail::parallel_for(
+      p.outer,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t o = begin; o < end; ++o) dst[o] = static_cast<T>(f(src + o * p.inner, p.inner));
+      },
+      std::max<int64_t>(2, detail::kParallelGrain / std::max<int64_t>(1, p.inner)));
   return out;
 }
 
@@ -98,6 +103,56 @@ Tensor<T> reduce_rows(const Tensor<T>& x, const ReducePlan& p, bool keepdim, Ini
     for (int64_t i = 0; i < n; ++i) acc = combine(acc, static_cast<A>(row[i]));
     return finish(acc);
   });
+}
+
+// The sum of each row, in row order, passed through finish (sum, mean). When
+// x is contiguous and its kept dims are one consecutive block [before, kept,
+// after] (a Linear's bias gradient sums [rows, features] over rows; a conv's
+// sums [N, C, H, W] over N, H, W), the sums are read in place instead of from
+// a transposed copy, several outputs at a time and split over threads by
+// output; each output still adds the same elements in the same order.
+template <class T, class Finish>
+Tensor<T> sum_rows(const Tensor<T>& x, const ReducePlan& p, bool keepdim, Finish finish) {
+  using A = acc_t<T>;
+  const auto nd = static_cast<int64_t>(p.perm.size());
+  const auto kept = static_cast<int64_t>(p.out_shape_squeezed.size());
+  const int64_t first = kept > 0 ? p.perm[0] : 0;
+  bool block = x.device().is_cpu() && x.is_contiguous() && kept > 0 && p.outer > 1;
+  for (int64_t i = 0; block && i < kept; ++i) block = p.perm[i] == first + i;
+  if (!block)
+    return reduce_rows(x, p, keepdim, [] { return A(0); }, [](A a, A v) { return a + v; }, finish);
+  int64_t before = 1, after = 1;
+  for (int64_t d = 0; d < first; ++d) before *= x.shape()[d];
+  for (int64_t d = first + kept; d < nd; ++d) after *= x.shape()[d];
+  const int64_t cols = p.outer;
+  Tensor<T> out = Tensor<T>::empty(keepdim ? p.out_shape : p.out_shape_squeezed);
+  const T* src = x.data_ptr();
+  T* dst = out.data_ptr();
+  constexpr int64_t kCols = 256;  // outputs summed side by side: independent chains, vector adds when after == 1
+  detail::parallel_for(
+      cols,
+      [&](int64_t c_begin, int64_t c_end) {
+        A acc[kCols];
+        for (int64_t c0 = c_begin; c0 < c_end; c0 += kCols) {
+          const int64_t w = std::min(kCols, c_end - c0);
+          std::fill_n(acc, w, A(0));
+          for (int64_t b = 0; b < before; ++b) {
+            const T* base = src + (b * cols + c0) * after;
+            if (after == 1) {
+              for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<A>(base[j]);
+            } else {
+              for (int64_t j0 = 0; j0 < w; j0 += 8) {
+                const int64_t jw = std::min<int64_t>(8, w - j0);
+                for (int64_t e = 0; e < after; ++e)
+                  for (int64_t j = 0; j < jw; ++j) acc[j0 + j] += static_cast<A>(base[(j0 + j) * after + e]);
+              }
+            }
+          }
+          for (int64_t j = 0; j < w; ++j) dst[c0 + j] = static_cast<T>(finish(acc[j]));
+        }
+      },
+      std::max<int64_t>(2, detail::kParallelGrain / std::max<int64_t>(1, before * after)));
+  return out;
 }
 
 // Values and indices of each row's extreme: `better(v, best)` says whether v

@@ -87,7 +87,7 @@ Tensor<T> sum(const Tensor<T>& x, const std::vector<int64_t>& dims, bool keepdim
   detail::require_cpu("sum", x);
   const auto p = cpu::plan_reduce(x.shape(), dims, "sum");
   using A = acc_t<T>;
-  Tensor<T> y = cpu::reduce_rows(x, p, keepdim, [] { return A(0); }, [](A a, A v) { return a + v; }, [](A a) { return a; });
+  Tensor<T> y = cpu::sum_rows(x, p, keepdim, [](A a) { return a; });
   return autograd::record<T>("SumBackward", {x}, y, [p, in = x.shape()](const Tensor<T>& g) {
     return std::vector<Tensor<T>>{detail::unreduce(g, p, in)};
   });
@@ -99,7 +99,7 @@ Tensor<T> mean(const Tensor<T>& x, const std::vector<int64_t>& dims, bool keepdi
   const auto p = cpu::plan_reduce(x.shape(), dims, "mean");
   using A = acc_t<T>;
   const A n = static_cast<A>(p.inner);
-  Tensor<T> y = cpu::reduce_rows(x, p, keepdim, [] { return A(0); }, [](A a, A v) { return a + v; }, [n](A a) { return a / n; });
+  Tensor<T> y = cpu::sum_rows(x, p, keepdim, [n](A a) { return a / n; });
   return autograd::record<T>("MeanBackward", {x}, y, [p, in = x.shape()](const Tensor<T>& g) {
     return std::vector<Tensor<T>>{detail::unreduce(mul(g, 1.0 / static_cast<double>(p.inner)), p, in)};
   });
