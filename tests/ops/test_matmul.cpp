@@ -404,7 +404,7 @@ TEST_CASE("float matmul goes through the packed kernel and still matches a naive
   require_matmul_close(matmul(x, w.t()), naive_matmul(x, w.t()), 70, "[3,50,70] @ [70,90] (transposed)");
 }
 
-TEST_CASE("CPU kernels (GEMM, elementwise loops) give the same bits on one thread and on several") {
+TEST_CASE("CPU kernels (GEMM, elementwise loops, reductions, layer norm) give the same bits on one thread and on several") {
 #ifdef _OPENMP
   if (omp_get_num_procs() < 2) {
     WARN("skipped: one processor; the threaded paths would run on one thread");
@@ -434,6 +434,20 @@ TEST_CASE("CPU kernels (GEMM, elementwise loops) give the same bits on one threa
     out.push_back(gz.detach());
     sum(mul(gz, rnd<float>({131137}, 57))).backward();
     out.push_back(z.grad());
+    // Reductions split by output, layer norm by rows (its weight and bias
+    // gradients by columns), copies into a contiguous tensor by element.
+    out.push_back(sum(rnd<float>({300, 385}, 58), {0}));
+    out.push_back(mean(rnd<float>({3, 97, 31, 29}, 59), {0, 2, 3}));
+    out.push_back(sum(rnd<float>({700, 300}, 60), {1}));
+    auto ln_x = rnd<float>({700, 131}, 61), ln_w = rnd<float>({131}, 62), ln_b = rnd<float>({131}, 63);
+    for (auto* t : {&ln_x, &ln_w, &ln_b}) t->set_requires_grad();
+    auto ln_y = layer_norm(ln_x, {131}, ln_w, ln_b, 1e-5);
+    out.push_back(ln_y.detach());
+    sum(mul(ln_y, rnd<float>({700, 131}, 64))).backward();
+    for (auto* t : {&ln_x, &ln_w, &ln_b}) out.push_back(t->grad());
+    auto filled = Tensor<float>::empty({600, 171});
+    filled.copy_(y.expand({600, 171}));
+    out.push_back(filled);
     return out;
   };
   const auto one = run(1), two = run(2);

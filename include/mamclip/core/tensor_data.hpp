@@ -118,6 +118,12 @@ Tensor<T>& Tensor<T>::copy_(const Tensor<T>& src) {
   if (device().is_cpu() && src.device().is_cpu()) {
     T* d = data_ptr();
     const T* s = src.data_ptr();
+    // A contiguous destination has no zero strides, so threads cannot write
+    // the same element (a broadcast destination is copied on one thread).
+    if (is_contiguous()) {
+      detail::copy_to_contiguous(s, shape(), src.strides(), d);
+      return *this;
+    }
     detail::for_each_offset<2>(shape(), {strides(), src.strides()},
                                [&](const std::array<int64_t, 2>& o) { d[o[0]] = s[o[1]]; });
     return *this;

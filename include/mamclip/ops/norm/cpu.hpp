@@ -23,59 +23,87 @@
 namespace mamclip::cpu {
 
 // w and b may be null (no affine weight / bias); mean and rstd receive one value per row.
+// Rows are split over threads; each is computed by one thread in one order.
 template <class T>
 void layer_norm(const T* x, const T* w, const T* b, T* y, acc_t<T>* mean, acc_t<T>* rstd, int64_t rows, int64_t n,
                 double eps) {
   using A = acc_t<T>;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * n;
-    T* yr = y + r * n;
-    const A m = row_mean(xr, n);
-    A ss = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      const A d = static_cast<A>(xr[j]) - m;
-      ss += d * d;
-    }
-    const A rs = A(1) / std::sqrt(ss / static_cast<A>(n) + static_cast<A>(eps));
-    for (int64_t j = 0; j < n; ++j) {
-      A v = (static_cast<A>(xr[j]) - m) * rs;
-      if (w) v *= static_cast<A>(w[j]);
-      if (b) v += static_cast<A>(b[j]);
-      yr[j] = static_cast<T>(v);
-    }
-    mean[r] = m;
-    rstd[r] = rs;
-  }
+  detail::parallel_for(
+      rows,
+      [&](int64_t r_begin, int64_t r_end) {
+        for (int64_t r = r_begin; r < r_end; ++r) {
+          const T* xr = x + r * n;
+          T* yr = y + r * n;
+          const A m = row_mean(xr, n);
+          A ss = 0;
+          for (int64_t j = 0; j < n; ++j) {
+            const A d = static_cast<A>(xr[j]) - m;
+            ss += d * d;
+          }
+          const A rs = A(1) / std::sqrt(ss / static_cast<A>(n) + static_cast<A>(eps));
+          for (int64_t j = 0; j < n; ++j) {
+            A v = (static_cast<A>(xr[j]) - m) * rs;
+            if (w) v *= static_cast<A>(w[j]);
+            if (b) v += static_cast<A>(b[j]);
+            yr[j] = static_cast<T>(v);
+          }
+          mean[r] = m;
+          rstd[r] = rs;
+        }
+      },
+      std::max<int64_t>(2, detail::kParallelGrain / std::max<int64_t>(1, n)));
 }
 
 // dx, dw and db may each be null (not wanted); w may be null (no weight).
+// dx is split over threads by rows, dw and db by columns (each still sums its
+// rows in order), so results do not depend on the thread count.
 template <class T>
 void layer_norm_backward(const T* g, const T* x, const T* w, const acc_t<T>* mean, const acc_t<T>* rstd, int64_t rows,
                          int64_t n, T* dx, T* dw, T* db) {
   using A = acc_t<T>;
-  std::vector<A> dw_acc(dw ? n : 0, A(0)), db_acc(db ? n : 0, A(0));
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* gr = g + r * n;
-    const T* xr = x + r * n;
-    auto xhat = [&](int64_t j) { return (static_cast<A>(xr[j]) - mean[r]) * rstd[r]; };
-    auto dxhat = [&](int64_t j) { return w ? static_cast<A>(gr[j]) * static_cast<A>(w[j]) : static_cast<A>(gr[j]); };
-    if (dw || db)
-      for (int64_t j = 0; j < n; ++j) {
-        if (dw) dw_acc[j] += static_cast<A>(gr[j]) * xhat(j);
-        if (db) db_acc[j] += static_cast<A>(gr[j]);
-      }
-    if (!dx) continue;
-    A sum_dxhat = 0, sum_dxhat_xhat = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      sum_dxhat += dxhat(j);
-      sum_dxhat_xhat += dxhat(j) * xhat(j);
-    }
-    const A mean_dxhat = sum_dxhat / static_cast<A>(n), mean_dxhat_xhat = sum_dxhat_xhat / static_cast<A>(n);
-    for (int64_t j = 0; j < n; ++j)
-      dx[r * n + j] = static_cast<T>(rstd[r] * (dxhat(j) - mean_dxhat - xhat(j) * mean_dxhat_xhat));
-  }
-  for (int64_t j = 0; dw && j < n; ++j) dw[j] = static_cast<T>(dw_acc[j]);
-  for (int64_t j = 0; db && j < n; ++j) db[j] = static_cast<T>(db_acc[j]);
+  const int64_t grain = std::max<int64_t>(2, detail::kParallelGrain / std::max<int64_t>(1, rows));
+  if (dw || db)
+    detail::parallel_for(
+        n,
+        [&](int64_t j_begin, int64_t j_end) {
+          std::vector<A> dw_acc(j_end - j_begin, A(0)), db_acc(j_end - j_begin, A(0));
+          for (int64_t r = 0; r < rows; ++r) {
+            const T* gr = g + r * n;
+            const T* xr = x + r * n;
+            const A m = mean[r], rs = rstd[r];
+            for (int64_t j = j_begin; j < j_end; ++j) {
+              if (dw) dw_acc[j - j_begin] += static_cast<A>(gr[j]) * ((static_cast<A>(xr[j]) - m) * rs);
+              if (db) db_acc[j - j_begin] += static_cast<A>(gr[j]);
+            }
+          }
+          for (int64_t j = j_begin; j < j_end; ++j) {
+            if (dw) dw[j] = static_cast<T>(dw_acc[j - j_begin]);
+            if (db) db[j] = static_cast<T>(db_acc[j - j_begin]);
+          }
+        },
+        grain);
+  if (!dx) return;
+  detail::parallel_for(
+      rows,
+      [&](int64_t r_begin, int64_t r_end) {
+        for (int64_t r = r_begin; r < r_end; ++r) {
+          const T* gr = g + r * n;
+          const T* xr = x + r * n;
+          auto xhat = [&](int64_t j) { return (static_cast<A>(xr[j]) - mean[r]) * rstd[r]; };
+          auto dxhat = [&](int64_t j) {
+            return w ? static_cast<A>(gr[j]) * static_cast<A>(w[j]) : static_cast<A>(gr[j]);
+          };
+          A sum_dxhat = 0, sum_dxhat_xhat = 0;
+          for (int64_t j = 0; j < n; ++j) {
+            sum_dxhat += dxhat(j);
+            sum_dxhat_xhat += dxhat(j) * xhat(j);
+          }
+          const A mean_dxhat = sum_dxhat / static_cast<A>(n), mean_dxhat_xhat = sum_dxhat_xhat / static_cast<A>(n);
+          for (int64_t j = 0; j < n; ++j)
+            dx[r * n + j] = static_cast<T>(rstd[r] * (dxhat(j) - mean_dxhat - xhat(j) * mean_dxhat_xhat));
+        }
+      },
+      std::max<int64_t>(2, detail::kParallelGrain / std::max<int64_t>(1, n)));
 }
 
 // layer_norm2d: x [batch, c, hw] normalised over c for every (sample, position),
