@@ -21,10 +21,12 @@
 // and compilers, and for products too small to pay for packing).
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
+#include <utility>
 
 #include "mamclip/core/config.hpp"
 #include "mamclip/core/error.hpp"
@@ -157,17 +159,19 @@ MAMCLIP_AVX2_TARGET inline void pack_b(const Operand& b, int64_t n, int64_t p0, 
   }
 }
 
-// Kernel::micro_kernel(kc, pa, pb, c, ldc, add): the MR×NR tile at c
-// (leading dimension ldc) = pa·pb (+ the tile, when `add`); pa and pb are
-// packed slivers of depth kc (pb 64-byte aligned).
+// Kernel::micro_kernel<Rows>(kc, pa, pb, c, ldc, add): the first Rows rows
+// (default all MR) of the MR×NR tile at c (leading dimension ldc) = pa·pb (+
+// the tile, when `add`); pa and pb are packed slivers of depth kc (pb 64-byte
+// aligned). A sliver's last, partial rows run the same code with fewer rows.
 struct Avx2Kernel {
   static constexpr int64_t MR = 6, NR = 16;  // two 8-float vectors per row
 
+  template <int Rows = MR>
   MAMCLIP_AVX2_TARGET static void micro_kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
                                                float* c, int64_t ldc, bool add) {
-    __m256 acc[MR][2];
+    __m256 acc[Rows][2];
 #pragma GCC unroll 6
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < Rows; ++r) {
       acc[r][0] = acc[r][1] = _mm256_setzero_ps();
       _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);  // C's lines arrive during the loop
       _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + NR - 1), _MM_HINT_T0);
@@ -176,14 +180,14 @@ struct Avx2Kernel {
       _mm_prefetch(reinterpret_cast<const char*>(pa + 8 * MR), _MM_HINT_T0);
       const __m256 b0 = _mm256_load_ps(pb), b1 = _mm256_load_ps(pb + 8);
 #pragma GCC unroll 6
-      for (int r = 0; r < MR; ++r) {
+      for (int r = 0; r < Rows; ++r) {
         const __m256 x = _mm256_broadcast_ss(pa + r);
         acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
         acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
       }
     }
 #pragma GCC unroll 6
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < Rows; ++r) {
       float* row = c + r * ldc;
       if (add) {
         acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_loadu_ps(row));
@@ -199,11 +203,12 @@ struct Avx2Kernel {
 struct Avx512Kernel {
   static constexpr int64_t MR = 12, NR = 32;  // two 16-float vectors per row; 24 of the 32 zmm registers
 
+  template <int Rows = MR>
   MAMCLIP_AVX512_TARGET static void micro_kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
                                                  float* c, int64_t ldc, bool add) {
-    __m512 acc[MR][2];
+    __m512 acc[Rows][2];
 #pragma GCC unroll 12
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < Rows; ++r) {
       acc[r][0] = acc[r][1] = _mm512_setzero_ps();
       _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + NR - 1), _MM_HINT_T0);
@@ -212,14 +217,14 @@ struct Avx512Kernel {
       _mm_prefetch(reinterpret_cast<const char*>(pa + 8 * MR), _MM_HINT_T0);
       const __m512 b0 = _mm512_load_ps(pb), b1 = _mm512_load_ps(pb + 16);
 #pragma GCC unroll 12
-      for (int r = 0; r < MR; ++r) {
+      for (int r = 0; r < Rows; ++r) {
         const __m512 x = _mm512_set1_ps(pa[r]);
         acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
         acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
       }
     }
 #pragma GCC unroll 12
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < Rows; ++r) {
       float* row = c + r * ldc;
       if (add) {
         acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_loadu_ps(row));
@@ -232,7 +237,13 @@ struct Avx512Kernel {
 };
 #endif
 
-// A partial tile (rows × cols < MR × NR) goes through a full one in scratch.
+// Kernel::micro_kernel<r> for r = 1 .. MR, indexed by r - 1.
+template <class Kernel, int... R>
+constexpr auto row_kernels(std::integer_sequence<int, R...>) {
+  return std::array{&Kernel::template micro_kernel<R + 1>...};
+}
+
+// A tile with fewer than NR columns goes through a full one in scratch.
 template <class Kernel>
 inline void edge_kernel(int64_t kc, const float* pa, const float* pb, float* c, int64_t ldc, bool add, int64_t rows,
                         int64_t cols) {
@@ -257,6 +268,7 @@ template <class Kernel>
 inline void gemm_with(int64_t m, int64_t n, int64_t k, const Operand& A, const Operand& B, float* c, bool accumulate) {
   constexpr int64_t MR = Kernel::MR, NR = Kernel::NR;
   static_assert(MC % MR == 0, "an A block holds whole slivers");
+  static constexpr auto by_rows = row_kernels<Kernel>(std::make_integer_sequence<int, MR>{});
   int threads = 1;
 #ifdef _OPENMP
   if (!omp_in_parallel() && m * n * k >= kMinParallelMacs) threads = omp_get_max_threads();
@@ -312,8 +324,8 @@ inline void gemm_with(int64_t m, int64_t n, int64_t k, const Operand& A, const O
               float* tile = c + (i0 + s) * n + jj;
               const float* pa = apack + s * kc;
               const float* pb = bpack + t * NR * kc;
-              if (rows == MR && cols == NR)
-                Kernel::micro_kernel(kc, pa, pb, tile, n, add);
+              if (cols == NR)
+                by_rows[rows - 1](kc, pa, pb, tile, n, add);
               else
                 edge_kernel<Kernel>(kc, pa, pb, tile, n, add, rows, cols);
             }
