@@ -236,35 +236,41 @@ template <class S>
 void depthwise_forward(const Conv2dGeometry& g, const S* x, const S* w, const S* b, S* y) {
   const int64_t taps = g.kh * g.kw, hw = g.h * g.w, ohw = g.oh * g.ow;
   const bool unit = g.stride_h == 1 && g.stride_w == 1;
-  parallel_for(g.c_in, [&](int64_t c) {
-    DepthwisePlanes<S> p(g);
-    std::vector<int64_t> off(static_cast<size_t>(taps));
-    for (int64_t ki = 0; ki < g.kh; ++ki)
-      for (int64_t kj = 0; kj < g.kw; ++kj) off[ki * g.kw + kj] = ki * g.dil_h * p.pw + kj * g.dil_w;
-    if (unit) p.res.resize(static_cast<size_t>(g.oh * p.pw));
-    const S* wc = w + c * taps;
-    const S init = b ? b[c] : S(0);
-    for (int64_t n = 0; n < g.batch; ++n) {
-      p.load(g, x + (n * g.c_in + c) * hw);
-      S* yc = y + (n * g.c_in + c) * ohw;
-      if (unit) {
-        // Rows of res have the padded stride pw; columns [ow, pw) are dropped.
-        taps_1d(p.pad.data(), wc, off, init, p.res.data(), g.oh * p.pw);
-        for (int64_t i = 0; i < g.oh; ++i) std::copy(p.res.data() + i * p.pw, p.res.data() + i * p.pw + g.ow, yc + i * g.ow);
-        continue;
-      }
-      for (int64_t i = 0; i < g.oh; ++i) {
-        S* yr = yc + i * g.ow;
-        std::fill(yr, yr + g.ow, init);
-        const S* base = p.pad.data() + i * g.stride_h * p.pw;
-        for (int64_t t = 0; t < taps; ++t) {
-          const S wv = wc[t];
-          const S* s = base + off[static_cast<size_t>(t)];
-          for (int64_t j = 0; j < g.ow; ++j) yr[j] += wv * s[j * g.stride_w];
+  // Channels split over threads; a thread's buffers serve all its channels.
+  detail::parallel_for(
+      g.c_in,
+      [&](int64_t c_begin, int64_t c_end) {
+        DepthwisePlanes<S> p(g);
+        std::vector<int64_t> off(static_cast<size_t>(taps));
+        for (int64_t ki = 0; ki < g.kh; ++ki)
+          for (int64_t kj = 0; kj < g.kw; ++kj) off[ki * g.kw + kj] = ki * g.dil_h * p.pw + kj * g.dil_w;
+        if (unit) p.res.resize(static_cast<size_t>(g.oh * p.pw));
+        for (int64_t c = c_begin; c < c_end; ++c) {
+          const S* wc = w + c * taps;
+          const S init = b ? b[c] : S(0);
+          for (int64_t n = 0; n < g.batch; ++n) {
+            p.load(g, x + (n * g.c_in + c) * hw);
+            S* yc = y + (n * g.c_in + c) * ohw;
+            if (unit) {
+              // Rows of res have the padded stride pw; columns [ow, pw) are dropped.
+              taps_1d(p.pad.data(), wc, off, init, p.res.data(), g.oh * p.pw);
+              for (int64_t i = 0; i < g.oh; ++i) std::copy(p.res.data() + i * p.pw, p.res.data() + i * p.pw + g.ow, yc + i * g.ow);
+              continue;
+            }
+            for (int64_t i = 0; i < g.oh; ++i) {
+              S* yr = yc + i * g.ow;
+              std::fill(yr, yr + g.ow, init);
+              const S* base = p.pad.data() + i * g.stride_h * p.pw;
+              for (int64_t t = 0; t < taps; ++t) {
+                const S wv = wc[t];
+                const S* s = base + off[static_cast<size_t>(t)];
+                for (int64_t j = 0; j < g.ow; ++j) yr[j] += wv * s[j * g.stride_w];
+              }
+            }
+          }
         }
-      }
-    }
-  });
+      },
+      2);
 }
 
 template <class S>
@@ -272,83 +278,92 @@ void depthwise_backward(const Conv2dGeometry& g, const S* x, const S* w, const S
   const int64_t taps = g.kh * g.kw, hw = g.h * g.w, ohw = g.oh * g.ow;
   const bool unit = g.stride_h == 1 && g.stride_w == 1;
   using Vec = Eigen::Matrix<S, Eigen::Dynamic, 1>;
-  parallel_for(g.c_in, [&](int64_t c) {
-    DepthwisePlanes<S> p(g);
-    std::vector<int64_t> off(static_cast<size_t>(taps));
-    for (int64_t ki = 0; ki < g.kh; ++ki)
-      for (int64_t kj = 0; kj < g.kw; ++kj) off[ki * g.kw + kj] = ki * g.dil_h * p.pw + kj * g.dil_w;
-    // For dx with stride 1: dy with a zero margin of (k − 1)·dil on every side, row stride gw.
-    // For dw with stride 1: dy with row stride pw and zeros in columns >= ow, so that
-    // dw[t] = Σ_{i<oh, j<ow} dy[i, j] · P[(i + ki·dh)·pw + j + kj·dw] is one flat dot per tap.
-    const int64_t mh = (g.kh - 1) * g.dil_h, mw = (g.kw - 1) * g.dil_w;
-    const int64_t gw = g.ow + 2 * mw;
-    std::vector<S> gpad, gflat, flipped, dxp;
-    std::vector<int64_t> flip_off;
-    if (unit && dx) {
-      gpad.assign(static_cast<size_t>((g.oh + 2 * mh) * gw + 2 * kBlock<S> + mw), S(0));
-      p.res.resize(static_cast<size_t>(g.h * gw));
-      flipped.resize(static_cast<size_t>(taps));
-      flip_off.resize(static_cast<size_t>(taps));
-      for (int64_t t = 0; t < taps; ++t) {
-        const int64_t ki = t / g.kw, kj = t % g.kw;
-        flipped[static_cast<size_t>(t)] = w[c * taps + (g.kh - 1 - ki) * g.kw + (g.kw - 1 - kj)];
-        flip_off[static_cast<size_t>(t)] = ki * g.dil_h * gw + kj * g.dil_w;
-      }
-    }
-    if (unit && dw) gflat.assign(static_cast<size_t>(g.oh * p.pw), S(0));
-    if (!unit && dx) dxp.resize(p.pad.size());
-    std::vector<S> dwc(static_cast<size_t>(taps), S(0));
-    for (int64_t n = 0; n < g.batch; ++n) {
-      const S* gc = gy + (n * g.c_in + c) * ohw;
-      S* dxc = dx ? dx + (n * g.c_in + c) * hw : nullptr;
-      if (unit) {
-        if (dxc) {
-          for (int64_t i = 0; i < g.oh; ++i) std::copy(gc + i * g.ow, gc + (i + 1) * g.ow, gpad.data() + (i + mh) * gw + mw);
-          // res[i·gw + s] = dxp[ph + i, s] (padded coords) = Σ_t w[k − 1 − t] · gpad[ph + i + ki·dh, s + kj·dw];
-          // columns [pw, pw + w) of those rows are the image.
-          taps_1d(gpad.data() + g.pad_h * gw, flipped.data(), flip_off, S(0), p.res.data(), g.h * gw);
-          for (int64_t i = 0; i < g.h; ++i)
-            std::copy(p.res.data() + i * gw + g.pad_w, p.res.data() + i * gw + g.pad_w + g.w, dxc + i * g.w);
-        }
-        if (dw) {
-          for (int64_t i = 0; i < g.oh; ++i) std::copy(gc + i * g.ow, gc + (i + 1) * g.ow, gflat.data() + i * p.pw);
-          p.load(g, x + (n * g.c_in + c) * hw);
-          const Eigen::Map<const Vec> gv(gflat.data(), g.oh * p.pw);
-          for (int64_t t = 0; t < taps; ++t)
-            dwc[static_cast<size_t>(t)] += gv.dot(Eigen::Map<const Vec>(p.pad.data() + off[static_cast<size_t>(t)], g.oh * p.pw));
-        }
-        continue;
-      }
-      if (dxc) {
-        std::fill(dxp.begin(), dxp.end(), S(0));
-        for (int64_t i = 0; i < g.oh; ++i) {
-          const S* gr = gc + i * g.ow;
-          S* base = dxp.data() + i * g.stride_h * p.pw;
+  // Channels split over threads; a thread's buffers serve all its channels.
+  detail::parallel_for(
+      g.c_in,
+      [&](int64_t c_begin, int64_t c_end) {
+        DepthwisePlanes<S> p(g);
+        std::vector<int64_t> off(static_cast<size_t>(taps));
+        for (int64_t ki = 0; ki < g.kh; ++ki)
+          for (int64_t kj = 0; kj < g.kw; ++kj) off[ki * g.kw + kj] = ki * g.dil_h * p.pw + kj * g.dil_w;
+        // For dx with stride 1: dy with a zero margin of (k − 1)·dil on every side, row stride gw.
+        // For dw with stride 1: dy with row stride pw and zeros in columns >= ow, so that
+        // dw[t] = Σ_{i<oh, j<ow} dy[i, j] · P[(i + ki·dh)·pw + j + kj·dw] is one flat dot per tap.
+        const int64_t mh = (g.kh - 1) * g.dil_h, mw = (g.kw - 1) * g.dil_w;
+        const int64_t gw = g.ow + 2 * mw;
+        std::vector<S> gpad, gflat, flipped, dxp;
+        std::vector<int64_t> flip_off;
+        if (unit && dx) {
+          gpad.assign(static_cast<size_t>((g.oh + 2 * mh) * gw + 2 * kBlock<S> + mw), S(0));
+          p.res.resize(static_cast<size_t>(g.h * gw));
+          flipped.resize(static_cast<size_t>(taps));
+          flip_off.resize(static_cast<size_t>(taps));
           for (int64_t t = 0; t < taps; ++t) {
-            const S wv = w[c * taps + t];
-            S* d = base + off[static_cast<size_t>(t)];
-            for (int64_t j = 0; j < g.ow; ++j) d[j * g.stride_w] += wv * gr[j];
+            const int64_t ki = t / g.kw, kj = t % g.kw;
+            flip_off[static_cast<size_t>(t)] = ki * g.dil_h * gw + kj * g.dil_w;
           }
         }
-        for (int64_t i = 0; i < g.h; ++i)
-          std::copy(dxp.data() + (i + g.pad_h) * p.pw + g.pad_w, dxp.data() + (i + g.pad_h) * p.pw + g.pad_w + g.w, dxc + i * g.w);
-      }
-      if (dw) {
-        p.load(g, x + (n * g.c_in + c) * hw);
-        for (int64_t i = 0; i < g.oh; ++i) {
-          const S* gr = gc + i * g.ow;
-          const S* base = p.pad.data() + i * g.stride_h * p.pw;
-          for (int64_t t = 0; t < taps; ++t) {
-            const S* s = base + off[static_cast<size_t>(t)];
-            S acc = 0;
-            for (int64_t j = 0; j < g.ow; ++j) acc += gr[j] * s[j * g.stride_w];
-            dwc[static_cast<size_t>(t)] += acc;
+        if (unit && dw) gflat.assign(static_cast<size_t>(g.oh * p.pw), S(0));
+        if (!unit && dx) dxp.resize(p.pad.size());
+        std::vector<S> dwc(static_cast<size_t>(taps));
+        for (int64_t c = c_begin; c < c_end; ++c) {
+          if (unit && dx)
+            for (int64_t t = 0; t < taps; ++t)
+              flipped[static_cast<size_t>(t)] = w[c * taps + (g.kh - 1 - t / g.kw) * g.kw + (g.kw - 1 - t % g.kw)];
+          std::fill(dwc.begin(), dwc.end(), S(0));
+          for (int64_t n = 0; n < g.batch; ++n) {
+            const S* gc = gy + (n * g.c_in + c) * ohw;
+            S* dxc = dx ? dx + (n * g.c_in + c) * hw : nullptr;
+            if (unit) {
+              if (dxc) {
+                for (int64_t i = 0; i < g.oh; ++i) std::copy(gc + i * g.ow, gc + (i + 1) * g.ow, gpad.data() + (i + mh) * gw + mw);
+                // res[i·gw + s] = dxp[ph + i, s] (padded coords) = Σ_t w[k − 1 − t] · gpad[ph + i + ki·dh, s + kj·dw];
+                // columns [pw, pw + w) of those rows are the image.
+                taps_1d(gpad.data() + g.pad_h * gw, flipped.data(), flip_off, S(0), p.res.data(), g.h * gw);
+                for (int64_t i = 0; i < g.h; ++i)
+                  std::copy(p.res.data() + i * gw + g.pad_w, p.res.data() + i * gw + g.pad_w + g.w, dxc + i * g.w);
+              }
+              if (dw) {
+                for (int64_t i = 0; i < g.oh; ++i) std::copy(gc + i * g.ow, gc + (i + 1) * g.ow, gflat.data() + i * p.pw);
+                p.load(g, x + (n * g.c_in + c) * hw);
+                const Eigen::Map<const Vec> gv(gflat.data(), g.oh * p.pw);
+                for (int64_t t = 0; t < taps; ++t)
+                  dwc[static_cast<size_t>(t)] += gv.dot(Eigen::Map<const Vec>(p.pad.data() + off[static_cast<size_t>(t)], g.oh * p.pw));
+              }
+              continue;
+            }
+            if (dxc) {
+              std::fill(dxp.begin(), dxp.end(), S(0));
+              for (int64_t i = 0; i < g.oh; ++i) {
+                const S* gr = gc + i * g.ow;
+                S* base = dxp.data() + i * g.stride_h * p.pw;
+                for (int64_t t = 0; t < taps; ++t) {
+                  const S wv = w[c * taps + t];
+                  S* d = base + off[static_cast<size_t>(t)];
+                  for (int64_t j = 0; j < g.ow; ++j) d[j * g.stride_w] += wv * gr[j];
+                }
+              }
+              for (int64_t i = 0; i < g.h; ++i)
+                std::copy(dxp.data() + (i + g.pad_h) * p.pw + g.pad_w, dxp.data() + (i + g.pad_h) * p.pw + g.pad_w + g.w, dxc + i * g.w);
+            }
+            if (dw) {
+              p.load(g, x + (n * g.c_in + c) * hw);
+              for (int64_t i = 0; i < g.oh; ++i) {
+                const S* gr = gc + i * g.ow;
+                const S* base = p.pad.data() + i * g.stride_h * p.pw;
+                for (int64_t t = 0; t < taps; ++t) {
+                  const S* s = base + off[static_cast<size_t>(t)];
+                  S acc = 0;
+                  for (int64_t j = 0; j < g.ow; ++j) acc += gr[j] * s[j * g.stride_w];
+                  dwc[static_cast<size_t>(t)] += acc;
+                }
+              }
+            }
           }
+          if (dw) std::copy(dwc.begin(), dwc.end(), dw + c * taps);
         }
-      }
-    }
-    if (dw) std::copy(dwc.begin(), dwc.end(), dw + c * taps);
-  });
+      },
+      2);
 }
 
 }  // namespace conv_impl
