@@ -6,7 +6,7 @@
 // contiguous across them, so a contiguous (or broadcast-along-rows) case runs
 // as one tight inner loop that the compiler can vectorise.
 //
-// parallel_for and for_each_index_offset split large elementwise loops over
+// parallel_for, for_each_index_offset and for_each_index_run split large elementwise loops over
 // OpenMP threads (when the including program is compiled with OpenMP); their
 // callbacks must only touch their own elements, so results never depend on
 // the thread count.
@@ -82,9 +82,11 @@ void parallel_for(int64_t n, F&& f, int64_t grain = kParallelGrain) {
   if (n > 0) f(0, n);
 }
 
-// f(i, offsets) for the elements with row-major index i in [begin, end) of `loop`.
+// f(i, offsets, count) for the elements with row-major index i in [begin,
+// end) of `loop`, a run of up to one inner row at a time: elements i .. i +
+// count - 1, operand k's at offsets[k] + t * loop.strides[k].back().
 template <size_t N, class F>
-void for_each_offset_in(const StridedLoop<N>& loop, int64_t begin, int64_t end, F& f) {
+void for_each_run_in(const StridedLoop<N>& loop, int64_t begin, int64_t end, F& f) {
   const size_t nd = loop.shape.size();
   const int64_t inner = loop.shape[nd - 1];
   Shape counter(nd, 0);
@@ -99,10 +101,9 @@ void for_each_offset_in(const StridedLoop<N>& loop, int64_t begin, int64_t end, 
   while (i < end) {
     std::array<int64_t, N> off;
     for (size_t k = 0; k < N; ++k) off[k] = base[k] + j * loop.strides[k][nd - 1];
-    for (const int64_t stop = std::min(inner, j + (end - i)); j < stop; ++j, ++i) {
-      f(i, off);
-      for (size_t k = 0; k < N; ++k) off[k] += loop.strides[k][nd - 1];
-    }
+    const int64_t count = std::min(inner - j, end - i);
+    f(i, off, count);
+    i += count;
     j = 0;
     for (size_t d = nd - 1; d-- > 0;) {  // odometer over the outer dims
       ++counter[d];
@@ -112,6 +113,18 @@ void for_each_offset_in(const StridedLoop<N>& loop, int64_t begin, int64_t end, 
       counter[d] = 0;
     }
   }
+}
+
+// f(i, offsets) for the elements with row-major index i in [begin, end) of `loop`.
+template <size_t N, class F>
+void for_each_offset_in(const StridedLoop<N>& loop, int64_t begin, int64_t end, F& f) {
+  auto run = [&](int64_t i, std::array<int64_t, N> off, int64_t count) {
+    for (int64_t t = 0; t < count; ++t) {
+      f(i + t, off);
+      for (size_t k = 0; k < N; ++k) off[k] += loop.strides[k].back();
+    }
+  };
+  for_each_run_in(loop, begin, end, run);
 }
 
 // f(const std::array<int64_t, N>& offsets) for every element, in row-major
@@ -137,6 +150,22 @@ void for_each_index_offset(const Shape& shape, const std::array<Shape, N>& strid
   int64_t n = 1;
   for (int64_t d : loop.shape) n *= d;
   parallel_for(n, [&](int64_t begin, int64_t end) { for_each_offset_in(loop, begin, end, f); });
+}
+
+// f(i, offsets, count, inner_strides) over runs of consecutive elements (see
+// for_each_run_in), split over threads like parallel_for: loops whose inner
+// strides are 1 or 0 can be written as plain (vectorisable) loops.
+template <size_t N, class F>
+void for_each_index_run(const Shape& shape, const std::array<Shape, N>& strides, F&& f) {
+  for (int64_t d : shape)
+    if (d == 0) return;
+  const StridedLoop<N> loop(shape, strides);
+  int64_t n = 1;
+  for (int64_t d : loop.shape) n *= d;
+  std::array<int64_t, N> inner;
+  for (size_t k = 0; k < N; ++k) inner[k] = loop.strides[k].back();
+  auto run = [&](int64_t i, const std::array<int64_t, N>& off, int64_t count) { f(i, off, count, inner); };
+  parallel_for(n, [&](int64_t begin, int64_t end) { for_each_run_in(loop, begin, end, run); });
 }
 
 #ifdef MAMCLIP_AVX2
@@ -180,7 +209,15 @@ void copy_to_contiguous(const T* s, const Shape& shape, const Shape& strides, T*
       if (st[k] == 1 && loop.shape[k] >= 8) t = k;
 #endif
   if (t == nd) {
-    for_each_index_offset<1>(shape, {strides}, [&](int64_t i, const std::array<int64_t, 1>& o) { d[i] = s[o[0]]; });
+    for_each_index_run<1>(shape, {strides}, [&](int64_t i, const auto& off, int64_t count, const auto& inner) {
+      const T* src = s + off[0];
+      if (inner[0] == 1)
+        std::copy(src, src + count, d + i);
+      else if (inner[0] == 0)
+        std::fill(d + i, d + i + count, *src);
+      else
+        for (int64_t k = 0; k < count; ++k) d[i + k] = src[k * inner[0]];
+    });
     return;
   }
 #ifdef MAMCLIP_AVX2

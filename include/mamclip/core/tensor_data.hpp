@@ -53,8 +53,15 @@ Tensor<T> add_same_shape(const Tensor<T>& a, const Tensor<T>& b) {
     T* o = out.data_ptr();
     const T* pa = a.data_ptr();
     const T* pb = b.data_ptr();
-    for_each_index_offset<2>(a.shape(), {a.strides(), b.strides()}, [&](int64_t i, const std::array<int64_t, 2>& off) {
-      o[i] = static_cast<T>(static_cast<acc_t<T>>(pa[off[0]]) + static_cast<acc_t<T>>(pb[off[1]]));
+    using A = acc_t<T>;
+    for_each_index_run<2>(a.shape(), {a.strides(), b.strides()}, [&](int64_t i, const auto& off, int64_t count, const auto& st) {
+      const T* x = pa + off[0];
+      const T* y = pb + off[1];
+      if (st[0] == 1 && st[1] == 1)
+        for (int64_t t = 0; t < count; ++t) o[i + t] = static_cast<T>(static_cast<A>(x[t]) + static_cast<A>(y[t]));
+      else
+        for (int64_t t = 0; t < count; ++t)
+          o[i + t] = static_cast<T>(static_cast<A>(x[t * st[0]]) + static_cast<A>(y[t * st[1]]));
     });
   } else {
     Tensor<T> ca = a.is_contiguous() ? a : contiguous_copy(a);

@@ -22,8 +22,13 @@ void unary(Tensor<T>& out, const Tensor<T>& x, F&& f) {
     });
     return;
   }
-  detail::for_each_index_offset<1>(x.shape(), {x.strides()}, [&](int64_t i, const std::array<int64_t, 1>& off) {
-    o[i] = static_cast<T>(f(static_cast<A>(px[off[0]])));
+  detail::for_each_index_run<1>(x.shape(), {x.strides()}, [&](int64_t i, const auto& off, int64_t count, const auto& st) {
+    T* d = o + i;
+    const T* a = px + off[0];
+    if (st[0] == 1)
+      for (int64_t t = 0; t < count; ++t) d[t] = static_cast<T>(f(static_cast<A>(a[t])));
+    else
+      for (int64_t t = 0; t < count; ++t) d[t] = static_cast<T>(f(static_cast<A>(a[t * st[0]])));
   });
 }
 
@@ -41,10 +46,25 @@ void binary(Tensor<T>& out, const Tensor<U>& a, const Tensor<V>& b, F&& f) {
     });
     return;
   }
-  detail::for_each_index_offset<2>(
+  // Runs along the innermost dim; unit and zero (broadcast) strides get plain loops.
+  detail::for_each_index_run<2>(
       s, {broadcast_strides(a.shape(), a.strides(), s), broadcast_strides(b.shape(), b.strides(), s)},
-      [&](int64_t i, const std::array<int64_t, 2>& off) {
-        o[i] = static_cast<T>(f(static_cast<A>(pa[off[0]]), static_cast<A>(pb[off[1]])));
+      [&](int64_t i, const auto& off, int64_t count, const auto& st) {
+        T* d = o + i;
+        const U* x = pa + off[0];
+        const V* y = pb + off[1];
+        if (st[0] == 1 && st[1] == 1) {
+          for (int64_t t = 0; t < count; ++t) d[t] = static_cast<T>(f(static_cast<A>(x[t]), static_cast<A>(y[t])));
+        } else if (st[0] == 1 && st[1] == 0) {
+          const A yv = static_cast<A>(*y);
+          for (int64_t t = 0; t < count; ++t) d[t] = static_cast<T>(f(static_cast<A>(x[t]), yv));
+        } else if (st[0] == 0 && st[1] == 1) {
+          const A xv = static_cast<A>(*x);
+          for (int64_t t = 0; t < count; ++t) d[t] = static_cast<T>(f(xv, static_cast<A>(y[t])));
+        } else {
+          for (int64_t t = 0; t < count; ++t)
+            d[t] = static_cast<T>(f(static_cast<A>(x[t * st[0]]), static_cast<A>(y[t * st[1]])));
+        }
       });
 }
 
