@@ -1,4 +1,6 @@
 // Elementwise ops: values, broadcasting, and gradcheck on non-contiguous inputs at awkward sizes.
+#include <cstring>
+
 #include "support/test_support.hpp"
 
 namespace test_elementwise {
@@ -122,6 +124,54 @@ TEST_CASE("exact gelu in float (vectorised erf on contiguous data) agrees with d
     require_allclose(yf, gelu(xd), 1e-6, 4e-6, contiguous ? "gelu contiguous" : "gelu strided");
     require_allclose(xf.grad(), x2.grad(), 1e-6, 4e-6, contiguous ? "gelu' contiguous" : "gelu' strided");
   }
+}
+
+// The AVX2 / AVX-512 GELU kernels against double precision over a dense sweep
+// (every 1/4096 on [-12, 12], both saturations included) and their two
+// instruction sets against each other, bit for bit. Errors are measured in
+// float epsilons of |x| + |result|: in the left tail 1 + erf(x/√2) cancels,
+// so there (as in any float GELU) the error is a few ulp of x, not of the tiny result.
+TEST_CASE("vectorised GELU kernels: accuracy over a dense sweep, AVX2 and AVX-512 alike") {
+  if (!cpu::gelu_simd::available()) {
+    WARN("skipped: this CPU or build has no AVX2+FMA; GELU runs on Eigen's erf here");
+    return;
+  }
+  constexpr int64_t kB = cpu::gelu_simd::kBlock;
+  std::vector<float> xs, gs;
+  for (int64_t i = -12 * 4096; i <= 12 * 4096; ++i) xs.push_back(static_cast<float>(i) / 4096.0f);
+  while (xs.size() % kB) xs.push_back(0.5f);
+  for (size_t i = 0; i < xs.size(); ++i) gs.push_back(1.0f - static_cast<float>(i % 7) * 0.25f);
+  std::vector<float> y(xs.size()), dy(xs.size());
+  for (size_t i = 0; i < xs.size(); i += kB) {
+    cpu::gelu_simd::block(xs.data() + i, nullptr, y.data() + i);
+    cpu::gelu_simd::block(xs.data() + i, gs.data() + i, dy.data() + i);
+  }
+  double worst_y = 0, worst_dy = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double x = xs[i], cdf = 0.5 * (1.0 + std::erf(x / std::sqrt(2.0)));
+    const double ref_y = x * cdf, ref_dy = gs[i] * (cdf + x * std::exp(-0.5 * x * x) / std::sqrt(2.0 * M_PI));
+    const double eps = dtype_eps<float>(), scale = std::abs(x) + std::abs(gs[i]);
+    worst_y = std::max(worst_y, std::abs(y[i] - ref_y) / (eps * (std::abs(x) + std::abs(ref_y))));
+    worst_dy = std::max(worst_dy, std::abs(dy[i] - ref_dy) / (eps * (scale + std::abs(ref_dy))));
+  }
+  INFO("worst error in float epsilons of |x| + |result|: gelu " << worst_y << ", gelu' " << worst_dy);
+  CHECK(worst_y < 3);
+  CHECK(worst_dy < 3);
+#ifdef MAMCLIP_AVX512
+  if (!cpu_has_avx512f()) {
+    WARN("AVX-512 kernel not checked against AVX2: this CPU has no AVX-512F");
+    return;
+  }
+  std::vector<float> a(kB), b(kB);
+  bool same = true;
+  for (size_t i = 0; i < xs.size(); i += kB)
+    for (const float* g : std::initializer_list<const float*>{nullptr, gs.data() + i}) {
+      cpu::gelu_simd::detail::block_avx2(xs.data() + i, g, a.data());
+      cpu::gelu_simd::detail::block_avx512(xs.data() + i, g, b.data());
+      same = same && std::memcmp(a.data(), b.data(), sizeof(float) * kB) == 0;
+    }
+  CHECK(same);
+#endif
 }
 
 }  // namespace test_elementwise

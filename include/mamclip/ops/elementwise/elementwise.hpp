@@ -15,6 +15,7 @@
 #include "mamclip/autograd/node.hpp"
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/elementwise/cpu.hpp"
+#include "mamclip/ops/elementwise/gelu_simd.hpp"
 #include "mamclip/ops/fwd.hpp"
 
 namespace mamclip {
@@ -274,9 +275,10 @@ A gelu_derivative(A x, bool tanh_form) {
 }  // namespace detail
 
 namespace detail {
-// Exact GELU on contiguous float CPU data with Eigen's vectorised erf (a
-// rational approximation accurate to a few ulp, as PyTorch's vectorised CPU
-// kernel is): BERT's FFN spends more time in a scalar std::erf loop than in
+// Exact GELU on contiguous float CPU data, vectorised: our AVX2 / AVX-512
+// kernels (gelu_simd.hpp) where the CPU has them, else Eigen's vectorised erf
+// (a rational approximation accurate to a few ulp, as PyTorch's vectorised CPU
+// kernel is). BERT's FFN spends more time in a scalar std::erf loop than in
 // its layer norms. Returns an undefined tensor when the fast path does not apply.
 template <class T>
 Tensor<T> gelu_erf_fast(const Tensor<T>& x, const Tensor<T>& g) {
@@ -293,17 +295,31 @@ Tensor<T> gelu_erf_fast(const Tensor<T>& x, const Tensor<T>& g) {
     // Fixed blocks (the last one zero-padded): every element takes the same
     // vector code wherever a thread's range starts, so results do not depend
     // on the thread count.
-    constexpr int64_t kBlock = 64;
+    constexpr int64_t kBlock = cpu::gelu_simd::kBlock;
     using Block = Eigen::Array<float, kBlock, 1>;
     const int64_t n = x.numel();
+    const bool simd = cpu::gelu_simd::available();
     detail::parallel_for(
         (n + kBlock - 1) / kBlock,
         [&](int64_t first, int64_t last) {
           Block xb, gb, ob;
           for (int64_t blk = first; blk < last; ++blk) {
             const int64_t i0 = blk * kBlock, len = std::min(kBlock, n - i0);
+            if (simd && len == kBlock) {
+              cpu::gelu_simd::block(px + i0, pg ? pg + i0 : nullptr, po + i0);
+              continue;
+            }
             xb.setZero();
             std::copy_n(px + i0, len, xb.data());
+            if (simd) {  // the last, partial block: zero-padded copies through the same code
+              if (pg) {
+                gb.setZero();
+                std::copy_n(pg + i0, len, gb.data());
+              }
+              cpu::gelu_simd::block(xb.data(), pg ? gb.data() : nullptr, ob.data());
+              std::copy_n(ob.data(), len, po + i0);
+              continue;
+            }
             const Block cdf = 0.5f * (1.0f + (xb * 0.70710678118654752f).erf());
             if (!pg) {
               ob = xb * cdf;
