@@ -445,6 +445,13 @@ TEST_CASE("CPU kernels (GEMM, elementwise loops, reductions, layer norm) give th
     out.push_back(ln_y.detach());
     sum(mul(ln_y, rnd<float>({700, 131}, 64))).backward();
     for (auto* t : {&ln_x, &ln_w, &ln_b}) out.push_back(t->grad());
+    // im2col / col2im split by input channel, bias add and gradient by output channel.
+    auto cx = rnd<float>({2, 37, 41, 43}, 65), cw = rnd<float>({29, 37, 3, 3}, 66), cb = rnd<float>({29}, 67);
+    for (auto* t : {&cx, &cw, &cb}) t->set_requires_grad();
+    auto cy = conv2d(cx, cw, cb, Conv2dOptions{{2, 2}, {1, 1}, {1, 1}, 1});
+    out.push_back(cy.detach());
+    sum(mul(cy, rnd<float>(cy.shape(), 68))).backward();
+    for (auto* t : {&cx, &cw, &cb}) out.push_back(t->grad());
     auto filled = Tensor<float>::empty({600, 171});
     filled.copy_(y.expand({600, 171}));
     out.push_back(filled);

@@ -229,20 +229,23 @@ void probs_from_lse(const AttentionDims& n, const AttentionConfig& c, const KeyM
   }
 }
 
-// Runs f(head index, per-thread scratch) for every (b, h).
+// Runs f(head index, per-thread scratch) for every (b, h). A single head runs
+// outside any parallel region, so that the GEMMs it calls may use the threads.
 template <class Scratch, class F>
 void for_each_head(int64_t count, F&& f) {
 #ifdef _OPENMP
-#pragma omp parallel if (count > 1)
-  {
-    Scratch scratch;
+  if (count > 1) {
+#pragma omp parallel
+    {
+      Scratch scratch;
 #pragma omp for schedule(static)
-    for (int64_t e = 0; e < count; ++e) f(e, scratch);
+      for (int64_t e = 0; e < count; ++e) f(e, scratch);
+    }
+    return;
   }
-#else
+#endif
   Scratch scratch;
   for (int64_t e = 0; e < count; ++e) f(e, scratch);
-#endif
 }
 
 template <class S>

@@ -58,11 +58,14 @@ namespace cpu {
 
 namespace conv_impl {
 
-// Runs f(i) for i in [0, count), in parallel under OpenMP when count > 1.
+// Runs f(i) for i in [0, count), in parallel under OpenMP when count > 1. A
+// single item runs outside any parallel region: inside one, even an inactive
+// one, the GEMM it calls would get no threads of its own.
 template <class F>
 void parallel_for(int64_t count, F&& f) {
+  if (count == 1) return f(0);
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (count > 1)
+#pragma omp parallel for schedule(static)
 #endif
   for (int64_t i = 0; i < count; ++i) f(i);
 }
@@ -79,41 +82,58 @@ inline Range valid_outputs(int64_t size, int64_t out, int64_t stride, int64_t pa
   return {lo, std::max(lo, hi)};
 }
 
-// f(col_row, image_row, lo, hi) for every (c, ki, kj) row of col [K, OH·OW]
-// and every output row i whose input row is inside the image: col_row points
-// at col[(c·kH + ki)·kW + kj, i·OW], image_row is the offset in the group's
-// [C_in/G, H, W] image such that output column j reads image_row + j·sw, which
-// is inside the image for j in [lo, hi).
+// f(col_row, image_row, lo, hi) for every (ki, kj) row of channel c's rows of
+// col [K, OH·OW] and every output row i whose input row is inside the image:
+// col_row points at col[(c·kH + ki)·kW + kj, i·OW], image_row is the offset in
+// the group's [C_in/G, H, W] image such that output column j reads image_row +
+// j·sw, which is inside the image for j in [lo, hi).
 template <class F>
-void for_each_patch_row(const Conv2dGeometry& g, F&& f) {
+void for_each_patch_row(const Conv2dGeometry& g, int64_t c, F&& f) {
   const int64_t ohw = g.oh * g.ow;
-  for (int64_t c = 0; c < g.cin_per_group(); ++c)
-    for (int64_t ki = 0; ki < g.kh; ++ki) {
-      const Range rows = valid_outputs(g.h, g.oh, g.stride_h, g.pad_h, ki * g.dil_h);
-      for (int64_t kj = 0; kj < g.kw; ++kj) {
-        const Range cols = valid_outputs(g.w, g.ow, g.stride_w, g.pad_w, kj * g.dil_w);
-        const int64_t row = ((c * g.kh + ki) * g.kw + kj) * ohw;
-        for (int64_t i = rows.lo; i < rows.hi; ++i)
-          f(row + i * g.ow, (c * g.h + i * g.stride_h - g.pad_h + ki * g.dil_h) * g.w - g.pad_w + kj * g.dil_w, cols.lo,
-            cols.hi);
-      }
+  for (int64_t ki = 0; ki < g.kh; ++ki) {
+    const Range rows = valid_outputs(g.h, g.oh, g.stride_h, g.pad_h, ki * g.dil_h);
+    for (int64_t kj = 0; kj < g.kw; ++kj) {
+      const Range cols = valid_outputs(g.w, g.ow, g.stride_w, g.pad_w, kj * g.dil_w);
+      const int64_t row = ((c * g.kh + ki) * g.kw + kj) * ohw;
+      for (int64_t i = rows.lo; i < rows.hi; ++i)
+        f(row + i * g.ow, (c * g.h + i * g.stride_h - g.pad_h + ki * g.dil_h) * g.w - g.pad_w + kj * g.dil_w, cols.lo,
+          cols.hi);
     }
+  }
+}
+
+// f(c) for every input channel of a group, split over threads: each c writes
+// only its own rows of col (im2col) or its own image channel (col2im_add).
+template <class F>
+void for_each_input_channel(const Conv2dGeometry& g, F&& f) {
+  const int64_t per_channel = g.kh * g.kw * g.oh * g.ow;
+  detail::parallel_for(
+      g.cin_per_group(),
+      [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) f(c);
+      },
+      std::max<int64_t>(2, detail::kParallelGrain / std::max<int64_t>(1, per_channel)));
 }
 
 // col [K, OH·OW] of one group of one sample; xg [C_in/G, H, W]. Reads outside the image are 0.
 template <class S>
 void im2col(const Conv2dGeometry& g, const S* xg, S* col) {
-  std::fill(col, col + g.cin_per_group() * g.kh * g.kw * g.oh * g.ow, S(0));
-  for_each_patch_row(g, [&](int64_t row, int64_t src, int64_t lo, int64_t hi) {
-    for (int64_t j = lo; j < hi; ++j) col[row + j] = xg[src + j * g.stride_w];
+  const int64_t per_channel = g.kh * g.kw * g.oh * g.ow;
+  for_each_input_channel(g, [&](int64_t c) {
+    std::fill(col + c * per_channel, col + (c + 1) * per_channel, S(0));
+    for_each_patch_row(g, c, [&](int64_t row, int64_t src, int64_t lo, int64_t hi) {
+      for (int64_t j = lo; j < hi; ++j) col[row + j] = xg[src + j * g.stride_w];
+    });
   });
 }
 
 // dxg [C_in/G, H, W] += col2im(col): the adjoint of im2col.
 template <class S>
 void col2im_add(const Conv2dGeometry& g, const S* col, S* dxg) {
-  for_each_patch_row(g, [&](int64_t row, int64_t dst, int64_t lo, int64_t hi) {
-    for (int64_t j = lo; j < hi; ++j) dxg[dst + j * g.stride_w] += col[row + j];
+  for_each_input_channel(g, [&](int64_t c) {
+    for_each_patch_row(g, c, [&](int64_t row, int64_t dst, int64_t lo, int64_t hi) {
+      for (int64_t j = lo; j < hi; ++j) dxg[dst + j * g.stride_w] += col[row + j];
+    });
   });
 }
 
@@ -124,23 +144,32 @@ inline bool col_is_input(const Conv2dGeometry& g) {
 template <class S>
 void add_bias(const Conv2dGeometry& g, const S* b, S* y) {
   const int64_t ohw = g.oh * g.ow;
-  for (int64_t n = 0; n < g.batch; ++n)
-    for (int64_t o = 0; o < g.c_out; ++o) {
-      S* p = y + (n * g.c_out + o) * ohw;
-      const S v = b[o];
-      for (int64_t q = 0; q < ohw; ++q) p[q] += v;
-    }
+  detail::parallel_for(
+      g.batch * g.c_out,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          S* p = y + row * ohw;
+          const S v = b[row % g.c_out];
+          for (int64_t q = 0; q < ohw; ++q) p[q] += v;
+        }
+      },
+      std::max<int64_t>(2, detail::kParallelGrain / std::max<int64_t>(1, ohw)));
 }
 
 template <class S>
 void bias_grad(const Conv2dGeometry& g, const S* gy, S* db) {
   const int64_t ohw = g.oh * g.ow;
-  for (int64_t o = 0; o < g.c_out; ++o) {
-    S s = 0;
-    for (int64_t n = 0; n < g.batch; ++n)
-      s += Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(gy + (n * g.c_out + o) * ohw, ohw).sum();
-    db[o] = s;
-  }
+  detail::parallel_for(
+      g.c_out,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t o = begin; o < end; ++o) {
+          S s = 0;
+          for (int64_t n = 0; n < g.batch; ++n)
+            s += Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(gy + (n * g.c_out + o) * ohw, ohw).sum();
+          db[o] = s;
+        }
+      },
+      std::max<int64_t>(2, detail::kParallelGrain / std::max<int64_t>(1, g.batch * ohw)));
 }
 
 template <class S>

@@ -159,16 +159,17 @@ MAMCLIP_AVX2_TARGET inline void pack_b(const Operand& b, int64_t n, int64_t p0, 
   }
 }
 
-// Kernel::micro_kernel<Rows>(kc, pa, pb, c, ldc, add): the first Rows rows
-// (default all MR) of the MR×NR tile at c (leading dimension ldc) = pa·pb (+
-// the tile, when `add`); pa and pb are packed slivers of depth kc (pb 64-byte
-// aligned). A sliver's last, partial rows run the same code with fewer rows.
+// Kernel::micro_kernel<Rows>(kc, pa, pb, c, ldc, add, cols): the first Rows
+// rows (default all MR) and first cols columns of the MR×NR tile at c (leading
+// dimension ldc) = pa·pb (+ the tile, when `add`); pa and pb are packed
+// slivers of depth kc (pb 64-byte aligned). Partial tiles at the bottom and
+// right edges of C run the same arithmetic with fewer rows or masked columns.
 struct Avx2Kernel {
   static constexpr int64_t MR = 6, NR = 16;  // two 8-float vectors per row
 
   template <int Rows = MR>
   MAMCLIP_AVX2_TARGET static void micro_kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
-                                               float* c, int64_t ldc, bool add) {
+                                               float* c, int64_t ldc, bool add, int64_t cols) {
     __m256 acc[Rows][2];
 #pragma GCC unroll 6
     for (int r = 0; r < Rows; ++r) {
@@ -185,6 +186,21 @@ struct Avx2Kernel {
         acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
         acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
       }
+    }
+    if (cols < NR) {  // a partial tile: masked loads and stores
+      const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+      const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols)), lane);
+      const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols) - 8), lane);
+      for (int r = 0; r < Rows; ++r) {
+        float* row = c + r * ldc;
+        if (add) {
+          acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_maskload_ps(row, m0));
+          acc[r][1] = _mm256_add_ps(acc[r][1], _mm256_maskload_ps(row + 8, m1));
+        }
+        _mm256_maskstore_ps(row, m0, acc[r][0]);
+        _mm256_maskstore_ps(row + 8, m1, acc[r][1]);
+      }
+      return;
     }
 #pragma GCC unroll 6
     for (int r = 0; r < Rows; ++r) {
@@ -205,7 +221,7 @@ struct Avx512Kernel {
 
   template <int Rows = MR>
   MAMCLIP_AVX512_TARGET static void micro_kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
-                                                 float* c, int64_t ldc, bool add) {
+                                                 float* c, int64_t ldc, bool add, int64_t cols) {
     __m512 acc[Rows][2];
 #pragma GCC unroll 12
     for (int r = 0; r < Rows; ++r) {
@@ -223,15 +239,18 @@ struct Avx512Kernel {
         acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
       }
     }
+    // Column masks: all ones for a full tile.
+    const __mmask16 m0 = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
+    const __mmask16 m1 = cols >= 32 ? __mmask16(0xFFFF) : cols <= 16 ? __mmask16(0) : __mmask16((1u << (cols - 16)) - 1);
 #pragma GCC unroll 12
     for (int r = 0; r < Rows; ++r) {
       float* row = c + r * ldc;
       if (add) {
-        acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_loadu_ps(row));
-        acc[r][1] = _mm512_add_ps(acc[r][1], _mm512_loadu_ps(row + 16));
+        acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_maskz_loadu_ps(m0, row));
+        acc[r][1] = _mm512_add_ps(acc[r][1], _mm512_maskz_loadu_ps(m1, row + 16));
       }
-      _mm512_storeu_ps(row, acc[r][0]);
-      _mm512_storeu_ps(row + 16, acc[r][1]);
+      _mm512_mask_storeu_ps(row, m0, acc[r][0]);
+      _mm512_mask_storeu_ps(row + 16, m1, acc[r][1]);
     }
   }
 };
@@ -241,17 +260,6 @@ struct Avx512Kernel {
 template <class Kernel, int... R>
 constexpr auto row_kernels(std::integer_sequence<int, R...>) {
   return std::array{&Kernel::template micro_kernel<R + 1>...};
-}
-
-// A tile with fewer than NR columns goes through a full one in scratch.
-template <class Kernel>
-inline void edge_kernel(int64_t kc, const float* pa, const float* pb, float* c, int64_t ldc, bool add, int64_t rows,
-                        int64_t cols) {
-  constexpr int64_t NR = Kernel::NR;
-  alignas(64) float tile[Kernel::MR * NR];
-  Kernel::micro_kernel(kc, pa, pb, tile, NR, false);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) c[r * ldc + j] = add ? c[r * ldc + j] + tile[r * NR + j] : tile[r * NR + j];
 }
 
 inline Scratch& a_scratch() {
@@ -324,10 +332,7 @@ inline void gemm_with(int64_t m, int64_t n, int64_t k, const Operand& A, const O
               float* tile = c + (i0 + s) * n + jj;
               const float* pa = apack + s * kc;
               const float* pb = bpack + t * NR * kc;
-              if (cols == NR)
-                by_rows[rows - 1](kc, pa, pb, tile, n, add);
-              else
-                edge_kernel<Kernel>(kc, pa, pb, tile, n, add, rows, cols);
+              by_rows[rows - 1](kc, pa, pb, tile, n, add, cols);
             }
           }
         }
