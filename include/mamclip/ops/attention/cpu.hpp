@@ -41,6 +41,7 @@
 
 #include "mamclip/core/config.hpp"
 #include "mamclip/core/random.hpp"
+#include "mamclip/ops/matmul/sgemm.hpp"
 
 namespace mamclip {
 
@@ -108,14 +109,44 @@ CMat<S> strided(const S* p, int64_t rows, int64_t cols, int64_t ld) {
   return CMat<S>(p, rows, cols, Eigen::OuterStride<>(std::max<int64_t>(ld, 1)));
 }
 
-// dst = a · b, also when the inner dim is 0 (a product Eigen would leave unset).
+// A row-major mapped matrix (or a block of one), or the transpose of one, as
+// a pointer and (row, column) strides.
+template <class S>
+struct Strided {
+  const S* p;
+  int64_t rs, cs;
+};
+template <class D>
+auto strides_of(const Eigen::MapBase<D, Eigen::ReadOnlyAccessors>& m) {
+  static_assert(D::IsRowMajor, "attention operands are row-major maps");
+  return Strided<typename D::Scalar>{m.data(), static_cast<int64_t>(m.outerStride()), 1};
+}
+template <class M>
+auto strides_of(const Eigen::Transpose<M>& t) {
+  const auto s = strides_of(t.nestedExpression());
+  return decltype(s){s.p, s.cs, s.rs};
+}
+
+// dst = a · b, also when the inner dim is 0 (a product Eigen would leave
+// unset). Float products big enough go to the packed GEMM (cpu::sgemm, one
+// thread inside the per-head loop), the rest to Eigen.
 template <class Dst, class A, class B>
 void product(Dst&& dst, const A& a, const B& b) {
   if (dst.size() == 0) return;
-  if (a.cols() == 0)
+  if (a.cols() == 0) {
     dst.setZero();
-  else
-    dst.noalias() = a * b;
+    return;
+  }
+  if constexpr (std::is_same_v<typename std::decay_t<Dst>::Scalar, float>) {
+    const int64_t m = dst.rows(), n = dst.cols(), k = a.cols();
+    if (sgemm::worthwhile(m, n, k)) {
+      const auto sa = strides_of(a), sb = strides_of(b);
+      sgemm::gemm(m, n, k, sa.p, sa.rs, sa.cs, sb.p, sb.rs, sb.cs, dst.data(), false, sgemm::best_isa(),
+                  dst.outerStride());
+      return;
+    }
+  }
+  dst.noalias() = a * b;
 }
 
 // Dropout factors of row i of head (b, h): 0 or 1 / (1 - p), for keys [0, len).

@@ -273,7 +273,8 @@ inline Scratch& b_scratch() {
 
 
 template <class Kernel>
-inline void gemm_with(int64_t m, int64_t n, int64_t k, const Operand& A, const Operand& B, float* c, bool accumulate) {
+inline void gemm_with(int64_t m, int64_t n, int64_t k, const Operand& A, const Operand& B, float* c, int64_t ldc,
+                      bool accumulate) {
   constexpr int64_t MR = Kernel::MR, NR = Kernel::NR;
   static_assert(MC % MR == 0, "an A block holds whole slivers");
   static constexpr auto by_rows = row_kernels<Kernel>(std::make_integer_sequence<int, MR>{});
@@ -329,10 +330,10 @@ inline void gemm_with(int64_t m, int64_t n, int64_t k, const Operand& A, const O
             const int64_t jj = j0 + t * NR, cols = std::min(NR, n - jj);
             for (int64_t s = 0; s < mc; s += MR) {
               const int64_t rows = std::min(MR, mc - s);
-              float* tile = c + (i0 + s) * n + jj;
+              float* tile = c + (i0 + s) * ldc + jj;
               const float* pa = apack + s * kc;
               const float* pb = bpack + t * NR * kc;
-              by_rows[rows - 1](kc, pa, pb, tile, n, add, cols);
+              by_rows[rows - 1](kc, pa, pb, tile, ldc, add, cols);
             }
           }
         }
@@ -344,27 +345,30 @@ inline void gemm_with(int64_t m, int64_t n, int64_t k, const Operand& A, const O
 
 }  // namespace detail
 
-// C (m×n, leading dimension n) = A·B, or += when `accumulate`; A(i, p) at
-// a[i*a_rs + p*a_cs], B(p, j) at b[p*b_rs + j*b_cs]. Runs on `isa`'s kernel
-// (default: the widest this CPU has); needs available(isa).
+// C (m×n, row-major, leading dimension ldc; 0 means n) = A·B, or += when
+// `accumulate`; A(i, p) at a[i*a_rs + p*a_cs], B(p, j) at b[p*b_rs + j*b_cs].
+// Runs on `isa`'s kernel (default: the widest this CPU has); needs available(isa).
 inline void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
-                 int64_t b_rs, int64_t b_cs, float* c, bool accumulate, Isa isa = best_isa()) {
+                 int64_t b_rs, int64_t b_cs, float* c, bool accumulate, Isa isa = best_isa(), int64_t ldc = 0) {
   MAMCLIP_CHECK(available(isa), device_error, "cpu::sgemm::gemm: this CPU (or build) cannot run the ",
                 isa == Isa::avx512 ? "AVX-512" : "AVX2", " kernel; check cpu::sgemm::available(isa) before calling it");
   if (m <= 0 || n <= 0) return;
+  if (ldc == 0) ldc = n;
+  MAMCLIP_CHECK(ldc >= n, value_error, "cpu::sgemm::gemm: ldc ", ldc, " is less than n ", n);
   if (k <= 0) {
-    if (!accumulate) std::fill(c, c + m * n, 0.0f);
+    if (!accumulate)
+      for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
     return;
   }
   const detail::Operand A{a, a_rs, a_cs}, B{b, b_rs, b_cs};
 #ifdef MAMCLIP_AVX512
-  if (isa == Isa::avx512) return detail::gemm_with<detail::Avx512Kernel>(m, n, k, A, B, c, accumulate);
+  if (isa == Isa::avx512) return detail::gemm_with<detail::Avx512Kernel>(m, n, k, A, B, c, ldc, accumulate);
 #endif
-  detail::gemm_with<detail::Avx2Kernel>(m, n, k, A, B, c, accumulate);
+  detail::gemm_with<detail::Avx2Kernel>(m, n, k, A, B, c, ldc, accumulate);
 }
 #else
 inline void gemm(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*,
-                 bool, Isa = Isa::avx2) {
+                 bool, Isa = Isa::avx2, int64_t = 0) {
   throw device_error("cpu::sgemm::gemm: this build has no AVX2 GEMM kernel (x86-64 with GCC or Clang only); "
                      "check cpu::sgemm::available() before calling it");
 }
