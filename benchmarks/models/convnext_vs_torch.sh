@@ -19,27 +19,15 @@ threads="${THREADS:-$(nproc)}"
 cases="${CASES:-fwd:1x224x224,train:4x224x224}"
 iters="${ITERS:-5}"
 rounds="${ROUNDS:-3}"
-
-# The line with the lowest median of each case in a program's output over all
-# rounds (cases come in the same order every round).
-best_medians() {
-  awk -v n="$(tr ',' '\n' <<<"$cases" | wc -l)" '
-    /median/ { m = $0; sub(/.*median /, "", m); sub(/ ms.*/, "", m); i = k++ % n
-      if (!(i in best) || m + 0 < best[i]) { best[i] = m + 0; line[i] = $0 } }
-    END { for (i = 0; i < n; i++) print line[i] }' <<<"$1"
-}
 memory="${MEMORY-1x1024x768}"
+
+source "$here/rounds.sh"
 
 bench="$build/benchmarks/bench_convnext"
 [ -x "$bench" ] || { echo "convnext_vs_torch: $bench not found; build it: ninja -C $build bench_convnext" >&2; exit 1; }
 
-# ROUNDS alternations of the two programs; each case reports the lowest median
-# of each side over the rounds (a shared machine's slow spells hit one side).
-ours="" theirs=""
-for ((r = 0; r < rounds; r++)); do
-  ours+="$(OMP_NUM_THREADS=$threads "$bench" --cases "$cases" --iters "$iters")"$'\n'
-  theirs+="$("$python" "$here/convnext_torch.py" --threads "$threads" --cases "$cases" --iters "$iters")"$'\n'
-done
+run_rounds 'OMP_NUM_THREADS=$threads "$bench" --cases "$cases" --iters "$iters"' \
+  '"$python" "$here/convnext_torch.py" --threads "$threads" --cases "$cases" --iters "$iters"'
 echo -n "$ours"
 echo -n "$theirs"
 echo

@@ -396,15 +396,7 @@ namespace {
 // A stand-in device whose memory is host memory and whose attention kernels are
 // the CPU reference driven through the device contract (lse saved, P and the
 // dropout mask recomputed in backward).
-bool ensure_stand_in_device() {
-  static const bool stand_in = [] {
-    if (device_available(DeviceType::cuda)) return false;
-    static CpuAllocator alloc;
-    register_device(DeviceType::cuda, &alloc, [](void* d, Device, const void* s, Device, size_t n) { std::memcpy(d, s, n); });
-    return true;
-  }();
-  return stand_in;
-}
+bool ensure_stand_in_device() { return ensure_stand_in_cuda(); }
 
 void host_attention_forward(const AttentionForwardArgs<float>& a) {
   cpu::attention_forward<float>(a.dims, a.config, a.q, a.k, a.v, a.out, nullptr, nullptr, a.lse);

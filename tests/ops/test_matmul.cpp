@@ -245,11 +245,6 @@ TEST_CASE("matmul, bmm and linear shape errors name the op and both shapes") {
 
 namespace {
 
-struct HostBackedAllocator final : Allocator {
-  CpuAllocator cpu;
-  void* allocate(size_t nbytes, Device d) override { return cpu.allocate(nbytes, d); }
-  void deallocate(void* p, size_t nbytes, Device d) override { cpu.deallocate(p, nbytes, d); }
-};
 
 struct GemmCall {
   bool trans_a, trans_b;
@@ -286,10 +281,9 @@ void host_fill(float* dst, int64_t n, float v) { std::fill(dst, dst + n, v); }
 // True when this test installed the stand-in (no real backend was linked).
 bool ensure_device() {
   static const bool stand_in = [] {
-    if (device_available(DeviceType::cuda)) return false;
-    static HostBackedAllocator alloc;
-    register_device(DeviceType::cuda, &alloc,
-                    [](void* dst, Device, const void* src, Device, size_t n) { std::memcpy(dst, src, n); });
+    // The stand-in device is shared with other test files of this program
+    // (test support); its kernels for this file are added here.
+    if (!ensure_stand_in_cuda()) return false;
     auto& r = KernelRegistry::get();
     r.add<GemmKernel<float>>("gemm", DType::f32, DeviceType::cuda, &naive_gemm_kernel);
     r.add<StridedCopyKernel<float>>("strided_copy", DType::f32, DeviceType::cuda, &host_strided_copy);

@@ -255,6 +255,13 @@ struct DepthwisePlanes {
   explicit DepthwisePlanes(const Conv2dGeometry& g)
       : ph(g.h + 2 * g.pad_h), pw(g.w + 2 * g.pad_w),
         pad(static_cast<size_t>(ph * pw + 2 * kBlock<S> * std::max(g.stride_w, int64_t{1}) + g.kw * g.dil_w), S(0)) {}
+  // Offset of tap (ki, kj) in the padded plane, at ki·kW + kj.
+  std::vector<int64_t> tap_offsets(const Conv2dGeometry& g) const {
+    std::vector<int64_t> off(static_cast<size_t>(g.kh * g.kw));
+    for (int64_t ki = 0; ki < g.kh; ++ki)
+      for (int64_t kj = 0; kj < g.kw; ++kj) off[static_cast<size_t>(ki * g.kw + kj)] = ki * g.dil_h * pw + kj * g.dil_w;
+    return off;
+  }
   // Copies an [h, w] plane into the interior; the border stays zero.
   void load(const Conv2dGeometry& g, const S* plane) {
     for (int64_t i = 0; i < g.h; ++i) std::copy(plane + i * g.w, plane + (i + 1) * g.w, pad.data() + (i + g.pad_h) * pw + g.pad_w);
@@ -270,9 +277,7 @@ void depthwise_forward(const Conv2dGeometry& g, const S* x, const S* w, const S*
       g.c_in,
       [&](int64_t c_begin, int64_t c_end) {
         DepthwisePlanes<S> p(g);
-        std::vector<int64_t> off(static_cast<size_t>(taps));
-        for (int64_t ki = 0; ki < g.kh; ++ki)
-          for (int64_t kj = 0; kj < g.kw; ++kj) off[ki * g.kw + kj] = ki * g.dil_h * p.pw + kj * g.dil_w;
+        const std::vector<int64_t> off = p.tap_offsets(g);
         if (unit) p.res.resize(static_cast<size_t>(g.oh * p.pw));
         for (int64_t c = c_begin; c < c_end; ++c) {
           const S* wc = w + c * taps;
@@ -312,9 +317,7 @@ void depthwise_backward(const Conv2dGeometry& g, const S* x, const S* w, const S
       g.c_in,
       [&](int64_t c_begin, int64_t c_end) {
         DepthwisePlanes<S> p(g);
-        std::vector<int64_t> off(static_cast<size_t>(taps));
-        for (int64_t ki = 0; ki < g.kh; ++ki)
-          for (int64_t kj = 0; kj < g.kw; ++kj) off[ki * g.kw + kj] = ki * g.dil_h * p.pw + kj * g.dil_w;
+        const std::vector<int64_t> off = p.tap_offsets(g);
         // For dx with stride 1: dy with a zero margin of (k − 1)·dil on every side, row stride gw.
         // For dw with stride 1: dy with row stride pw and zeros in columns >= ow, so that
         // dw[t] = Σ_{i<oh, j<ow} dy[i, j] · P[(i + ki·dh)·pw + j + kj·dw] is one flat dot per tap.
