@@ -1,6 +1,8 @@
 // The CPU allocator's cache of large blocks: reuse by size class, the limit,
 // release, alignment and the class rounding.
 #include <cstdint>
+#include <limits>
+#include <new>
 
 #include "support/test_support.hpp"
 
@@ -50,6 +52,8 @@ TEST_CASE("freed large CPU blocks are reused for the same size class, up to the 
   { auto t = empty<float>({1 << 18}); }
   CHECK(cpu.cached_bytes() == 0);
   cpu.set_cache_limit(saved);
+  // A request past half the address space fails cleanly instead of wrapping the size class.
+  CHECK_THROWS_AS(cpu.allocate(std::numeric_limits<size_t>::max() - 10, kCPU), std::bad_alloc);
 }
 
 }  // namespace test_storage

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -50,6 +51,7 @@ class CpuAllocator final : public Allocator {
 
   void* allocate(size_t nbytes, Device) override {
     if (nbytes == 0) return nullptr;
+    if (nbytes > std::numeric_limits<size_t>::max() / 2) throw std::bad_alloc();  // size_class would overflow
     const size_t size = size_class(nbytes);
     if (size >= kCacheMin) {
       std::lock_guard<std::mutex> lock(mu_);
