@@ -29,6 +29,15 @@
 #endif
 #endif
 
+// Loop-unrolling hint for CPU kernels. nvcc's front end, which also reads the
+// CPU headers in .cu files, does not know the pragma and would warn.
+#define MAMCLIP_PRAGMA(x) _Pragma(#x)
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define MAMCLIP_UNROLL(n) MAMCLIP_PRAGMA(GCC unroll n)
+#else
+#define MAMCLIP_UNROLL(n)
+#endif
+
 namespace mamclip {
 inline bool cpu_has_avx2_fma() {
 #ifdef MAMCLIP_AVX2

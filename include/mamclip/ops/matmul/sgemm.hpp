@@ -171,7 +171,7 @@ struct Avx2Kernel {
   MAMCLIP_AVX2_TARGET static void micro_kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
                                                float* c, int64_t ldc, bool add, int64_t cols) {
     __m256 acc[Rows][2];
-#pragma GCC unroll 6
+MAMCLIP_UNROLL(6)
     for (int r = 0; r < Rows; ++r) {
       acc[r][0] = acc[r][1] = _mm256_setzero_ps();
       _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);  // C's lines arrive during the loop
@@ -180,7 +180,7 @@ struct Avx2Kernel {
     for (int64_t q = 0; q < kc; ++q, pa += MR, pb += NR) {
       _mm_prefetch(reinterpret_cast<const char*>(pa + 8 * MR), _MM_HINT_T0);
       const __m256 b0 = _mm256_load_ps(pb), b1 = _mm256_load_ps(pb + 8);
-#pragma GCC unroll 6
+MAMCLIP_UNROLL(6)
       for (int r = 0; r < Rows; ++r) {
         const __m256 x = _mm256_broadcast_ss(pa + r);
         acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
@@ -202,7 +202,7 @@ struct Avx2Kernel {
       }
       return;
     }
-#pragma GCC unroll 6
+MAMCLIP_UNROLL(6)
     for (int r = 0; r < Rows; ++r) {
       float* row = c + r * ldc;
       if (add) {
@@ -223,7 +223,7 @@ struct Avx512Kernel {
   MAMCLIP_AVX512_TARGET static void micro_kernel(int64_t kc, const float* __restrict pa, const float* __restrict pb,
                                                  float* c, int64_t ldc, bool add, int64_t cols) {
     __m512 acc[Rows][2];
-#pragma GCC unroll 12
+MAMCLIP_UNROLL(12)
     for (int r = 0; r < Rows; ++r) {
       acc[r][0] = acc[r][1] = _mm512_setzero_ps();
       _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
@@ -232,7 +232,7 @@ struct Avx512Kernel {
     for (int64_t q = 0; q < kc; ++q, pa += MR, pb += NR) {
       _mm_prefetch(reinterpret_cast<const char*>(pa + 8 * MR), _MM_HINT_T0);
       const __m512 b0 = _mm512_load_ps(pb), b1 = _mm512_load_ps(pb + 16);
-#pragma GCC unroll 12
+MAMCLIP_UNROLL(12)
       for (int r = 0; r < Rows; ++r) {
         const __m512 x = _mm512_set1_ps(pa[r]);
         acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
@@ -242,7 +242,7 @@ struct Avx512Kernel {
     // Column masks: all ones for a full tile.
     const __mmask16 m0 = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1);
     const __mmask16 m1 = cols >= 32 ? __mmask16(0xFFFF) : cols <= 16 ? __mmask16(0) : __mmask16((1u << (cols - 16)) - 1);
-#pragma GCC unroll 12
+MAMCLIP_UNROLL(12)
     for (int r = 0; r < Rows; ++r) {
       float* row = c + r * ldc;
       if (add) {
