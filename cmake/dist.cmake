@@ -4,8 +4,8 @@
 #                  MAMCLIP_WITH_NCCL; only when the CUDA backend is built
 # dist/communicator.hpp (LocalCommunicator) needs neither.
 #
-# Install rules for these two targets are not written yet: an installed
-# mamclip offers mamclip::mamclip, and a user links MPI::MPI_C themselves.
+# Both are installed (cmake/install.cmake) in export sets of their own; the
+# installed config finds MPI and NCCL again where its user has them.
 
 # The CXX component of a C++-only project (the C one needs the C language
 # enabled); only the C API is used, so the deprecated MPI C++ bindings are
@@ -28,13 +28,14 @@ endif()
 
 if(MAMCLIP_WITH_MPI AND MAMCLIP_WITH_CUDA)
   find_package(CUDAToolkit QUIET)
-  find_path(MAMCLIP_NCCL_INCLUDE_DIR nccl.h HINTS ${NCCL_ROOT}/include ${CUDAToolkit_INCLUDE_DIRS})
-  find_library(MAMCLIP_NCCL_LIBRARY NAMES nccl HINTS ${NCCL_ROOT}/lib ${NCCL_ROOT}/lib64 ${CUDAToolkit_LIBRARY_DIR})
-  if(CUDAToolkit_FOUND AND MAMCLIP_NCCL_INCLUDE_DIR AND MAMCLIP_NCCL_LIBRARY)
+  include(${CMAKE_CURRENT_LIST_DIR}/nccl.cmake)
+  if(CUDAToolkit_FOUND)
+    mamclip_find_nccl()
+  endif()
+  if(CUDAToolkit_FOUND AND MAMCLIP_NCCL_FOUND)
     add_library(mamclip_nccl INTERFACE)
     add_library(mamclip::nccl ALIAS mamclip_nccl)
-    target_include_directories(mamclip_nccl INTERFACE ${MAMCLIP_NCCL_INCLUDE_DIR})
-    target_link_libraries(mamclip_nccl INTERFACE mamclip::mpi CUDA::cudart ${MAMCLIP_NCCL_LIBRARY})
+    target_link_libraries(mamclip_nccl INTERFACE mamclip::mpi CUDA::cudart mamclip::nccl_library)
     target_compile_definitions(mamclip_nccl INTERFACE MAMCLIP_WITH_NCCL)
     message(STATUS "NCCL: ${MAMCLIP_NCCL_LIBRARY} (mamclip::nccl)")
   else()

@@ -10,6 +10,9 @@
 #                                  mamclipImageTargets.cmake  mamclip::image (when stb was found)
 #                                  mamclipStb.cmake           finds stb for mamclip::image
 #                                  mamclipCudaTargets.cmake   mamclip::cuda (builds with the CUDA backend only)
+#                                  mamclipMpiTargets.cmake    mamclip::mpi (when MPI was found)
+#                                  mamclipNcclTargets.cmake   mamclip::nccl (when NCCL was found)
+#                                  mamclipNccl.cmake          finds NCCL for mamclip::nccl
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
@@ -51,6 +54,21 @@ if(TARGET mamclip::cuda)
   set_target_properties(${_mamclip_cuda_target} PROPERTIES EXPORT_NAME cuda)
   install(TARGETS ${_mamclip_cuda_target} EXPORT mamclipCudaTargets)
   install(EXPORT mamclipCudaTargets NAMESPACE mamclip:: DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR})
+endif()
+
+# The data-parallel communicators (cmake/dist.cmake): export sets of their
+# own, loaded by the config only where MPI (and the CUDA toolkit and NCCL)
+# are found, so that a user without them still gets the rest.
+if(TARGET mamclip_mpi)
+  set_target_properties(mamclip_mpi PROPERTIES EXPORT_NAME mpi)
+  install(TARGETS mamclip_mpi EXPORT mamclipMpiTargets)
+  install(EXPORT mamclipMpiTargets NAMESPACE mamclip:: DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR})
+endif()
+if(TARGET mamclip_nccl)
+  set_target_properties(mamclip_nccl PROPERTIES EXPORT_NAME nccl)
+  install(TARGETS mamclip_nccl EXPORT mamclipNcclTargets)
+  install(EXPORT mamclipNcclTargets NAMESPACE mamclip:: DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR})
+  install(FILES ${PROJECT_SOURCE_DIR}/cmake/nccl.cmake DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR} RENAME mamclipNccl.cmake)
 endif()
 
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/mamclipConfig.cmake.in

@@ -187,6 +187,29 @@ std::string f3(double x) {
 
 // ---- pretrain
 
+// The job's communicator: MPI's under mpirun (or srun), else a world of one.
+// Ranks on one machine share its cores: each takes its share of the CPU
+// kernels' threads unless OMP_NUM_THREADS says otherwise.
+std::unique_ptr<dist::Communicator> job_communicator() {
+#ifdef MAMCLIP_WITH_MPI
+  std::unique_ptr<dist::Communicator> comm = dist::communicator_from_environment();
+#else
+  std::unique_ptr<dist::Communicator> comm = std::make_unique<dist::LocalCommunicator>();
+#endif
+#ifdef _OPENMP
+  if (comm->world_size() > 1 && !std::getenv("OMP_NUM_THREADS")) {
+    int local = comm->world_size();
+    for (const char* name : {"OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE"})
+      if (const char* v = std::getenv(name); v && std::atoi(v) > 0) {
+        local = std::atoi(v);
+        break;
+      }
+    omp_set_num_threads(std::max(1, omp_get_num_procs() / local));
+  }
+#endif
+  return comm;
+}
+
 constexpr const char* kPretrainHelp = R"(usage: mamclip pretrain [--config FILE] [--data PATH] [--image-root DIR] [--resume] [KEY=VALUE ...]
 
 MAM-CLIP pretraining: contrastive image-caption loss + 0.5 x masked language
@@ -244,24 +267,7 @@ int run_pretrain(const std::vector<std::string>& argv) {
     train_set = s.train;
     val_set = s.val;
   }
-#ifdef MAMCLIP_WITH_MPI
-  const std::unique_ptr<dist::Communicator> comm = dist::communicator_from_environment();
-#else
-  const std::unique_ptr<dist::Communicator> comm = std::make_unique<dist::LocalCommunicator>();
-#endif
-#ifdef _OPENMP
-  // Ranks on one machine share its cores: each takes its share of the CPU
-  // kernels' threads unless OMP_NUM_THREADS says otherwise.
-  if (comm->world_size() > 1 && !std::getenv("OMP_NUM_THREADS")) {
-    int local = comm->world_size();
-    for (const char* name : {"OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE"})
-      if (const char* v = std::getenv(name); v && std::atoi(v) > 0) {
-        local = std::atoi(v);
-        break;
-      }
-    omp_set_num_threads(std::max(1, omp_get_num_procs() / local));
-  }
-#endif
+  const std::unique_ptr<dist::Communicator> comm = job_communicator();
   std::ostringstream quiet;
   std::ostream& out = comm->rank() == 0 ? std::cout : quiet;  // rank 0 speaks for the job
   out << "pretrain: " << train_data.description << ": " << train_set.size() << " training and " << val_set.size()
@@ -288,6 +294,10 @@ macro-F1, and reports macro-F1, per-class F1, accuracy, ROC-AUC (one-vs-rest)
 and the confusion matrix on the test split. Splits are by patient (no patient
 in two splits), seeded.
 
+Data parallel: `mpirun -np N mamclip finetune ...` trains on N processes (each
+takes --batch images of every step; the step is one process's with N x --batch
+images); validation and test are scored over all ranks; rank 0 writes the files.
+
 options:
   --data PATH          labelled data (see mamclip --help)
   --image-root DIR     the folder the records' image paths are relative to
@@ -298,7 +308,7 @@ options:
                        with mamclip:FILE the checkpoint's config when it has one)
   --labels N           train on a stratified, seeded subset of N labelled training images
   --epochs N           default 10
-  --batch N            default 8
+  --batch N            default 8 (per rank under mpirun)
   --lr X               AdamW learning rate, default 1e-4 (weight decay 0.05)
   --height H --width W input size, default 1024 x 768
   --val F --test F     fractions of patients held out, default 0.15 and 0.25
@@ -374,12 +384,12 @@ void write_result_json(const std::filesystem::path& file, const train::FinetuneR
 }
 
 train::FinetuneResult finetune_on(const LabelledData& d, const FinetuneSpec& s, models::clip::MamClipClassifier& model,
-                                  std::ostream& out) {
+                                  std::ostream& out, dist::Communicator* comm = nullptr) {
   data::Split split = data::patient_split(d.samples, s.val, s.test, s.options.seed);
   if (s.labels) split.train = data::stratified_subset(split.train, *s.labels, s.options.seed);
   out << "finetune: " << split.train.size() << " training, " << split.val.size() << " validation, "
       << split.test.size() << " test images (" << d.class_names.size() << " classes)\n";
-  return train::finetune_classifier(model, split.train, split.val, split.test, s.options, d.class_names);
+  return train::finetune_classifier(model, split.train, split.val, split.test, s.options, d.class_names, comm);
 }
 
 int run_finetune(const std::vector<std::string>& argv) {
@@ -418,12 +428,19 @@ int run_finetune(const std::vector<std::string>& argv) {
   std::unique_ptr<models::clip::VLModel> pretrained;
   if (s.init.rfind("mamclip:", 0) == 0) pretrained = load_pretrained_vlmodel(s.init.substr(8), s.arch);
   auto model = make_classifier(s, static_cast<int64_t>(d.class_names.size()), pretrained.get());
-  const auto r = finetune_on(d, s, *model, std::cout);
-  train::print_confusion(std::cout, r.test.confusion, d.class_names);
-  std::cout << "finetune: test macro-F1 " << f3(r.test.macro_f1) << ", accuracy " << f3(r.test.accuracy)
-            << ", ROC-AUC " << f3(r.test.roc_auc_ovr) << " (best epoch " << r.best_epoch + 1 << ")\n";
-  write_result_json(o.output_dir / "result.json", r, d.class_names,
-                    {{"data", d.description}, {"init", s.init}, {"arch", s.arch}});
+  const std::unique_ptr<dist::Communicator> comm = job_communicator();
+  std::ostringstream quiet;
+  std::ostream& out = comm->rank() == 0 ? std::cout : quiet;  // rank 0 speaks for the job
+  if (comm->world_size() > 1)
+    out << "finetune: data parallel over " << comm->world_size() << " ranks (" << comm->backend() << "), "
+        << comm->world_size() * o.batch_size << " images per step in all\n";
+  const auto r = finetune_on(d, s, *model, out, comm.get());
+  train::print_confusion(out, r.test.confusion, d.class_names);
+  out << "finetune: test macro-F1 " << f3(r.test.macro_f1) << ", accuracy " << f3(r.test.accuracy)
+      << ", ROC-AUC " << f3(r.test.roc_auc_ovr) << " (best epoch " << r.best_epoch + 1 << ")\n";
+  if (comm->rank() == 0)
+    write_result_json(o.output_dir / "result.json", r, d.class_names,
+                      {{"data", d.description}, {"init", s.init}, {"arch", s.arch}});
   return 0;
 }
 

@@ -65,6 +65,29 @@ TEST_CASE("hooks read and replace intermediate gradients") {
   CHECK(z.grad().to_vector() == std::vector<double>{10, 10});
 }
 
+TEST_CASE("post-accumulate hooks run once per backward after .grad is summed, until removed") {
+  auto x = tensor<double>({1, 2}).set_requires_grad();
+  std::vector<std::vector<double>> seen;
+  const uint64_t a = x.register_post_accumulate_grad_hook([&] { seen.push_back(x.grad().to_vector()); });
+  int second = 0;
+  const uint64_t b = x.register_post_accumulate_grad_hook([&] { ++second; });
+  CHECK(a != b);
+  sum(x * x + x).backward();  // two uses of x: one call, with both summed (2x + 1)
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0] == std::vector<double>{3, 5});
+  x.remove_post_accumulate_grad_hook(a);
+  x.remove_post_accumulate_grad_hook(a);  // twice: nothing happens
+  sum(x).backward();
+  CHECK(seen.size() == 1);
+  CHECK(second == 2);
+  x.remove_post_accumulate_grad_hook(b);
+  sum(x).backward();
+  CHECK(second == 2);
+  CHECK(x.grad().to_vector() == std::vector<double>{5, 7});
+  auto y = x * 2.0;
+  MAMCLIP_REQUIRE_THROWS_WITH(y.register_post_accumulate_grad_hook([] {}), autograd_error, "expected a leaf");
+}
+
 TEST_CASE("gradients flow through dtype casts") {
   auto x = tensor<double>({1, 2}).set_requires_grad();
   auto f = x.to<float>();

@@ -564,4 +564,34 @@ TEST_CASE("mpirun -np 2 mamclip pretrain trains one model on two processes; one 
   CHECK(r.out.find("saved by 2 rank(s), this job has 1") != std::string::npos);
   CHECK(r.out.find("pretrain: 3 steps") != std::string::npos);
 }
+
+TEST_CASE("mpirun -np 2 mamclip finetune scores as one process with the combined batch") {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(tmp().file("dist_ft"));
+  const fs::path set = root / "synthetic";
+  data::make_synthetic_set(set, 30, 64, 48, 4);
+  const std::vector<std::string> mpirun{"env", "OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
+                                        "ASAN_OPTIONS=detect_leaks=0", MAMCLIP_CLI_MPIEXEC, "-np", "2",
+                                        "--oversubscribe"};
+  auto finetune = [&](const std::string& out, const std::string& batch, const std::vector<std::string>& launcher) {
+    return run_cli({"finetune", "--data", set.string(), "--arch", "small", "--epochs", "2", "--batch", batch,
+                    "--height", "64", "--width", "48", "--output", (root / out).string()},
+                   "", launcher);
+  };
+  Run r = finetune("two", "2", mpirun);
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("finetune: data parallel over 2 ranks (mpi), 4 images per step in all") != std::string::npos);
+  const size_t first = r.out.find("finetune: test macro-F1");
+  REQUIRE(first != std::string::npos);
+  CHECK(r.out.find("finetune: test macro-F1", first + 1) == std::string::npos);  // rank 0 alone reports
+  r = finetune("one", "4", {});
+  REQUIRE(r.status == 0);
+  const auto two = nlohmann::json::parse(read_file((root / "two" / "result.json").string()));
+  const auto one = nlohmann::json::parse(read_file((root / "one" / "result.json").string()));
+  CHECK(two["test"]["count"] == one["test"]["count"]);
+  CHECK(two["best_epoch"] == one["best_epoch"]);
+  CHECK(two["test"]["macro_f1"].get<double>() == Approx(one["test"]["macro_f1"].get<double>()).margin(1e-12));
+  CHECK(two["val"]["macro_f1"].get<double>() == Approx(one["val"]["macro_f1"].get<double>()).margin(1e-12));
+}
 #endif

@@ -175,10 +175,13 @@ TEST_CASE("mpi all_gather: different row counts, one rank with none", "[dist]") 
   const int64_t width = 5;
   Tensor<float> local = Tensor<float>::empty({rows_of(comm.rank()), width});
   for (int64_t i = 0; i < local.numel(); ++i) local.data_ptr()[i] = value<float>(comm.rank(), i, 31);
-  Tensor<float> all = all_gather(comm, local);
+  std::vector<int64_t> rows{99};  // replaced, not appended to
+  Tensor<float> all = all_gather(comm, local, &rows);
   int64_t total = 0;
   for (int r = 0; r < n; ++r) total += rows_of(r);
   REQUIRE(all.shape() == Shape{total, width});
+  REQUIRE(rows.size() == static_cast<size_t>(n));
+  for (int r = 0; r < n; ++r) CHECK(rows[static_cast<size_t>(r)] == rows_of(r));
   int64_t at = 0;
   for (int r = 0; r < n; ++r)
     for (int64_t i = 0; i < rows_of(r) * width; ++i, ++at) REQUIRE(all.data_ptr()[at] == value<float>(r, i, 31));

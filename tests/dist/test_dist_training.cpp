@@ -4,14 +4,19 @@
 // distributed results must equal it.
 #include "support/test_support.hpp"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <set>
 
 #include "mamclip/data/loader.hpp"
+#include "mamclip/data/synthetic.hpp"
 #include "mamclip/dist/mpi.hpp"
 #include "mamclip/dist/parallel.hpp"
 #include "mamclip/optim/adamw.hpp"
+#include "mamclip/train/finetune.hpp"
 #include "mamclip/train/pretrain.hpp"
 #include "support/clip_batches.hpp"
 
@@ -235,4 +240,79 @@ TEST_CASE("a model that differs across ranks is refused at start on every rank",
   Generator init(3);
   VLModel model(config, init);
   MAMCLIP_REQUIRE_THROWS_WITH(dist::DataParallel(model, comm), dist::dist_error, "disagree with rank 0");
+}
+
+TEST_CASE("W ranks fine-tune to the weights and scores of one process with the combined batch", "[dist]") {
+  auto& comm = world();
+  const int W = comm.world_size(), rank = comm.rank();
+  // One folder of synthetic images for the job: rank 0 draws them, every rank reads the list back.
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("mamclip_dist_finetune_" + std::to_string(dist::all_gather_scalar(comm, getpid())[0]));
+  if (rank == 0) data::make_synthetic_set(dir, 41, 64, 48, 3);
+  comm.barrier();
+  const std::vector<data::Sample> all = data::read_caption_records(dir / "captions.jsonl", dir);
+  REQUIRE(all.size() == 41);
+  // 29 training samples: the last global batch splits unevenly over 2 or 3 ranks.
+  const std::vector<data::Sample> train(all.begin(), all.begin() + 29), val(all.begin() + 29, all.begin() + 36),
+      test(all.begin() + 36, all.end());
+  const std::vector<std::string> classes{"normal", "benign", "malignant"};
+  models::ConvNeXtConfig vision;
+  vision.depths = {1, 1, 1, 1};
+  vision.dims = {8, 16, 16, 32};
+  auto classifier = [&](uint64_t seed) {
+    Generator gen(seed);
+    return std::make_shared<models::clip::MamClipClassifier>(
+        vision, 24, std::vector<models::clip::ClassifierHead>{{"birads_layer", 3}}, gen);
+  };
+  train::FinetuneOptions o;
+  o.epochs = 3;
+  o.lr = 2e-3;
+  o.warmup_steps = 2;
+  o.height = 64;
+  o.width = 48;
+  o.augmentation = "none";
+  o.workers = 1;
+  o.quiet = true;
+  o.class_weighting = true;  // the weighted mean over the global batch
+
+  // The reference: one process with W x the batch.
+  train::FinetuneOptions one = o;
+  one.batch_size = 4 * W;
+  auto reference = classifier(5);
+  const train::FinetuneResult a = train::finetune_classifier(*reference, train, val, test, one, classes);
+
+  // Each rank starts from other weights: rank 0's are broadcast.
+  train::FinetuneOptions per_rank = o;
+  per_rank.batch_size = 4;
+  per_rank.output_dir = dir / "run";
+  auto model = classifier(5 + static_cast<uint64_t>(rank));
+  const train::FinetuneResult b = train::finetune_classifier(*model, train, val, test, per_rank, classes, &comm);
+
+  REQUIRE(b.step_losses.size() == a.step_losses.size());
+  for (size_t i = 0; i < a.step_losses.size(); ++i) CHECK(b.step_losses[i] == Approx(a.step_losses[i]).epsilon(2e-5));
+  CHECK(b.best_epoch == a.best_epoch);
+  CHECK(b.best_val.count == 7);
+  CHECK(b.test.count == 5);
+  CHECK(b.best_val.macro_f1 == a.best_val.macro_f1);
+  CHECK(b.test.macro_f1 == a.test.macro_f1);
+  CHECK(b.test.confusion.count(0, 0) == a.test.confusion.count(0, 0));
+  CHECK(b.best_val.loss == Approx(a.best_val.loss).epsilon(1e-4));
+  std::string worst;
+  const double err = max_parameter_error(*model, *reference, o.lr / 100, &worst);
+  INFO("worst parameter error " << err << " of the tolerance (" << worst << ")");
+  CHECK(err <= 1.0);
+  comm.barrier();
+  if (rank == 0) {
+    CHECK(std::filesystem::exists(dir / "run" / "best.safetensors"));
+    CHECK(std::filesystem::exists(dir / "run" / "metrics.csv"));
+  }
+  comm.barrier();
+  if (rank == 0) std::filesystem::remove_all(dir);
+
+  // Different data on one rank is refused on every rank.
+  std::vector<data::Sample> other = train;
+  if (rank == 1) other.pop_back();
+  auto spare = classifier(5);
+  MAMCLIP_REQUIRE_THROWS_WITH(train::finetune_classifier(*spare, other, val, test, per_rank, classes, &comm),
+                              dist::dist_error, "fine-tuning options and data differs across ranks");
 }

@@ -6,6 +6,9 @@
 #ifdef MAMCLIP_CONSUMER_TEXT
 #include <mamclip/text/unicode.hpp>
 #endif
+#ifdef MAMCLIP_CONSUMER_MPI
+#include <mamclip/dist/mpi.hpp>
+#endif
 
 #include <cmath>
 #include <cstdio>
@@ -69,6 +72,19 @@ int main() {
   if (u::to_utf8(u::nfc(u::from_utf8("e\xCC\x81"))) != "\xC3\xA9") {
     std::fprintf(stderr, "mamclip::text: NFC of e + U+0301 is not U+00E9\n");
     return 1;
+  }
+#endif
+#ifdef MAMCLIP_CONSUMER_MPI
+  // Through MPI: a one-process job (an MPI singleton) sums a tensor over itself.
+  {
+    dist::MpiCommunicator comm;
+    Tensor<float> t = full<float>({3}, 2.5f);
+    dist::all_reduce(comm, t);
+    if (comm.world_size() != 1 || comm.backend() != "mpi" || t.to_vector() != std::vector<float>(3, 2.5f)) {
+      std::fprintf(stderr, "mamclip::mpi: a one-process all_reduce changed the tensor or the world size is %d\n",
+                   comm.world_size());
+      return 1;
+    }
   }
 #endif
   std::printf("mamclip %d.%d.%d: loss %.6f, gradients match finite differences\n", MAMCLIP_VERSION_MAJOR,

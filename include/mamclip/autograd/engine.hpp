@@ -3,6 +3,7 @@
 // receive, then run nodes when all their gradients have arrived (latest-created
 // first among the ready ones), summing gradients that meet at a node.
 
+#include <atomic>
 #include <queue>
 #include <unordered_map>
 #include <unordered_set>
@@ -136,10 +137,19 @@ void Tensor<T>::register_hook(GradHook<T> hook) const {
 }
 
 template <class T>
-void Tensor<T>::register_post_accumulate_grad_hook(std::function<void()> hook) const {
+uint64_t Tensor<T>::register_post_accumulate_grad_hook(std::function<void()> hook) const {
   MAMCLIP_CHECK(is_leaf() && requires_grad(), autograd_error,
                 "register_post_accumulate_grad_hook: expected a leaf that requires grad");
-  impl()->post_accumulate_hooks.push_back(std::move(hook));
+  static std::atomic<uint64_t> next_handle{1};
+  const uint64_t handle = next_handle.fetch_add(1, std::memory_order_relaxed);
+  impl()->post_accumulate_hooks.emplace_back(handle, std::move(hook));
+  return handle;
+}
+
+template <class T>
+void Tensor<T>::remove_post_accumulate_grad_hook(uint64_t handle) const {
+  auto& hooks = checked().post_accumulate_hooks;
+  std::erase_if(hooks, [handle](const auto& h) { return h.first == handle; });
 }
 
 template <class T>

@@ -96,7 +96,7 @@ class AccumulateGrad final : public Node {
       Tensor<T> sum = detail::add_same_shape(old, g);
       old.copy_(sum);  // in place: .grad handles held by optimizers stay valid
     }
-    for (const auto& hook : leaf->post_accumulate_hooks) hook();
+    for (const auto& [handle, hook] : leaf->post_accumulate_hooks) hook();
     return {};
   }
 

@@ -20,6 +20,7 @@
 #include <sstream>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "mamclip/core/device.hpp"
@@ -56,7 +57,7 @@ struct TensorImpl {
   std::shared_ptr<TensorImpl<T>> grad;         // accumulated .grad (leaves, or retain_grad())
   std::weak_ptr<autograd::Node> grad_accumulator;  // a leaf's AccumulateGrad, alive while a graph uses it
   std::vector<GradHook<T>> leaf_hooks;         // hooks of a leaf, run by its AccumulateGrad
-  std::vector<std::function<void()>> post_accumulate_hooks;  // run after .grad is updated (data parallel)
+  std::vector<std::pair<uint64_t, std::function<void()>>> post_accumulate_hooks;  // (handle, hook), run after .grad is updated
 };
 
 template <class T>
@@ -204,8 +205,11 @@ class Tensor {
   void backward(const Tensor& gradient = Tensor(), bool retain_graph = false) const;
   void register_hook(GradHook<T> hook) const;
   // Runs `hook` on a leaf each time a backward has added its gradient to
-  // .grad (once per backward, after all its uses are summed).
-  void register_post_accumulate_grad_hook(std::function<void()> hook) const;
+  // .grad (once per backward, after all its uses are summed). Returns the
+  // handle that removes it (data parallel wrappers unhook when destroyed).
+  uint64_t register_post_accumulate_grad_hook(std::function<void()> hook) const;
+  // Removes the hook `handle` names; an unknown handle does nothing.
+  void remove_post_accumulate_grad_hook(uint64_t handle) const;
   // Keep .grad for this non-leaf tensor after backward.
   void retain_grad() const;
 

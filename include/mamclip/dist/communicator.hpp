@@ -154,8 +154,9 @@ inline std::vector<int64_t> all_gather_scalar(Communicator& comm, int64_t v) {
 
 // Concatenation along dim 0 of every rank's `t` (first dimensions may differ;
 // the others must agree). No gradient: see gather_with_grad in parallel.hpp.
+// rows (optional): receives every rank's row count, in rank order.
 template <class T>
-Tensor<T> all_gather(Communicator& comm, const Tensor<T>& t) {
+Tensor<T> all_gather(Communicator& comm, const Tensor<T>& t, std::vector<int64_t>* rows = nullptr) {
   Tensor<T> local = t.contiguous();
   detail::check_dense(local, "all_gather");
   MAMCLIP_CHECK(local.dim() >= 1, shape_error, "all_gather: expected a tensor with a first dimension, got shape ",
@@ -164,19 +165,23 @@ Tensor<T> all_gather(Communicator& comm, const Tensor<T>& t) {
   // must agree on) the row width, or its counts for the others would be 0.
   int64_t row = 1;
   for (int64_t d = 1; d < local.dim(); ++d) row *= local.size(d);
-  // Every rank checks every rank's row size (rows or not), so shapes that
-  // differ give an error on all ranks rather than a garbled result.
-  const std::vector<int64_t> rows = all_gather_scalar(comm, local.size(0));
-  const std::vector<int64_t> widths = all_gather_scalar(comm, row);
+  // (rows, row width) of every rank in one collective. Every rank checks
+  // every rank's row width (rows or not), so shapes that differ give an
+  // error on all ranks rather than a garbled result.
+  const int64_t mine[2] = {local.size(0), row};
+  std::vector<int64_t> sizes(2 * static_cast<size_t>(comm.world_size()));
+  comm.all_gather(mine, sizes.data(), std::vector<int64_t>(static_cast<size_t>(comm.world_size()), 2), DType::i64);
   Shape shape = local.shape();
   int64_t total = 0;
   std::vector<int64_t> counts;
-  for (size_t r = 0; r < rows.size(); ++r) {
-    MAMCLIP_CHECK(widths[r] == row, shape_error, "all_gather: rank ", r,
-                  " sends rows of ", widths[r], " elements, rank ", comm.rank(), " rows of ", row, " (shape ",
-                  shape_str(local.shape()), ")");
-    total += rows[r];
-    counts.push_back(rows[r] * row);
+  if (rows) rows->clear();
+  for (size_t r = 0; r < sizes.size() / 2; ++r) {
+    const int64_t n = sizes[2 * r], width = sizes[2 * r + 1];
+    MAMCLIP_CHECK(width == row, shape_error, "all_gather: rank ", r, " sends rows of ", width, " elements, rank ",
+                  comm.rank(), " rows of ", row, " (shape ", shape_str(local.shape()), ")");
+    total += n;
+    counts.push_back(n * row);
+    if (rows) rows->push_back(n);
   }
   shape[0] = total;
   Tensor<T> out = Tensor<T>::empty(shape, local.device());

@@ -37,11 +37,13 @@ inline int64_t row_offset(const std::vector<int64_t>& rows, int rank) {
 // rank's rows: the gradient of the output is summed over ranks (each rank's
 // loss may use every row) and this rank's slice is kept. The communicator
 // must outlive the graph. Every rank must run the backward.
+// rows (optional): receives every rank's row count, in rank order.
 template <class T>
-Tensor<T> gather_with_grad(Communicator& comm, const Tensor<T>& t) {
-  const std::vector<int64_t> rows = all_gather_scalar(comm, t.size(0));
-  const int64_t offset = row_offset(rows, comm.rank()), n = t.size(0);
-  Tensor<T> out = all_gather(comm, t.detach());
+Tensor<T> gather_with_grad(Communicator& comm, const Tensor<T>& t, std::vector<int64_t>* rows = nullptr) {
+  std::vector<int64_t> counts;
+  Tensor<T> out = all_gather(comm, t.detach(), &counts);
+  const int64_t offset = row_offset(counts, comm.rank()), n = t.size(0);
+  if (rows) *rows = counts;
   Communicator* c = &comm;
   return autograd::record<T>("GatherWithGradBackward", {t}, out, [c, offset, n](const Tensor<T>& g) {
     Tensor<T> summed = g.contiguous().clone();
@@ -83,7 +85,12 @@ class DataParallel {
     for (size_t i = 0; i < order.size(); ++i) order[i] = order.size() - 1 - i;
     build_buckets(order);
     for (size_t i = 0; i < params_.size(); ++i)
-      if (params_[i].requires_grad()) params_[i].register_post_accumulate_grad_hook([this, i] { on_ready(i); });
+      if (params_[i].requires_grad())
+        hooks_.emplace_back(i, params_[i].register_post_accumulate_grad_hook([this, i] { on_ready(i); }));
+  }
+  // Unhooks the parameters: the module outlives this and trains on its own.
+  ~DataParallel() {
+    for (const auto& [i, handle] : hooks_) params_[i].remove_post_accumulate_grad_hook(handle);
   }
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
@@ -252,6 +259,7 @@ class DataParallel {
   std::vector<Tensor<float>> params_;
   std::vector<Bucket> buckets_;
   std::vector<size_t> bucket_of_;
+  std::vector<std::pair<size_t, uint64_t>> hooks_;  // (parameter, hook handle)
   std::vector<size_t> ready_order_;
   size_t next_launch_ = 0;
   int64_t launched_in_backward_ = 0, last_launched_in_backward_ = 0;

@@ -24,6 +24,17 @@
 // `seed` for its duration (and restores afterwards). The same inputs and seed
 // give the same weights and metrics, bit for bit, on the CPU.
 //
+// Data parallel: give every rank of the job the same model config, samples
+// and options, and a Communicator (dist/). options.batch_size is per rank:
+// rank r takes its slice of every global batch of batch_size x W samples
+// (data::LoaderOptions::rank), DataParallel broadcasts rank 0's weights and
+// averages the gradients, and the loss is scaled so that the step is one
+// process's step on the global batch, weighted mean and all, even when the
+// last batch splits unevenly. Validation and test are scored over all ranks:
+// rank r scores samples r, r + W, ..., and the logits are gathered, so every
+// rank reports the same metrics and keeps the same best epoch. Only rank 0
+// prints and writes files. Dropout / drop-path streams differ per rank.
+//
 // Files in output_dir (when set; created if needed):
 //   metrics.csv, metrics.jsonl    MetricLog rows: phase "train" per step (loss, lr, epoch),
 //                                 "val" per epoch, "test" once
@@ -33,7 +44,7 @@
 //   loss.png                      training loss per step and validation loss per epoch
 //
 // defines: FinetuneOptions, EvalResult, EpochRecord, FinetuneResult, class_weights,
-//          weighted_cross_entropy, head_index, evaluate_logits, evaluate_classifier, finetune_classifier, print_confusion,
+//          weighted_log_likelihood_sum, weighted_cross_entropy, head_index, evaluate_logits, evaluate_classifier, finetune_classifier, print_confusion,
 //          grad_cam, write_grad_cam
 
 #include <algorithm>
@@ -59,6 +70,8 @@
 #include "mamclip/core/random.hpp"
 #include "mamclip/data/datasets.hpp"
 #include "mamclip/data/loader.hpp"
+#include "mamclip/dist/communicator.hpp"
+#include "mamclip/dist/parallel.hpp"
 #include "mamclip/io/safetensors.hpp"
 #include "mamclip/models/clip/classifier.hpp"
 #include "mamclip/ops/elementwise/elementwise.hpp"
@@ -154,20 +167,21 @@ inline std::vector<double> class_weights(const std::vector<int64_t>& labels, int
   return w;
 }
 
-// PyTorch's cross_entropy(logits, target, weight=w) with mean reduction: logits [N, C], target [N]
-// in [0, C), weights [C] (empty: the unweighted mean). Composed from log_softmax and gather, so it
-// is differentiable with respect to logits.
+// sum_i w_{y_i} log p_{y_i} over the rows of logits [N, C] (target [N] in
+// [0, C), weights [C]; empty weights: all 1), differentiable with respect to
+// logits, and sum_i w_{y_i}. The pieces of the weighted mean below, which
+// data-parallel training divides by the sum over all ranks instead.
 template <class T>
-Tensor<T> weighted_cross_entropy(const Tensor<T>& logits, const Tensor<int64_t>& target,
-                                 const std::vector<double>& weights) {
-  if (weights.empty()) return cross_entropy(logits, target);
-  MAMCLIP_CHECK(logits.dim() == 2, shape_error, "weighted_cross_entropy: logits has shape ", shape_str(logits.shape()),
-                "; expected [N, C]");
-  MAMCLIP_CHECK(static_cast<int64_t>(weights.size()) == logits.size(1), shape_error, "weighted_cross_entropy: ",
-                weights.size(), " class weights for logits of shape ", shape_str(logits.shape()),
-                "; expected one weight per class");
-  MAMCLIP_CHECK(target.dim() == 1 && target.size(0) == logits.size(0), shape_error,
-                "weighted_cross_entropy: target has shape ", shape_str(target.shape()), " and logits ",
+std::pair<Tensor<T>, double> weighted_log_likelihood_sum(const Tensor<T>& logits, const Tensor<int64_t>& target,
+                                                         const std::vector<double>& weights) {
+  MAMCLIP_CHECK(logits.defined() && logits.dim() == 2, shape_error, "weighted_cross_entropy: logits has shape ",
+                logits.defined() ? shape_str(logits.shape()) : std::string("(undefined)"), "; expected [N, C]");
+  MAMCLIP_CHECK(weights.empty() || static_cast<int64_t>(weights.size()) == logits.size(1), shape_error,
+                "weighted_cross_entropy: ", weights.size(), " class weights for logits of shape ",
+                shape_str(logits.shape()), "; expected one weight per class");
+  MAMCLIP_CHECK(target.defined() && target.dim() == 1 && target.size(0) == logits.size(0), shape_error,
+                "weighted_cross_entropy: target has shape ",
+                target.defined() ? shape_str(target.shape()) : std::string("(undefined)"), " and logits ",
                 shape_str(logits.shape()), "; expected target [N]");
   const std::vector<int64_t> y = target.to_vector();
   std::vector<T> w(y.size());
@@ -175,14 +189,26 @@ Tensor<T> weighted_cross_entropy(const Tensor<T>& logits, const Tensor<int64_t>&
   for (size_t i = 0; i < y.size(); ++i) {
     MAMCLIP_CHECK(y[i] >= 0 && y[i] < logits.size(1), value_error, "weighted_cross_entropy: target[", i, "] = ", y[i],
                   " is out of range; expected a class in [0, ", logits.size(1), ")");
-    w[i] = static_cast<T>(weights[static_cast<size_t>(y[i])]);
-    total += weights[static_cast<size_t>(y[i])];
+    const double wi = weights.empty() ? 1.0 : weights[static_cast<size_t>(y[i])];
+    w[i] = static_cast<T>(wi);
+    total += wi;
   }
-  MAMCLIP_CHECK(total > 0, value_error, "weighted_cross_entropy: the weights of the batch's targets sum to ", total,
-                "; expected a positive sum");
   const Tensor<T> picked = gather(log_softmax(logits, 1), 1, target.unsqueeze(1)).squeeze(1);  // [N] log p_{y_i}
   const Tensor<T> wt = from_vector<T>(w, Shape{static_cast<int64_t>(w.size())}, logits.device());
-  return sum(picked * wt) * (-1.0 / total);
+  return {sum(picked * wt), total};
+}
+
+// PyTorch's cross_entropy(logits, target, weight=w) with mean reduction: logits [N, C], target [N]
+// in [0, C), weights [C] (empty: the unweighted mean). Composed from log_softmax and gather, so it
+// is differentiable with respect to logits.
+template <class T>
+Tensor<T> weighted_cross_entropy(const Tensor<T>& logits, const Tensor<int64_t>& target,
+                                 const std::vector<double>& weights) {
+  if (weights.empty()) return cross_entropy(logits, target);
+  const auto [log_likelihood, total] = weighted_log_likelihood_sum(logits, target, weights);
+  MAMCLIP_CHECK(total > 0, value_error, "weighted_cross_entropy: the weights of the batch's targets sum to ", total,
+                "; expected a positive sum");
+  return log_likelihood * (-1.0 / total);
 }
 
 // ---- evaluation
@@ -294,23 +320,36 @@ inline EvalResult evaluate_logits(const Tensor<float>& logits, const Tensor<int6
   return r;
 }
 
-// Scores model's head `head` over one pass of `loader` with evaluate_logits (no gradients, eval
-// mode; the module's training flag is restored).
-inline EvalResult evaluate_classifier(models::clip::MamClipClassifier& model, data::Loader& loader,
-                                      int64_t num_classes, int64_t head) {
-  detail::check_head(model, head, num_classes, "evaluate_classifier");
-  detail::EvalModeScope eval_mode(model);
+namespace detail {
+
+// Head `head`'s logits [N, C] and the labels [N] of one pass of `loader` (no
+// gradients, eval mode; the module's training flag is restored).
+inline std::pair<Tensor<float>, Tensor<int64_t>> classifier_logits(models::clip::MamClipClassifier& model,
+                                                                   data::Loader& loader, int64_t num_classes,
+                                                                   int64_t head, const char* who) {
+  EvalModeScope eval_mode(model);
   NoGradGuard no_grad;
   std::vector<Tensor<float>> logits;
   std::vector<Tensor<int64_t>> labels;
   loader.start_epoch(0);
   while (std::optional<data::Batch> batch = loader.next()) {
-    detail::check_batch_labels(batch->labels, num_classes, "evaluate_classifier");
+    check_batch_labels(batch->labels, num_classes, who);
     logits.push_back(model.forward(batch->images)[static_cast<size_t>(head)]);  // [B, C]
     labels.push_back(batch->labels);
   }
-  if (logits.empty()) return evaluate_logits(zeros<float>({0, num_classes}), zeros<int64_t>({0}), num_classes);
-  return evaluate_logits(cat(logits, 0), cat(labels, 0), num_classes);
+  if (logits.empty()) return {zeros<float>({0, num_classes}), zeros<int64_t>({0})};
+  return {cat(logits, 0), cat(labels, 0)};
+}
+
+}  // namespace detail
+
+// Scores model's head `head` over one pass of `loader` with evaluate_logits (no gradients, eval
+// mode; the module's training flag is restored).
+inline EvalResult evaluate_classifier(models::clip::MamClipClassifier& model, data::Loader& loader,
+                                      int64_t num_classes, int64_t head) {
+  detail::check_head(model, head, num_classes, "evaluate_classifier");
+  const auto [logits, labels] = detail::classifier_logits(model, loader, num_classes, head, "evaluate_classifier");
+  return evaluate_logits(logits, labels, num_classes);
 }
 
 inline EvalResult evaluate_classifier(models::clip::MamClipClassifier& model, data::Loader& loader,
@@ -341,16 +380,55 @@ inline void print_confusion(std::ostream& os, const ConfusionMatrix& cm, const s
 
 // ---- training
 
+namespace detail {
+
+// What every rank of a data-parallel fine-tuning must agree on: the options,
+// the class names and the three splits' samples (paths and labels).
+inline std::string finetune_fingerprint(const FinetuneOptions& o, const std::vector<std::string>& class_names,
+                                        const std::vector<const std::vector<data::Sample>*>& splits) {
+  std::ostringstream os;
+  os << o.epochs << ' ' << o.batch_size << ' ' << o.lr << ' ' << o.weight_decay << ' ' << o.warmup_steps << ' '
+     << o.lr_schedule << ' ' << o.class_weighting << ' ' << o.seed << ' ' << o.height << 'x' << o.width << ' '
+     << o.augmentation << ' ' << o.head << " classes";
+  for (const auto& c : class_names) os << ' ' << c;
+  for (const auto* split : splits) {
+    os << " | " << split->size();
+    for (const auto& sample : *split) os << ' ' << sample.image.string() << '=' << sample.label;
+  }
+  return os.str();
+}
+
+// Rank r's share of an evaluation split: samples r, r + W, r + 2W, ...
+inline std::vector<data::Sample> strided_shard(const std::vector<data::Sample>& samples, int rank, int world) {
+  std::vector<data::Sample> out;
+  for (size_t i = static_cast<size_t>(rank); i < samples.size(); i += static_cast<size_t>(world))
+    out.push_back(samples[i]);
+  return out;
+}
+
+}  // namespace detail
+
+// comm: the job's communicator for data-parallel fine-tuning (see the header
+// comment; outlives the call), or null for one process.
 inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model,
                                           const std::vector<data::Sample>& train,
                                           const std::vector<data::Sample>& val,
                                           const std::vector<data::Sample>& test, const FinetuneOptions& options,
-                                          const std::vector<std::string>& class_names) {
+                                          const std::vector<std::string>& class_names,
+                                          dist::Communicator* comm = nullptr) {
   options.validate();
+  if (comm && comm->world_size() == 1) comm = nullptr;
+  const int world = comm ? comm->world_size() : 1, rank = comm ? comm->rank() : 0;
+  const bool main = rank == 0;  // prints and writes for the job
+  if (comm)
+    dist::check_same(*comm, "fine-tuning options and data",
+                     detail::finetune_fingerprint(options, class_names, {&train, &val, &test}));
   const auto num_classes = static_cast<int64_t>(class_names.size());
   const int64_t head = head_index(model, options.head);
   detail::check_head(model, head, num_classes, "finetune_classifier");
   MAMCLIP_CHECK(!train.empty(), value_error, "finetune_classifier: the training split is empty");
+  MAMCLIP_CHECK(static_cast<int64_t>(train.size()) >= world, value_error, "finetune_classifier: ", train.size(),
+                " training samples for ", world, " ranks; expected at least one per rank");
   std::vector<int64_t> train_labels;
   for (const auto& s : train) {
     MAMCLIP_CHECK(s.label >= 0 && s.label < num_classes, value_error, "finetune_classifier: training sample \"",
@@ -361,7 +439,9 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
   const std::vector<double> weights =
       options.class_weighting ? class_weights(train_labels, num_classes) : std::vector<double>{};
 
-  detail::DefaultGeneratorScope generator_scope(options.seed);
+  // Rank 0 keeps the one-process stream; the others get their own.
+  detail::DefaultGeneratorScope generator_scope(
+      rank == 0 ? options.seed : data::detail::mix_keys(options.seed, static_cast<uint64_t>(rank) << 40));
   auto loader_options = [&](bool training) {
     data::LoaderOptions o;
     o.batch_size = options.batch_size;
@@ -372,12 +452,33 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
     o.seed = options.seed;
     o.workers = options.workers;
     o.augmentation = training ? options.augmentation : "none";
+    if (training) {
+      o.rank = rank;
+      o.world_size = world;
+    }
     return o;
   };
   data::Loader train_loader(train, loader_options(true));
+  // Evaluation: this rank's shard of each split (none when it is empty here).
   std::optional<data::Loader> val_loader, test_loader;
-  if (!val.empty()) val_loader.emplace(val, loader_options(false));
-  if (!test.empty()) test_loader.emplace(test, loader_options(false));
+  const std::vector<data::Sample> val_shard = detail::strided_shard(val, rank, world),
+                                  test_shard = detail::strided_shard(test, rank, world);
+  if (!val_shard.empty()) val_loader.emplace(val_shard, loader_options(false));
+  if (!test_shard.empty()) test_loader.emplace(test_shard, loader_options(false));
+  auto score = [&](std::optional<data::Loader>& loader) {
+    auto [logits, labels] = loader ? detail::classifier_logits(model, *loader, num_classes, head, "finetune_classifier")
+                                   : std::pair{zeros<float>({0, num_classes}), zeros<int64_t>({0})};
+    if (comm) {
+      logits = dist::all_gather(*comm, logits);
+      labels = dist::all_gather(*comm, labels);
+    }
+    return evaluate_logits(logits, labels, num_classes);
+  };
+  const bool has_val = !val.empty(), has_test = !test.empty();
+
+  // Broadcasts rank 0's weights before the optimizer sees them.
+  std::optional<dist::DataParallel> data_parallel;
+  if (comm) data_parallel.emplace(model, *comm);
 
   optim::AdamWOptions adamw;
   adamw.lr = options.lr;
@@ -392,7 +493,25 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
                   : (s < warmup ? static_cast<double>(s) / static_cast<double>(warmup) : 1.0);
   });
 
-  const bool write = !options.output_dir.empty();
+  // The training loss of one batch (this rank's part of it) and its value for the whole batch.
+  auto batch_loss = [&](const Tensor<float>& logits, const Tensor<int64_t>& labels) -> std::pair<Tensor<float>, double> {
+    if (!comm) {
+      Tensor<float> loss = weighted_cross_entropy(logits, labels, weights);
+      const double value = static_cast<double>(loss.item());
+      return {std::move(loss), value};
+    }
+    // The job's weighted mean is -sum_i w_i log p_i / sum_i w_i over all ranks' samples;
+    // DataParallel averages the ranks' gradients, so each rank scales its sum by W / (sum of all w).
+    const auto [log_likelihood, local_weight] = weighted_log_likelihood_sum(logits, labels, weights);
+    double sums[2] = {local_weight, static_cast<double>(log_likelihood.item())};
+    comm->all_reduce(sums, 2, DType::f64, dist::ReduceOp::sum);
+    MAMCLIP_CHECK(sums[0] > 0, value_error, "weighted_cross_entropy: the weights of the batch's targets sum to ",
+                  sums[0], "; expected a positive sum");
+    return {log_likelihood * (-static_cast<double>(world) / sums[0]), -sums[1] / sums[0]};
+  };
+
+  const bool write = main && !options.output_dir.empty();
+  const bool quiet = options.quiet || !main;
   std::optional<MetricLog> log;
   if (write) {
     std::filesystem::create_directories(options.output_dir);
@@ -408,7 +527,7 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
     model.train();
     train_loader.start_epoch(epoch);
     std::optional<Progress> progress;
-    if (!options.quiet)
+    if (!quiet)
       progress.emplace("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(options.epochs), steps_per_epoch);
     EpochRecord rec;
     rec.epoch = epoch;
@@ -417,12 +536,12 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
     while (std::optional<data::Batch> batch = train_loader.next()) {
       detail::check_batch_labels(batch->labels, num_classes, "finetune_classifier");
       const Tensor<float> logits = model.forward(batch->images)[static_cast<size_t>(head)];
-      const Tensor<float> loss = weighted_cross_entropy(logits, batch->labels, weights);
-      const double value = static_cast<double>(loss.item());
+      const auto [loss, value] = batch_loss(logits, batch->labels);
       MAMCLIP_CHECK(std::isfinite(value), value_error, "finetune_classifier: the training loss is ", value,
                     " at epoch ", epoch, ", step ", step, " (batch ", batches, " of the epoch); lower the lr");
       optimizer.zero_grad();
       loss.backward();
+      if (data_parallel) data_parallel->finish_gradient_sync();
       optimizer.step();
       rec.lr = optimizer.lr(0);
       scheduler.step();
@@ -436,16 +555,16 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
     }
     if (progress) progress->finish();
     rec.train_loss = batches ? loss_sum / static_cast<double>(batches) : std::numeric_limits<double>::quiet_NaN();
-    if (val_loader) rec.val = evaluate_classifier(model, *val_loader, num_classes, head);
+    if (has_val) rec.val = score(val_loader);
     rec.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (log && val_loader)
+    if (log && has_val)
       log->log({{"loss", rec.val.loss}, {"macro_f1", rec.val.macro_f1}, {"accuracy", rec.val.accuracy},
                 {"roc_auc_ovr", rec.val.roc_auc_ovr}, {"epoch", static_cast<double>(epoch)}},
                step, "val");
     // Without a validation split every epoch counts as better, so the last one is kept.
-    const double score = val_loader ? rec.val.macro_f1 : static_cast<double>(epoch);
-    if (score > best_f1) {
-      best_f1 = score;
+    const double criterion = has_val ? rec.val.macro_f1 : static_cast<double>(epoch);
+    if (criterion > best_f1) {
+      best_f1 = criterion;
       result.best_epoch = epoch;
       result.best_val = rec.val;
       best_state = detail::snapshot(model);
@@ -457,9 +576,9 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
                               {"val_macro_f1", std::to_string(rec.val.macro_f1)}});
       }
     }
-    if (!options.quiet) {
+    if (!quiet) {
       std::cout << "epoch " << epoch + 1 << "/" << options.epochs << "  train loss " << detail::fixed(rec.train_loss);
-      if (val_loader)
+      if (has_val)
         std::cout << "  val loss " << detail::fixed(rec.val.loss) << "  macro-F1 " << detail::fixed(rec.val.macro_f1)
                   << "  acc " << detail::fixed(rec.val.accuracy) << "  AUC " << detail::fixed(rec.val.roc_auc_ovr);
       std::cout << "  (" << detail::fixed(rec.seconds, 1) << " s)" << (result.best_epoch == epoch ? "  *" : "")
@@ -469,15 +588,15 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
   }
 
   if (!best_state.empty()) model.load_state_dict(best_state);
-  if (test_loader) {
-    result.test = evaluate_classifier(model, *test_loader, num_classes, head);
+  if (has_test) {
+    result.test = score(test_loader);
     if (log)
       log->log({{"loss", result.test.loss}, {"macro_f1", result.test.macro_f1}, {"accuracy", result.test.accuracy},
                 {"roc_auc_ovr", result.test.roc_auc_ovr}, {"epoch", static_cast<double>(result.best_epoch)}},
                step, "test");
   }
   if (write) {
-    const EvalResult& shown = test_loader ? result.test : result.best_val;
+    const EvalResult& shown = has_test ? result.test : result.best_val;
     if (shown.count > 0) plot_confusion_matrix(options.output_dir / "confusion_matrix.png", shown.confusion, class_names);
     std::vector<std::pair<double, double>> train_curve, val_curve;
     for (size_t i = 0; i < result.step_losses.size(); ++i)

@@ -116,13 +116,14 @@ inline RankLoss contrastive_over_ranks(dist::Communicator* comm, const Tensor<fl
     return {loss, loss.item()};
   }
   const int64_t n = images.size(0);
-  const std::vector<int64_t> rows = dist::all_gather_scalar(*comm, n);
+  std::vector<int64_t> rows;
+  const Tensor<float> all_images = dist::gather_with_grad(*comm, images, &rows);
+  const Tensor<float> all_texts = dist::gather_with_grad(*comm, texts);
   int64_t total = 0;
   for (int64_t r : rows) total += r;
   o.image_offset = o.label_offset = dist::row_offset(rows, comm->rank());
   o.batch = n;
-  const Tensor<float> loss = clip_loss(dist::gather_with_grad(*comm, images), dist::gather_with_grad(*comm, texts),
-                                       logit_scale, o);
+  const Tensor<float> loss = clip_loss(all_images, all_texts, logit_scale, o);
   const double local = loss.item();
   const double value = dist::all_reduce_scalar(*comm, local * static_cast<double>(n)) / static_cast<double>(total);
   return {mul(loss, static_cast<double>(comm->world_size()) * static_cast<double>(n) / static_cast<double>(total)),
