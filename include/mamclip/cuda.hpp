@@ -28,7 +28,7 @@
 //   core/cuda/settings.hpp        set_allow_tf32 (plain C++)
 //   core/cuda/types.cuh           device_t (Eigen 16-bit types as __half / __nv_bfloat16), Pack
 //   core/cuda/tensor_data.cuh     "fill", "strided_copy" for every dtype
-//   ops/elementwise/cuda.cuh      "add", "add_contiguous" for float, double, half, bfloat16
+//   ops/elementwise/cuda.cuh      every unary and binary elementwise op, "add_contiguous"; float, double, half, bfloat16
 //   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16
 //   ops/loss/cuda.cuh             "clip_loss", "clip_loss_backward" (fused CLIP loss) for float, half, bfloat16
 //   register_backend()            registers all of the above (the implementation unit calls it)

@@ -1,14 +1,19 @@
 #pragma once
-// CUDA kernels of the elementwise family: "add" (BinaryKernel) and
-// "add_contiguous" (AddKernel, gradient accumulation; the same function).
+// CUDA kernels of the elementwise family: every unary and binary op of
+// elementwise.hpp (UnaryKernel / BinaryKernel, registered under the op's
+// name), and "add_contiguous" (AddKernel, gradient accumulation).
 //
-//   kernel   binary_kernel<kBlock, kVec, D, Op>: raw pointers, n elements
-//   launcher launch_binary<Op>(..., stream): picks 16-byte packs or scalars
-//   entry    kernels::add<T>: the registered function (current device and stream)
+//   ops      one functor per op (AddOp, ExpOp, GeluBackwardOp, ...): the CPU
+//            lambda's formula in the accumulation type, p0 / p1 its scalars
+//   kernel   map_kernel<kBlock, kVec, D, Op, Inputs>: raw pointers, n elements
+//   launcher launch_map<Op>(..., stream): picks 16-byte packs or scalars
+//   entries  kernels::unary<T, Op> / binary<T, Op>: the registered functions
+//            (current device and stream)
 //
 // Inputs and output are contiguous with n elements (elementwise.hpp makes
 // broadcast operands dense first). Arithmetic is in device_acc_t (float for
-// half and bfloat16) and rounds once, like the CPU reference.
+// half and bfloat16) and rounds once, like the CPU reference; transcendental
+// functions are CUDA's (within 2 ulp of the host's in float).
 
 #include "mamclip/core/cuda/check.cuh"
 #include "mamclip/core/cuda/device.cuh"
@@ -19,54 +24,176 @@
 
 namespace mamclip::cuda {
 
-struct AddOp {
-  template <class A>
-  __device__ __forceinline__ A operator()(A a, A b) const { return a + b; }
+// ---- device math in float or double (CUDA's overloads, named once)
+
+namespace math {
+__device__ __forceinline__ float exp(float x) { return ::expf(x); }
+__device__ __forceinline__ double exp(double x) { return ::exp(x); }
+__device__ __forceinline__ float log(float x) { return ::logf(x); }
+__device__ __forceinline__ double log(double x) { return ::log(x); }
+__device__ __forceinline__ float sqrt(float x) { return ::sqrtf(x); }
+__device__ __forceinline__ double sqrt(double x) { return ::sqrt(x); }
+__device__ __forceinline__ float tanh(float x) { return ::tanhf(x); }
+__device__ __forceinline__ double tanh(double x) { return ::tanh(x); }
+__device__ __forceinline__ float erf(float x) { return ::erff(x); }
+__device__ __forceinline__ double erf(double x) { return ::erf(x); }
+__device__ __forceinline__ float pow(float x, float y) { return ::powf(x, y); }
+__device__ __forceinline__ double pow(double x, double y) { return ::pow(x, y); }
+__device__ __forceinline__ float abs(float x) { return ::fabsf(x); }
+__device__ __forceinline__ double abs(double x) { return ::fabs(x); }
+}  // namespace math
+
+// ---- the ops: elementwise.hpp's formulas; p0, p1 as the op passes them
+
+struct OpParams {
+  double p0 = 0, p1 = 0;
 };
 
-// out[i] = op(a[i], b[i]) for i in [0, n). Each thread handles kVec adjacent
-// elements per step, with one 16-byte load or store per operand when
-// kVec * sizeof(D) == 16 (the launcher checks alignment); the last n % kVec
-// elements go to the first threads of block 0. out may be a or b.
-template <int kBlock, int kVec, class D, class Op>
-__global__ void __launch_bounds__(kBlock) binary_kernel(D* out, const D* a, const D* b, int64_t n, Op op) {
+#define MAMCLIP_CUDA_UNARY_OP(Name, expr)                                \
+  struct Name : OpParams {                                               \
+    template <class A>                                                   \
+    __device__ __forceinline__ A operator()(A v) const { return expr; } \
+  };
+#define MAMCLIP_CUDA_BINARY_OP(Name, expr)                                    \
+  struct Name : OpParams {                                                    \
+    template <class A>                                                        \
+    __device__ __forceinline__ A operator()(A a, A b) const { return expr; } \
+  };
+
+MAMCLIP_CUDA_UNARY_OP(AddScalarOp, v + A(p0))
+MAMCLIP_CUDA_UNARY_OP(MulScalarOp, v * A(p0))
+MAMCLIP_CUDA_UNARY_OP(RsubScalarOp, A(p0) - v)
+MAMCLIP_CUDA_UNARY_OP(RdivScalarOp, A(p0) / v)
+MAMCLIP_CUDA_UNARY_OP(PowScalarOp, math::pow(v, A(p0)))
+MAMCLIP_CUDA_UNARY_OP(NegOp, -v)
+MAMCLIP_CUDA_UNARY_OP(ExpOp, math::exp(v))
+MAMCLIP_CUDA_UNARY_OP(LogOp, math::log(v))
+MAMCLIP_CUDA_UNARY_OP(SqrtOp, math::sqrt(v))
+MAMCLIP_CUDA_UNARY_OP(RsqrtOp, A(1) / math::sqrt(v))
+MAMCLIP_CUDA_UNARY_OP(AbsOp, math::abs(v))
+MAMCLIP_CUDA_UNARY_OP(TanhOp, math::tanh(v))
+// Split by sign so exp never overflows.
+MAMCLIP_CUDA_UNARY_OP(SigmoidOp, v >= A(0) ? A(1) / (A(1) + math::exp(-v)) : math::exp(v) / (A(1) + math::exp(v)))
+MAMCLIP_CUDA_UNARY_OP(ReluOp, v > A(0) ? v : A(0))
+MAMCLIP_CUDA_UNARY_OP(ClampOp, v < A(p0) ? A(p0) : (v > A(p1) ? A(p1) : v))
+
+MAMCLIP_CUDA_BINARY_OP(AddOp, a + b)
+MAMCLIP_CUDA_BINARY_OP(SubOp, a - b)
+MAMCLIP_CUDA_BINARY_OP(MulOp, a * b)
+MAMCLIP_CUDA_BINARY_OP(DivOp, a / b)
+MAMCLIP_CUDA_BINARY_OP(PowOp, math::pow(a, b))
+// d/de x^e = x^e log x (a = y = x^e, b = x), 0 where x == 0.
+MAMCLIP_CUDA_BINARY_OP(PowExponentGradOp, b == A(0) ? A(0) : a * math::log(b))
+// (a = gradient, b = x or y)
+MAMCLIP_CUDA_BINARY_OP(AbsBackwardOp, b > A(0) ? a : (b < A(0) ? -a : A(0)))
+MAMCLIP_CUDA_BINARY_OP(TanhBackwardOp, a * (A(1) - b * b))
+MAMCLIP_CUDA_BINARY_OP(SigmoidBackwardOp, a * b * (A(1) - b))
+MAMCLIP_CUDA_BINARY_OP(ReluBackwardOp, b > A(0) ? a : A(0))
+MAMCLIP_CUDA_BINARY_OP(ClampBackwardOp, (b >= A(p0) && b <= A(p1)) ? a : A(0))
+
+#undef MAMCLIP_CUDA_UNARY_OP
+#undef MAMCLIP_CUDA_BINARY_OP
+
+// GELU, exact (erf) and tanh forms, and their derivatives (detail::gelu_value / gelu_derivative).
+template <bool kTanh>
+struct GeluOp : OpParams {
+  template <class A>
+  __device__ __forceinline__ A operator()(A x) const {
+    if constexpr (kTanh) {
+      const A k = A(0.7978845608028654), c = A(0.044715);
+      return A(0.5) * x * (A(1) + math::tanh(k * (x + c * x * x * x)));
+    } else {
+      return A(0.5) * x * (A(1) + math::erf(x * A(0.7071067811865476)));
+    }
+  }
+};
+
+template <bool kTanh>
+struct GeluBackwardOp : OpParams {
+  template <class A>
+  __device__ __forceinline__ A operator()(A g, A x) const {
+    if constexpr (kTanh) {
+      const A k = A(0.7978845608028654), c = A(0.044715);
+      const A t = math::tanh(k * (x + c * x * x * x));
+      return g * (A(0.5) * (A(1) + t) + A(0.5) * x * (A(1) - t * t) * k * (A(1) + A(3) * c * x * x));
+    } else {
+      const A cdf = A(0.5) * (A(1) + math::erf(x * A(0.7071067811865476)));
+      const A pdf = math::exp(A(-0.5) * x * x) * A(0.3989422804014327);
+      return g * (cdf + x * pdf);
+    }
+  }
+};
+
+// ---- kernel and launcher
+
+// out[i] = op(in[0][i], ..., in[kIn - 1][i]) for i in [0, n). Each thread
+// handles kVec adjacent elements per step, with one 16-byte load or store per
+// operand when kVec * sizeof(D) == 16 (the launcher checks alignment); the
+// last n % kVec elements go to the first threads of block 0. out may alias
+// an input.
+template <int kBlock, int kVec, class D, class Op, int kIn>
+__global__ void __launch_bounds__(kBlock) map_kernel(D* out, const D* a, const D* b, int64_t n, Op op) {
   using P = Pack<D, kVec>;
   const int64_t nvec = n / kVec;
   const int64_t step = int64_t(gridDim.x) * kBlock;
   for (int64_t i = int64_t(blockIdx.x) * kBlock + threadIdx.x; i < nvec; i += step) {
     const P pa = reinterpret_cast<const P*>(a)[i];
-    const P pb = reinterpret_cast<const P*>(b)[i];
     P po;
+    if constexpr (kIn == 1) {
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) po.v[j] = from_acc<D>(op(to_acc(pa.v[j]), to_acc(pb.v[j])));
+      for (int j = 0; j < kVec; ++j) po.v[j] = from_acc<D>(op(to_acc(pa.v[j])));
+    } else {
+      const P pb = reinterpret_cast<const P*>(b)[i];
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) po.v[j] = from_acc<D>(op(to_acc(pa.v[j]), to_acc(pb.v[j])));
+    }
     reinterpret_cast<P*>(out)[i] = po;
   }
   if constexpr (kVec > 1) {
     const int64_t tail = n - nvec * kVec;
     if (blockIdx.x == 0 && threadIdx.x < tail) {
       const int64_t i = nvec * kVec + threadIdx.x;
-      out[i] = from_acc<D>(op(to_acc(a[i]), to_acc(b[i])));
+      if constexpr (kIn == 1) out[i] = from_acc<D>(op(to_acc(a[i])));
+      else out[i] = from_acc<D>(op(to_acc(a[i]), to_acc(b[i])));
     }
   }
 }
 
-template <class Op, class D>
-void launch_binary(D* out, const D* a, const D* b, int64_t n, cudaStream_t stream, Op op = Op()) {
+// b is null for a unary op.
+template <int kIn, class Op, class D>
+void launch_map(D* out, const D* a, const D* b, int64_t n, cudaStream_t stream, Op op) {
   constexpr int kBlock = 256;
   constexpr int kVec = kVec16<D>;
   if (n <= 0) return;
-  if (aligned16(out) && aligned16(a) && aligned16(b)) {
-    binary_kernel<kBlock, kVec, D, Op><<<grid_for(n / kVec, kBlock), kBlock, 0, stream>>>(out, a, b, n, op);
+  if (aligned16(out) && aligned16(a) && (kIn == 1 || aligned16(b))) {
+    map_kernel<kBlock, kVec, D, Op, kIn><<<grid_for(n / kVec, kBlock), kBlock, 0, stream>>>(out, a, b, n, op);
   } else {
-    binary_kernel<kBlock, 1, D, Op><<<grid_for(n, kBlock), kBlock, 0, stream>>>(out, a, b, n, op);
+    map_kernel<kBlock, 1, D, Op, kIn><<<grid_for(n, kBlock), kBlock, 0, stream>>>(out, a, b, n, op);
   }
   MAMCLIP_CUDA_CHECK_LAUNCH();
 }
 
 namespace kernels {
+template <class T, class Op>
+void unary(T* out, const T* x, int64_t n, double p0, double p1) {
+  Op op;
+  op.p0 = p0;
+  op.p1 = p1;
+  launch_map<1>(device_ptr(out), device_ptr(x), static_cast<const device_t<T>*>(nullptr), n, current_stream(), op);
+}
+
+template <class T, class Op>
+void binary(T* out, const T* a, const T* b, int64_t n, double p0, double p1) {
+  Op op;
+  op.p0 = p0;
+  op.p1 = p1;
+  launch_map<2>(device_ptr(out), device_ptr(a), device_ptr(b), n, current_stream(), op);
+}
+
+// Gradient accumulation (AddKernel): out = a + b.
 template <class T>
 void add(T* out, const T* a, const T* b, int64_t n) {
-  launch_binary<AddOp>(device_ptr(out), device_ptr(a), device_ptr(b), n, current_stream());
+  launch_map<2>(device_ptr(out), device_ptr(a), device_ptr(b), n, current_stream(), AddOp{});
 }
 }  // namespace kernels
 
@@ -75,8 +202,44 @@ void add(T* out, const T* a, const T* b, int64_t n) {
 template <class T>
 void register_elementwise_kernels_for() {
   auto& r = KernelRegistry::get();
-  r.add<BinaryKernel<T>>("add", dtype_v<T>, DeviceType::cuda, &kernels::add<T>);
-  r.add<AddKernel<T>>("add_contiguous", dtype_v<T>, DeviceType::cuda, &kernels::add<T>);
+  const DType dt = dtype_v<T>;
+  constexpr DeviceType cu = DeviceType::cuda;
+  auto unary = [&](const char* name, UnaryKernel<T>* fn) { r.add<UnaryKernel<T>>(name, dt, cu, fn); };
+  auto binary = [&](const char* name, BinaryKernel<T>* fn) { r.add<BinaryKernel<T>>(name, dt, cu, fn); };
+  unary("add_scalar", &kernels::unary<T, AddScalarOp>);
+  unary("mul_scalar", &kernels::unary<T, MulScalarOp>);
+  unary("rsub_scalar", &kernels::unary<T, RsubScalarOp>);
+  unary("rdiv_scalar", &kernels::unary<T, RdivScalarOp>);
+  unary("pow_scalar", &kernels::unary<T, PowScalarOp>);
+  unary("neg", &kernels::unary<T, NegOp>);
+  unary("exp", &kernels::unary<T, ExpOp>);
+  unary("log", &kernels::unary<T, LogOp>);
+  unary("sqrt", &kernels::unary<T, SqrtOp>);
+  unary("rsqrt", &kernels::unary<T, RsqrtOp>);
+  unary("abs", &kernels::unary<T, AbsOp>);
+  unary("tanh", &kernels::unary<T, TanhOp>);
+  unary("sigmoid", &kernels::unary<T, SigmoidOp>);
+  unary("relu", &kernels::unary<T, ReluOp>);
+  unary("clamp", &kernels::unary<T, ClampOp>);
+  unary("gelu", &kernels::unary<T, GeluOp<false>>);
+  unary("gelu_tanh", &kernels::unary<T, GeluOp<true>>);
+
+  binary("add", &kernels::binary<T, AddOp>);
+  binary("sub", &kernels::binary<T, SubOp>);
+  binary("mul", &kernels::binary<T, MulOp>);
+  binary("drop_path", &kernels::binary<T, MulOp>);
+  binary("div", &kernels::binary<T, DivOp>);
+  binary("pow", &kernels::binary<T, PowOp>);
+  binary("pow_exponent_grad", &kernels::binary<T, PowExponentGradOp>);
+  binary("abs_backward", &kernels::binary<T, AbsBackwardOp>);
+  binary("tanh_backward", &kernels::binary<T, TanhBackwardOp>);
+  binary("sigmoid_backward", &kernels::binary<T, SigmoidBackwardOp>);
+  binary("relu_backward", &kernels::binary<T, ReluBackwardOp>);
+  binary("clamp_backward", &kernels::binary<T, ClampBackwardOp>);
+  binary("gelu_backward", &kernels::binary<T, GeluBackwardOp<false>>);
+  binary("gelu_tanh_backward", &kernels::binary<T, GeluBackwardOp<true>>);
+
+  r.add<AddKernel<T>>("add_contiguous", dt, cu, &kernels::add<T>);
 }
 
 inline void register_elementwise_kernels() {

@@ -25,7 +25,7 @@ namespace mamclip {
 template <class T>
 using UnaryKernel = void(T* out, const T* x, int64_t n, double p0, double p1);
 template <class T>
-using BinaryKernel = void(T* out, const T* a, const T* b, int64_t n);
+using BinaryKernel = void(T* out, const T* a, const T* b, int64_t n, double p0, double p1);
 
 namespace detail {
 
@@ -54,7 +54,7 @@ Tensor<T> map_unary(const char* op, const Tensor<T>& x, F&& f, double p0 = 0, do
 }
 
 template <class T, class F>
-Tensor<T> map_binary(const char* op, const Tensor<T>& a, const Tensor<T>& b, F&& f) {
+Tensor<T> map_binary(const char* op, const Tensor<T>& a, const Tensor<T>& b, F&& f, double p0 = 0, double p1 = 0) {
   check_same_device(op, a, b);
   const Shape s = broadcast_shapes(a.shape(), b.shape(), op);
   Tensor<T> out = Tensor<T>::empty(s, a.device());
@@ -63,7 +63,7 @@ Tensor<T> map_binary(const char* op, const Tensor<T>& a, const Tensor<T>& b, F&&
   } else {
     auto* k = require_kernel<BinaryKernel<T>>(op, dtype_v<T>, a.device());
     Tensor<T> da = contiguous_copy(a.detach().expand(s)), db = contiguous_copy(b.detach().expand(s));
-    k(out.data_ptr(), da.data_ptr(), db.data_ptr(), out.numel());
+    k(out.data_ptr(), da.data_ptr(), db.data_ptr(), out.numel(), p0, p1);
   }
   return out;
 }
@@ -369,7 +369,7 @@ Tensor<T> clamp(const Tensor<T>& x, std::optional<double> min, std::optional<dou
   return autograd::record<T>("ClampBackward", {x}, y, [x = x.detach(), lo, hi](const Tensor<T>& g) {
     return detail::Grads<T>{detail::map_binary("clamp_backward", g, x, [lo, hi](auto gg, auto xx) {
       return (xx >= A(lo) && xx <= A(hi)) ? gg : A(0);
-    })};
+    }, lo, hi)};
   });
 }
 

@@ -1,0 +1,185 @@
+// The elementwise ops on CUDA (ops/elementwise/cuda.cuh) against the CPU
+// reference, forward and backward, through the public ops as a user calls them.
+//
+// Without a GPU: every op of elementwise.hpp has a kernel registered for every
+// floating dtype. With a GPU (cases tagged [gpu]; without one each prints
+// "skipped: no CUDA device"): each op on random inputs (never zeros) at sizes
+// that are not multiples of 8, on a transposed (non-contiguous) input and on
+// broadcast operands, in float, double, half and bfloat16.
+#include <cuda_runtime.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cuda/gpu_support.hpp"
+#include "support/test_support.hpp"
+
+using namespace mamclip;
+using namespace mamclip::test;
+// cuda_fp16.h (through cuda_runtime.h) declares a global ::half that clashes with mamclip::half here.
+using f16 = mamclip::half;
+
+namespace {
+
+const std::vector<std::string> kUnaryOps{"add_scalar", "mul_scalar", "rsub_scalar", "rdiv_scalar", "pow_scalar",
+                                         "neg",        "exp",        "log",         "sqrt",        "rsqrt",
+                                         "abs",        "tanh",       "sigmoid",     "relu",        "clamp",
+                                         "gelu",       "gelu_tanh"};
+const std::vector<std::string> kBinaryOps{"add",           "sub",           "mul",
+                                          "div",           "pow",           "pow_exponent_grad",
+                                          "abs_backward",  "tanh_backward", "sigmoid_backward",
+                                          "relu_backward", "clamp_backward", "gelu_backward",
+                                          "gelu_tanh_backward", "drop_path"};
+
+template <class T>
+Tensor<T> rnd(const Shape& s, uint64_t seed, double lo, double hi) {
+  Generator g(seed);
+  Tensor<T> t = empty<T>(s);
+  return uniform_(t, lo, hi, g);
+}
+
+// Tolerances: CUDA's float functions are within 2 ulp of the host's, and a
+// 16-bit result may then round to the neighbouring value; a backward step
+// compounds the forward's difference once.
+template <class T>
+double tolerance() {
+  if constexpr (std::is_same_v<T, f16> || std::is_same_v<T, bfloat16>) return 2 * dtype_eps<T>();
+  else return 16 * dtype_eps<T>();
+}
+
+// f on the CPU and on the GPU, forward and backward. Inputs: shapes [n] and a
+// transposed [33, 5] view (so the device path makes it dense first).
+template <class T, class F>
+void check_unary(const std::string& name, F f, double lo, double hi) {
+  const double tol = tolerance<T>();
+  uint64_t seed = 100;
+  for (const Shape& shape : {Shape{1}, Shape{7}, Shape{33}, Shape{4099}, Shape{5, 33}}) {
+    INFO(name << " on shape " << shape_str(shape));
+    const bool transposed = shape.size() == 2;
+    const Shape stored = transposed ? Shape{shape[1], shape[0]} : shape;
+    const Tensor<T> x = rnd<T>(stored, ++seed, lo, hi), g = rnd<T>(shape, ++seed, -1, 1);
+    Tensor<T> xc = x.clone(), xg = x.to(kGPU);
+    xc.set_requires_grad();
+    xg.set_requires_grad();
+    const Tensor<T> yc = f(transposed ? xc.t() : xc), yg = f(transposed ? xg.t() : xg);
+    REQUIRE(yg.device() == kGPU);
+    require_allclose(yg.to(kCPU), yc, tol, tol, "forward");
+    yc.backward(g);
+    yg.backward(g.to(kGPU));
+    require_allclose(xg.grad().to(kCPU), xc.grad(), tol, tol, "backward");
+  }
+}
+
+// f(a, b) on both devices: same shapes forward and backward, broadcast
+// ([5, 33] with [33]) forward only (its backward sums over rows, a reduction).
+template <class T, class F>
+void check_binary(const std::string& name, F f, double lo_a, double hi_a, double lo_b, double hi_b) {
+  const double tol = tolerance<T>();
+  uint64_t seed = 200;
+  for (int64_t n : {1, 7, 33, 4099}) {
+    INFO(name << " on [" << n << "]");
+    const Tensor<T> a = rnd<T>({n}, ++seed, lo_a, hi_a), b = rnd<T>({n}, ++seed, lo_b, hi_b),
+                    g = rnd<T>({n}, ++seed, -1, 1);
+    Tensor<T> ac = a.clone(), bc = b.clone(), ag = a.to(kGPU), bg = b.to(kGPU);
+    for (Tensor<T>* t : {&ac, &bc, &ag, &bg}) t->set_requires_grad();
+    const Tensor<T> yc = f(ac, bc), yg = f(ag, bg);
+    require_allclose(yg.to(kCPU), yc, tol, tol, "forward");
+    yc.backward(g);
+    yg.backward(g.to(kGPU));
+    require_allclose(ag.grad().to(kCPU), ac.grad(), tol, tol, "gradient of a");
+    require_allclose(bg.grad().to(kCPU), bc.grad(), tol, tol, "gradient of b");
+  }
+  INFO(name << " broadcast [5, 33] with [33]");
+  const Tensor<T> a = rnd<T>({5, 33}, ++seed, lo_a, hi_a), b = rnd<T>({33}, ++seed, lo_b, hi_b);
+  require_allclose(f(a.to(kGPU), b.to(kGPU)).to(kCPU), f(a, b), tol, tol, "forward, broadcast");
+  require_allclose(f(noncontiguous(a).to(kGPU), b.to(kGPU)).to(kCPU), f(a, b), tol, tol, "forward, broadcast");
+}
+
+}  // namespace
+
+TEST_CASE("every elementwise op has a CUDA kernel for float, double, half and bfloat16") {
+  auto& r = KernelRegistry::get();
+  for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16}) {
+    for (const auto& op : kUnaryOps) {
+      INFO(op << " " << dtype_name(dt));
+      CHECK(r.find<UnaryKernel<float>>(op, dt, DeviceType::cuda) != nullptr);
+    }
+    for (const auto& op : kBinaryOps) {
+      INFO(op << " " << dtype_name(dt));
+      CHECK(r.find<BinaryKernel<float>>(op, dt, DeviceType::cuda) != nullptr);
+    }
+    CHECK(r.find<AddKernel<float>>("add_contiguous", dt, DeviceType::cuda) != nullptr);
+  }
+  // Ops that have no kernel yet say so by name.
+  CHECK(r.find<UnaryKernel<float>>("no_such_op", DType::f32, DeviceType::cuda) == nullptr);
+}
+
+TEMPLATE_TEST_CASE("unary elementwise ops on CUDA equal the CPU, forward and backward", "[gpu]", float, double, f16,
+                   bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  using TT = Tensor<T>;
+  check_unary<T>("add(x, 1.75)", [](const TT& x) { return add(x, 1.75); }, -2, 2);
+  check_unary<T>("mul(x, -0.3)", [](const TT& x) { return mul(x, -0.3); }, -2, 2);
+  check_unary<T>("rsub(x, 0.5)", [](const TT& x) { return rsub(x, 0.5); }, -2, 2);
+  check_unary<T>("rdiv(x, 1.5)", [](const TT& x) { return rdiv(x, 1.5); }, 0.5, 2);
+  check_unary<T>("pow(x, 1.7)", [](const TT& x) { return pow(x, 1.7); }, 0.2, 2);
+  check_unary<T>("pow(x, 3)", [](const TT& x) { return pow(x, 3.0); }, -1.5, 1.5);
+  check_unary<T>("neg", [](const TT& x) { return neg(x); }, -2, 2);
+  check_unary<T>("exp", [](const TT& x) { return exp(x); }, -3, 3);
+  check_unary<T>("log", [](const TT& x) { return log(x); }, 0.1, 4);
+  check_unary<T>("sqrt", [](const TT& x) { return sqrt(x); }, 0.1, 4);
+  check_unary<T>("rsqrt", [](const TT& x) { return rsqrt(x); }, 0.1, 4);
+  check_unary<T>("abs", [](const TT& x) { return abs(x); }, -2, 2);
+  check_unary<T>("tanh", [](const TT& x) { return tanh(x); }, -3, 3);
+  check_unary<T>("sigmoid", [](const TT& x) { return sigmoid(x); }, -8, 8);
+  check_unary<T>("relu", [](const TT& x) { return relu(x); }, -2, 2);
+  check_unary<T>("clamp(x, -0.5, 0.7)", [](const TT& x) { return clamp(x, -0.5, 0.7); }, -2, 2);
+  check_unary<T>("clamp(x, min 0.1)", [](const TT& x) { return clamp(x, 0.1, std::nullopt); }, -2, 2);
+  check_unary<T>("gelu", [](const TT& x) { return gelu(x, GeluApproximation::none); }, -4, 4);
+  check_unary<T>("gelu tanh", [](const TT& x) { return gelu(x, GeluApproximation::tanh); }, -4, 4);
+}
+
+TEMPLATE_TEST_CASE("binary elementwise ops on CUDA equal the CPU, forward and backward", "[gpu]", float, double, f16,
+                   bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  using TT = Tensor<T>;
+  check_binary<T>("add", [](const TT& a, const TT& b) { return add(a, b); }, -2, 2, -2, 2);
+  check_binary<T>("sub", [](const TT& a, const TT& b) { return sub(a, b); }, -2, 2, -2, 2);
+  check_binary<T>("mul", [](const TT& a, const TT& b) { return mul(a, b); }, -2, 2, -2, 2);
+  check_binary<T>("div", [](const TT& a, const TT& b) { return div(a, b); }, -2, 2, 0.5, 2);
+  check_binary<T>("pow", [](const TT& a, const TT& b) { return pow(a, b); }, 0.5, 2, -1.5, 1.5);
+}
+
+TEMPLATE_TEST_CASE("elementwise kernels on CUDA: 16-byte packs, tails and misaligned pointers", "[gpu]", float,
+                   bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  auto* tanh_k = require_kernel<UnaryKernel<T>>("tanh", dtype_v<T>, kGPU);
+  auto* clamp_back_k = require_kernel<BinaryKernel<T>>("clamp_backward", dtype_v<T>, kGPU);
+  for (int64_t n : {1, 7, 33, 4099}) {
+    // Offset 0 takes 16-byte packs (fresh blocks are 256-byte aligned); 1 element forces the scalar kernel.
+    for (int64_t off : {0, 1}) {
+      INFO("n = " << n << ", offset = " << off);
+      const Tensor<T> x = rnd<T>({n + off}, 300 + n, -2, 2), g = rnd<T>({n + off}, 400 + n, -1, 1);
+      const Tensor<T> dx = x.to(kGPU), dg = g.to(kGPU);
+      Tensor<T> out = Tensor<T>::empty({n + off}, kGPU);
+      out.fill_(T(7));
+      tanh_k(out.data_ptr() + off, dx.data_ptr() + off, n, 0, 0);
+      Tensor<T> expected = x.clone();
+      expected.narrow(0, off, n).copy_(tanh(x.narrow(0, off, n)));
+      if (off) expected.data_ptr()[0] = T(7);  // untouched
+      require_allclose(out.to(kCPU), expected, tolerance<T>(), tolerance<T>(), "tanh");
+      // With the op's scalars: out = g where -0.5 <= x <= 0.5, else 0.
+      clamp_back_k(out.data_ptr() + off, dg.data_ptr() + off, dx.data_ptr() + off, n, -0.5, 0.5);
+      const auto xv = x.to_vector(), gv = g.to_vector(), ov = out.to(kCPU).to_vector();
+      for (int64_t i = off; i < n + off; ++i) {
+        const float xi = static_cast<float>(xv[static_cast<size_t>(i)]);
+        const T want = (xi >= -0.5f && xi <= 0.5f) ? gv[static_cast<size_t>(i)] : T(0);
+        CHECK(static_cast<float>(ov[static_cast<size_t>(i)]) == static_cast<float>(want));
+      }
+    }
+  }
+}
