@@ -29,6 +29,7 @@
 //   core/cuda/types.cuh           device_t (Eigen 16-bit types as __half / __nv_bfloat16), Pack
 //   core/cuda/tensor_data.cuh     "fill", "strided_copy" for every dtype
 //   ops/elementwise/cuda.cuh      every unary and binary elementwise op, "add_contiguous"; float, double, half, bfloat16
+//   ops/reduce/cuda.cuh           "sum", "mean" for float, double, half, bfloat16
 //   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16
 //   ops/loss/cuda.cuh             "clip_loss", "clip_loss_backward" (fused CLIP loss) for float, half, bfloat16
 //   register_backend()            registers all of the above (the implementation unit calls it)
@@ -56,6 +57,7 @@
 #include "mamclip/core/storage.hpp"
 #include "mamclip/ops/elementwise/cuda.cuh"
 #include "mamclip/ops/matmul/cuda.cuh"
+#include "mamclip/ops/reduce/cuda.cuh"
 #include "mamclip/ops/loss/cuda.cuh"
 
 namespace mamclip::cuda {
@@ -75,6 +77,7 @@ inline void register_backend() {
   register_tensor_data_kernels();
   register_elementwise_kernels();
   register_matmul_kernels();
+  register_reduce_kernels();
   register_clip_loss_kernels();
 }
 

@@ -223,6 +223,9 @@ TEST_CASE("reduction errors name the op and the dim") {
     MAMCLIP_REQUIRE_THROWS_WITH(min(d, 0), device_error, "min: no kernel is registered for float32 tensors on cuda:0");
     MAMCLIP_REQUIRE_THROWS_WITH(var(d), device_error, "var: no kernel is registered");
     MAMCLIP_REQUIRE_THROWS_WITH(logsumexp(d, {1}), device_error, "logsumexp: no kernel is registered");
+    // sum and mean look up their device kernel (mamclip::cuda registers it) before touching the data.
+    MAMCLIP_REQUIRE_THROWS_WITH(sum(d, {0}), device_error, "sum: no kernel is registered for float32 tensors on cuda:0");
+    MAMCLIP_REQUIRE_THROWS_WITH(mean(d, {1}), device_error, "mean: no kernel is registered for float32 tensors on cuda:0");
   }
 }
 

@@ -1,17 +1,35 @@
 #pragma once
 // Reductions over dims (sum, mean, amax/amin, max/min with indices, var,
-// logsumexp), sum_to, and their gradients.
+// logsumexp), sum_to, and their gradients. On a device: sum and mean (and so
+// sum_to, the backward of every broadcast) through SumRowsKernel; the others
+// throw device_error naming the op.
 
 #include <limits>
 
 #include "mamclip/autograd/node.hpp"
+#include "mamclip/core/dispatch.hpp"
 #include "mamclip/core/factory.hpp"
 #include "mamclip/ops/fwd.hpp"
 #include "mamclip/ops/reduce/cpu.hpp"
 
 namespace mamclip {
 
+// Device kernel of sum and mean (registered under both names): out[o] = (sum
+// of row o of the row-major [outer, inner] `rows`, in acc_t<T>) / divisor.
+template <class T>
+using SumRowsKernel = void(T* out, const T* rows, int64_t outer, int64_t inner, double divisor);
+
 namespace detail {
+// sum / mean of x over the plan's rows on a device.
+template <class T>
+Tensor<T> device_sum_rows(const char* op, const Tensor<T>& x, const cpu::ReducePlan& p, bool keepdim, double divisor) {
+  auto* kernel = require_kernel<SumRowsKernel<T>>(op, dtype_v<T>, x.device());
+  const Tensor<T> rows = cpu::rows_for(x, p);
+  Tensor<T> out = Tensor<T>::empty(keepdim ? p.out_shape : p.out_shape_squeezed, x.device());
+  kernel(out.data_ptr(), rows.data_ptr(), p.outer, p.inner, divisor);
+  return out;
+}
+
 template <class T>
 void require_cpu(const char* op, const Tensor<T>& x) {
   MAMCLIP_CHECK(x.device().is_cpu(), device_error, op, ": no kernel is registered for ", dtype_name(dtype_v<T>),
@@ -84,10 +102,10 @@ std::pair<Tensor<T>, Tensor<int64_t>> arg_extreme(const char* op, const char* no
 
 template <class T>
 Tensor<T> sum(const Tensor<T>& x, const std::vector<int64_t>& dims, bool keepdim) {
-  detail::require_cpu("sum", x);
   const auto p = cpu::plan_reduce(x.shape(), dims, "sum");
   using A = acc_t<T>;
-  Tensor<T> y = cpu::sum_rows(x, p, keepdim, [](A a) { return a; });
+  Tensor<T> y = x.device().is_cpu() ? cpu::sum_rows(x, p, keepdim, [](A a) { return a; })
+                                    : detail::device_sum_rows("sum", x, p, keepdim, 1.0);
   return autograd::record<T>("SumBackward", {x}, y, [p, in = x.shape()](const Tensor<T>& g) {
     return std::vector<Tensor<T>>{detail::unreduce(g, p, in)};
   });
@@ -95,11 +113,11 @@ Tensor<T> sum(const Tensor<T>& x, const std::vector<int64_t>& dims, bool keepdim
 
 template <class T>
 Tensor<T> mean(const Tensor<T>& x, const std::vector<int64_t>& dims, bool keepdim) {
-  detail::require_cpu("mean", x);
   const auto p = cpu::plan_reduce(x.shape(), dims, "mean");
   using A = acc_t<T>;
   const A n = static_cast<A>(p.inner);
-  Tensor<T> y = cpu::sum_rows(x, p, keepdim, [n](A a) { return a / n; });
+  Tensor<T> y = x.device().is_cpu() ? cpu::sum_rows(x, p, keepdim, [n](A a) { return a / n; })
+                                    : detail::device_sum_rows("mean", x, p, keepdim, static_cast<double>(p.inner));
   return autograd::record<T>("MeanBackward", {x}, y, [p, in = x.shape()](const Tensor<T>& g) {
     return std::vector<Tensor<T>>{detail::unreduce(mul(g, 1.0 / static_cast<double>(p.inner)), p, in)};
   });
