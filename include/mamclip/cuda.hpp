@@ -27,9 +27,11 @@
 //   core/cuda/cublas.cuh          cublas_handle
 //   core/cuda/settings.hpp        set_allow_tf32 (plain C++)
 //   core/cuda/types.cuh           device_t (Eigen 16-bit types as __half / __nv_bfloat16), Pack
+//   core/cuda/math.cuh            math:: (float / double device functions), warp and group reductions
 //   core/cuda/tensor_data.cuh     "fill", "strided_copy" for every dtype
 //   ops/elementwise/cuda.cuh      every unary and binary elementwise op, "add_contiguous"; float, double, half, bfloat16
 //   ops/reduce/cuda.cuh           "sum", "mean" for float, double, half, bfloat16
+//   ops/softmax/cuda.cuh          "softmax", "log_softmax" and their backward for float, double, half, bfloat16
 //   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16
 //   ops/loss/cuda.cuh             "clip_loss", "clip_loss_backward" (fused CLIP loss) for float, half, bfloat16
 //   register_backend()            registers all of the above (the implementation unit calls it)
@@ -51,6 +53,7 @@
 #include "mamclip/core/cuda/check.cuh"
 #include "mamclip/core/cuda/cublas.cuh"
 #include "mamclip/core/cuda/device.cuh"
+#include "mamclip/core/cuda/math.cuh"
 #include "mamclip/core/cuda/settings.hpp"
 #include "mamclip/core/cuda/tensor_data.cuh"
 #include "mamclip/core/cuda/types.cuh"
@@ -58,6 +61,7 @@
 #include "mamclip/ops/elementwise/cuda.cuh"
 #include "mamclip/ops/matmul/cuda.cuh"
 #include "mamclip/ops/reduce/cuda.cuh"
+#include "mamclip/ops/softmax/cuda.cuh"
 #include "mamclip/ops/loss/cuda.cuh"
 
 namespace mamclip::cuda {
@@ -78,6 +82,7 @@ inline void register_backend() {
   register_elementwise_kernels();
   register_matmul_kernels();
   register_reduce_kernels();
+  register_softmax_kernels();
   register_clip_loss_kernels();
 }
 

@@ -17,31 +17,13 @@
 
 #include "mamclip/core/cuda/check.cuh"
 #include "mamclip/core/cuda/device.cuh"
+#include "mamclip/core/cuda/math.cuh"
 #include "mamclip/core/cuda/types.cuh"
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/core/tensor_data.hpp"
 #include "mamclip/ops/elementwise/elementwise.hpp"
 
 namespace mamclip::cuda {
-
-// ---- device math in float or double (CUDA's overloads, named once)
-
-namespace math {
-__device__ __forceinline__ float exp(float x) { return ::expf(x); }
-__device__ __forceinline__ double exp(double x) { return ::exp(x); }
-__device__ __forceinline__ float log(float x) { return ::logf(x); }
-__device__ __forceinline__ double log(double x) { return ::log(x); }
-__device__ __forceinline__ float sqrt(float x) { return ::sqrtf(x); }
-__device__ __forceinline__ double sqrt(double x) { return ::sqrt(x); }
-__device__ __forceinline__ float tanh(float x) { return ::tanhf(x); }
-__device__ __forceinline__ double tanh(double x) { return ::tanh(x); }
-__device__ __forceinline__ float erf(float x) { return ::erff(x); }
-__device__ __forceinline__ double erf(double x) { return ::erf(x); }
-__device__ __forceinline__ float pow(float x, float y) { return ::powf(x, y); }
-__device__ __forceinline__ double pow(double x, double y) { return ::pow(x, y); }
-__device__ __forceinline__ float abs(float x) { return ::fabsf(x); }
-__device__ __forceinline__ double abs(double x) { return ::fabs(x); }
-}  // namespace math
 
 // ---- the ops: elementwise.hpp's formulas; p0, p1 as the op passes them
 

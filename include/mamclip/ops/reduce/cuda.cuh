@@ -1,9 +1,9 @@
 #pragma once
 // CUDA kernels of the reduce family: "sum" and "mean" (SumRowsKernel).
 //
-//   kernels  sum_rows_warp_kernel: one warp per row (rows shorter than
-//            kLongRow); sum_rows_block_kernel: one block per row
-//   launcher launch_sum_rows(..., stream): picks one by the row length
+//   kernel   sum_rows_kernel<kBlock, kGroup, D>: one group of kGroup threads
+//            per row (a warp, or the block for rows of kLongRow or more)
+//   launcher launch_sum_rows(..., stream): picks the group by the row length
 //   entry    kernels::sum_rows<T>: the registered function (current device and stream)
 //
 // Rows are the contiguous [outer, inner] layout reduce.hpp makes (the reduced
@@ -13,60 +13,33 @@
 
 #include "mamclip/core/cuda/check.cuh"
 #include "mamclip/core/cuda/device.cuh"
+#include "mamclip/core/cuda/math.cuh"
 #include "mamclip/core/cuda/types.cuh"
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/reduce/reduce.hpp"
 
 namespace mamclip::cuda {
 
-template <class A>
-__device__ __forceinline__ A warp_sum(A v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
-  return v;  // lane 0 holds the warp's sum
-}
-
-// Rows from this length on get a whole block each.
+// Rows from this length on get a whole block each; shorter ones a warp each.
 inline constexpr int64_t kLongRow = 2048;
 
-// out[row] = sum(row) / divisor, one warp per row (grid-stride over rows).
-template <int kBlock, class D>
+// out[row] = sum(row) / divisor, one group of kGroup threads per row
+// (kGroup = 32 or kBlock), grid-stride over rows.
+template <int kBlock, int kGroup, class D>
 __global__ void __launch_bounds__(kBlock)
-    sum_rows_warp_kernel(D* out, const D* rows, int64_t outer, int64_t inner, device_acc_t<D> divisor) {
+    sum_rows_kernel(D* out, const D* rows, int64_t outer, int64_t inner, device_acc_t<D> divisor) {
   using A = device_acc_t<D>;
-  constexpr int kWarps = kBlock / 32;
-  const int lane = threadIdx.x % 32;
-  const int64_t stride = int64_t(gridDim.x) * kWarps;
-  for (int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; row < outer; row += stride) {
+  constexpr int kRowsPerBlock = kBlock / kGroup;
+  __shared__ A shared[kBlock / 32];
+  const int t = threadIdx.x % kGroup;
+  const int64_t stride = int64_t(gridDim.x) * kRowsPerBlock;
+  // Whole-block groups loop while every thread's row is in range, so all reach group_reduce's barriers.
+  for (int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kGroup; row < outer; row += stride) {
     const D* r = rows + row * inner;
     A acc = A(0);
-    for (int64_t i = lane; i < inner; i += 32) acc += to_acc(r[i]);
-    acc = warp_sum(acc);
-    if (lane == 0) out[row] = from_acc<D>(acc / divisor);
-  }
-}
-
-// out[row] = sum(row) / divisor, one block per row (grid-stride over rows).
-template <int kBlock, class D>
-__global__ void __launch_bounds__(kBlock)
-    sum_rows_block_kernel(D* out, const D* rows, int64_t outer, int64_t inner, device_acc_t<D> divisor) {
-  using A = device_acc_t<D>;
-  constexpr int kWarps = kBlock / 32;
-  static_assert(kWarps <= 32 && kBlock % 32 == 0, "the warps' sums must fit one warp");
-  __shared__ A partial[kWarps];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  for (int64_t row = blockIdx.x; row < outer; row += gridDim.x) {
-    const D* r = rows + row * inner;
-    A acc = A(0);
-    for (int64_t i = threadIdx.x; i < inner; i += kBlock) acc += to_acc(r[i]);
-    acc = warp_sum(acc);
-    if (lane == 0) partial[warp] = acc;
-    __syncthreads();
-    if (warp == 0) {
-      acc = warp_sum(lane < kWarps ? partial[lane] : A(0));
-      if (lane == 0) out[row] = from_acc<D>(acc / divisor);
-    }
-    __syncthreads();  // partial is reused by the next row
+    for (int64_t i = t; i < inner; i += kGroup) acc += to_acc(r[i]);
+    acc = group_reduce<kGroup>(acc, Sum(), A(0), shared);
+    if (t == 0) out[row] = from_acc<D>(acc / divisor);
   }
 }
 
@@ -76,9 +49,9 @@ void launch_sum_rows(D* out, const D* rows, int64_t outer, int64_t inner, double
   if (outer <= 0) return;
   const auto div = static_cast<device_acc_t<D>>(divisor);
   if (inner >= kLongRow) {
-    sum_rows_block_kernel<kBlock, D><<<grid_for(outer * kBlock, kBlock), kBlock, 0, stream>>>(out, rows, outer, inner, div);
+    sum_rows_kernel<kBlock, kBlock, D><<<grid_for(outer * kBlock, kBlock), kBlock, 0, stream>>>(out, rows, outer, inner, div);
   } else {
-    sum_rows_warp_kernel<kBlock, D><<<grid_for(outer * 32, kBlock), kBlock, 0, stream>>>(out, rows, outer, inner, div);
+    sum_rows_kernel<kBlock, 32, D><<<grid_for(outer * 32, kBlock), kBlock, 0, stream>>>(out, rows, outer, inner, div);
   }
   MAMCLIP_CUDA_CHECK_LAUNCH();
 }
