@@ -32,6 +32,7 @@
 //   ops/elementwise/cuda.cuh      every unary and binary elementwise op, "add_contiguous"; float, double, half, bfloat16
 //   ops/reduce/cuda.cuh           "sum", "mean" for float, double, half, bfloat16
 //   ops/softmax/cuda.cuh          "softmax", "log_softmax" and their backward for float, double, half, bfloat16
+//   ops/norm/cuda.cuh             "layer_norm", "layer_norm_backward" for float, double, half, bfloat16
 //   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16
 //   ops/loss/cuda.cuh             "clip_loss", "clip_loss_backward" (fused CLIP loss) for float, half, bfloat16
 //   register_backend()            registers all of the above (the implementation unit calls it)
@@ -62,6 +63,7 @@
 #include "mamclip/ops/matmul/cuda.cuh"
 #include "mamclip/ops/reduce/cuda.cuh"
 #include "mamclip/ops/softmax/cuda.cuh"
+#include "mamclip/ops/norm/cuda.cuh"
 #include "mamclip/ops/loss/cuda.cuh"
 
 namespace mamclip::cuda {
@@ -83,6 +85,7 @@ inline void register_backend() {
   register_matmul_kernels();
   register_reduce_kernels();
   register_softmax_kernels();
+  register_norm_kernels();
   register_clip_loss_kernels();
 }
 

@@ -102,7 +102,7 @@ TEST_CASE("layer_norm errors name the argument and the shapes") {
     MAMCLIP_REQUIRE_THROWS_WITH(layer_norm(d, {3}), device_error,
                                 "layer_norm: no kernel is registered for float32 tensors on cuda:0");
     MAMCLIP_REQUIRE_THROWS_WITH(layer_norm(ones<float>({2, 3}), {3}, d.select(0, 0)), device_error,
-                                "layer_norm: no kernel is registered for float32 tensors on cuda:0");
+                                "layer_norm: expected all tensors on one device, but input is on cpu and weight is on cuda:0");
     MAMCLIP_REQUIRE_THROWS_WITH(normalize(d), device_error, "normalize: no kernel is registered");
   }
 }

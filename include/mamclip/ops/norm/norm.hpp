@@ -2,22 +2,35 @@
 // layer_norm and layer_norm2d (timm's LayerNorm2d: over dim 1 of [N, C, H, W],
 // read in place, no permuted copies), each with a fused analytic backward for
 // x, weight and bias, and normalize (F.normalize: x / max(||x||_p, eps) along
-// a dim).
+// a dim). On a device: layer_norm through LayerNormKernel /
+// LayerNormBackwardKernel; the other two throw device_error naming themselves.
 
 #include <memory>
 
 #include "mamclip/autograd/node.hpp"
+#include "mamclip/core/dispatch.hpp"
+#include "mamclip/ops/elementwise/elementwise.hpp"
 #include "mamclip/ops/fwd.hpp"
 #include "mamclip/ops/norm/cpu.hpp"
 #include "mamclip/ops/reduce/reduce.hpp"
 
 namespace mamclip {
 
+// Device kernels of layer_norm, with cpu::layer_norm's and
+// cpu::layer_norm_backward's arguments (w, b, dx, dw, db may be null; mean
+// and rstd hold one value per row, in device memory).
+template <class T>
+using LayerNormKernel = void(const T* x, const T* w, const T* b, T* y, acc_t<T>* mean, acc_t<T>* rstd, int64_t rows,
+                             int64_t n, double eps);
+template <class T>
+using LayerNormBackwardKernel = void(const T* g, const T* x, const T* w, const acc_t<T>* mean, const acc_t<T>* rstd,
+                                     int64_t rows, int64_t n, T* dx, T* dw, T* db);
+
 namespace detail {
 template <class T>
-void check_affine(const char* name, const Tensor<T>& t, const Shape& normalized_shape) {
+void check_affine(const char* name, const Tensor<T>& t, const Shape& normalized_shape, const Tensor<T>& x) {
   if (!t.defined()) return;
-  require_cpu("layer_norm", t);
+  check_same_device("layer_norm", x, t, "input", name);
   MAMCLIP_CHECK(t.shape() == normalized_shape, shape_error, "layer_norm: ", name, " has shape ", shape_str(t.shape()),
                 " but normalized_shape is ", shape_str(normalized_shape), "; expected them equal");
 }
@@ -27,37 +40,40 @@ template <class T>
 Tensor<T> layer_norm(const Tensor<T>& x, const Shape& normalized_shape, const Tensor<T>& weight, const Tensor<T>& bias,
                      double eps) {
   using A = acc_t<T>;
-  detail::require_cpu("layer_norm", x);
   const auto k = static_cast<int64_t>(normalized_shape.size());
   MAMCLIP_CHECK(k > 0, shape_error, "layer_norm: normalized_shape must have at least one dim, got []");
   MAMCLIP_CHECK(x.dim() >= k && Shape(x.shape().end() - k, x.shape().end()) == normalized_shape, shape_error,
                 "layer_norm: input has shape ", shape_str(x.shape()), " but normalized_shape is ",
                 shape_str(normalized_shape), "; expected the input's trailing dims to equal normalized_shape");
-  detail::check_affine("weight", weight, normalized_shape);
-  detail::check_affine("bias", bias, normalized_shape);
+  detail::check_affine("weight", weight, normalized_shape, x);
+  detail::check_affine("bias", bias, normalized_shape, x);
+  LayerNormKernel<T>* forward = &cpu::layer_norm<T>;
+  LayerNormBackwardKernel<T>* backward = &cpu::layer_norm_backward<T>;
+  if (!x.device().is_cpu()) {
+    forward = require_kernel<LayerNormKernel<T>>("layer_norm", dtype_v<T>, x.device());
+    backward = require_kernel<LayerNormBackwardKernel<T>>("layer_norm_backward", dtype_v<T>, x.device());
+  }
 
   const int64_t n = numel_of(normalized_shape), rows = n ? x.numel() / n : 0;
   Tensor<T> xc = detail::contiguous_values(x);
   Tensor<T> w = weight.defined() ? detail::contiguous_values(weight) : Tensor<T>();
   Tensor<T> b = bias.defined() ? detail::contiguous_values(bias) : Tensor<T>();
-  // Per-row statistics in the accumulation type, shared with the backward.
-  auto stats = std::make_shared<std::vector<A>>(2 * static_cast<size_t>(rows));
-  A* mean = stats->data();
-  A* rstd = stats->data() + rows;
-  Tensor<T> y = Tensor<T>::empty(x.shape());
-  cpu::layer_norm(xc.data_ptr(), w.defined() ? w.data_ptr() : nullptr, b.defined() ? b.data_ptr() : nullptr,
-                  y.data_ptr(), mean, rstd, rows, n, eps);
+  // Per-row statistics [mean; rstd] in the accumulation type, beside x, shared with the backward.
+  const Tensor<A> stats = Tensor<A>::empty({2 * rows}, x.device());
+  Tensor<T> y = Tensor<T>::empty(x.shape(), x.device());
+  auto ptr = [](const Tensor<T>& t) { return t.defined() ? t.data_ptr() : nullptr; };
+  forward(xc.data_ptr(), ptr(w), ptr(b), y.data_ptr(), stats.data_ptr(), stats.data_ptr() + rows, rows, n, eps);
 
   return autograd::record<T>(
       "LayerNormBackward", {x, weight, bias}, y,
-      [xc, w, stats, rows, n, normalized_shape](const Tensor<T>& g, const std::vector<bool>& need) {
+      [xc, w, stats, rows, n, normalized_shape, backward, ptr](const Tensor<T>& g, const std::vector<bool>& need) {
         Tensor<T> gc = detail::contiguous_values(g);
-        Tensor<T> dx = need[0] ? Tensor<T>::empty(xc.shape()) : Tensor<T>();
-        Tensor<T> dw = need[1] ? Tensor<T>::empty(normalized_shape) : Tensor<T>();
-        Tensor<T> db = need[2] ? Tensor<T>::empty(normalized_shape) : Tensor<T>();
-        auto ptr = [](const Tensor<T>& t) { return t.defined() ? t.data_ptr() : nullptr; };
-        cpu::layer_norm_backward(gc.data_ptr(), xc.data_ptr(), ptr(w), stats->data(), stats->data() + rows, rows, n,
-                                 ptr(dx), ptr(dw), ptr(db));
+        const Device dev = xc.device();
+        Tensor<T> dx = need[0] ? Tensor<T>::empty(xc.shape(), dev) : Tensor<T>();
+        Tensor<T> dw = need[1] ? Tensor<T>::empty(normalized_shape, dev) : Tensor<T>();
+        Tensor<T> db = need[2] ? Tensor<T>::empty(normalized_shape, dev) : Tensor<T>();
+        backward(gc.data_ptr(), xc.data_ptr(), ptr(w), stats.data_ptr(), stats.data_ptr() + rows, rows, n, ptr(dx),
+                 ptr(dw), ptr(db));
         return std::vector<Tensor<T>>{dx, dw, db};
       });
 }

@@ -1,0 +1,213 @@
+#pragma once
+// CUDA kernels of the norm family: "layer_norm" (LayerNormKernel) and
+// "layer_norm_backward" (LayerNormBackwardKernel).
+//
+//   layer_norm_kernel<kBlock, kGroup, D>           a group of kGroup threads per row (a warp, or
+//                                                  the block for rows of kLongNormRow or more):
+//                                                  mean, variance, y, and the row's mean / rstd
+//   layer_norm_input_grad_kernel<kBlock, kGroup, D> dx per row, the same grouping
+//   layer_norm_param_grad_partial_kernel<D>        dw, db: 32 columns x kParamGradRowsPerChunk
+//                                                  rows per block, partial sums per chunk
+//   sum_chunks_kernel<D>                           dw, db: the chunks' partial sums per column
+//
+// The formulas of ops/norm/cpu.hpp in device_acc_t; sums run in another order
+// than the CPU's, so results agree to rounding. The weight and bias gradients
+// never use atomics: each chunk of rows writes its own partial sums (a
+// temporary from the device allocator), then one pass adds the chunks.
+
+#include "mamclip/core/cuda/check.cuh"
+#include "mamclip/core/cuda/device.cuh"
+#include "mamclip/core/cuda/math.cuh"
+#include "mamclip/core/cuda/types.cuh"
+#include "mamclip/core/dispatch.hpp"
+#include "mamclip/ops/norm/norm.hpp"
+
+namespace mamclip::cuda {
+
+inline constexpr int64_t kLongNormRow = 1024;
+inline constexpr int kParamGradRowsPerChunk = 256;
+
+template <int kBlock, int kGroup, class D>
+__global__ void __launch_bounds__(kBlock)
+    layer_norm_kernel(const D* x, const D* w, const D* b, D* y, device_acc_t<D>* mean, device_acc_t<D>* rstd,
+                      int64_t rows, int64_t n, device_acc_t<D> eps) {
+  using A = device_acc_t<D>;
+  constexpr int kRowsPerBlock = kBlock / kGroup;
+  __shared__ A shared[kBlock / 32];
+  const int t = threadIdx.x % kGroup;
+  const int64_t stride = int64_t(gridDim.x) * kRowsPerBlock;
+  for (int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kGroup; r < rows; r += stride) {
+    const D* xr = x + r * n;
+    D* yr = y + r * n;
+    A s = A(0);
+    for (int64_t j = t; j < n; j += kGroup) s += to_acc(xr[j]);
+    const A m = group_reduce<kGroup>(s, Sum(), A(0), shared) / A(n);
+    A ss = A(0);
+    for (int64_t j = t; j < n; j += kGroup) {
+      const A d = to_acc(xr[j]) - m;
+      ss += d * d;
+    }
+    const A rs = A(1) / math::sqrt(group_reduce<kGroup>(ss, Sum(), A(0), shared) / A(n) + eps);
+    for (int64_t j = t; j < n; j += kGroup) {
+      A v = (to_acc(xr[j]) - m) * rs;
+      if (w) v *= to_acc(w[j]);
+      if (b) v += to_acc(b[j]);
+      yr[j] = from_acc<D>(v);
+    }
+    if (t == 0) {
+      mean[r] = m;
+      rstd[r] = rs;
+    }
+  }
+}
+
+// dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * w.
+template <int kBlock, int kGroup, class D>
+__global__ void __launch_bounds__(kBlock)
+    layer_norm_input_grad_kernel(const D* g, const D* x, const D* w, const device_acc_t<D>* mean,
+                                 const device_acc_t<D>* rstd, int64_t rows, int64_t n, D* dx) {
+  using A = device_acc_t<D>;
+  constexpr int kRowsPerBlock = kBlock / kGroup;
+  __shared__ A shared[kBlock / 32];
+  const int t = threadIdx.x % kGroup;
+  const int64_t stride = int64_t(gridDim.x) * kRowsPerBlock;
+  for (int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kGroup; r < rows; r += stride) {
+    const D* gr = g + r * n;
+    const D* xr = x + r * n;
+    const A m = mean[r], rs = rstd[r];
+    A s1 = A(0), s2 = A(0);
+    for (int64_t j = t; j < n; j += kGroup) {
+      const A dxhat = w ? to_acc(gr[j]) * to_acc(w[j]) : to_acc(gr[j]);
+      s1 += dxhat;
+      s2 += dxhat * ((to_acc(xr[j]) - m) * rs);
+    }
+    const A mean_dxhat = group_reduce<kGroup>(s1, Sum(), A(0), shared) / A(n);
+    const A mean_dxhat_xhat = group_reduce<kGroup>(s2, Sum(), A(0), shared) / A(n);
+    for (int64_t j = t; j < n; j += kGroup) {
+      const A dxhat = w ? to_acc(gr[j]) * to_acc(w[j]) : to_acc(gr[j]);
+      const A xhat = (to_acc(xr[j]) - m) * rs;
+      dx[r * n + j] = from_acc<D>(rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
+    }
+  }
+}
+
+// Block (32, 8): columns blockIdx.x * 32 + threadIdx.x, rows of chunk
+// blockIdx.y; partial_w / partial_b [chunks, n] (either may be null).
+template <class D>
+__global__ void __launch_bounds__(256)
+    layer_norm_param_grad_partial_kernel(const D* g, const D* x, const device_acc_t<D>* mean,
+                                         const device_acc_t<D>* rstd, int64_t rows, int64_t n,
+                                         device_acc_t<D>* partial_w, device_acc_t<D>* partial_b) {
+  using A = device_acc_t<D>;
+  __shared__ A sw[8][33], sb[8][33];
+  const int64_t j = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  const int64_t r0 = int64_t(blockIdx.y) * kParamGradRowsPerChunk;
+  const int64_t r1 = r0 + kParamGradRowsPerChunk < rows ? r0 + kParamGradRowsPerChunk : rows;
+  A aw = A(0), ab = A(0);
+  if (j < n)
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+      const A gv = to_acc(g[r * n + j]);
+      aw += gv * ((to_acc(x[r * n + j]) - mean[r]) * rstd[r]);
+      ab += gv;
+    }
+  sw[threadIdx.y][threadIdx.x] = aw;
+  sb[threadIdx.y][threadIdx.x] = ab;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < n) {
+    for (int k = 1; k < 8; ++k) {
+      aw += sw[k][threadIdx.x];
+      ab += sb[k][threadIdx.x];
+    }
+    if (partial_w) partial_w[int64_t(blockIdx.y) * n + j] = aw;
+    if (partial_b) partial_b[int64_t(blockIdx.y) * n + j] = ab;
+  }
+}
+
+// out[j] = sum over chunks of partial[c * n + j].
+template <class D>
+__global__ void __launch_bounds__(256)
+    sum_chunks_kernel(const device_acc_t<D>* partial, int64_t chunks, int64_t n, D* out) {
+  using A = device_acc_t<D>;
+  for (int64_t j = int64_t(blockIdx.x) * 256 + threadIdx.x; j < n; j += int64_t(gridDim.x) * 256) {
+    A s = A(0);
+    for (int64_t c = 0; c < chunks; ++c) s += partial[c * n + j];
+    out[j] = from_acc<D>(s);
+  }
+}
+
+namespace kernels {
+template <class T>
+void layer_norm(const T* x, const T* w, const T* b, T* y, acc_t<T>* mean, acc_t<T>* rstd, int64_t rows, int64_t n,
+                double eps) {
+  using D = device_t<T>;
+  constexpr int kBlock = 256;
+  if (rows <= 0) return;
+  const cudaStream_t stream = current_stream();
+  const auto e = static_cast<device_acc_t<D>>(eps);
+  if (n >= kLongNormRow)
+    layer_norm_kernel<kBlock, kBlock, D><<<grid_for(rows * kBlock, kBlock), kBlock, 0, stream>>>(
+        device_ptr(x), device_ptr(w), device_ptr(b), device_ptr(y), mean, rstd, rows, n, e);
+  else
+    layer_norm_kernel<kBlock, 32, D><<<grid_for(rows * 32, kBlock), kBlock, 0, stream>>>(
+        device_ptr(x), device_ptr(w), device_ptr(b), device_ptr(y), mean, rstd, rows, n, e);
+  MAMCLIP_CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void layer_norm_backward(const T* g, const T* x, const T* w, const acc_t<T>* mean, const acc_t<T>* rstd, int64_t rows,
+                         int64_t n, T* dx, T* dw, T* db) {
+  using D = device_t<T>;
+  using A = acc_t<T>;
+  constexpr int kBlock = 256;
+  const cudaStream_t stream = current_stream();
+  if (dx && rows > 0) {
+    if (n >= kLongNormRow)
+      layer_norm_input_grad_kernel<kBlock, kBlock, D><<<grid_for(rows * kBlock, kBlock), kBlock, 0, stream>>>(
+          device_ptr(g), device_ptr(x), device_ptr(w), mean, rstd, rows, n, device_ptr(dx));
+    else
+      layer_norm_input_grad_kernel<kBlock, 32, D><<<grid_for(rows * 32, kBlock), kBlock, 0, stream>>>(
+          device_ptr(g), device_ptr(x), device_ptr(w), mean, rstd, rows, n, device_ptr(dx));
+    MAMCLIP_CUDA_CHECK_LAUNCH();
+  }
+  if ((!dw && !db) || n <= 0) return;
+  const int64_t chunks = std::max<int64_t>(1, (rows + kParamGradRowsPerChunk - 1) / kParamGradRowsPerChunk);
+  MAMCLIP_CHECK(chunks <= 65535, value_error, "layer_norm_backward: ", rows, " rows; at most ",
+                int64_t(65535) * kParamGradRowsPerChunk, " are supported on CUDA");
+  // Partial sums [2, chunks, n]: dw's, then db's.
+  const Tensor<A> partial = Tensor<A>::empty({2, chunks, n}, Device::cuda(current_device()));
+  A* pw = dw ? partial.data_ptr() : nullptr;
+  A* pb = db ? partial.data_ptr() + chunks * n : nullptr;
+  if (rows > 0) {
+    const dim3 grid(static_cast<unsigned>((n + 31) / 32), static_cast<unsigned>(chunks)), block(32, 8);
+    layer_norm_param_grad_partial_kernel<D><<<grid, block, 0, stream>>>(device_ptr(g), device_ptr(x), mean, rstd, rows,
+                                                                        n, pw, pb);
+    MAMCLIP_CUDA_CHECK_LAUNCH();
+  } else {
+    MAMCLIP_CUDA_CHECK(cudaMemsetAsync(partial.data_ptr(), 0, sizeof(A) * 2 * chunks * n, stream));
+  }
+  for (auto [sums, out] : {std::pair<const A*, T*>{pw, dw}, std::pair<const A*, T*>{pb, db}}) {
+    if (!out) continue;
+    sum_chunks_kernel<D><<<grid_for(n, 256), 256, 0, stream>>>(sums, chunks, n, device_ptr(out));
+    MAMCLIP_CUDA_CHECK_LAUNCH();
+  }
+}
+}  // namespace kernels
+
+// ---- registration
+
+template <class T>
+void register_norm_kernels_for() {
+  auto& r = KernelRegistry::get();
+  r.add<LayerNormKernel<T>>("layer_norm", dtype_v<T>, DeviceType::cuda, &kernels::layer_norm<T>);
+  r.add<LayerNormBackwardKernel<T>>("layer_norm_backward", dtype_v<T>, DeviceType::cuda,
+                                    &kernels::layer_norm_backward<T>);
+}
+
+inline void register_norm_kernels() {
+  register_norm_kernels_for<float>();
+  register_norm_kernels_for<double>();
+  register_norm_kernels_for<half>();
+  register_norm_kernels_for<bfloat16>();
+}
+
+}  // namespace mamclip::cuda

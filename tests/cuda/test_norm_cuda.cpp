@@ -1,0 +1,95 @@
+// layer_norm on CUDA (ops/norm/cuda.cuh) against the CPU reference, forward
+// and backward (input, weight and bias gradients).
+//
+// Without a GPU: the kernels are registered. With a GPU (cases tagged [gpu];
+// without one each prints "skipped: no CUDA device"): random inputs (never
+// zeros), short rows (a warp each) and long ones (a block each), row counts
+// over several weight-gradient chunks, a two-dim normalized_shape, without
+// weight or bias, a transposed input, in float, double, half and bfloat16.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <string>
+
+#include "cuda/gpu_support.hpp"
+#include "support/test_support.hpp"
+
+using namespace mamclip;
+using namespace mamclip::test;
+// cuda_fp16.h (through cuda_runtime.h) declares a global ::half that clashes with mamclip::half here.
+using f16 = mamclip::half;
+
+namespace {
+
+template <class T>
+Tensor<T> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) {
+  Generator g(seed);
+  Tensor<T> t = empty<T>(s);
+  return uniform_(t, lo, hi, g);
+}
+
+// Sums of `terms` values in another order; 16-bit results may also round to the neighbouring value.
+template <class T>
+double tolerance(int64_t terms) {
+  const double root = std::sqrt(static_cast<double>(std::max<int64_t>(terms, 1)));
+  if constexpr (std::is_same_v<T, f16> || std::is_same_v<T, bfloat16>) return 4 * dtype_eps<T>() + 32 * root * dtype_eps<float>();
+  else return 32 * root * dtype_eps<T>();
+}
+
+template <class T>
+void check(const Tensor<T>& x, const Shape& normalized, bool affine, const std::string& what) {
+  INFO(what << (affine ? ", weight and bias" : ", no affine"));
+  const int64_t n = numel_of(normalized), rows = x.numel() / n;
+  Tensor<T> xc = x.detach().clone(), xg = x.detach().to(kGPU);
+  Tensor<T> wc, bc, wg, bg;
+  if (affine) {
+    wc = rnd<T>(normalized, 11, 0.5, 1.5);
+    bc = rnd<T>(normalized, 12);
+    wg = wc.to(kGPU);
+    bg = bc.to(kGPU);
+    for (Tensor<T>* t : {&wc, &bc, &wg, &bg}) t->set_requires_grad();
+  }
+  xc.set_requires_grad();
+  xg.set_requires_grad();
+  const bool transposed = x.dim() == 2 && !x.is_contiguous();
+  const Tensor<T> yc = layer_norm(transposed ? xc.t().contiguous().t() : xc, normalized, wc, bc, 1e-5);
+  const Tensor<T> yg = layer_norm(transposed ? xg.t().contiguous().t() : xg, normalized, wg, bg, 1e-5);
+  REQUIRE(yg.device() == kGPU);
+  const double tol = tolerance<T>(n);
+  require_allclose(yg.to(kCPU), yc, tol, tol, "forward");
+  const Tensor<T> g = rnd<T>(x.shape(), 13, -1, 1);
+  yc.backward(g);
+  yg.backward(g.to(kGPU));
+  require_allclose(xg.grad().to(kCPU), xc.grad(), tol, tol, "input gradient");
+  if (affine) {
+    const double tol_params = tolerance<T>(rows);
+    require_allclose(wg.grad().to(kCPU), wc.grad(), tol_params, tol_params, "weight gradient");
+    require_allclose(bg.grad().to(kCPU), bc.grad(), tol_params, tol_params, "bias gradient");
+  }
+}
+
+}  // namespace
+
+TEST_CASE("layer_norm has CUDA kernels, forward and backward, for the float dtypes") {
+  auto& r = KernelRegistry::get();
+  for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16}) {
+    INFO(dtype_name(dt));
+    CHECK(r.find<LayerNormKernel<float>>("layer_norm", dt, DeviceType::cuda) != nullptr);
+    CHECK(r.find<LayerNormBackwardKernel<float>>("layer_norm_backward", dt, DeviceType::cuda) != nullptr);
+  }
+}
+
+TEMPLATE_TEST_CASE("layer_norm on CUDA equals the CPU, forward and all gradients", "[gpu]", float, double, f16,
+                   bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  for (bool affine : {true, false}) {
+    check(rnd<T>({7, 33}, 1), {33}, affine, "[7, 33]");
+    check(rnd<T>({2, 3, 768}, 2), {768}, affine, "BERT rows [2, 3, 768]");
+    check(rnd<T>({5, 1500}, 3), {1500}, affine, "long rows [5, 1500]");
+    check(rnd<T>({600, 17}, 4), {17}, affine, "600 rows: three weight-gradient chunks");
+    check(rnd<T>({3, 4, 9}, 5), {4, 9}, affine, "normalized_shape [4, 9]");
+    check(rnd<T>({1, 1}, 6), {1}, affine, "one element");
+    check(rnd<T>({33, 7}, 7).t(), {33}, affine, "a transposed input");
+  }
+}
