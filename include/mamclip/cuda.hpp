@@ -33,6 +33,8 @@
 //   ops/reduce/cuda.cuh           "sum", "mean" for float, double, half, bfloat16
 //   ops/softmax/cuda.cuh          "softmax", "log_softmax" and their backward for float, double, half, bfloat16
 //   ops/norm/cuda.cuh             "layer_norm", "layer_norm_backward" for float, double, half, bfloat16
+//   ops/indexing/cuda.cuh         "index_select", "embedding", "index_add", "gather", "scatter_add" (float dtypes;
+//                                 index_select and gather also int64)
 //   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16
 //   ops/loss/cuda.cuh             "clip_loss", "clip_loss_backward" (fused CLIP loss) for float, half, bfloat16
 //   register_backend()            registers all of the above (the implementation unit calls it)
@@ -64,6 +66,7 @@
 #include "mamclip/ops/reduce/cuda.cuh"
 #include "mamclip/ops/softmax/cuda.cuh"
 #include "mamclip/ops/norm/cuda.cuh"
+#include "mamclip/ops/indexing/cuda.cuh"
 #include "mamclip/ops/loss/cuda.cuh"
 
 namespace mamclip::cuda {
@@ -86,6 +89,7 @@ inline void register_backend() {
   register_reduce_kernels();
   register_softmax_kernels();
   register_norm_kernels();
+  register_indexing_kernels();
   register_clip_loss_kernels();
 }
 
