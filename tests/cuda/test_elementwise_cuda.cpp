@@ -110,6 +110,7 @@ TEST_CASE("every elementwise op has a CUDA kernel for float, double, half and bf
       CHECK(r.find<BinaryKernel<float>>(op, dt, DeviceType::cuda) != nullptr);
     }
     CHECK(r.find<AddKernel<float>>("add_contiguous", dt, DeviceType::cuda) != nullptr);
+    CHECK(r.find<BernoulliMaskKernel<float>>("dropout", dt, DeviceType::cuda) != nullptr);
   }
   // Ops that have no kernel yet say so by name.
   CHECK(r.find<UnaryKernel<float>>("no_such_op", DType::f32, DeviceType::cuda) == nullptr);
@@ -180,6 +181,28 @@ TEMPLATE_TEST_CASE("elementwise kernels on CUDA: 16-byte packs, tails and misali
         const T want = (xi >= -0.5f && xi <= 0.5f) ? gv[static_cast<size_t>(i)] : T(0);
         CHECK(static_cast<float>(ov[static_cast<size_t>(i)]) == static_cast<float>(want));
       }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("dropout on CUDA draws the CPU's Philox mask bit for bit, forward and backward", "[gpu]", float,
+                   double, f16, bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  for (int64_t n : {1, 7, 4099}) {
+    for (double p : {0.3, 1.0}) {
+      INFO("n = " << n << ", p = " << p);
+      const Tensor<T> x = rnd<T>({n}, 500 + n, -2, 2), g = rnd<T>({n}, 600 + n, -1, 1);
+      Tensor<T> xc = x.clone(), xg = x.to(kGPU);
+      xc.set_requires_grad();
+      xg.set_requires_grad();
+      Generator gc(77), gg(77);
+      const Tensor<T> yc = dropout(xc, p, true, gc), yg = dropout(xg, p, true, gg);
+      require_allclose(yg.to(kCPU), yc, 0, 0, "forward");
+      CHECK(gg.offset() == gc.offset());
+      yc.backward(g);
+      yg.backward(g.to(kGPU));
+      require_allclose(xg.grad().to(kCPU), xc.grad(), 0, 0, "backward");
     }
   }
 }

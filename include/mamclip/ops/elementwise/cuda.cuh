@@ -1,7 +1,8 @@
 #pragma once
 // CUDA kernels of the elementwise family: every unary and binary op of
 // elementwise.hpp (UnaryKernel / BinaryKernel, registered under the op's
-// name), and "add_contiguous" (AddKernel, gradient accumulation).
+// name), "add_contiguous" (AddKernel, gradient accumulation) and "dropout"
+// (BernoulliMaskKernel: the CPU's Philox mask, bit for bit).
 //
 //   ops      one functor per op (AddOp, ExpOp, GeluBackwardOp, ...): the CPU
 //            lambda's formula in the accumulation type, p0 / p1 its scalars
@@ -15,11 +16,14 @@
 // half and bfloat16) and rounds once, like the CPU reference; transcendental
 // functions are CUDA's (within 2 ulp of the host's in float).
 
+#include <cstring>
+
 #include "mamclip/core/cuda/check.cuh"
 #include "mamclip/core/cuda/device.cuh"
 #include "mamclip/core/cuda/math.cuh"
 #include "mamclip/core/cuda/types.cuh"
 #include "mamclip/core/dispatch.hpp"
+#include "mamclip/core/random.hpp"
 #include "mamclip/core/tensor_data.hpp"
 #include "mamclip/ops/elementwise/elementwise.hpp"
 
@@ -179,6 +183,38 @@ void add(T* out, const T* a, const T* b, int64_t n) {
 }
 }  // namespace kernels
 
+// ---- dropout's mask: Philox blocks of 4 elements, the CPU's numbers exactly
+
+// out[i] = (uniform(seed, offset, i) > keep) ? 0 : kept, one Philox block (4
+// elements) per thread and step.
+template <class D>
+__global__ void bernoulli_mask_kernel(uint64_t seed, uint64_t offset, int64_t n, double keep, D kept, D zero, D* out) {
+  const int64_t blocks = (n + 3) / 4;
+  for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t r[4];
+    Philox::block(seed, offset, static_cast<uint64_t>(b), r);
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (b * 4 + j < n) out[b * 4 + j] = Philox::to_unit(r[j]) > keep ? zero : kept;
+  }
+}
+
+namespace kernels {
+template <class T>
+void bernoulli_mask(uint64_t seed, uint64_t offset, int64_t n, double keep, double kept, T* out) {
+  using D = device_t<T>;
+  constexpr int kBlock = 256;
+  if (n <= 0) return;
+  const T kept_t = static_cast<T>(kept), zero_t = static_cast<T>(0.0);
+  D kept_d, zero_d;
+  std::memcpy(&kept_d, &kept_t, sizeof(D));  // the host's rounding of `kept`, as the CPU mask stores it
+  std::memcpy(&zero_d, &zero_t, sizeof(D));
+  bernoulli_mask_kernel<<<grid_for((n + 3) / 4, kBlock), kBlock, 0, current_stream()>>>(seed, offset, n, keep, kept_d,
+                                                                                         zero_d, device_ptr(out));
+  MAMCLIP_CUDA_CHECK_LAUNCH();
+}
+}  // namespace kernels
+
 // ---- registration
 
 template <class T>
@@ -222,6 +258,7 @@ void register_elementwise_kernels_for() {
   binary("gelu_tanh_backward", &kernels::binary<T, GeluBackwardOp<true>>);
 
   r.add<AddKernel<T>>("add_contiguous", dt, cu, &kernels::add<T>);
+  r.add<BernoulliMaskKernel<T>>("dropout", dt, cu, &kernels::bernoulli_mask<T>);
 }
 
 inline void register_elementwise_kernels() {

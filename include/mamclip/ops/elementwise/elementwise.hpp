@@ -26,6 +26,9 @@ template <class T>
 using UnaryKernel = void(T* out, const T* x, int64_t n, double p0, double p1);
 template <class T>
 using BinaryKernel = void(T* out, const T* a, const T* b, int64_t n, double p0, double p1);
+// Dropout's mask on a device ("dropout"): cpu::bernoulli_mask's arguments and values.
+template <class T>
+using BernoulliMaskKernel = void(uint64_t seed, uint64_t offset, int64_t n, double keep, double kept, T* out);
 
 namespace detail {
 
@@ -412,13 +415,14 @@ template <class T>
 Tensor<T> dropout(const Tensor<T>& x, double p, bool training, Generator& gen) {
   MAMCLIP_CHECK(p >= 0 && p <= 1, value_error, "dropout: probability p must be in [0, 1], got ", p);
   if (!training || p == 0) return x;
-  MAMCLIP_CHECK(x.device().is_cpu(), device_error, "dropout: no kernel is registered for ", x.device().str());
+  BernoulliMaskKernel<T>* mask = &cpu::bernoulli_mask<T>;
+  if (!x.device().is_cpu()) mask = require_kernel<BernoulliMaskKernel<T>>("dropout", dtype_v<T>, x.device());
   // The mask is a function of (seed, offset, element index): Philox, so a device
   // kernel reproduces it exactly.
   const uint64_t seed = gen.seed(), offset = gen.next_offset();
   const double keep = 1.0 - p;
   Tensor<T> scale = Tensor<T>::empty(x.shape(), x.device());  // 0 or 1/keep per element
-  cpu::bernoulli_mask(seed, offset, scale.numel(), keep, p == 1 ? 0.0 : 1.0 / keep, scale.data_ptr());
+  mask(seed, offset, scale.numel(), keep, p == 1 ? 0.0 : 1.0 / keep, scale.data_ptr());
   Tensor<T> y = detail::map_binary("mul", x, scale, [](auto a, auto b) { return a * b; });
   return autograd::record<T>("DropoutBackward", {x}, y, [scale](const Tensor<T>& g) { return detail::Grads<T>{mul(g, scale)}; });
 }
