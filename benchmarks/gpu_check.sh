@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA check for a machine with a GPU: configure and build with the CUDA
-# backend, run every CUDA test (CTest label "cuda"), print a short table.
+# backend, run every CUDA test (CTest label "cuda"), their GPU cases again
+# under compute-sanitizer memcheck (when the toolkit has it), the kernel
+# benchmarks, and print a short table. Logs stay in the build dir (gpu_check.*.log).
 # Exits non-zero if a build step or a test fails, or if the GPU tests were
 # skipped (no device found on a machine that is meant to have one).
 #
@@ -65,6 +67,31 @@ bench_rc=0
 test_s=$((SECONDS - t0))
 cat "$build/gpu_check.ctest.log"
 
+# Every CUDA test's [gpu] cases under compute-sanitizer's memcheck (out-of-bounds
+# and misaligned accesses, leaks of device memory are not checked: the caching
+# allocator keeps blocks by design).
+memcheck_rows=()
+memcheck_rc=0
+sanitizer=$(command -v compute-sanitizer || true)
+[[ -z $sanitizer && -x /usr/local/cuda/bin/compute-sanitizer ]] && sanitizer=/usr/local/cuda/bin/compute-sanitizer
+if [[ -n $sanitizer ]]; then
+  echo "== memcheck"
+  for t in "${targets[@]}"; do
+    exe="$build/tests/cuda/$t"
+    [[ -x $exe ]] || continue
+    t0=$SECONDS
+    if "$sanitizer" --tool memcheck --error-exitcode 99 "$exe" "[gpu]" >"$build/gpu_check.memcheck.$t.log" 2>&1; then
+      memcheck_rows+=("$(printf '%-28s %-10s %8s' "memcheck $t" passed $((SECONDS - t0)))")
+    else
+      memcheck_rc=1
+      memcheck_rows+=("$(printf '%-28s %-10s %8s' "memcheck $t" FAILED $((SECONDS - t0)))")
+      tail -n 30 "$build/gpu_check.memcheck.$t.log"
+    fi
+  done
+else
+  memcheck_rows+=("compute-sanitizer not found: memcheck not run")
+fi
+
 # Hook for kernel work: benchmarks that validate against the CPU, then time.
 extra_steps() {
   echo "== bench_clip_loss (fused CLIP loss vs cuBLAS + kernels on the logits matrix)"
@@ -82,6 +109,7 @@ awk '/Test +#[0-9]+:/ {
        secs = $(NF - 1);
        printf "%-28s %-10s %8s\n", name, res, secs
      }' "$build/gpu_check.ctest.log"
+printf '%s\n' "${memcheck_rows[@]}"
 printf '%-28s %-10s %8s\n' "(configure)" "" "$configure_s"
 printf '%-28s %-10s %8s\n' "(build)" "" "$build_s"
 printf '%-28s %-10s %8s\n' "(tests)" "" "$test_s"
@@ -91,4 +119,5 @@ if grep -q "Skipped\|Not Run" "$build/gpu_check.ctest.log"; then
   exit 2
 fi
 [[ $ctest_rc -ne 0 ]] && exit "$ctest_rc"
+[[ $memcheck_rc -ne 0 ]] && exit 3
 exit "$bench_rc"

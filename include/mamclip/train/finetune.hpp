@@ -387,7 +387,7 @@ namespace detail {
 inline std::string finetune_fingerprint(const FinetuneOptions& o, const std::vector<std::string>& class_names,
                                         const std::vector<const std::vector<data::Sample>*>& splits) {
   std::ostringstream os;
-  os << o.epochs << ' ' << o.batch_size << ' ' << o.lr << ' ' << o.weight_decay << ' ' << o.warmup_steps << ' '
+  os << std::setprecision(17) << o.epochs << ' ' << o.batch_size << ' ' << o.lr << ' ' << o.weight_decay << ' ' << o.warmup_steps << ' '
      << o.lr_schedule << ' ' << o.class_weighting << ' ' << o.seed << ' ' << o.height << 'x' << o.width << ' '
      << o.augmentation << ' ' << o.head << " classes";
   for (const auto& c : class_names) os << ' ' << c;
