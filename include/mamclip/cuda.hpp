@@ -29,6 +29,7 @@
 //   core/cuda/types.cuh           device_t (Eigen 16-bit types as __half / __nv_bfloat16), Pack
 //   core/cuda/math.cuh            math:: (float / double device functions), warp and group reductions
 //   core/cuda/tensor_data.cuh     "fill", "strided_copy" for every dtype
+//   ops/shape/cuda.cuh            "to<...>" dtype casts among float, double, half, bfloat16
 //   ops/elementwise/cuda.cuh      every unary and binary elementwise op, "add_contiguous"; float, double, half, bfloat16
 //   ops/reduce/cuda.cuh           "sum", "mean" for float, double, half, bfloat16
 //   ops/softmax/cuda.cuh          "softmax", "log_softmax" and their backward for float, double, half, bfloat16
@@ -61,6 +62,7 @@
 #include "mamclip/core/cuda/tensor_data.cuh"
 #include "mamclip/core/cuda/types.cuh"
 #include "mamclip/core/storage.hpp"
+#include "mamclip/ops/shape/cuda.cuh"
 #include "mamclip/ops/elementwise/cuda.cuh"
 #include "mamclip/ops/matmul/cuda.cuh"
 #include "mamclip/ops/reduce/cuda.cuh"
@@ -84,6 +86,7 @@ inline CudaCachingAllocator& allocator() {
 inline void register_backend() {
   register_device(DeviceType::cuda, &allocator(), &copy_device_bytes);
   register_tensor_data_kernels();
+  register_shape_kernels();
   register_elementwise_kernels();
   register_matmul_kernels();
   register_reduce_kernels();

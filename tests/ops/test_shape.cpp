@@ -131,6 +131,11 @@ TEST_CASE("to<float>() round trip carries values and gradients") {
   sum(h.to<half>().to<float>() * 2.0).backward();
   require_allclose(h.grad(), full<double>({5, 7}, 2.0), 0, 0, "through half");
   CHECK(x.to<double>().is_same(x));
+  if (ensure_stand_in_cuda()) {  // a device cast looks up its kernel by target name and source dtype
+    auto d = ones<float>({2, 3}).to(Device::cuda(0));
+    MAMCLIP_REQUIRE_THROWS_WITH(d.to<bfloat16>(), device_error,
+                                "to<bfloat16>: no kernel is registered for float32 tensors on cuda:0");
+  }
 }
 
 TEST_CASE("shape ops reject bad arguments with messages that name them") {

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "mamclip/autograd/node.hpp"
+#include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/fwd.hpp"
 
 namespace mamclip {
@@ -265,6 +266,13 @@ Tensor<T> Tensor<T>::contiguous() const {
 
 // ---- casts and device moves
 
+// Device kernel of to<To>() from From, registered as "to<dtype name of To>"
+// for the source dtype: dst[i] = src[i] converted as the CPU does (through
+// double; a half or bfloat16 target from the float nearest it, as Eigen's
+// conversions do).
+template <class From, class To>
+using CastKernel = void(const From* src, To* dst, int64_t n);
+
 namespace detail {
 template <class From, class To>
 class CastBackward final : public autograd::Node {
@@ -287,15 +295,18 @@ Tensor<U> Tensor<T>::to() const {
   } else {
     Tensor<T> src = contiguous().detach();
     Tensor<U> out = Tensor<U>::empty(shape(), device());
-    MAMCLIP_CHECK(device().is_cpu(), device_error, "to<", dtype_name(dtype_v<U>), ">: no cast kernel on ",
-                  device().str(), " yet (move to the CPU first)");
     const T* s = src.data_ptr();
     U* d = out.data_ptr();
-    for (int64_t i = 0; i < numel(); ++i) {
-      if constexpr (std::is_same_v<U, bool>)
-        d[i] = static_cast<double>(s[i]) != 0.0;
-      else
-        d[i] = static_cast<U>(static_cast<double>(s[i]));
+    if (!device().is_cpu()) {
+      require_kernel<CastKernel<T, U>>(detail::str_cat("to<", dtype_name(dtype_v<U>), ">"), dtype_v<T>, device())(
+          s, d, numel());
+    } else {
+      for (int64_t i = 0; i < numel(); ++i) {
+        if constexpr (std::is_same_v<U, bool>)
+          d[i] = static_cast<double>(s[i]) != 0.0;
+        else
+          d[i] = static_cast<U>(static_cast<double>(s[i]));
+      }
     }
     if constexpr (is_floating_v<T> && is_floating_v<U>) {
       if (autograd::any_requires_grad(*this)) {
