@@ -37,6 +37,7 @@
 //   ops/indexing/cuda.cuh         "index_select", "embedding", "index_add", "gather", "scatter_add" (float dtypes;
 //                                 index_select and gather also int64)
 //   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16
+//   ops/loss/class_cuda.cuh       "nll_loss", "cross_entropy" and their backward for float, double, half, bfloat16
 //   ops/loss/cuda.cuh             "clip_loss", "clip_loss_backward" (fused CLIP loss) for float, half, bfloat16
 //   register_backend()            registers all of the above (the implementation unit calls it)
 
@@ -69,6 +70,7 @@
 #include "mamclip/ops/softmax/cuda.cuh"
 #include "mamclip/ops/norm/cuda.cuh"
 #include "mamclip/ops/indexing/cuda.cuh"
+#include "mamclip/ops/loss/class_cuda.cuh"
 #include "mamclip/ops/loss/cuda.cuh"
 
 namespace mamclip::cuda {
@@ -94,6 +96,7 @@ inline void register_backend() {
   register_norm_kernels();
   register_indexing_kernels();
   register_clip_loss_kernels();
+  register_class_loss_kernels();
 }
 
 }  // namespace mamclip::cuda

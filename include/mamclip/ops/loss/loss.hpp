@@ -15,10 +15,26 @@
 #include "mamclip/ops/fwd.hpp"
 #include "mamclip/ops/loss/cpu.hpp"
 #include "mamclip/ops/loss/clip.hpp"  // clip_loss, the fused contrastive loss
+#include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/reduce/reduce.hpp"
 #include "mamclip/ops/softmax/cpu.hpp"
+#include "mamclip/ops/softmax/softmax.hpp"
 
 namespace mamclip {
+
+// Device kernels of nll_loss and cross_entropy (registered under the op's
+// name and "<op>_backward"), on log-probabilities seen as lanes [outer, size,
+// inner] along the class dim (ops/loss/cpu.hpp's formulas):
+//   ClassLossKernel          loss[s] of every lane s (0 where ignored), in acc_t<T>
+//   ClassLossBackwardKernel  dx = scale_s * (exp(logp) if wrt_logits - q), 0 where ignored;
+//                            scale_s = scale[s] (scale_per_lane) or scale[0] / divisor
+template <class T>
+using ClassLossKernel = void(const T* logp, const int64_t* target, int64_t outer, int64_t size, int64_t inner,
+                             int64_t ignore_index, double smoothing, acc_t<T>* loss);
+template <class T>
+using ClassLossBackwardKernel = void(const T* logp, const int64_t* target, int64_t outer, int64_t size, int64_t inner,
+                                     int64_t ignore_index, double smoothing, const acc_t<T>* scale, bool scale_per_lane,
+                                     double divisor, bool wrt_logits, T* dx);
 
 namespace detail {
 
@@ -69,15 +85,61 @@ ClassTargets check_class_targets(const char* op, const char* input_name, const T
   return t;
 }
 
+// class_index_loss on a device: log_softmax, the per-lane losses and the
+// backward through the registered kernels, the reduction through sum's.
+template <class T>
+Tensor<T> device_class_index_loss(const char* op, const char* node, const char* input_name, const Tensor<T>& input,
+                                  const Tensor<int64_t>& target, const LossOptions& options, bool from_logits) {
+  using A = acc_t<T>;
+  const Device dev = input.device();
+  auto* loss_kernel = require_kernel<ClassLossKernel<T>>(op, dtype_v<T>, dev);
+  auto* backward_kernel = require_kernel<ClassLossBackwardKernel<T>>(str_cat(op, "_backward"), dtype_v<T>, dev);
+  SoftmaxKernel<T>* log_softmax_kernel =
+      from_logits ? require_kernel<SoftmaxKernel<T>>("log_softmax", dtype_v<T>, dev) : nullptr;
+  const double smoothing = from_logits ? options.label_smoothing : 0.0;
+  const int64_t ignore = options.ignore_index;
+  // Checks shapes and target values (one copy of the targets to the host).
+  const ClassTargets targets = check_class_targets(op, input_name, input, target, ignore);
+  const cpu::Lanes lanes = targets.lanes;
+  const int64_t kept = targets.kept;
+  const Tensor<int64_t> tgt = target.is_contiguous() ? target : contiguous_copy(target);
+
+  Tensor<T> logp = contiguous_values(input);
+  if (from_logits) {
+    Tensor<T> logits = logp;
+    logp = Tensor<T>::empty(input.shape(), dev);
+    log_softmax_kernel(logits.data_ptr(), logp.data_ptr(), lanes.outer, lanes.size, lanes.inner, true);
+  }
+  const Tensor<A> loss = Tensor<A>::empty(targets.sample_shape, dev);
+  loss_kernel(logp.data_ptr(), tgt.data_ptr(), lanes.outer, lanes.size, lanes.inner, ignore, smoothing, loss.data_ptr());
+
+  const Reduction reduction = options.reduction;
+  Tensor<A> y_acc = loss;
+  if (reduction != Reduction::none) {  // total / kept for the mean (0 / 0 = NaN when all are ignored), as on the CPU
+    const auto plan = cpu::plan_reduce(loss.shape(), {}, op);
+    y_acc = device_sum_rows("sum", loss, plan, false, reduction == Reduction::mean ? static_cast<double>(kept) : 1.0);
+  }
+  const Tensor<T> y = y_acc.template to<T>();
+  return autograd::record<T>(node, {input}, y, [logp, tgt, lanes, kept, smoothing, reduction, from_logits, ignore,
+                                                backward_kernel](const Tensor<T>& g) {
+    const Tensor<A> scale = contiguous_values(g).template to<A>();
+    Tensor<T> dx = Tensor<T>::empty(logp.shape(), logp.device());
+    backward_kernel(logp.data_ptr(), tgt.data_ptr(), lanes.outer, lanes.size, lanes.inner, ignore, smoothing,
+                    scale.data_ptr(), reduction == Reduction::none,
+                    reduction == Reduction::mean ? static_cast<double>(kept) : 1.0, from_logits, dx.data_ptr());
+    return std::vector<Tensor<T>>{dx};
+  });
+}
+
 // nll_loss (from_logits false: input holds log-probabilities) or cross_entropy
 // (from_logits true: input holds logits).
 template <class T>
 Tensor<T> class_index_loss(const char* op, const char* node, const char* input_name, const Tensor<T>& input,
                            const Tensor<int64_t>& target, const LossOptions& options, bool from_logits) {
   using A = acc_t<T>;
-  require_cpu(op, input);
   const double smoothing = from_logits ? options.label_smoothing : 0.0;
   MAMCLIP_CHECK(smoothing >= 0 && smoothing <= 1, value_error, op, ": label_smoothing must be in [0, 1], got ", smoothing);
+  if (!input.device().is_cpu()) return device_class_index_loss(op, node, input_name, input, target, options, from_logits);
   auto targets = std::make_shared<const ClassTargets>(check_class_targets(op, input_name, input, target, options.ignore_index));
   const cpu::Lanes& lanes = targets->lanes;
 
