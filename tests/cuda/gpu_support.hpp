@@ -23,7 +23,20 @@ inline int gpu_count() {
 
 inline const Device kGPU = Device::cuda(0);
 
+// Uniform random values in [lo, hi) on the CPU: the inputs every CUDA test
+// compares (never zeros, so a kernel that writes nothing cannot pass).
+template <class T>
+Tensor<T> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) {
+  Generator g(seed);
+  Tensor<T> t = empty<T>(s);
+  return uniform_(t, lo, hi, g);
+}
+
 }  // namespace mamclip::test
+
+// cuda_fp16.h (through cuda_runtime.h) declares a global ::half that clashes
+// with mamclip::half in tests that use both namespaces.
+using f16 = mamclip::half;
 
 #define MAMCLIP_SKIP_WITHOUT_GPU()                 \
   do {                                             \

@@ -15,8 +15,6 @@
 
 using namespace mamclip;
 using namespace mamclip::test;
-// cublas_v2.h (through cuda_runtime / the backend) brings a global ::half; use mamclip's by name.
-using f16 = mamclip::half;
 
 namespace {
 

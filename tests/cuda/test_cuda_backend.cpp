@@ -21,17 +21,8 @@
 
 using namespace mamclip;
 using namespace mamclip::test;
-// cublas_v2.h (through check.cuh) brings in cuda_fp16.h, whose global ::half clashes with mamclip::half here.
-using f16 = mamclip::half;
 
 namespace {
-
-template <class T>
-Tensor<T> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) {
-  Generator g(seed);
-  Tensor<T> t = empty<T>(s);
-  return uniform_(t, lo, hi, g);
-}
 
 template <class T>
 void require_equal(const Tensor<T>& actual, const Tensor<T>& expected, const std::string& what) {

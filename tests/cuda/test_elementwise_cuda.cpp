@@ -17,8 +17,6 @@
 
 using namespace mamclip;
 using namespace mamclip::test;
-// cuda_fp16.h (through cuda_runtime.h) declares a global ::half that clashes with mamclip::half here.
-using f16 = mamclip::half;
 
 namespace {
 
@@ -31,13 +29,6 @@ const std::vector<std::string> kBinaryOps{"add",           "sub",           "mul
                                           "abs_backward",  "tanh_backward", "sigmoid_backward",
                                           "relu_backward", "clamp_backward", "gelu_backward",
                                           "gelu_tanh_backward", "drop_path"};
-
-template <class T>
-Tensor<T> rnd(const Shape& s, uint64_t seed, double lo, double hi) {
-  Generator g(seed);
-  Tensor<T> t = empty<T>(s);
-  return uniform_(t, lo, hi, g);
-}
 
 // Tolerances: CUDA's float functions are within 2 ulp of the host's, and a
 // 16-bit result may then round to the neighbouring value; a backward step

@@ -14,17 +14,8 @@
 
 using namespace mamclip;
 using namespace mamclip::test;
-// cuda_fp16.h (through cuda_runtime.h) declares a global ::half that clashes with mamclip::half here.
-using f16 = mamclip::half;
 
 namespace {
-
-template <class T>
-Tensor<T> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) {
-  Generator g(seed);
-  Tensor<T> t = empty<T>(s);
-  return uniform_(t, lo, hi, g);
-}
 
 // A gradient row gathers up to a handful of duplicates: a few roundings apart.
 template <class T>

@@ -17,8 +17,6 @@
 
 using namespace mamclip;
 using namespace mamclip::test;
-// cuda_fp16.h (through cuda_runtime.h) declares a global ::half that clashes with mamclip::half here.
-using f16 = mamclip::half;
 
 namespace {
 

@@ -16,17 +16,8 @@
 
 using namespace mamclip;
 using namespace mamclip::test;
-// cuda_fp16.h (through cuda_runtime.h) declares a global ::half that clashes with mamclip::half here.
-using f16 = mamclip::half;
 
 namespace {
-
-template <class T>
-Tensor<T> rnd(const Shape& s, uint64_t seed, double lo = -3, double hi = 3) {
-  Generator g(seed);
-  Tensor<T> t = empty<T>(s);
-  return uniform_(t, lo, hi, g);
-}
 
 // Sums of `size` terms in another order, then exp / log within 2 ulp; 16-bit
 // results may round to the neighbouring value.
@@ -71,18 +62,18 @@ TEMPLATE_TEST_CASE("softmax and log_softmax on CUDA equal the CPU along every di
   MAMCLIP_SKIP_WITHOUT_GPU();
   using T = TestType;
   for (bool log : {false, true}) {
-    const Tensor<T> x = rnd<T>({7, 33, 5}, 1);
+    const Tensor<T> x = rnd<T>({7, 33, 5}, 1, -3, 3);
     for (int64_t dim : {0, 1, 2, -1}) check(x, dim, log, "[7, 33, 5]");
-    check(rnd<T>({3, 3001}, 2), 1, log, "long rows [3, 3001]");
-    check(rnd<T>({1025, 2}, 3), 0, log, "long strided lanes [1025, 2] along dim 0");
-    check(rnd<T>({1}, 4), 0, log, "one element");
+    check(rnd<T>({3, 3001}, 2, -3, 3), 1, log, "long rows [3, 3001]");
+    check(rnd<T>({1025, 2}, 3, -3, 3), 0, log, "long strided lanes [1025, 2] along dim 0");
+    check(rnd<T>({1}, 4, -3, 3), 0, log, "one element");
     check(x.t(), 0, log, "a transposed input");
   }
 }
 
 TEST_CASE("softmax on CUDA: -inf entries get 0, a fully masked row is NaN, as on the CPU", "[gpu]") {
   MAMCLIP_SKIP_WITHOUT_GPU();
-  Tensor<float> x = rnd<float>({3, 40}, 5);
+  Tensor<float> x = rnd<float>({3, 40}, 5, -3, 3);
   float* p = x.data_ptr();
   for (int j = 0; j < 40; j += 3) p[j] = -INFINITY;  // row 0: some masked
   for (int j = 0; j < 40; ++j) p[40 + j] = -INFINITY;  // row 1: all masked

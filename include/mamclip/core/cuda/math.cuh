@@ -10,6 +10,7 @@
 //       `shared`, kGroup / 32 elements, with __syncthreads, so every thread
 //       of the block must call it); every thread of the group gets the result
 //   Sum, Max   the operations (Max ignores NaN, as fmax does)
+//   for_each_group_row<kBlock, kGroup>(rows, f)   rows handed to groups of threads
 
 #include <cuda_runtime.h>
 
@@ -71,6 +72,19 @@ __device__ __forceinline__ A group_reduce(A v, Op op, A identity, A* shared) {
     __syncthreads();  // shared may be written again by the caller's next reduction
     return v;
   }
+}
+
+// Calls f(row, t) for the rows [0, rows) this thread's group of kGroup
+// threads owns (kBlock / kGroup rows per block, grid-stride), t = the
+// thread's index in its group. With kGroup == kBlock every thread of a block
+// gets the same rows, so f may call group_reduce<kBlock>.
+template <int kBlock, int kGroup, class F>
+__device__ __forceinline__ void for_each_group_row(int64_t rows, F&& f) {
+  static_assert(kBlock % kGroup == 0, "groups tile the block");
+  constexpr int kRowsPerBlock = kBlock / kGroup;
+  const int t = threadIdx.x % kGroup;
+  const int64_t stride = int64_t(gridDim.x) * kRowsPerBlock;
+  for (int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kGroup; r < rows; r += stride) f(r, t);
 }
 
 }  // namespace mamclip::cuda

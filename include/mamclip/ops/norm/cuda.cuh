@@ -32,11 +32,8 @@ __global__ void __launch_bounds__(kBlock)
     layer_norm_kernel(const D* x, const D* w, const D* b, D* y, device_acc_t<D>* mean, device_acc_t<D>* rstd,
                       int64_t rows, int64_t n, device_acc_t<D> eps) {
   using A = device_acc_t<D>;
-  constexpr int kRowsPerBlock = kBlock / kGroup;
   __shared__ A shared[kBlock / 32];
-  const int t = threadIdx.x % kGroup;
-  const int64_t stride = int64_t(gridDim.x) * kRowsPerBlock;
-  for (int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kGroup; r < rows; r += stride) {
+  for_each_group_row<kBlock, kGroup>(rows, [&](int64_t r, int t) {
     const D* xr = x + r * n;
     D* yr = y + r * n;
     A s = A(0);
@@ -58,7 +55,7 @@ __global__ void __launch_bounds__(kBlock)
       mean[r] = m;
       rstd[r] = rs;
     }
-  }
+  });
 }
 
 // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * w.
@@ -67,11 +64,8 @@ __global__ void __launch_bounds__(kBlock)
     layer_norm_input_grad_kernel(const D* g, const D* x, const D* w, const device_acc_t<D>* mean,
                                  const device_acc_t<D>* rstd, int64_t rows, int64_t n, D* dx) {
   using A = device_acc_t<D>;
-  constexpr int kRowsPerBlock = kBlock / kGroup;
   __shared__ A shared[kBlock / 32];
-  const int t = threadIdx.x % kGroup;
-  const int64_t stride = int64_t(gridDim.x) * kRowsPerBlock;
-  for (int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kGroup; r < rows; r += stride) {
+  for_each_group_row<kBlock, kGroup>(rows, [&](int64_t r, int t) {
     const D* gr = g + r * n;
     const D* xr = x + r * n;
     const A m = mean[r], rs = rstd[r];
@@ -88,7 +82,7 @@ __global__ void __launch_bounds__(kBlock)
       const A xhat = (to_acc(xr[j]) - m) * rs;
       dx[r * n + j] = from_acc<D>(rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
     }
-  }
+  });
 }
 
 // Block (32, 8): columns blockIdx.x * 32 + threadIdx.x, rows of chunk

@@ -29,18 +29,14 @@ template <int kBlock, int kGroup, class D>
 __global__ void __launch_bounds__(kBlock)
     sum_rows_kernel(D* out, const D* rows, int64_t outer, int64_t inner, device_acc_t<D> divisor) {
   using A = device_acc_t<D>;
-  constexpr int kRowsPerBlock = kBlock / kGroup;
   __shared__ A shared[kBlock / 32];
-  const int t = threadIdx.x % kGroup;
-  const int64_t stride = int64_t(gridDim.x) * kRowsPerBlock;
-  // Whole-block groups loop while every thread's row is in range, so all reach group_reduce's barriers.
-  for (int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kGroup; row < outer; row += stride) {
+  for_each_group_row<kBlock, kGroup>(outer, [&](int64_t row, int t) {
     const D* r = rows + row * inner;
     A acc = A(0);
     for (int64_t i = t; i < inner; i += kGroup) acc += to_acc(r[i]);
     acc = group_reduce<kGroup>(acc, Sum(), A(0), shared);
     if (t == 0) out[row] = from_acc<D>(acc / divisor);
-  }
+  });
 }
 
 template <class D>

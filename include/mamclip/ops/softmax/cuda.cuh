@@ -29,11 +29,8 @@ template <int kBlock, int kGroup, class D>
 __global__ void __launch_bounds__(kBlock)
     softmax_kernel(const D* x, D* y, int64_t lanes, int64_t size, int64_t inner, bool log) {
   using A = device_acc_t<D>;
-  constexpr int kLanesPerBlock = kBlock / kGroup;
   __shared__ A shared[kBlock / 32];
-  const int t = threadIdx.x % kGroup;
-  const int64_t stride = int64_t(gridDim.x) * kLanesPerBlock;
-  for (int64_t l = int64_t(blockIdx.x) * kLanesPerBlock + threadIdx.x / kGroup; l < lanes; l += stride) {
+  for_each_group_row<kBlock, kGroup>(lanes, [&](int64_t l, int t) {
     const int64_t base = (l / inner) * size * inner + l % inner;
     const D* xl = x + base;
     D* yl = y + base;
@@ -50,7 +47,7 @@ __global__ void __launch_bounds__(kBlock)
       const A inv = A(1) / s;
       for (int64_t k = t; k < size; k += kGroup) yl[k * inner] = from_acc<D>(math::exp(to_acc(xl[k * inner]) - m) * inv);
     }
-  }
+  });
 }
 
 // softmax: dx = y * (g - sum(g * y));  log_softmax: dx = g - exp(y) * sum(g).
@@ -58,11 +55,8 @@ template <int kBlock, int kGroup, class D>
 __global__ void __launch_bounds__(kBlock)
     softmax_backward_kernel(const D* g, const D* y, D* dx, int64_t lanes, int64_t size, int64_t inner, bool log) {
   using A = device_acc_t<D>;
-  constexpr int kLanesPerBlock = kBlock / kGroup;
   __shared__ A shared[kBlock / 32];
-  const int t = threadIdx.x % kGroup;
-  const int64_t stride = int64_t(gridDim.x) * kLanesPerBlock;
-  for (int64_t l = int64_t(blockIdx.x) * kLanesPerBlock + threadIdx.x / kGroup; l < lanes; l += stride) {
+  for_each_group_row<kBlock, kGroup>(lanes, [&](int64_t l, int t) {
     const int64_t base = (l / inner) * size * inner + l % inner;
     A s = A(0);
     for (int64_t k = t; k < size; k += kGroup) {
@@ -75,7 +69,7 @@ __global__ void __launch_bounds__(kBlock)
       const A gk = to_acc(g[i]), yk = to_acc(y[i]);
       dx[i] = from_acc<D>(log ? gk - math::exp(yk) * s : yk * (gk - s));
     }
-  }
+  });
 }
 
 // Runs kernel<kBlock, kGroup> over `lanes` lanes of `size` elements: a warp
