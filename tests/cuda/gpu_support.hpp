@@ -5,6 +5,9 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "support/test_support.hpp"
 
 namespace mamclip::test {
@@ -30,6 +33,18 @@ Tensor<T> rnd(const Shape& s, uint64_t seed, double lo = -2, double hi = 2) {
   Generator g(seed);
   Tensor<T> t = empty<T>(s);
   return uniform_(t, lo, hi, g);
+}
+
+// How far a result may be from the CPU's when it adds `terms` values in
+// another order: k * sqrt(terms) ulp of the accumulation type, and for a
+// 16-bit result also `own_ulps` of its own rounding to a neighbouring value.
+template <class T>
+double order_tolerance(int64_t terms, double k, double own_ulps = 2) {
+  const double root = std::sqrt(static_cast<double>(std::max<int64_t>(terms, 1)));
+  if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>)
+    return own_ulps * dtype_eps<T>() + k * root * dtype_eps<float>();
+  else
+    return k * root * dtype_eps<T>();
 }
 
 }  // namespace mamclip::test

@@ -18,13 +18,6 @@ using namespace mamclip::test;
 
 namespace {
 
-template <class T>
-double tolerance(int64_t terms) {
-  const double root = std::sqrt(static_cast<double>(std::max<int64_t>(terms, 1)));
-  if constexpr (std::is_same_v<T, f16> || std::is_same_v<T, bfloat16>) return 4 * dtype_eps<T>() + 32 * root * dtype_eps<float>();
-  else return 32 * root * dtype_eps<T>();
-}
-
 // Targets for `samples` samples of `classes` classes, every third one ignored (-100).
 Tensor<int64_t> targets(const Shape& shape, int64_t classes, uint64_t seed) {
   Generator g(seed);
@@ -39,7 +32,7 @@ void check(const Tensor<T>& input, const Tensor<int64_t>& target, LossOptions o,
   INFO(what << (logits ? ", cross_entropy" : ", nll_loss") << ", reduction " << static_cast<int>(o.reduction)
             << ", smoothing " << o.label_smoothing);
   const int64_t classes = input.size(input.dim() == 1 ? 0 : 1);
-  const double tol = tolerance<T>(classes * std::max<int64_t>(1, target.numel()));
+  const double tol = order_tolerance<T>(classes * std::max<int64_t>(1, target.numel()), 32, 4);
   Tensor<T> xc = input.clone(), xg = input.to(kGPU);
   xc.set_requires_grad();
   xg.set_requires_grad();

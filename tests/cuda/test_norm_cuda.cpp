@@ -19,14 +19,6 @@ using namespace mamclip::test;
 
 namespace {
 
-// Sums of `terms` values in another order; 16-bit results may also round to the neighbouring value.
-template <class T>
-double tolerance(int64_t terms) {
-  const double root = std::sqrt(static_cast<double>(std::max<int64_t>(terms, 1)));
-  if constexpr (std::is_same_v<T, f16> || std::is_same_v<T, bfloat16>) return 4 * dtype_eps<T>() + 32 * root * dtype_eps<float>();
-  else return 32 * root * dtype_eps<T>();
-}
-
 template <class T>
 void check(const Tensor<T>& x, const Shape& normalized, bool affine, const std::string& what) {
   INFO(what << (affine ? ", weight and bias" : ", no affine"));
@@ -46,14 +38,14 @@ void check(const Tensor<T>& x, const Shape& normalized, bool affine, const std::
   const Tensor<T> yc = layer_norm(transposed ? xc.t().contiguous().t() : xc, normalized, wc, bc, 1e-5);
   const Tensor<T> yg = layer_norm(transposed ? xg.t().contiguous().t() : xg, normalized, wg, bg, 1e-5);
   REQUIRE(yg.device() == kGPU);
-  const double tol = tolerance<T>(n);
+  const double tol = order_tolerance<T>(n, 32, 4);
   require_allclose(yg.to(kCPU), yc, tol, tol, "forward");
   const Tensor<T> g = rnd<T>(x.shape(), 13, -1, 1);
   yc.backward(g);
   yg.backward(g.to(kGPU));
   require_allclose(xg.grad().to(kCPU), xc.grad(), tol, tol, "input gradient");
   if (affine) {
-    const double tol_params = tolerance<T>(rows);
+    const double tol_params = order_tolerance<T>(rows, 32, 4);
     require_allclose(wg.grad().to(kCPU), wc.grad(), tol_params, tol_params, "weight gradient");
     require_allclose(bg.grad().to(kCPU), bc.grad(), tol_params, tol_params, "bias gradient");
   }

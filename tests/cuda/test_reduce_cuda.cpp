@@ -19,15 +19,6 @@ using namespace mamclip::test;
 
 namespace {
 
-// A sum of n terms in another order: the difference grows like sqrt(n) ulp of
-// the magnitudes added; 16-bit results may also round to the neighbouring value.
-template <class T>
-double tolerance(int64_t n) {
-  const double terms = std::sqrt(static_cast<double>(std::max<int64_t>(n, 1)));
-  if constexpr (std::is_same_v<T, f16> || std::is_same_v<T, bfloat16>) return 2 * dtype_eps<T>() + 8 * terms * dtype_eps<float>();
-  else return 8 * terms * dtype_eps<T>();
-}
-
 }  // namespace
 
 TEST_CASE("sum and mean have CUDA kernels for float, double, half and bfloat16") {
@@ -63,7 +54,7 @@ TEMPLATE_TEST_CASE("sum and mean on CUDA equal the CPU over every dim pattern, f
         int64_t n = 1;
         if (dims.empty()) n = x.numel();
         for (int64_t d : dims) n *= shape[static_cast<size_t>(d < 0 ? d + 3 : d)];
-        const double tol = tolerance<T>(n);
+        const double tol = order_tolerance<T>(n, 8, 2);
         require_allclose(yg.to(kCPU), yc, tol, tol, "forward");
         const Tensor<T> g = rnd<T>(yc.shape(), ++seed, -1, 1);
         yc.backward(g);
@@ -81,10 +72,9 @@ TEMPLATE_TEST_CASE("sum on CUDA: long rows (one block each), a transposed input,
   for (const Shape& shape : {Shape{3, 2047}, Shape{3, 2048}, Shape{2, 100003}, Shape{1, 1}}) {
     INFO("shape " << shape_str(shape));
     const Tensor<T> x = rnd<T>(shape, 40 + shape[1]);
-    require_allclose(sum(x.to(kGPU), {1}, false).to(kCPU), sum(x, {1}, false), tolerance<T>(shape[1]),
-                     tolerance<T>(shape[1]), "rows");
-    require_allclose(sum(x.to(kGPU).t(), {0}, false).to(kCPU), sum(x.t(), {0}, false), tolerance<T>(shape[1]),
-                     tolerance<T>(shape[1]), "transposed");
+    const double tol = order_tolerance<T>(shape[1], 8, 2);
+    require_allclose(sum(x.to(kGPU), {1}, false).to(kCPU), sum(x, {1}, false), tol, tol, "rows");
+    require_allclose(sum(x.to(kGPU).t(), {0}, false).to(kCPU), sum(x.t(), {0}, false), tol, tol, "transposed");
   }
   const Tensor<T> scalar = full<T>({}, T(1.5f));
   CHECK(static_cast<float>(sum(scalar.to(kGPU), {}, false).to(kCPU).item()) == 1.5f);
@@ -102,7 +92,7 @@ TEMPLATE_TEST_CASE("the backward of a broadcast op sums on CUDA (sum_to)", "[gpu
   for (Tensor<T>* t : {&ac, &bc, &ag, &bg}) t->set_requires_grad();
   mul(ac, bc).backward(g);
   mul(ag, bg).backward(g.to(kGPU));
-  const double tol = tolerance<T>(30);
+  const double tol = order_tolerance<T>(30, 8, 2);
   require_allclose(ag.grad().to(kCPU), ac.grad(), tol, tol, "gradient of a [6, 33, 5]");
   require_allclose(bg.grad().to(kCPU), bc.grad(), tol, tol, "gradient of b [33, 1]");
 }

@@ -19,19 +19,10 @@ using namespace mamclip::test;
 
 namespace {
 
-// Sums of `size` terms in another order, then exp / log within 2 ulp; 16-bit
-// results may round to the neighbouring value.
-template <class T>
-double tolerance(int64_t size) {
-  const double terms = std::sqrt(static_cast<double>(size));
-  if constexpr (std::is_same_v<T, f16> || std::is_same_v<T, bfloat16>) return 2 * dtype_eps<T>() + 16 * terms * dtype_eps<float>();
-  else return 16 * terms * dtype_eps<T>();
-}
-
 template <class T>
 void check(const Tensor<T>& x, int64_t dim, bool log, const std::string& what) {
   INFO(what << ", dim " << dim << (log ? ", log_softmax" : ", softmax"));
-  const double tol = tolerance<T>(x.size(dim));
+  const double tol = order_tolerance<T>(x.size(dim), 16, 2);
   Tensor<T> xc = x.clone(), xg = x.to(kGPU);
   xc.set_requires_grad();
   xg.set_requires_grad();
