@@ -39,6 +39,7 @@
 //   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16
 //   ops/loss/class_cuda.cuh       "nll_loss", "cross_entropy" and their backward for float, double, half, bfloat16
 //   ops/loss/cuda.cuh             "clip_loss", "clip_loss_backward" (fused CLIP loss) for float, half, bfloat16
+//   optim/cuda.cuh                "adamw_step", "sgd_step" (float32)
 //   register_backend()            registers all of the above (the implementation unit calls it)
 
 #if !defined(__CUDACC__)
@@ -72,6 +73,7 @@
 #include "mamclip/ops/indexing/cuda.cuh"
 #include "mamclip/ops/loss/class_cuda.cuh"
 #include "mamclip/ops/loss/cuda.cuh"
+#include "mamclip/optim/cuda.cuh"
 
 namespace mamclip::cuda {
 
@@ -97,6 +99,7 @@ inline void register_backend() {
   register_indexing_kernels();
   register_clip_loss_kernels();
   register_class_loss_kernels();
+  register_optimizer_kernels();
 }
 
 }  // namespace mamclip::cuda
