@@ -3,7 +3,8 @@
 // (SGDKernel), float32, one thread per element (grid-stride), with the CPU
 // updates' formulas (optim/adamw.hpp, optim/sgd.hpp) written with the same
 // fused multiply-adds; nvcc may contract the other products, so results agree
-// with the CPU to an ulp or two, not bit for bit.
+// with the CPU to an ulp or two, not bit for bit. Kernels are templates (on
+// their block size) so that every .cu file may include this header.
 
 #include "mamclip/core/cuda/check.cuh"
 #include "mamclip/core/cuda/device.cuh"
@@ -14,7 +15,8 @@
 
 namespace mamclip::cuda {
 
-__global__ void adamw_step_kernel(float* p, const float* grad, float* m, float* v, float* vmax, int64_t n,
+template <int kBlock>
+__global__ void __launch_bounds__(kBlock) adamw_step_kernel(float* p, const float* grad, float* m, float* v, float* vmax, int64_t n,
                                   optim::AdamWScalars s) {
   // ATen's lerp, as the CPU: weight < 0.5 -> start + w (end - start), else end - (end - start)(1 - w).
   const bool small = fabsf(s.lerp_weight) < 0.5f;
@@ -37,7 +39,8 @@ __global__ void adamw_step_kernel(float* p, const float* grad, float* m, float* 
   }
 }
 
-__global__ void sgd_step_kernel(float* p, const float* grad, float* buf, int64_t n, optim::SGDScalars s) {
+template <int kBlock>
+__global__ void __launch_bounds__(kBlock) sgd_step_kernel(float* p, const float* grad, float* buf, int64_t n, optim::SGDScalars s) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float g = grad[i];
     if (s.weight_decay != 0) g = fmaf(p[i], s.weight_decay, g);
@@ -55,14 +58,14 @@ inline void adamw_step(float* p, const float* g, float* m, float* v, float* vmax
                        const optim::AdamWScalars& s) {
   constexpr int kBlock = 256;
   if (n <= 0) return;
-  adamw_step_kernel<<<grid_for(n, kBlock), kBlock, 0, current_stream()>>>(p, g, m, v, vmax, n, s);
+  adamw_step_kernel<kBlock><<<grid_for(n, kBlock), kBlock, 0, current_stream()>>>(p, g, m, v, vmax, n, s);
   MAMCLIP_CUDA_CHECK_LAUNCH();
 }
 
 inline void sgd_step(float* p, const float* g, float* buf, int64_t n, const optim::SGDScalars& s) {
   constexpr int kBlock = 256;
   if (n <= 0) return;
-  sgd_step_kernel<<<grid_for(n, kBlock), kBlock, 0, current_stream()>>>(p, g, buf, n, s);
+  sgd_step_kernel<kBlock><<<grid_for(n, kBlock), kBlock, 0, current_stream()>>>(p, g, buf, n, s);
   MAMCLIP_CUDA_CHECK_LAUNCH();
 }
 }  // namespace kernels
