@@ -16,7 +16,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
 jobs=${JOBS:-$(nproc)}
-EXTRA_TARGETS=(bench_clip_loss)
+EXTRA_TARGETS=(bench_clip_loss bench_attention)
 
 echo "== device"
 if command -v nvidia-smi >/dev/null; then
@@ -96,6 +96,14 @@ fi
 extra_steps() {
   echo "== bench_clip_loss (fused CLIP loss vs cuBLAS + kernels on the logits matrix)"
   "$build/benchmarks/bench_clip_loss" || bench_rc=1
+  echo "== bench_attention (fused attention vs cuBLAS + softmax on the scores)"
+  "$build/benchmarks/bench_attention" || bench_rc=1
+  if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    echo "== PyTorch scaled_dot_product_attention at the same shapes"
+    python3 "$root/benchmarks/ops/attention_torch.py" || bench_rc=1
+  else
+    echo "(PyTorch with CUDA not importable: benchmarks/ops/attention_vs_torch.sh gives the side-by-side table where it is)"
+  fi
 }
 extra_steps
 

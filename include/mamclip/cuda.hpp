@@ -39,6 +39,8 @@
 //   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16
 //   ops/loss/class_cuda.cuh       "nll_loss", "cross_entropy" and their backward for float, double, half, bfloat16
 //   ops/loss/cuda.cuh             "clip_loss", "clip_loss_backward" (fused CLIP loss) for float, half, bfloat16
+//   ops/attention/cuda.cuh        "scaled_dot_product_attention" and its backward: tensor-core flash kernels for
+//                                 half and bfloat16 (head dims 32, 64, 96, 128), reference kernels for float, double
 //   optim/cuda.cuh                "adamw_step", "sgd_step" (float32)
 //   register_backend()            registers all of the above (the implementation unit calls it)
 
@@ -73,6 +75,7 @@
 #include "mamclip/ops/indexing/cuda.cuh"
 #include "mamclip/ops/loss/class_cuda.cuh"
 #include "mamclip/ops/loss/cuda.cuh"
+#include "mamclip/ops/attention/cuda.cuh"
 #include "mamclip/optim/cuda.cuh"
 
 namespace mamclip::cuda {
@@ -98,6 +101,7 @@ inline void register_backend() {
   register_norm_kernels();
   register_indexing_kernels();
   register_clip_loss_kernels();
+  register_attention_kernels();
   register_class_loss_kernels();
   register_optimizer_kernels();
 }

@@ -1,0 +1,173 @@
+// Fused attention on CUDA (scaled_dot_product_attention, ops/attention/cuda.cuh)
+// against the unfused path in the same process: cuBLAS batched GEMM to the
+// [B, H, L, L] scores, the softmax kernel, a second GEMM, and their autograd
+// backward (what PyTorch's math backend runs). bfloat16, no mask, at
+// L = 100, 128, 512, 2048 and D = 64 (12 heads, BERT) and 96 (8 heads, the
+// fusion block); the batch keeps B·L near 16384 tokens.
+//
+//   bench_attention               # every shape, each in a child process (its own memory peak)
+//   bench_attention --case 512 64 # one shape
+//
+// Each shape first checks the fused output and gradients against the unfused
+// ones, then times forward and forward + backward with CUDA events (warm-up
+// first, L2 flushed before each run) and prints the best time, TFLOP/s as
+// FlashAttention counts them (forward 4·B·H·L²·D, backward 2.5x forward),
+// the allocator's peak beyond the inputs, and the ratios. PyTorch's SDPA at
+// the same shapes: attention_torch.py (attention_vs_torch.sh pastes both).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "mamclip/core/cuda/caching_allocator.hpp"
+#include "mamclip/mamclip.hpp"
+
+using namespace mamclip;
+using bf16 = mamclip::bfloat16;
+
+namespace {
+
+#define BENCH_CUDA(call)                                                                          \
+  do {                                                                                            \
+    const cudaError_t e_ = (call);                                                                \
+    if (e_ != cudaSuccess) throw device_error(std::string(#call) + ": " + cudaGetErrorString(e_)); \
+  } while (0)
+
+struct Flush {
+  void* buf = nullptr;
+  size_t bytes = 0;
+  Flush() {
+    int l2 = 0;
+    BENCH_CUDA(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
+    bytes = size_t(2) * static_cast<size_t>(l2);
+    BENCH_CUDA(cudaMalloc(&buf, bytes));
+  }
+  ~Flush() { cudaFree(buf); }
+  void operator()() const { BENCH_CUDA(cudaMemset(buf, 0, bytes)); }
+};
+
+// Best of `reps` timed runs, in ms.
+template <class F>
+double best_ms(F&& f, const Flush& flush, int reps) {
+  f();  // warm-up: allocator cache, cuBLAS heuristics, shared-memory attributes
+  BENCH_CUDA(cudaDeviceSynchronize());
+  cudaEvent_t a, b;
+  BENCH_CUDA(cudaEventCreate(&a));
+  BENCH_CUDA(cudaEventCreate(&b));
+  double best = 1e30;
+  for (int i = 0; i < reps; ++i) {
+    flush();
+    BENCH_CUDA(cudaEventRecord(a));
+    f();
+    BENCH_CUDA(cudaEventRecord(b));
+    BENCH_CUDA(cudaEventSynchronize(b));
+    float t = 0;
+    BENCH_CUDA(cudaEventElapsedTime(&t, a, b));
+    best = std::min(best, static_cast<double>(t));
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return best;
+}
+
+double rel_err(const Tensor<bf16>& got, const Tensor<bf16>& want) {
+  const auto g = got.to(kCPU).to<double>(), w = want.to(kCPU).to<double>();
+  return amax(abs(g - w)).item() / std::max(amax(abs(w)).item(), 1e-30);
+}
+
+struct Grads {
+  Tensor<bf16> out, dq, dk, dv;
+};
+
+int run_case(int64_t l, int64_t d) {
+  const Device gpu = Device::cuda(0);
+  const int64_t h = d == 96 ? 8 : 12, b = std::max<int64_t>(1, 16384 / l);
+  const auto q = randn<float>({b, h, l, d}).to<bf16>().to(gpu), k = randn<float>({b, h, l, d}).to<bf16>().to(gpu),
+             v = randn<float>({b, h, l, d}).to<bf16>().to(gpu), g = randn<float>({b, h, l, d}).to<bf16>().to(gpu);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  const size_t inputs = cuda::memory_stats(0).allocated_bytes;
+
+  auto fused = [&](bool backward) {
+    Grads r;
+    auto qq = q.detach().set_requires_grad(backward), kk = k.detach().set_requires_grad(backward),
+         vv = v.detach().set_requires_grad(backward);
+    r.out = scaled_dot_product_attention(qq, kk, vv);
+    if (backward) {
+      r.out.backward(g);
+      r.dq = qq.grad(), r.dk = kk.grad(), r.dv = vv.grad();
+    }
+    return r;
+  };
+  auto unfused = [&](bool backward) {
+    Grads r;
+    auto qq = q.detach().set_requires_grad(backward), kk = k.detach().set_requires_grad(backward),
+         vv = v.detach().set_requires_grad(backward);
+    r.out = matmul(softmax(matmul(qq, kk.transpose(-1, -2)) * static_cast<bf16>(scale), -1), vv);
+    if (backward) {
+      r.out.backward(g);
+      r.dq = qq.grad(), r.dk = kk.grad(), r.dv = vv.grad();
+    }
+    return r;
+  };
+
+  const Grads f = fused(true);
+  BENCH_CUDA(cudaDeviceSynchronize());
+  const size_t fused_peak = cuda::memory_stats(0).peak_allocated_bytes - inputs;
+  const Grads u = unfused(true);
+  BENCH_CUDA(cudaDeviceSynchronize());
+  const size_t unfused_peak = cuda::memory_stats(0).peak_allocated_bytes - inputs;
+  const double e_out = rel_err(f.out, u.out), e_dq = rel_err(f.dq, u.dq), e_dk = rel_err(f.dk, u.dk),
+               e_dv = rel_err(f.dv, u.dv);
+  // Both round to bfloat16 (~2^-8) at several steps; the unfused path also rounds P and dS.
+  const bool ok = e_out < 3e-2 && e_dq < 5e-2 && e_dk < 5e-2 && e_dv < 5e-2;
+  std::printf("L=%-5lld D=%-4lld B=%-4lld H=%-3lld check vs unfused: out %.1e dq %.1e dk %.1e dv %.1e: %s\n",
+              static_cast<long long>(l), static_cast<long long>(d), static_cast<long long>(b),
+              static_cast<long long>(h), e_out, e_dq, e_dk, e_dv, ok ? "match" : "MISMATCH");
+  if (!ok) return 1;
+
+  const Flush flush;
+  const int reps = l >= 2048 ? 5 : 20;
+  const double tf = best_ms([&] { fused(false); }, flush, reps), tu = best_ms([&] { unfused(false); }, flush, reps);
+  const double tfb = best_ms([&] { fused(true); }, flush, reps), tub = best_ms([&] { unfused(true); }, flush, reps);
+  const double flops = 4.0 * double(b) * double(h) * double(l) * double(l) * double(d);
+  std::printf(
+      "L=%-5lld D=%-4lld | fwd ours %8.3f ms %6.1f TFLOP/s unfused %8.3f ms %6.1f TFLOP/s ratio %.2f | fwd+bwd ours "
+      "%8.3f ms %6.1f TFLOP/s unfused %8.3f ms %6.1f TFLOP/s ratio %.2f | peak MiB ours %.1f unfused %.1f\n",
+      static_cast<long long>(l), static_cast<long long>(d), tf, flops / tf * 1e-9, tu, flops / tu * 1e-9, tf / tu, tfb,
+      3.5 * flops / tfb * 1e-9, tub, 3.5 * flops / tub * 1e-9, tfb / tub, fused_peak / 1048576.0,
+      unfused_peak / 1048576.0);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("bench_attention: no CUDA device; nothing to measure\n");
+    return 2;
+  }
+  try {
+    if (argc == 4 && std::string(argv[1]) == "--case") return run_case(std::atoll(argv[2]), std::atoll(argv[3]));
+    cudaDeviceProp prop{};
+    BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));
+    std::printf("scaled_dot_product_attention, bfloat16, no mask, %s (sm_%d%d); best of the timed runs; ratio = "
+                "ours / unfused (below 1: faster)\n",
+                prop.name, prop.major, prop.minor);
+    int rc = 0;
+    for (int64_t d : {64, 96})
+      for (int64_t l : {100, 128, 512, 2048}) {
+        const std::string cmd = std::string(argv[0]) + " --case " + std::to_string(l) + " " + std::to_string(d);
+        std::fflush(stdout);
+        if (std::system(cmd.c_str()) != 0) rc = 1;
+      }
+    return rc;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_attention: %s\n", e.what());
+    return 1;
+  }
+}
