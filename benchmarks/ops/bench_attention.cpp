@@ -25,54 +25,12 @@
 
 #include "mamclip/core/cuda/caching_allocator.hpp"
 #include "mamclip/mamclip.hpp"
+#include "ops/gpu_timing.hpp"
 
 using namespace mamclip;
 using bf16 = mamclip::bfloat16;
 
 namespace {
-
-#define BENCH_CUDA(call)                                                                          \
-  do {                                                                                            \
-    const cudaError_t e_ = (call);                                                                \
-    if (e_ != cudaSuccess) throw device_error(std::string(#call) + ": " + cudaGetErrorString(e_)); \
-  } while (0)
-
-struct Flush {
-  void* buf = nullptr;
-  size_t bytes = 0;
-  Flush() {
-    int l2 = 0;
-    BENCH_CUDA(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
-    bytes = size_t(2) * static_cast<size_t>(l2);
-    BENCH_CUDA(cudaMalloc(&buf, bytes));
-  }
-  ~Flush() { cudaFree(buf); }
-  void operator()() const { BENCH_CUDA(cudaMemset(buf, 0, bytes)); }
-};
-
-// Best of `reps` timed runs, in ms.
-template <class F>
-double best_ms(F&& f, const Flush& flush, int reps) {
-  f();  // warm-up: allocator cache, cuBLAS heuristics, shared-memory attributes
-  BENCH_CUDA(cudaDeviceSynchronize());
-  cudaEvent_t a, b;
-  BENCH_CUDA(cudaEventCreate(&a));
-  BENCH_CUDA(cudaEventCreate(&b));
-  double best = 1e30;
-  for (int i = 0; i < reps; ++i) {
-    flush();
-    BENCH_CUDA(cudaEventRecord(a));
-    f();
-    BENCH_CUDA(cudaEventRecord(b));
-    BENCH_CUDA(cudaEventSynchronize(b));
-    float t = 0;
-    BENCH_CUDA(cudaEventElapsedTime(&t, a, b));
-    best = std::min(best, static_cast<double>(t));
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return best;
-}
 
 double rel_err(const Tensor<bf16>& got, const Tensor<bf16>& want) {
   const auto g = got.to(kCPU).to<double>(), w = want.to(kCPU).to<double>();
@@ -115,10 +73,10 @@ int run_case(int64_t l, int64_t d) {
   };
 
   const Grads f = fused(true);
-  BENCH_CUDA(cudaDeviceSynchronize());
+  bench::cuda_check(cudaDeviceSynchronize(), "run");
   const size_t fused_peak = cuda::memory_stats(0).peak_allocated_bytes - inputs;
   const Grads u = unfused(true);
-  BENCH_CUDA(cudaDeviceSynchronize());
+  bench::cuda_check(cudaDeviceSynchronize(), "run");
   const size_t unfused_peak = cuda::memory_stats(0).peak_allocated_bytes - inputs;
   const double e_out = rel_err(f.out, u.out), e_dq = rel_err(f.dq, u.dq), e_dk = rel_err(f.dk, u.dk),
                e_dv = rel_err(f.dv, u.dv);
@@ -129,10 +87,12 @@ int run_case(int64_t l, int64_t d) {
               static_cast<long long>(h), e_out, e_dq, e_dk, e_dv, ok ? "match" : "MISMATCH");
   if (!ok) return 1;
 
-  const Flush flush;
+  const bench::L2Flush flush;
   const int reps = l >= 2048 ? 5 : 20;
-  const double tf = best_ms([&] { fused(false); }, flush, reps), tu = best_ms([&] { unfused(false); }, flush, reps);
-  const double tfb = best_ms([&] { fused(true); }, flush, reps), tub = best_ms([&] { unfused(true); }, flush, reps);
+  const double tf = bench::best_ms([&] { fused(false); }, flush, reps);
+  const double tu = bench::best_ms([&] { unfused(false); }, flush, reps);
+  const double tfb = bench::best_ms([&] { fused(true); }, flush, reps);
+  const double tub = bench::best_ms([&] { unfused(true); }, flush, reps);
   const double flops = 4.0 * double(b) * double(h) * double(l) * double(l) * double(d);
   std::printf(
       "L=%-5lld D=%-4lld | fwd ours %8.3f ms %6.1f TFLOP/s unfused %8.3f ms %6.1f TFLOP/s ratio %.2f | fwd+bwd ours "
@@ -154,7 +114,7 @@ int main(int argc, char** argv) {
   try {
     if (argc == 4 && std::string(argv[1]) == "--case") return run_case(std::atoll(argv[2]), std::atoll(argv[3]));
     cudaDeviceProp prop{};
-    BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));
+    bench::cuda_check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
     std::printf("scaled_dot_product_attention, bfloat16, no mask, %s (sm_%d%d); best of the timed runs; ratio = "
                 "ours / unfused (below 1: faster)\n",
                 prop.name, prop.major, prop.minor);

@@ -25,7 +25,7 @@
 //   core/cuda/caching_allocator   MemoryStats, CachingAllocatorCore, empty_cache, memory_stats (plain C++)
 //   core/cuda/allocator.cuh       CudaCachingAllocator (cudaMalloc), copy_device_bytes
 //   core/cuda/cublas.cuh          cublas_handle
-//   core/cuda/settings.hpp        set_allow_tf32 (plain C++)
+//   core/cuda/settings.hpp        set_allow_tf32, set_conv_path (plain C++)
 //   core/cuda/types.cuh           device_t (Eigen 16-bit types as __half / __nv_bfloat16), Pack
 //   core/cuda/math.cuh            math:: (float / double device functions), warp and group reductions
 //   core/cuda/tensor_data.cuh     "fill", "strided_copy" for every dtype
@@ -33,12 +33,14 @@
 //   ops/elementwise/cuda.cuh      every unary and binary elementwise op, "add_contiguous"; float, double, half, bfloat16
 //   ops/reduce/cuda.cuh           "sum", "mean" for float, double, half, bfloat16
 //   ops/softmax/cuda.cuh          "softmax", "log_softmax" and their backward for float, double, half, bfloat16
-//   ops/norm/cuda.cuh             "layer_norm", "layer_norm_backward" for float, double, half, bfloat16
+//   ops/norm/cuda.cuh             "layer_norm", "layer_norm2d" and their backward for float, double, half, bfloat16
 //   ops/indexing/cuda.cuh         "index_select", "embedding", "index_add", "gather", "scatter_add" (float dtypes;
 //                                 index_select and gather also int64)
 //   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16
 //   ops/loss/class_cuda.cuh       "nll_loss", "cross_entropy" and their backward for float, double, half, bfloat16
 //   ops/loss/cuda.cuh             "clip_loss", "clip_loss_backward" (fused CLIP loss) for float, half, bfloat16
+//   ops/conv/cuda.cuh             "conv2d", "conv2d_backward": depthwise kernels of our own (ConvNeXt's 7x7),
+//                                 im2col + cuBLAS otherwise; float, double, half, bfloat16
 //   ops/attention/cuda.cuh        "scaled_dot_product_attention" and its backward: tensor-core flash kernels for
 //                                 half and bfloat16 (head dims 32, 64, 96, 128), reference kernels for float, double
 //   optim/cuda.cuh                "adamw_step", "sgd_step" (float32)
@@ -76,6 +78,7 @@
 #include "mamclip/ops/loss/class_cuda.cuh"
 #include "mamclip/ops/loss/cuda.cuh"
 #include "mamclip/ops/attention/cuda.cuh"
+#include "mamclip/ops/conv/cuda.cuh"
 #include "mamclip/optim/cuda.cuh"
 
 namespace mamclip::cuda {
@@ -102,6 +105,7 @@ inline void register_backend() {
   register_indexing_kernels();
   register_clip_loss_kernels();
   register_attention_kernels();
+  register_conv_kernels();
   register_class_loss_kernels();
   register_optimizer_kernels();
 }

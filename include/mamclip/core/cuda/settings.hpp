@@ -6,8 +6,15 @@
 
 namespace mamclip::cuda {
 
+// Which algorithm conv2d uses on CUDA (ops/conv/cuda.cuh): `automatic` takes
+// our depthwise kernels where they apply (square 3, 5 or 7, stride 1, same
+// padding, groups == channels) and im2col + cuBLAS elsewhere; `im2col` forces
+// im2col + cuBLAS everywhere (a baseline for tests and benchmarks).
+enum class ConvPath { automatic, im2col };
+
 namespace detail {
 inline std::atomic<bool> allow_tf32_flag{false};
+inline std::atomic<ConvPath> conv_path_value{ConvPath::automatic};
 }  // namespace detail
 
 // Whether float32 GEMMs may use TF32 tensor cores (10-bit mantissa products,
@@ -16,5 +23,8 @@ inline std::atomic<bool> allow_tf32_flag{false};
 // torch.backends.cuda.matmul.allow_tf32.
 inline void set_allow_tf32(bool on) { detail::allow_tf32_flag.store(on, std::memory_order_relaxed); }
 inline bool allow_tf32() { return detail::allow_tf32_flag.load(std::memory_order_relaxed); }
+
+inline void set_conv_path(ConvPath path) { detail::conv_path_value.store(path, std::memory_order_relaxed); }
+inline ConvPath conv_path() { return detail::conv_path_value.load(std::memory_order_relaxed); }
 
 }  // namespace mamclip::cuda

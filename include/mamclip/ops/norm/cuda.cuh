@@ -1,6 +1,8 @@
 #pragma once
-// CUDA kernels of the norm family: "layer_norm" (LayerNormKernel) and
-// "layer_norm_backward" (LayerNormBackwardKernel).
+// CUDA kernels of the norm family: "layer_norm" (LayerNormKernel),
+// "layer_norm_backward" (LayerNormBackwardKernel), "layer_norm2d" and
+// "layer_norm2d_backward" (channels-first: one thread per position walks the
+// channels, coalesced over positions; dw and db one block per channel).
 //
 //   layer_norm_kernel<kBlock, kGroup, D>           a group of kGroup threads per row (a warp, or
 //                                                  the block for rows of kLongNormRow or more):
@@ -129,6 +131,88 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// ---- layer_norm2d: x [batch, c, hw], normalised over c at every (sample, position).
+
+// One thread per position: consecutive threads read consecutive positions of a channel (coalesced).
+template <class D>
+__global__ void layer_norm2d_kernel(const D* x, const D* w, const D* b, D* y, device_acc_t<D>* mean,
+                                    device_acc_t<D>* rstd, int64_t batch, int64_t c, int64_t hw, device_acc_t<D> eps) {
+  using A = device_acc_t<D>;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < batch * hw; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = e / hw, k = e % hw;
+    const D* xp = x + n * c * hw + k;
+    A m = A(0);
+    for (int64_t ch = 0; ch < c; ++ch) m += to_acc(xp[ch * hw]);
+    m /= A(c);
+    A v = A(0);
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const A d = to_acc(xp[ch * hw]) - m;
+      v += d * d;
+    }
+    const A r = A(1) / math::sqrt(v / A(c) + eps);
+    D* yp = y + n * c * hw + k;
+    for (int64_t ch = 0; ch < c; ++ch) {
+      A o = (to_acc(xp[ch * hw]) - m) * r;
+      if (w) o *= to_acc(w[ch]);
+      if (b) o += to_acc(b[ch]);
+      yp[ch * hw] = from_acc<D>(o);
+    }
+    mean[e] = m;
+    rstd[e] = r;
+  }
+}
+
+// dx, one thread per position (cpu::layer_norm2d_backward's formula).
+template <class D>
+__global__ void layer_norm2d_input_grad_kernel(const D* g, const D* x, const D* w, const device_acc_t<D>* mean,
+                                               const device_acc_t<D>* rstd, int64_t batch, int64_t c, int64_t hw,
+                                               D* dx) {
+  using A = device_acc_t<D>;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < batch * hw; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = e / hw, k = e % hw, base = n * c * hw + k;
+    const A m = mean[e], r = rstd[e];
+    A sum_d = A(0), sum_dx = A(0);
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const A d = to_acc(g[base + ch * hw]) * (w ? to_acc(w[ch]) : A(1));
+      sum_d += d;
+      sum_dx += d * (to_acc(x[base + ch * hw]) - m) * r;
+    }
+    const A inv_c = A(1) / A(c);
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const A xhat = (to_acc(x[base + ch * hw]) - m) * r;
+      const A d = to_acc(g[base + ch * hw]) * (w ? to_acc(w[ch]) : A(1));
+      dx[base + ch * hw] = from_acc<D>(r * (d - sum_d * inv_c - xhat * sum_dx * inv_c));
+    }
+  }
+}
+
+// dw[ch] = Σ g · xhat, db[ch] = Σ g over samples and positions; one block per channel, fixed order.
+template <int kBlock, class D>
+__global__ void __launch_bounds__(kBlock)
+    layer_norm2d_param_grad_kernel(const D* g, const D* x, const device_acc_t<D>* mean, const device_acc_t<D>* rstd,
+                                   int64_t batch, int64_t c, int64_t hw, D* dw, D* db) {
+  using A = device_acc_t<D>;
+  __shared__ A shared[kBlock / 32];
+  for (int64_t ch = blockIdx.x; ch < c; ch += gridDim.x) {
+    A sw = A(0), sb = A(0);
+    for (int64_t n = 0; n < batch; ++n) {
+      const D* gr = g + (n * c + ch) * hw;
+      const D* xr = x + (n * c + ch) * hw;
+      for (int64_t k = threadIdx.x; k < hw; k += kBlock) {
+        const A gv = to_acc(gr[k]);
+        sw += gv * (to_acc(xr[k]) - mean[n * hw + k]) * rstd[n * hw + k];
+        sb += gv;
+      }
+    }
+    sw = group_reduce<kBlock>(sw, Sum(), A(0), shared);
+    sb = group_reduce<kBlock>(sb, Sum(), A(0), shared);
+    if (threadIdx.x == 0) {
+      if (dw) dw[ch] = from_acc<D>(sw);
+      if (db) db[ch] = from_acc<D>(sb);
+    }
+  }
+}
+
 namespace kernels {
 template <class T>
 void layer_norm(const T* x, const T* w, const T* b, T* y, acc_t<T>* mean, acc_t<T>* rstd, int64_t rows, int64_t n,
@@ -185,6 +269,33 @@ void layer_norm_backward(const T* g, const T* x, const T* w, const acc_t<T>* mea
     MAMCLIP_CUDA_CHECK_LAUNCH();
   }
 }
+template <class T>
+void layer_norm2d(const T* x, const T* w, const T* b, T* y, acc_t<T>* mean, acc_t<T>* rstd, int64_t batch, int64_t c,
+                  int64_t hw, double eps) {
+  using D = device_t<T>;
+  if (batch * hw == 0) return;
+  layer_norm2d_kernel<D><<<grid_for(batch * hw, 256), 256, 0, current_stream()>>>(
+      device_ptr(x), device_ptr(w), device_ptr(b), device_ptr(y), mean, rstd, batch, c, hw, static_cast<acc_t<T>>(eps));
+  MAMCLIP_CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void layer_norm2d_backward(const T* g, const T* x, const T* w, const acc_t<T>* mean, const acc_t<T>* rstd,
+                           int64_t batch, int64_t c, int64_t hw, T* dx, T* dw, T* db) {
+  using D = device_t<T>;
+  const cudaStream_t stream = current_stream();
+  if (dx && batch * hw > 0) {
+    layer_norm2d_input_grad_kernel<D><<<grid_for(batch * hw, 256), 256, 0, stream>>>(
+        device_ptr(g), device_ptr(x), device_ptr(w), mean, rstd, batch, c, hw, device_ptr(dx));
+    MAMCLIP_CUDA_CHECK_LAUNCH();
+  }
+  if ((dw || db) && c > 0) {
+    constexpr int kBlock = 256;
+    layer_norm2d_param_grad_kernel<kBlock, D><<<static_cast<unsigned>(std::min<int64_t>(c, 65535)), kBlock, 0, stream>>>(
+        device_ptr(g), device_ptr(x), mean, rstd, batch, c, hw, device_ptr(dw), device_ptr(db));
+    MAMCLIP_CUDA_CHECK_LAUNCH();
+  }
+}
 }  // namespace kernels
 
 // ---- registration
@@ -195,6 +306,9 @@ void register_norm_kernels_for() {
   r.add<LayerNormKernel<T>>("layer_norm", dtype_v<T>, DeviceType::cuda, &kernels::layer_norm<T>);
   r.add<LayerNormBackwardKernel<T>>("layer_norm_backward", dtype_v<T>, DeviceType::cuda,
                                     &kernels::layer_norm_backward<T>);
+  r.add<LayerNorm2dKernel<T>>("layer_norm2d", dtype_v<T>, DeviceType::cuda, &kernels::layer_norm2d<T>);
+  r.add<LayerNorm2dBackwardKernel<T>>("layer_norm2d_backward", dtype_v<T>, DeviceType::cuda,
+                                      &kernels::layer_norm2d_backward<T>);
 }
 
 inline void register_norm_kernels() {

@@ -2,8 +2,8 @@
 // layer_norm and layer_norm2d (timm's LayerNorm2d: over dim 1 of [N, C, H, W],
 // read in place, no permuted copies), each with a fused analytic backward for
 // x, weight and bias, and normalize (F.normalize: x / max(||x||_p, eps) along
-// a dim). On a device: layer_norm through LayerNormKernel /
-// LayerNormBackwardKernel; the other two throw device_error naming themselves.
+// a dim). On a device: layer_norm and layer_norm2d through their registered
+// kernels (below); normalize throws device_error naming itself.
 
 #include <memory>
 
@@ -25,6 +25,15 @@ using LayerNormKernel = void(const T* x, const T* w, const T* b, T* y, acc_t<T>*
 template <class T>
 using LayerNormBackwardKernel = void(const T* g, const T* x, const T* w, const acc_t<T>* mean, const acc_t<T>* rstd,
                                      int64_t rows, int64_t n, T* dx, T* dw, T* db);
+// Device kernels of layer_norm2d, with cpu::layer_norm2d's and
+// cpu::layer_norm2d_backward's arguments (x [batch, c, hw]; mean and rstd
+// [batch, hw] each, in device memory; w, b, dx, dw, db may be null).
+template <class T>
+using LayerNorm2dKernel = void(const T* x, const T* w, const T* b, T* y, acc_t<T>* mean, acc_t<T>* rstd, int64_t batch,
+                               int64_t c, int64_t hw, double eps);
+template <class T>
+using LayerNorm2dBackwardKernel = void(const T* g, const T* x, const T* w, const acc_t<T>* mean, const acc_t<T>* rstd,
+                                       int64_t batch, int64_t c, int64_t hw, T* dx, T* dw, T* db);
 
 namespace detail {
 template <class T>
@@ -81,37 +90,56 @@ Tensor<T> layer_norm(const Tensor<T>& x, const Shape& normalized_shape, const Te
 template <class T>
 Tensor<T> layer_norm2d(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>& bias, double eps) {
   using A = acc_t<T>;
-  detail::require_cpu("layer_norm2d", x);
   MAMCLIP_CHECK(x.dim() == 4, shape_error, "layer_norm2d: input has shape ", shape_str(x.shape()),
                 "; expected 4 dims [N, C, H, W]");
   MAMCLIP_CHECK(eps >= 0, value_error, "layer_norm2d: eps must be non-negative, got ", eps);
   const int64_t batch = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
+  const Device dev = x.device();
   for (const auto& [name, t] : {std::pair<const char*, const Tensor<T>&>{"weight", weight}, {"bias", bias}}) {
     if (!t.defined()) continue;
-    detail::require_cpu("layer_norm2d", t);
+    MAMCLIP_CHECK(t.device() == dev, device_error, "layer_norm2d: expected all tensors on one device, but input is on ",
+                  dev.str(), " and ", name, " is on ", t.device().str());
     MAMCLIP_CHECK(t.shape() == Shape{c}, shape_error, "layer_norm2d: ", name, " has shape ", shape_str(t.shape()),
                   " and input has shape ", shape_str(x.shape()), "; expected [C] = [", c, "]");
+  }
+  LayerNorm2dKernel<T>* forward = nullptr;
+  LayerNorm2dBackwardKernel<T>* backward = nullptr;
+  if (!dev.is_cpu()) {
+    forward = require_kernel<LayerNorm2dKernel<T>>("layer_norm2d", dtype_v<T>, dev);
+    if (autograd::any_requires_grad(x, weight, bias))
+      backward = require_kernel<LayerNorm2dBackwardKernel<T>>("layer_norm2d_backward", dtype_v<T>, dev);
   }
   Tensor<T> xc = detail::contiguous_values(x);
   Tensor<T> w = weight.defined() ? detail::contiguous_values(weight) : Tensor<T>();
   Tensor<T> b = bias.defined() ? detail::contiguous_values(bias) : Tensor<T>();
-  // Per-position statistics [N, H·W] in the accumulation type, shared with the backward.
-  auto stats = std::make_shared<std::vector<A>>(2 * static_cast<size_t>(batch * hw));
-  Tensor<T> y = Tensor<T>::empty(x.shape());
-  if (c > 0)
-    cpu::layer_norm2d(xc.data_ptr(), w.defined() ? w.data_ptr() : nullptr, b.defined() ? b.data_ptr() : nullptr,
-                      y.data_ptr(), stats->data(), stats->data() + batch * hw, batch, c, hw, eps);
+  auto ptr = [](const Tensor<T>& t) { return t.defined() ? t.data_ptr() : nullptr; };
+  // Per-position statistics [mean; rstd], each [N, H·W], in the accumulation type, shared with the backward.
+  const Tensor<A> stats = Tensor<A>::empty({2 * batch * hw}, dev);
+  Tensor<T> y = Tensor<T>::empty(x.shape(), dev);
+  if (c > 0) {
+    A* mean = stats.data_ptr();
+    if (forward)
+      forward(xc.data_ptr(), ptr(w), ptr(b), y.data_ptr(), mean, mean + batch * hw, batch, c, hw, eps);
+    else
+      cpu::layer_norm2d(xc.data_ptr(), ptr(w), ptr(b), y.data_ptr(), mean, mean + batch * hw, batch, c, hw, eps);
+  }
   return autograd::record<T>(
       "LayerNorm2dBackward", {x, weight, bias}, y,
-      [xc, w, stats, batch, c, hw](const Tensor<T>& g, const std::vector<bool>& need) {
+      [xc, w, stats, batch, c, hw, backward, ptr](const Tensor<T>& g, const std::vector<bool>& need) {
         Tensor<T> gc = detail::contiguous_values(g);
-        Tensor<T> dx = need[0] ? Tensor<T>::empty(xc.shape()) : Tensor<T>();
-        Tensor<T> dw = need[1] ? Tensor<T>::empty({c}) : Tensor<T>();
-        Tensor<T> db = need[2] ? Tensor<T>::empty({c}) : Tensor<T>();
-        auto ptr = [](const Tensor<T>& t) { return t.defined() ? t.data_ptr() : nullptr; };
-        if (c > 0)
-          cpu::layer_norm2d_backward(gc.data_ptr(), xc.data_ptr(), ptr(w), stats->data(), stats->data() + batch * hw,
-                                     batch, c, hw, ptr(dx), ptr(dw), ptr(db));
+        const Device d = xc.device();
+        Tensor<T> dx = need[0] ? Tensor<T>::empty(xc.shape(), d) : Tensor<T>();
+        Tensor<T> dw = need[1] ? Tensor<T>::empty({c}, d) : Tensor<T>();
+        Tensor<T> db = need[2] ? Tensor<T>::empty({c}, d) : Tensor<T>();
+        if (c > 0) {
+          const A* mean = stats.data_ptr();
+          if (backward)
+            backward(gc.data_ptr(), xc.data_ptr(), ptr(w), mean, mean + batch * hw, batch, c, hw, ptr(dx), ptr(dw),
+                     ptr(db));
+          else
+            cpu::layer_norm2d_backward(gc.data_ptr(), xc.data_ptr(), ptr(w), mean, mean + batch * hw, batch, c, hw,
+                                       ptr(dx), ptr(dw), ptr(db));
+        }
         return std::vector<Tensor<T>>{dx, dw, db};
       });
 }

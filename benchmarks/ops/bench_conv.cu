@@ -1,0 +1,194 @@
+// ConvNeXt's 7x7 depthwise convolution on CUDA: our kernels
+// (ops/conv/cuda.cuh: forward, input gradient, weight gradient) against
+// cuDNN 9 in the same process, at the four stage shapes of a 1024 x 768
+// input (N x 96 x 256 x 192 ... N x 768 x 32 x 24), N = 8, bfloat16, NCHW.
+//
+//   bench_conv            # every stage
+//   bench_conv --n 2      # another batch size
+//
+// Each shape first checks our results against cuDNN's (relative max error),
+// then times each pass with CUDA events (L2 flushed before each run, best of
+// the timed runs; cuDNN's algorithm found by cudnnFind*, its workspace
+// allocated once) and prints ms, GB/s against the traffic floor (forward and
+// input gradient: read one tensor, write one; weight gradient: read two) and
+// the ratio ours / cuDNN (below 1: faster). A device-to-device copy of the
+// same tensor gives the bandwidth the floor is compared with.
+#include <cudnn.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+// Only the conv kernels (the backend itself comes from linking mamclip::cuda): a much shorter nvcc build
+// than all of mamclip/cuda.hpp. Eigen stays host-only, as cuda.hpp arranges.
+#ifndef EIGEN_NO_CUDA
+#define EIGEN_NO_CUDA
+#endif
+#include "mamclip/mamclip.hpp"
+#include "mamclip/ops/conv/cuda.cuh"
+#include "ops/gpu_timing.hpp"
+
+using namespace mamclip;
+using bf16 = mamclip::bfloat16;
+using D = __nv_bfloat16;
+
+namespace {
+
+#define CUDNN_CHECK(call)                                                                               \
+  do {                                                                                                  \
+    const cudnnStatus_t s_ = (call);                                                                    \
+    if (s_ != CUDNN_STATUS_SUCCESS)                                                                     \
+      throw device_error(std::string(#call) + ": " + cudnnGetErrorString(s_));                          \
+  } while (0)
+
+double rel_err(const Tensor<bf16>& got, const Tensor<bf16>& want) {
+  const auto g = got.to(kCPU).to<double>(), w = want.to(kCPU).to<double>();
+  return amax(abs(g - w)).item() / std::max(amax(abs(w)).item(), 1e-30);
+}
+
+// cuDNN's depthwise 7x7 (groups = C), NCHW bfloat16, float accumulation.
+struct Cudnn {
+  cudnnHandle_t handle{};
+  cudnnTensorDescriptor_t xd{}, yd{};
+  cudnnFilterDescriptor_t wd{};
+  cudnnConvolutionDescriptor_t cd{};
+  cudnnConvolutionFwdAlgo_t fwd{};
+  cudnnConvolutionBwdDataAlgo_t bwd_data{};
+  cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
+  Tensor<uint8_t> workspace;
+  size_t ws = 0;
+
+  Cudnn(int n, int c, int h, int w, int k) {
+    CUDNN_CHECK(cudnnCreate(&handle));
+    CUDNN_CHECK(cudnnCreateTensorDescriptor(&xd));
+    CUDNN_CHECK(cudnnCreateTensorDescriptor(&yd));
+    CUDNN_CHECK(cudnnCreateFilterDescriptor(&wd));
+    CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&cd));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NCHW, CUDNN_DATA_BFLOAT16, n, c, h, w));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NCHW, CUDNN_DATA_BFLOAT16, n, c, h, w));
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(wd, CUDNN_DATA_BFLOAT16, CUDNN_TENSOR_NCHW, c, 1, k, k));
+    CUDNN_CHECK(cudnnSetConvolution2dDescriptor(cd, k / 2, k / 2, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    CUDNN_CHECK(cudnnSetConvolutionGroupCount(cd, c));
+    CUDNN_CHECK(cudnnSetConvolutionMathType(cd, CUDNN_TENSOR_OP_MATH));
+    int got = 0;
+    cudnnConvolutionFwdAlgoPerf_t pf[8];
+    CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(handle, xd, wd, cd, yd, 8, &got, pf));
+    fwd = pf[0].algo;
+    ws = std::max(ws, pf[0].memory);
+    cudnnConvolutionBwdDataAlgoPerf_t pd[8];
+    CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(handle, wd, yd, cd, xd, 8, &got, pd));
+    bwd_data = pd[0].algo;
+    ws = std::max(ws, pd[0].memory);
+    cudnnConvolutionBwdFilterAlgoPerf_t pw[8];
+    CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(handle, xd, yd, cd, wd, 8, &got, pw));
+    bwd_filter = pw[0].algo;
+    ws = std::max(ws, pw[0].memory);
+    workspace = Tensor<uint8_t>::empty({static_cast<int64_t>(std::max<size_t>(ws, 1))}, Device::cuda(0));
+  }
+  ~Cudnn() {
+    cudnnDestroyConvolutionDescriptor(cd);
+    cudnnDestroyFilterDescriptor(wd);
+    cudnnDestroyTensorDescriptor(yd);
+    cudnnDestroyTensorDescriptor(xd);
+    cudnnDestroy(handle);
+  }
+  void forward(const void* x, const void* w, void* y) {
+    const float one = 1, zero = 0;
+    CUDNN_CHECK(cudnnConvolutionForward(handle, &one, xd, x, wd, w, cd, fwd, workspace.data_ptr(), ws, &zero, yd, y));
+  }
+  void input_grad(const void* w, const void* dy, void* dx) {
+    const float one = 1, zero = 0;
+    CUDNN_CHECK(cudnnConvolutionBackwardData(handle, &one, wd, w, yd, dy, cd, bwd_data, workspace.data_ptr(), ws, &zero,
+                                             xd, dx));
+  }
+  void weight_grad(const void* x, const void* dy, void* dw) {
+    const float one = 1, zero = 0;
+    CUDNN_CHECK(cudnnConvolutionBackwardFilter(handle, &one, xd, x, yd, dy, cd, bwd_filter, workspace.data_ptr(), ws,
+                                               &zero, wd, dw));
+  }
+};
+
+int run_stage(int64_t n, int64_t c, int64_t h, int64_t w, const bench::L2Flush& flush) {
+  constexpr int64_t K = 7;
+  const Device gpu = Device::cuda(0);
+  const auto x = randn<float>({n, c, h, w}).to<bf16>().to(gpu), dy = randn<float>({n, c, h, w}).to<bf16>().to(gpu);
+  const auto wt = (randn<float>({c, 1, K, K}) * 0.1f).to<bf16>().to(gpu);
+  auto y_ours = Tensor<bf16>::empty({n, c, h, w}, gpu), y_dnn = Tensor<bf16>::empty({n, c, h, w}, gpu);
+  auto dx_ours = Tensor<bf16>::empty({n, c, h, w}, gpu), dx_dnn = Tensor<bf16>::empty({n, c, h, w}, gpu);
+  auto dw_ours = Tensor<bf16>::empty({c, 1, K, K}, gpu), dw_dnn = Tensor<bf16>::empty({c, 1, K, K}, gpu);
+  Conv2dGeometry g;
+  g.batch = n, g.c_in = c, g.h = h, g.w = w, g.c_out = c, g.kh = K, g.kw = K, g.oh = h, g.ow = w;
+  g.pad_h = g.pad_w = K / 2, g.groups = c;
+  const cudaStream_t s = cuda::current_stream();
+  auto dp = [](const Tensor<bf16>& t) { return cuda::device_ptr(t.data_ptr()); };
+  auto ours_fwd = [&] { cuda::detail::launch_depthwise<D>(g, dp(x), dp(wt), nullptr, dp(y_ours), false, s); };
+  auto ours_dx = [&] { cuda::detail::launch_depthwise<D>(g, dp(dy), dp(wt), nullptr, dp(dx_ours), true, s); };
+  auto ours_dw = [&] { cuda::detail::launch_depthwise_wgrad<D>(g, dp(x), dp(dy), dp(dw_ours), s); };
+  Cudnn dnn(static_cast<int>(n), static_cast<int>(c), static_cast<int>(h), static_cast<int>(w), static_cast<int>(K));
+  auto dnn_fwd = [&] { dnn.forward(x.data_ptr(), wt.data_ptr(), y_dnn.data_ptr()); };
+  auto dnn_dx = [&] { dnn.input_grad(wt.data_ptr(), dy.data_ptr(), dx_dnn.data_ptr()); };
+  auto dnn_dw = [&] { dnn.weight_grad(x.data_ptr(), dy.data_ptr(), dw_dnn.data_ptr()); };
+  ours_fwd();
+  ours_dx();
+  ours_dw();
+  dnn_fwd();
+  dnn_dx();
+  dnn_dw();
+  MAMCLIP_CUDA_CHECK(cudaDeviceSynchronize());
+  const double ey = rel_err(y_ours, y_dnn), edx = rel_err(dx_ours, dx_dnn), edw = rel_err(dw_ours, dw_dnn);
+  const bool ok = ey < 2e-2 && edx < 2e-2 && edw < 2e-2;
+  std::printf("N=%lld C=%-4lld H=%-4lld W=%-4lld check vs cuDNN: y %.1e dx %.1e dw %.1e: %s\n", (long long)n,
+              (long long)c, (long long)h, (long long)w, ey, edx, edw, ok ? "match" : "MISMATCH");
+  if (!ok) return 1;
+  const double bytes = double(n * c * h * w) * sizeof(bf16);
+  auto copy_dst = Tensor<bf16>::empty({n, c, h, w}, gpu);
+  auto copy = [&] {
+    MAMCLIP_CUDA_CHECK(cudaMemcpyAsync(copy_dst.data_ptr(), x.data_ptr(), bytes, cudaMemcpyDeviceToDevice, s));
+  };
+  const double t_copy = bench::best_ms(copy, flush);
+  const double copy_gbs = 2 * bytes / t_copy * 1e-6;
+  struct Pass {
+    const char* name;
+    double ours, dnn;
+  } passes[] = {{"forward", bench::best_ms(ours_fwd, flush), bench::best_ms(dnn_fwd, flush)},
+                {"input grad", bench::best_ms(ours_dx, flush), bench::best_ms(dnn_dx, flush)},
+                {"weight grad", bench::best_ms(ours_dw, flush), bench::best_ms(dnn_dw, flush)}};
+  for (const Pass& p : passes) {
+    const double gbs = 2 * bytes / p.ours * 1e-6;
+    std::printf("N=%lld C=%-4lld H=%-4lld W=%-4lld %-12s ours %8.3f ms %7.1f GB/s (%3.0f%% of copy) | cuDNN %8.3f ms "
+                "%7.1f GB/s | ratio %.2f\n",
+                (long long)n, (long long)c, (long long)h, (long long)w, p.name, p.ours, gbs, 100 * gbs / copy_gbs, p.dnn,
+                2 * bytes / p.dnn * 1e-6, p.ours / p.dnn);
+  }
+  std::printf("N=%lld C=%-4lld H=%-4lld W=%-4lld copy %.3f ms = %.1f GB/s\n", (long long)n, (long long)c, (long long)h,
+              (long long)w, t_copy, copy_gbs);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("bench_conv: no CUDA device; nothing to measure\n");
+    return 2;
+  }
+  try {
+    int64_t n = 8;
+    if (argc == 3 && std::string(argv[1]) == "--n") n = std::atoll(argv[2]);
+    cudaDeviceProp prop{};
+    MAMCLIP_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    std::printf("depthwise 7x7 conv, bfloat16, NCHW, ours vs cuDNN %d, %s (sm_%d%d); best of 20 runs\n",
+                static_cast<int>(cudnnGetVersion()), prop.name, prop.major, prop.minor);
+    const bench::L2Flush flush;
+    int rc = 0;
+    const int64_t stages[4][3] = {{96, 256, 192}, {192, 128, 96}, {384, 64, 48}, {768, 32, 24}};
+    for (const auto& st : stages) rc |= run_stage(n, st[0], st[1], st[2], flush);
+    return rc;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_conv: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,179 @@
+// conv2d (ops/conv/cuda.cuh) and layer_norm2d (ops/norm/cuda.cuh) on CUDA
+// against the CPU reference in double, forward and every gradient, and a
+// whole ConvNeXt-T forward + backward on CUDA against the CPU model.
+//
+// Without a GPU: the kernels are registered for float, double, half and
+// bfloat16, and the path switch reads back. With a GPU (cases tagged [gpu];
+// without one each prints "skipped: no CUDA device"): the depthwise kernels
+// at ConvNeXt's four stage shapes (at MAM-CLIP's 1024 x 768 input) and at
+// awkward ones (odd H and W, C not a multiple of 8, kernels 3, 5, 7), each
+// also through the im2col path; the patchify, downsampling, strided,
+// dilated, grouped and 1 x 1 convolutions; float and bfloat16.
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "cuda/gpu_support.hpp"
+#include "mamclip/core/cuda/settings.hpp"
+#include "mamclip/models/convnext.hpp"
+#include "support/test_support.hpp"
+
+using namespace mamclip;
+using namespace mamclip::test;
+
+namespace {
+
+double max_abs(const Tensor<double>& a) { return a.numel() ? amax(abs(a)).item() : 0.0; }
+
+struct ConvCase {
+  std::string name;
+  Shape x, w;  // [N, C_in, H, W], [C_out, C_in / groups, kH, kW]
+  Conv2dOptions o;
+};
+
+// Every output and gradient of conv2d on the GPU in T against the CPU in double from the same rounded inputs.
+// Tolerance: relative to each result's largest entry, scaled by the terms one output sums.
+template <class T>
+void check_conv(const ConvCase& c) {
+  INFO(c.name << " " << dtype_name(dtype_v<T>) << " path "
+              << (cuda::conv_path() == cuda::ConvPath::im2col ? "im2col" : "automatic"));
+  const Tensor<T> x = rnd<T>(c.x, 1), w = rnd<T>(c.w, 2, -0.5, 0.5), b = rnd<T>({c.w[0]}, 3);
+  const auto xr = x.template to<double>().set_requires_grad(), wr = w.template to<double>().set_requires_grad(),
+             br = b.template to<double>().set_requires_grad();
+  const auto yr = conv2d(xr, wr, br, c.o);
+  const Tensor<T> g = rnd<T>(yr.shape(), 4);
+  yr.backward(g.template to<double>());
+  auto xg = x.to(kGPU).set_requires_grad(), wg = w.to(kGPU).set_requires_grad(), bg = b.to(kGPU).set_requires_grad();
+  const auto yg = conv2d(xg, wg, bg, c.o);
+  REQUIRE(yg.device() == kGPU);
+  yg.backward(g.to(kGPU));
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const int64_t taps = c.w[1] * c.w[2] * c.w[3], outputs_per_weight = yr.numel() / yr.size(1);
+  auto compare = [&](const Tensor<T>& got, const Tensor<double>& want, int64_t terms, const char* what) {
+    const double tol = order_tolerance<T>(terms, 8, 2) * std::max(1.0, max_abs(want));
+    require_allclose(got.to(kCPU).template to<double>(), want, tol, 0.0, what);
+  };
+  compare(yg.detach(), yr.detach(), taps, "y");
+  compare(xg.grad(), xr.grad(), c.w[0] / c.o.groups * c.w[2] * c.w[3], "dx");
+  compare(wg.grad(), wr.grad(), outputs_per_weight, "dw");
+  compare(bg.grad(), br.grad(), outputs_per_weight, "db");
+}
+
+template <class T>
+void check_both_paths(const ConvCase& c) {
+  cuda::set_conv_path(cuda::ConvPath::automatic);
+  check_conv<T>(c);
+  cuda::set_conv_path(cuda::ConvPath::im2col);
+  check_conv<T>(c);
+  cuda::set_conv_path(cuda::ConvPath::automatic);
+}
+
+Conv2dOptions same(int64_t k, int64_t channels) {
+  Conv2dOptions o;
+  o.padding = {k / 2, k / 2};
+  o.groups = channels;
+  return o;
+}
+Conv2dOptions strided(int64_t s, int64_t p = 0, int64_t d = 1, int64_t groups = 1) {
+  Conv2dOptions o;
+  o.stride = {s, s};
+  o.padding = {p, p};
+  o.dilation = {d, d};
+  o.groups = groups;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("the CUDA backend registers conv2d and layer_norm2d for the float dtypes; the conv path switch") {
+  auto& r = KernelRegistry::get();
+  for (DType d : {DType::f32, DType::f64, DType::f16, DType::bf16}) {
+    INFO(dtype_name(d));
+    for (const char* op : {"conv2d", "conv2d_backward", "layer_norm2d", "layer_norm2d_backward"})
+      CHECK(r.find<void(void*)>(op, d, DeviceType::cuda) != nullptr);
+  }
+  CHECK(cuda::conv_path() == cuda::ConvPath::automatic);
+  cuda::set_conv_path(cuda::ConvPath::im2col);
+  CHECK(cuda::conv_path() == cuda::ConvPath::im2col);
+  cuda::set_conv_path(cuda::ConvPath::automatic);
+}
+
+TEMPLATE_TEST_CASE("depthwise conv on CUDA at ConvNeXt's stage shapes and awkward ones, forward and gradients", "[gpu]",
+                   float, bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  // MAM-CLIP's 1024 x 768 input: the four stages of ConvNeXt (batch 2 here; the benchmark runs 8).
+  check_both_paths<T>({"stage 1", {2, 96, 256, 192}, {96, 1, 7, 7}, same(7, 96)});
+  check_both_paths<T>({"stage 2", {2, 192, 128, 96}, {192, 1, 7, 7}, same(7, 192)});
+  check_both_paths<T>({"stage 3", {2, 384, 64, 48}, {384, 1, 7, 7}, same(7, 384)});
+  check_both_paths<T>({"stage 4", {2, 768, 32, 24}, {768, 1, 7, 7}, same(7, 768)});
+  for (int64_t k : {3, 5, 7}) {
+    check_both_paths<T>({"odd sizes k " + std::to_string(k), {3, 13, 37, 29}, {13, 1, k, k}, same(k, 13)});
+    check_both_paths<T>({"smaller than the kernel k " + std::to_string(k), {1, 5, 2, 3}, {5, 1, k, k}, same(k, 5)});
+    check_both_paths<T>({"wider than a tile k " + std::to_string(k), {1, 3, 65, 70}, {3, 1, k, k}, same(k, 3)});
+  }
+}
+
+TEMPLATE_TEST_CASE("general conv on CUDA (im2col + cuBLAS): patchify, downsampling, strides, dilation, groups", "[gpu]",
+                   float, bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  check_conv<T>({"stem 4x4 / 4", {2, 3, 64, 48}, {96, 3, 4, 4}, strided(4)});
+  check_conv<T>({"downsample 2x2 / 2", {2, 96, 32, 24}, {192, 96, 2, 2}, strided(2)});
+  check_conv<T>({"3x3 stride 2 pad 1, odd sizes", {3, 5, 17, 11}, {7, 5, 3, 3}, strided(2, 1)});
+  check_conv<T>({"dilated 3x3", {2, 4, 19, 13}, {6, 4, 3, 3}, strided(1, 2, 2)});
+  check_conv<T>({"groups 2", {2, 6, 15, 9}, {8, 3, 3, 3}, strided(1, 1, 1, 2)});
+  check_conv<T>({"1x1", {2, 24, 7, 5}, {40, 24, 1, 1}, strided(1)});
+  check_conv<T>({"depthwise stride 2 (not the fast path)", {2, 8, 15, 14}, {8, 1, 7, 7}, strided(2, 3, 1, 8)});
+}
+
+TEMPLATE_TEST_CASE("layer_norm2d on CUDA equals the CPU, forward and all three gradients", "[gpu]", float, bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  for (const Shape& s : {Shape{2, 96, 33, 17}, Shape{1, 3, 5, 7}, Shape{2, 768, 4, 3}}) {
+    INFO(shape_str(s));
+    const Tensor<T> x = rnd<T>(s, 1), w = rnd<T>({s[1]}, 2), b = rnd<T>({s[1]}, 3), g = rnd<T>(s, 4);
+    auto xr = x.template to<double>().set_requires_grad(), wr = w.template to<double>().set_requires_grad(),
+         br = b.template to<double>().set_requires_grad();
+    auto yr = layer_norm2d(xr, wr, br, 1e-6);
+    yr.backward(g.template to<double>());
+    auto xg = x.to(kGPU).set_requires_grad(), wg = w.to(kGPU).set_requires_grad(), bg = b.to(kGPU).set_requires_grad();
+    auto yg = layer_norm2d(xg, wg, bg, 1e-6);
+    yg.backward(g.to(kGPU));
+    const double tol = order_tolerance<T>(s[1], 16, 2);
+    auto back = [](const Tensor<T>& t) { return t.to(kCPU).template to<double>(); };
+    require_allclose(back(yg.detach()), yr.detach(), tol * std::max(1.0, max_abs(yr)), 0.0, "y");
+    require_allclose(back(xg.grad()), xr.grad(), tol * std::max(1.0, max_abs(xr.grad())), 0.0, "dx");
+    const int64_t positions = s[0] * s[2] * s[3];
+    const double ptol = order_tolerance<T>(positions, 16, 2);
+    require_allclose(back(wg.grad()), wr.grad(), ptol * std::max(1.0, max_abs(wr.grad())), 0.0, "dw");
+    require_allclose(back(bg.grad()), br.grad(), ptol * std::max(1.0, max_abs(br.grad())), 0.0, "db");
+  }
+}
+
+TEST_CASE("ConvNeXt-T forward and backward on CUDA match the CPU model on the same weights and input", "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using models::ConvNeXt;
+  const models::ConvNeXtConfig c = models::ConvNeXtConfig::convnext_tiny(5);
+  Generator g1(7), g2(7);
+  ConvNeXt cpu_model(c, g1), gpu_model(c, g2);
+  gpu_model.to(kGPU);
+  cpu_model.eval();
+  gpu_model.eval();
+  const Tensor<float> x = rnd<float>({2, 3, 96, 64}, 1), r = rnd<float>({2, 5}, 2);
+  const Tensor<float> yc = cpu_model(x), yg = gpu_model(x.to(kGPU));
+  sum(yc * r).backward();
+  sum(yg * r.to(kGPU)).backward();
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const auto ycd = yc.detach().to<double>();
+  require_allclose(yg.detach().to(kCPU).to<double>(), ycd, 1e-4 * std::max(1.0, max_abs(ycd)), 0.0, "logits");
+  const auto pc = cpu_model.named_parameters(), pg = gpu_model.named_parameters();
+  REQUIRE(pc.size() == pg.size());
+  for (size_t i = 0; i < pc.size(); ++i) {
+    INFO(pc[i].first);
+    REQUIRE(pg[i].second.grad().defined());
+    const auto want = pc[i].second.grad().to<double>();
+    require_allclose(pg[i].second.grad().to(kCPU).to<double>(), want, 2e-3 * std::max(1e-6, max_abs(want)), 0.0,
+                     "grad");
+  }
+}
