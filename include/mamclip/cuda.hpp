@@ -33,7 +33,7 @@
 //   ops/elementwise/cuda.cuh      every unary and binary elementwise op, "add_contiguous"; float, double, half, bfloat16
 //   ops/reduce/cuda.cuh           "sum", "mean" for float, double, half, bfloat16
 //   ops/softmax/cuda.cuh          "softmax", "log_softmax" and their backward for float, double, half, bfloat16
-//   ops/norm/cuda.cuh             "layer_norm", "layer_norm2d" and their backward for float, double, half, bfloat16
+//   ops/norm/cuda.cuh             "layer_norm", "layer_norm2d", "normalize" and their backward; float, double, half, bfloat16
 //   ops/indexing/cuda.cuh         "index_select", "embedding", "index_add", "gather", "scatter_add" (float dtypes;
 //                                 index_select and gather also int64)
 //   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16

@@ -10,14 +10,15 @@
 //   loss.backward();          // w.grad() now holds d loss / d w
 //
 // defines:
-//   core/      Tensor<T>, Shape, Device, DType, errors, Generator, factories
+//   core/      Tensor<T>, Shape, Device, DType, errors, Generator, factories, AutocastGuard
 //   autograd/  Node, backward engine, NoGradGuard, checkpoint, gradcheck
 //   ops/       elementwise, reduce, matmul, shape, indexing, softmax, attention, conv, pool, norm, loss
 //   nn/        Module, Linear, Conv2d, LayerNorm, LayerNorm2d, Embedding, Dropout, DropPath, GELU, Sequential,
 //              ModuleList, init
-//   optim/     SGD, AdamW, LR schedules, clip_grad_norm_
+//   optim/     SGD, AdamW, LR schedules, clip_grad_norm_, GradScaler
 //   io/        safetensors and PyTorch checkpoint reading, safetensors writing, load_state_dict(file)
 
+#include "mamclip/core/autocast.hpp"
 #include "mamclip/core/config.hpp"
 #include "mamclip/core/device.hpp"
 #include "mamclip/core/dispatch.hpp"

@@ -76,3 +76,41 @@ TEMPLATE_TEST_CASE("layer_norm on CUDA equals the CPU, forward and all gradients
     check(rnd<T>({33, 7}, 7).t(), {33}, affine, "a transposed input");
   }
 }
+
+TEST_CASE("normalize has CUDA kernels, forward and backward, for the float dtypes") {
+  auto& r = KernelRegistry::get();
+  for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16}) {
+    INFO(dtype_name(dt));
+    CHECK(r.find<void(void*)>("normalize", dt, DeviceType::cuda) != nullptr);
+    CHECK(r.find<void(void*)>("normalize_backward", dt, DeviceType::cuda) != nullptr);
+  }
+}
+
+TEMPLATE_TEST_CASE("normalize on CUDA equals the CPU along any dim, for p = 2, 1 and 3, forward and backward", "[gpu]",
+                   float, double, f16, bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  struct Case {
+    Shape shape;
+    int64_t dim;
+    double p;
+  };
+  // CLIP's features [B, 768] along the last dim; a middle dim (strided lanes); long lanes (a block each).
+  for (const Case& c : {Case{{9, 768}, -1, 2.0}, Case{{4, 33, 5}, 1, 2.0}, Case{{3, 2000}, 1, 1.0},
+                        Case{{6, 7, 3}, 0, 3.0}, Case{{5, 1}, 1, 2.0}}) {
+    INFO(shape_str(c.shape) << " dim " << c.dim << " p " << c.p << " " << dtype_name(dtype_v<T>));
+    const Tensor<T> x = rnd<T>(c.shape, 1), g = rnd<T>(c.shape, 2);
+    auto xr = x.template to<double>().set_requires_grad();
+    auto yr = normalize(xr, c.p, c.dim);
+    yr.backward(g.template to<double>());
+    auto xg = x.to(kGPU).set_requires_grad();
+    auto yg = normalize(xg, c.p, c.dim);
+    REQUIRE(yg.device() == kGPU);
+    yg.backward(g.to(kGPU));
+    const int64_t size = c.shape[c.dim < 0 ? c.shape.size() - 1 : c.dim];
+    const double tol = order_tolerance<T>(size, 16, 2);
+    require_allclose(yg.to(kCPU).template to<double>(), yr.detach(), tol, tol, "forward");
+    const double gmax = amax(abs(xr.grad())).item();
+    require_allclose(xg.grad().to(kCPU).template to<double>(), xr.grad(), tol * std::max(1.0, gmax), tol, "backward");
+  }
+}

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "mamclip/autograd/node.hpp"
+#include "mamclip/core/autocast.hpp"
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/attention/cpu.hpp"
 #include "mamclip/ops/fwd.hpp"
@@ -223,6 +224,12 @@ Tensor<T> scaled_dot_product_attention(const Tensor<T>& q, const Tensor<T>& k, c
                                        const AttentionOptions& options, Generator& gen) {
   static_assert(is_floating_v<T>, "scaled_dot_product_attention: T must be float, double, half or bfloat16");
   detail::sdpa_check(q, k, v, options);
+  if (autocast_applies<T>(q.device()))
+    return autocast_dispatch(q.device(), [&](auto u) {
+      using U = decltype(u);
+      return scaled_dot_product_attention(q.template to<U>(), k.template to<U>(), v.template to<U>(), options, gen)
+          .template to<T>();
+    });
   AttentionConfig cfg;
   cfg.scale = options.scale.value_or(1.0 / std::sqrt(static_cast<double>(q.size(3))));
   cfg.causal = options.causal;

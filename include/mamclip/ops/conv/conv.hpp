@@ -11,10 +11,12 @@
 #include <type_traits>
 
 #include "mamclip/autograd/node.hpp"
+#include "mamclip/core/autocast.hpp"
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/conv/cpu.hpp"
 #include "mamclip/ops/fwd.hpp"
 #include "mamclip/ops/reduce/reduce.hpp"
+#include "mamclip/ops/shape/shape.hpp"  // Tensor::to<U>() (half / bfloat16, autocast)
 
 namespace mamclip {
 
@@ -149,6 +151,12 @@ template <class T>
 Tensor<T> conv2d(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>& bias, const Conv2dOptions& options) {
   static_assert(is_floating_v<T>, "conv2d: T must be float, double, half or bfloat16");
   const Conv2dGeometry g = detail::conv2d_geometry(x, weight, bias, options);
+  if (autocast_applies<T>(x.device()))
+    return autocast_dispatch(x.device(), [&](auto u) {
+      using U = decltype(u);
+      const Tensor<U> b = bias.defined() ? bias.template to<U>() : Tensor<U>();
+      return conv2d(x.template to<U>(), weight.template to<U>(), b, options).template to<T>();
+    });
   if constexpr (!std::is_same_v<T, acc_t<T>>) {
     if (x.device().is_cpu()) {
       // half / bfloat16 on the CPU: compute in float; the casts carry the gradient.

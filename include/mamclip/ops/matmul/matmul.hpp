@@ -9,9 +9,11 @@
 #include <type_traits>
 
 #include "mamclip/autograd/node.hpp"
+#include "mamclip/core/autocast.hpp"
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/fwd.hpp"
 #include "mamclip/ops/matmul/cpu.hpp"
+#include "mamclip/ops/shape/shape.hpp"  // Tensor::to<U>() (autocast)
 
 namespace mamclip {
 
@@ -168,6 +170,11 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
   MAMCLIP_CHECK(a.dim() >= 1 && b.dim() >= 1, shape_error, "matmul: a has shape ", shape_str(a.shape()),
                 " and b has shape ", shape_str(b.shape()), "; expected both to have at least 1 dim");
   detail::matmul_check_device("matmul", "a", a, "b", b);
+  if (autocast_applies<T>(a.device()))
+    return autocast_dispatch(a.device(), [&](auto u) {
+      using U = decltype(u);
+      return matmul(a.template to<U>(), b.template to<U>()).template to<T>();
+    });
   const bool a1 = a.dim() == 1, b1 = b.dim() == 1;
   MAMCLIP_CHECK(a.size(-1) == b.size(b1 ? 0 : -2), shape_error, "matmul: a has shape ", shape_str(a.shape()),
                 " and b has shape ", shape_str(b.shape()), "; expected a.size(-1) == ", (b1 ? "b.size(0)" : "b.size(-2)"));
@@ -207,6 +214,12 @@ Tensor<T> linear(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>& b
                   "; expected [", out_f, "] (weight has shape ", shape_str(weight.shape()), ")");
     detail::matmul_check_device("linear", "x", x, "bias", bias);
   }
+  if (autocast_applies<T>(x.device()))
+    return autocast_dispatch(x.device(), [&](auto u) {
+      using U = decltype(u);
+      const Tensor<U> b = bias.defined() ? bias.template to<U>() : Tensor<U>();
+      return linear(x.template to<U>(), weight.template to<U>(), b).template to<T>();
+    });
   // Rows of x as one [N, in] matrix (a view unless x's layout forbids it).
   const Tensor<T> x2 = x.detach().reshape({-1, in_f});
   Tensor<T> y2 = Tensor<T>::empty({x2.size(0), out_f}, x.device());

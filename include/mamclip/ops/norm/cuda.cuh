@@ -2,7 +2,8 @@
 // CUDA kernels of the norm family: "layer_norm" (LayerNormKernel),
 // "layer_norm_backward" (LayerNormBackwardKernel), "layer_norm2d" and
 // "layer_norm2d_backward" (channels-first: one thread per position walks the
-// channels, coalesced over positions; dw and db one block per channel).
+// channels, coalesced over positions; dw and db one block per channel),
+// "normalize" and "normalize_backward" (a group of threads per lane, as softmax).
 //
 //   layer_norm_kernel<kBlock, kGroup, D>           a group of kGroup threads per row (a warp, or
 //                                                  the block for rows of kLongNormRow or more):
@@ -213,6 +214,62 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
+// ---- normalize: y = x / max(||x||_p, eps) along lanes of a contiguous [outer, size, inner] tensor.
+
+inline constexpr int64_t kLongNormalizeLane = 1024;
+
+template <class A>
+__device__ __forceinline__ A pnorm_term(A v, A p) {
+  return p == A(2) ? v * v : p == A(1) ? math::abs(v) : math::pow(math::abs(v), p);
+}
+template <class A>
+__device__ __forceinline__ A pnorm_finish(A s, A p) {
+  return p == A(2) ? math::sqrt(s) : p == A(1) ? s : math::pow(s, A(1) / p);
+}
+
+// One group of kGroup threads per lane (a warp; the block for long lanes), as softmax's kernels.
+template <int kBlock, int kGroup, class D>
+__global__ void __launch_bounds__(kBlock)
+    normalize_kernel(const D* x, D* y, device_acc_t<D>* norms, int64_t lanes, int64_t size, int64_t inner,
+                     device_acc_t<D> p, device_acc_t<D> eps) {
+  using A = device_acc_t<D>;
+  __shared__ A shared[kBlock / 32];
+  for_each_group_row<kBlock, kGroup>(lanes, [&](int64_t l, int t) {
+    const int64_t base = (l / inner) * size * inner + l % inner;
+    A s = A(0);
+    for (int64_t k = t; k < size; k += kGroup) s += pnorm_term(to_acc(x[base + k * inner]), p);
+    const A norm = pnorm_finish(group_reduce<kGroup>(s, Sum(), A(0), shared), p);
+    const A inv = A(1) / math::max(norm, eps);
+    for (int64_t k = t; k < size; k += kGroup) y[base + k * inner] = from_acc<D>(to_acc(x[base + k * inner]) * inv);
+    if (t == 0) norms[l] = norm;
+  });
+}
+
+// cpu::normalize_backward's formula.
+template <int kBlock, int kGroup, class D>
+__global__ void __launch_bounds__(kBlock)
+    normalize_backward_kernel(const D* g, const D* x, const device_acc_t<D>* norms, D* dx, int64_t lanes, int64_t size,
+                              int64_t inner, device_acc_t<D> p, device_acc_t<D> eps) {
+  using A = device_acc_t<D>;
+  __shared__ A shared[kBlock / 32];
+  for_each_group_row<kBlock, kGroup>(lanes, [&](int64_t l, int t) {
+    const int64_t base = (l / inner) * size * inner + l % inner;
+    const A norm = norms[l], d = math::max(norm, eps);
+    A dot = A(0);
+    for (int64_t k = t; k < size; k += kGroup) dot += to_acc(g[base + k * inner]) * to_acc(x[base + k * inner]);
+    dot = group_reduce<kGroup>(dot, Sum(), A(0), shared);
+    const bool through_norm = norm >= eps && norm > A(0);
+    const A c = through_norm ? dot / (d * d) / (p == A(2) ? norm : math::pow(norm, p - A(1))) : A(0);
+    for (int64_t k = t; k < size; k += kGroup) {
+      const A xk = to_acc(x[base + k * inner]);
+      A dn = A(0);
+      if (p == A(2)) dn = xk;
+      else if (xk != A(0)) dn = (xk > A(0) ? A(1) : A(-1)) * math::pow(math::abs(xk), p - A(1));
+      dx[base + k * inner] = from_acc<D>(to_acc(g[base + k * inner]) / d - c * dn);
+    }
+  });
+}
+
 namespace kernels {
 template <class T>
 void layer_norm(const T* x, const T* w, const T* b, T* y, acc_t<T>* mean, acc_t<T>* rstd, int64_t rows, int64_t n,
@@ -296,6 +353,38 @@ void layer_norm2d_backward(const T* g, const T* x, const T* w, const acc_t<T>* m
     MAMCLIP_CUDA_CHECK_LAUNCH();
   }
 }
+template <class T>
+void normalize(const T* x, T* y, acc_t<T>* norms, int64_t outer, int64_t size, int64_t inner, double p, double eps) {
+  using D = device_t<T>;
+  using A = acc_t<T>;
+  constexpr int kBlock = 256;
+  const int64_t lanes = outer * inner;
+  if (lanes <= 0) return;
+  if (size >= kLongNormalizeLane)
+    normalize_kernel<kBlock, kBlock, D><<<grid_for(lanes * kBlock, kBlock), kBlock, 0, current_stream()>>>(
+        device_ptr(x), device_ptr(y), norms, lanes, size, inner, static_cast<A>(p), static_cast<A>(eps));
+  else
+    normalize_kernel<kBlock, 32, D><<<grid_for(lanes * 32, kBlock), kBlock, 0, current_stream()>>>(
+        device_ptr(x), device_ptr(y), norms, lanes, size, inner, static_cast<A>(p), static_cast<A>(eps));
+  MAMCLIP_CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void normalize_backward(const T* g, const T* x, const acc_t<T>* norms, T* dx, int64_t outer, int64_t size,
+                        int64_t inner, double p, double eps) {
+  using D = device_t<T>;
+  using A = acc_t<T>;
+  constexpr int kBlock = 256;
+  const int64_t lanes = outer * inner;
+  if (lanes <= 0) return;
+  if (size >= kLongNormalizeLane)
+    normalize_backward_kernel<kBlock, kBlock, D><<<grid_for(lanes * kBlock, kBlock), kBlock, 0, current_stream()>>>(
+        device_ptr(g), device_ptr(x), norms, device_ptr(dx), lanes, size, inner, static_cast<A>(p), static_cast<A>(eps));
+  else
+    normalize_backward_kernel<kBlock, 32, D><<<grid_for(lanes * 32, kBlock), kBlock, 0, current_stream()>>>(
+        device_ptr(g), device_ptr(x), norms, device_ptr(dx), lanes, size, inner, static_cast<A>(p), static_cast<A>(eps));
+  MAMCLIP_CUDA_CHECK_LAUNCH();
+}
 }  // namespace kernels
 
 // ---- registration
@@ -306,6 +395,8 @@ void register_norm_kernels_for() {
   r.add<LayerNormKernel<T>>("layer_norm", dtype_v<T>, DeviceType::cuda, &kernels::layer_norm<T>);
   r.add<LayerNormBackwardKernel<T>>("layer_norm_backward", dtype_v<T>, DeviceType::cuda,
                                     &kernels::layer_norm_backward<T>);
+  r.add<NormalizeKernel<T>>("normalize", dtype_v<T>, DeviceType::cuda, &kernels::normalize<T>);
+  r.add<NormalizeBackwardKernel<T>>("normalize_backward", dtype_v<T>, DeviceType::cuda, &kernels::normalize_backward<T>);
   r.add<LayerNorm2dKernel<T>>("layer_norm2d", dtype_v<T>, DeviceType::cuda, &kernels::layer_norm2d<T>);
   r.add<LayerNorm2dBackwardKernel<T>>("layer_norm2d_backward", dtype_v<T>, DeviceType::cuda,
                                       &kernels::layer_norm2d_backward<T>);

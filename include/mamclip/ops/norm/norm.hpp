@@ -2,8 +2,7 @@
 // layer_norm and layer_norm2d (timm's LayerNorm2d: over dim 1 of [N, C, H, W],
 // read in place, no permuted copies), each with a fused analytic backward for
 // x, weight and bias, and normalize (F.normalize: x / max(||x||_p, eps) along
-// a dim). On a device: layer_norm and layer_norm2d through their registered
-// kernels (below); normalize throws device_error naming itself.
+// a dim). On a device, each through its registered kernels (below).
 
 #include <memory>
 
@@ -31,6 +30,15 @@ using LayerNormBackwardKernel = void(const T* g, const T* x, const T* w, const a
 template <class T>
 using LayerNorm2dKernel = void(const T* x, const T* w, const T* b, T* y, acc_t<T>* mean, acc_t<T>* rstd, int64_t batch,
                                int64_t c, int64_t hw, double eps);
+// Device kernels of normalize, with cpu::normalize's and cpu::normalize_backward's
+// arguments; the lanes of a contiguous [outer, size, inner] tensor (stride inner),
+// norms one value per lane.
+template <class T>
+using NormalizeKernel = void(const T* x, T* y, acc_t<T>* norms, int64_t outer, int64_t size, int64_t inner, double p,
+                             double eps);
+template <class T>
+using NormalizeBackwardKernel = void(const T* g, const T* x, const acc_t<T>* norms, T* dx, int64_t outer, int64_t size,
+                                     int64_t inner, double p, double eps);
 template <class T>
 using LayerNorm2dBackwardKernel = void(const T* g, const T* x, const T* w, const acc_t<T>* mean, const acc_t<T>* rstd,
                                        int64_t batch, int64_t c, int64_t hw, T* dx, T* dw, T* db);
@@ -146,19 +154,34 @@ Tensor<T> layer_norm2d(const Tensor<T>& x, const Tensor<T>& weight, const Tensor
 
 template <class T>
 Tensor<T> normalize(const Tensor<T>& x, double p, int64_t dim, double eps) {
-  detail::require_cpu("normalize", x);
+  using A = acc_t<T>;
   MAMCLIP_CHECK(p > 0 && std::isfinite(p), value_error, "normalize: p must be positive and finite, got ", p);
   MAMCLIP_CHECK(eps >= 0, value_error, "normalize: eps must be non-negative, got ", eps);
   dim = wrap_dim(dim, x.dim(), "normalize");
+  const Device dev = x.device();
+  NormalizeKernel<T>* forward = nullptr;
+  NormalizeBackwardKernel<T>* backward = nullptr;
+  if (!dev.is_cpu()) {
+    forward = require_kernel<NormalizeKernel<T>>("normalize", dtype_v<T>, dev);
+    if (autograd::any_requires_grad(x))
+      backward = require_kernel<NormalizeBackwardKernel<T>>("normalize_backward", dtype_v<T>, dev);
+  }
   const cpu::Lanes lanes = cpu::lanes_of(x.shape(), dim);
   Tensor<T> xc = detail::contiguous_values(x);
-  auto norms = std::make_shared<std::vector<acc_t<T>>>(static_cast<size_t>(lanes.count()));
-  Tensor<T> y = Tensor<T>::empty(x.shape());
-  cpu::normalize(xc.data_ptr(), y.data_ptr(), norms->data(), lanes, p, eps);
-  return autograd::record<T>("NormalizeBackward", {x}, y, [xc, norms, lanes, p, eps](const Tensor<T>& g) {
+  const Tensor<A> norms = Tensor<A>::empty({lanes.count()}, dev);  // ||x||_p per lane, for the backward
+  Tensor<T> y = Tensor<T>::empty(x.shape(), dev);
+  if (forward)
+    forward(xc.data_ptr(), y.data_ptr(), norms.data_ptr(), lanes.outer, lanes.size, lanes.inner, p, eps);
+  else
+    cpu::normalize(xc.data_ptr(), y.data_ptr(), norms.data_ptr(), lanes, p, eps);
+  return autograd::record<T>("NormalizeBackward", {x}, y, [xc, norms, lanes, p, eps, backward](const Tensor<T>& g) {
     Tensor<T> gc = detail::contiguous_values(g);
-    Tensor<T> dx = Tensor<T>::empty(xc.shape());
-    cpu::normalize_backward(gc.data_ptr(), xc.data_ptr(), norms->data(), dx.data_ptr(), lanes, p, eps);
+    Tensor<T> dx = Tensor<T>::empty(xc.shape(), xc.device());
+    if (backward)
+      backward(gc.data_ptr(), xc.data_ptr(), norms.data_ptr(), dx.data_ptr(), lanes.outer, lanes.size, lanes.inner, p,
+               eps);
+    else
+      cpu::normalize_backward(gc.data_ptr(), xc.data_ptr(), norms.data_ptr(), dx.data_ptr(), lanes, p, eps);
     return std::vector<Tensor<T>>{dx};
   });
 }
