@@ -218,7 +218,7 @@ effective batch. The config file (YAML or JSON) has the sections and keys of the
 reference cfg.yaml (embed_dim, vision_model, optimizer, text_model, data,
 trainparams) plus mamclip's own: model_size (full | small), text_model.bert_model_path /
 vocab_path, trainparams.negatives (paper | full = GradCache over the effective
-batch), mlm_coeff, max_logit_scale, seed, grad_checkpointing, init_checkpoint,
+batch), precision (fp32 | bf16 | fp16 autocast; fp16 with a dynamic loss scale), mlm_coeff, max_logit_scale, seed, grad_checkpointing, init_checkpoint,
 max_steps, checkpoint_every_steps. KEY=VALUE arguments override it, e.g.
 optimizer.lr=3e-4 data.batch_size=4 "data.image_size=[512,384]".
 
@@ -313,6 +313,7 @@ options:
   --height H --width W input size, default 1024 x 768
   --val F --test F     fractions of patients held out, default 0.15 and 0.25
   --class-weighting    inverse-frequency class weights in the loss
+  --precision P        fp32 (default) | bf16: the training forward in bfloat16 autocast
   --seed S             default 0
   -h, --help           this text
 )";
@@ -397,7 +398,8 @@ int run_finetune(const std::vector<std::string>& argv) {
                                     {"--init", true},   {"--arch", true},       {"--labels", true},
                                     {"--epochs", true}, {"--batch", true},      {"--lr", true},
                                     {"--height", true}, {"--width", true},      {"--val", true},
-                                    {"--test", true},   {"--seed", true},       {"--class-weighting", false}});
+                                    {"--test", true},   {"--seed", true},       {"--class-weighting", false},
+                                    {"--precision", true}});
   if (a.help) {
     std::cout << kFinetuneHelp;
     return 0;
@@ -420,6 +422,9 @@ int run_finetune(const std::vector<std::string>& argv) {
   if (a.has("--test")) s.test = parse_double("--test", *a.get("--test"));
   if (a.has("--seed")) o.seed = static_cast<uint64_t>(parse_int("--seed", *a.get("--seed"), 0, std::numeric_limits<int64_t>::max()));
   o.class_weighting = a.has("--class-weighting");
+  o.precision = a.get("--precision").value_or("fp32");
+  if (o.precision != "fp32" && o.precision != "bf16")
+    throw UsageError{"--precision expects fp32 or bf16, got '" + o.precision + "'"};
   o.output_dir = *a.get("--output");
   if (!(s.init == "scratch" || s.init.rfind("mamclip:", 0) == 0 || s.init.rfind("timm:", 0) == 0))
     throw UsageError{"--init expects scratch, mamclip:FILE or timm:FILE, got '" + s.init + "'"};

@@ -325,6 +325,25 @@ TEST_CASE("class weighting changes the fine-tuning loss as the weights say") {
   CHECK(plain.test.count == 0);
 }
 
+TEST_CASE("fine-tuning in bf16 autocast: a step's loss follows fp32's; other precisions are refused") {
+  const auto& all = synthetic_samples();
+  const std::vector<data::Sample> train(all.begin(), all.begin() + 20);
+  FinetuneOptions o = tiny_options();
+  o.epochs = 1;
+  o.batch_size = 20;
+  o.lr = 0;
+  auto m32 = tiny_classifier(3), m16 = tiny_classifier(3);
+  const FinetuneResult r32 = finetune_classifier(*m32, train, {}, {}, o, kClasses);
+  o.precision = "bf16";
+  const FinetuneResult r16 = finetune_classifier(*m16, train, {}, {}, o, kClasses);
+  REQUIRE(r16.step_losses.size() == 1);
+  CHECK(r16.step_losses[0] != r32.step_losses[0]);  // the convs and linears ran in bfloat16
+  CHECK(r16.step_losses[0] == Approx(r32.step_losses[0]).epsilon(2e-2));
+  o.precision = "fp16";
+  MAMCLIP_REQUIRE_THROWS_WITH(finetune_classifier(*m16, train, {}, {}, o, kClasses), value_error,
+                              "FinetuneOptions: precision is \"fp16\"; expected \"fp32\" or \"bf16\"");
+}
+
 TEST_CASE("finetune_classifier rejects bad options and labels") {
   auto model = tiny_classifier(2);
   const auto& all = synthetic_samples();

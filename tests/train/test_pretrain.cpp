@@ -152,6 +152,92 @@ TEST_CASE("check_finite_gradients: clean gradients pass, one inf or NaN element 
   train::check_finite_gradients(model, 5);
 }
 
+TEST_CASE("mixed precision: bf16 and fp16 steps follow the fp32 step; fp16 scales, unscales and skips overflow",
+          "[pretrain]") {
+  Generator init(7);
+  VLModel model(tiny_config(0.0), init);
+  model.train();
+  auto gen = train::share_generator(model, 11);
+  Generator data(3);
+  const std::vector<train::ClipMicroBatch> micro = {random_batch(2, data), random_batch(2, data)};
+  using Grads = std::vector<std::pair<std::string, std::vector<float>>>;
+  // ||g / scale - ref|| / ||ref|| over all parameters, or over the one named.
+  auto rel_error = [&](const Grads& ref, double scale, const std::string& only = "") {
+    const Grads got = gradients(model);
+    double d = 0, n = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      if (!only.empty() && ref[i].first != only) continue;
+      for (size_t e = 0; e < ref[i].second.size(); ++e) {
+        const double r = ref[i].second[e], g = got[i].second[e] / scale;
+        d += (g - r) * (g - r);
+        n += r * r;
+      }
+    }
+    return std::sqrt(d / n);
+  };
+  // ConvNeXt's layer scale (gamma = 1e-6 at init) makes this gradient ~1e-8 per element: below float16's
+  // normal range, where only loss scaling keeps it.
+  const std::string tiny = "vision_encoder.stages.0.blocks.0.conv_dw.weight";
+  for (const std::string negatives : {"paper", "full"}) {
+    INFO("negatives " << negatives);
+    train::PretrainStepOptions o;
+    o.negatives = negatives;
+    model.zero_grad();
+    const auto r32 = train::accumulate_gradients(model, micro, o, *gen);
+    const Grads ref = gradients(model);
+    for (const std::string precision : {"bf16", "fp16"}) {
+      INFO("precision " << precision);
+      o.precision = precision;
+      double tiny_error[2] = {0, 0};
+      for (int i = 0; i < 2; ++i) {
+        o.loss_scale = i == 0 ? 1.0 : 1024.0;
+        model.zero_grad();
+        const auto r = train::accumulate_gradients(model, micro, o, *gen);
+        CHECK(r.loss != r32.loss);  // the 16-bit forward is visible
+        CHECK(std::abs(r.loss - r32.loss) < 0.02 * std::abs(r32.loss));
+        CHECK(rel_error(ref, o.loss_scale) < (precision == "bf16" ? 0.05 : 0.01));
+        tiny_error[i] = rel_error(ref, o.loss_scale, tiny);
+      }
+      // bfloat16 has float's exponent range: scaling changes nothing there. float16 flushes the tiny
+      // gradient without scaling; scaled by 1024 it survives.
+      if (precision == "fp16") {
+        CHECK(tiny_error[0] > 0.9);
+        CHECK(tiny_error[1] < 0.75 * tiny_error[0]);
+      } else {
+        CHECK(tiny_error[1] == Approx(tiny_error[0]).epsilon(1e-3));
+      }
+      o.loss_scale = 1.0;
+    }
+  }
+
+  // pretrain_step with the default scaler (2^16): steps whose scaled gradients overflow float16 are skipped,
+  // the weights untouched and the scale halved each time, until a step goes through.
+  optim::AdamW opt(model.parameters(), {.lr = 1e-3});
+  train::PretrainStepOptions o;
+  o.precision = "fp16";
+  optim::GradScaler scaler;
+  int skipped = 0;
+  for (int step = 0; step < 30; ++step) {
+    const auto weights = model.state_dict().at("text_projection").to_vector();
+    const double scale = scaler.get_scale();
+    const auto r = train::pretrain_step(model, opt, micro, o, *gen, step, &scaler);
+    if (!r.skipped) {
+      CHECK(model.state_dict().at("text_projection").to_vector() != weights);
+      CHECK(scaler.growth_tracker() == 1);
+      CHECK(scaler.get_scale() == scale);
+      break;
+    }
+    ++skipped;
+    CHECK(model.state_dict().at("text_projection").to_vector() == weights);
+    CHECK(scaler.get_scale() == scale / 2);
+  }
+  CHECK(scaler.growth_tracker() == 1);  // a step went through within 30 tries
+  INFO("skipped " << skipped << " steps before the scale fit float16");
+  o.precision = "fp8";
+  MAMCLIP_REQUIRE_THROWS_WITH(train::accumulate_gradients(model, micro, o, *gen), value_error,
+                              "accumulate_gradients: precision must be 'fp32', 'bf16' or 'fp16', got 'fp8'");
+}
+
 TEST_CASE("pretrain config: the reference's cfg.yaml keys, overrides and typed errors", "[pretrain][config]") {
   // The reference cfg.yaml, as JSON (the mamclip program converts YAML).
   nlohmann::json j = nlohmann::json::parse(R"({
@@ -175,9 +261,11 @@ TEST_CASE("pretrain config: the reference's cfg.yaml keys, overrides and typed e
   train::apply_override(j, "optimizer.lr=3e-4");
   train::apply_override(j, "trainparams.negatives=full");
   train::apply_override(j, "data.image_size=[256,192]");
+  train::apply_override(j, "trainparams.precision=bf16");
   c = train::PretrainConfig::from_json(j);
   CHECK(c.lr == 3e-4);
   CHECK(c.negatives == "full");
+  CHECK(c.precision == "bf16");
   CHECK(c.image_width == 192);
   // Round trip.
   const auto again = train::PretrainConfig::from_json(c.to_json());
@@ -191,6 +279,10 @@ TEST_CASE("pretrain config: the reference's cfg.yaml keys, overrides and typed e
   train::apply_override(bad, "data.batch_size=7");
   MAMCLIP_REQUIRE_THROWS_WITH(train::PretrainConfig::from_json(bad), value_error,
                               "must be a multiple of data.batch_size (7)");
+  auto fp8 = j;
+  train::apply_override(fp8, "trainparams.precision=fp8");
+  MAMCLIP_REQUIRE_THROWS_WITH(train::PretrainConfig::from_json(fp8), value_error,
+                              "trainparams.precision must be 'fp32', 'bf16' or 'fp16', got 'fp8'");
   auto wrong_type = j;
   train::apply_override(wrong_type, "optimizer.lr=fast");
   MAMCLIP_REQUIRE_THROWS_WITH(train::PretrainConfig::from_json(wrong_type, "f.yaml"), value_error,
@@ -231,14 +323,21 @@ train::PretrainConfig tiny_run(const std::filesystem::path& dir, const std::stri
 
 }  // namespace
 
-TEST_CASE("pretraining resumes exactly where it stopped", "[pretrain][resume]") {
-  test::files::TempDir tmp("pretrain_resume");
+TEST_CASE("pretraining resumes exactly where it stopped (fp32, and fp16 with its loss scaler)", "[pretrain][resume]") {
+  const std::string precision = GENERATE(std::string("fp32"), std::string("fp16"));
+  INFO("precision " << precision);
+  test::files::TempDir tmp("pretrain_resume_" + precision);
   const auto samples = data::make_synthetic_set(tmp.path() / "data", 10, 32, 32, 3);
   const std::vector<data::Sample> train(samples.begin(), samples.begin() + 8), val(samples.begin() + 8, samples.end());
   std::ostringstream quiet;
+  auto run_config = [&](const std::string& name) {
+    auto c = tiny_run(tmp.path(), name);
+    c.precision = precision;
+    return c;
+  };
 
   // Uninterrupted: 2 epochs of 4 micro-batches = 2 steps each.
-  train::Pretrainer whole(tiny_run(tmp.path(), "whole"), spelling_tokenizer(), train, val, quiet);
+  train::Pretrainer whole(run_config("whole"), spelling_tokenizer(), train, val, quiet);
   const auto ref = whole.run();
   REQUIRE(ref.step_losses.size() == 4);
   REQUIRE(ref.epochs.size() == 2);
@@ -247,7 +346,7 @@ TEST_CASE("pretraining resumes exactly where it stopped", "[pretrain][resume]") 
   CHECK(std::filesystem::exists(tmp.path() / "whole" / "metrics.csv"));
 
   // Stopped after step 3 (in the middle of epoch 2), then resumed by a new run.
-  auto first = tiny_run(tmp.path(), "split");
+  auto first = run_config("split");
   first.max_steps = 3;
   std::vector<double> losses;
   {
@@ -258,9 +357,12 @@ TEST_CASE("pretraining resumes exactly where it stopped", "[pretrain][resume]") 
   }
   REQUIRE(losses.size() == 3);
   default_generator().manual_seed(12345);  // whatever the process did meanwhile
-  train::Pretrainer rest(tiny_run(tmp.path(), "split"), spelling_tokenizer(), train, val, quiet);
+  train::Pretrainer rest(run_config("split"), spelling_tokenizer(), train, val, quiet);
   const auto r = rest.run(/*resume=*/true);
   CHECK(r.global_step == 4);
+  // fp16: the scaler's clean-step count continued from the saved state (4, not the 1 step of this run).
+  CHECK(rest.grad_scaler().growth_tracker() == whole.grad_scaler().growth_tracker());
+  CHECK(rest.grad_scaler().get_scale() == whole.grad_scaler().get_scale());
   losses.insert(losses.end(), r.step_losses.begin(), r.step_losses.end());
   REQUIRE(losses.size() == ref.step_losses.size());
   for (size_t i = 0; i < losses.size(); ++i) {

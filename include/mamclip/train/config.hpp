@@ -48,6 +48,7 @@ struct PretrainConfig {
   std::string checkpoint_dir_path = "runs";
   // trainparams, mamclip only
   std::string negatives = "paper";      // paper: each micro-batch its own negatives; full: GradCache over the effective batch
+  std::string precision = "fp32";       // fp32 | bf16 | fp16 (autocast of the forward passes; fp16 with a loss scaler)
   double mlm_coeff = 0.5;
   std::optional<double> max_logit_scale;  // clamp of logit_scale (e.g. ln 100); the reference does not clamp
   uint64_t seed = 42;
@@ -74,6 +75,8 @@ struct PretrainConfig {
                   "; one process trains on one device (launch several processes for data parallelism)");
     MAMCLIP_CHECK(negatives == "paper" || negatives == "full", value_error,
                   "pretrain config: trainparams.negatives must be 'paper' or 'full', got '", negatives, "'");
+    MAMCLIP_CHECK(precision == "fp32" || precision == "bf16" || precision == "fp16", value_error,
+                  "pretrain config: trainparams.precision must be 'fp32', 'bf16' or 'fp16', got '", precision, "'");
     MAMCLIP_CHECK(model_size == "full" || model_size == "small", value_error,
                   "pretrain config: model_size must be 'full' or 'small', got '", model_size, "'");
     MAMCLIP_CHECK(train_transforms == "heavy" || train_transforms == "soft" || train_transforms == "none", value_error,
@@ -114,6 +117,7 @@ struct PretrainConfig {
                         {"train_transforms", train_transforms},
                         {"checkpoint_dir_path", checkpoint_dir_path},
                         {"negatives", negatives},
+                        {"precision", precision},
                         {"mlm_coeff", mlm_coeff},
                         {"max_logit_scale", max_logit_scale ? nlohmann::json(*max_logit_scale) : nlohmann::json()},
                         {"seed", seed},
@@ -180,6 +184,7 @@ struct PretrainConfig {
     get("trainparams", "train_transforms", c.train_transforms);
     get("trainparams", "checkpoint_dir_path", c.checkpoint_dir_path);
     get("trainparams", "negatives", c.negatives);
+    get("trainparams", "precision", c.precision);
     get("trainparams", "mlm_coeff", c.mlm_coeff);
     double clamp = 0;
     if (j.contains("trainparams") && j["trainparams"].contains("max_logit_scale") &&

@@ -65,6 +65,7 @@
 
 #include "mamclip/autograd/engine.hpp"
 #include "mamclip/autograd/grad_mode.hpp"
+#include "mamclip/core/autocast.hpp"
 #include "mamclip/core/error.hpp"
 #include "mamclip/core/factory.hpp"
 #include "mamclip/core/random.hpp"
@@ -102,6 +103,8 @@ struct FinetuneOptions {
   std::string head = "birads_layer";      // the head that is trained and scored
   std::filesystem::path output_dir;       // empty: nothing is written
   bool quiet = false;                     // no progress bars or epoch lines
+  std::string precision = "fp32";         // fp32 | bf16: the training forward in a bfloat16 autocast region
+                                          // (weights, gradients, AdamW and evaluation stay float)
 
   void validate() const {
     MAMCLIP_CHECK(epochs > 0, value_error, "FinetuneOptions: epochs is ", epochs, "; expected at least 1");
@@ -117,6 +120,8 @@ struct FinetuneOptions {
     MAMCLIP_CHECK(height > 0 && width > 0, value_error, "FinetuneOptions: image size ", height, "x", width,
                   "; expected positive height and width");
     MAMCLIP_CHECK(workers >= 0, value_error, "FinetuneOptions: workers is ", workers, "; expected >= 0");
+    MAMCLIP_CHECK(precision == "fp32" || precision == "bf16", value_error, "FinetuneOptions: precision is \"",
+                  precision, "\"; expected \"fp32\" or \"bf16\"");
   }
 };
 
@@ -535,7 +540,11 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
     int64_t batches = 0;
     while (std::optional<data::Batch> batch = train_loader.next()) {
       detail::check_batch_labels(batch->labels, num_classes, "finetune_classifier");
-      const Tensor<float> logits = model.forward(batch->images)[static_cast<size_t>(head)];
+      Tensor<float> logits;
+      {
+        const AutocastGuard amp(batch->images.device().type, DType::bf16, options.precision == "bf16");
+        logits = model.forward(batch->images)[static_cast<size_t>(head)];
+      }
       const auto [loss, value] = batch_loss(logits, batch->labels);
       MAMCLIP_CHECK(std::isfinite(value), value_error, "finetune_classifier: the training loss is ", value,
                     " at epoch ", epoch, ", step ", step, " (batch ", batches, " of the epoch); lower the lr");

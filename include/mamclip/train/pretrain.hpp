@@ -17,6 +17,15 @@
 //          model's random modules share one generator and ops without a
 //          module (BERT's attention dropout) draw from the thread's default
 //          generator; both states are restored before each recomputation.
+//
+// precision: fp32; bf16 (the forward passes run in a bfloat16 autocast
+// region on the model's device: matmul / linear / conv / attention in bf16,
+// losses, softmax and norms in float; weights, gradients and AdamW stay
+// float); or fp16, the reference's Lightning "16-mixed": a float16 autocast
+// region and a dynamic loss scale (optim::GradScaler, passed to
+// pretrain_step): every backward is of loss x scale, a step whose gradients
+// overflow is skipped and the scale backs off. Backward runs outside the
+// region, as with torch.autocast.
 
 #include <bit>
 #include <cmath>
@@ -26,6 +35,7 @@
 #include <vector>
 
 #include "mamclip/autograd/grad_mode.hpp"
+#include "mamclip/core/autocast.hpp"
 #include "mamclip/core/error.hpp"
 #include "mamclip/core/random.hpp"
 #include "mamclip/dist/parallel.hpp"
@@ -33,6 +43,7 @@
 #include "mamclip/nn/dropout.hpp"
 #include "mamclip/ops/fwd.hpp"
 #include "mamclip/optim/adamw.hpp"
+#include "mamclip/optim/grad_scaler.hpp"
 
 namespace mamclip::train {
 
@@ -51,6 +62,8 @@ struct ClipMicroBatch {
 
 struct PretrainStepOptions {
   std::string negatives = "paper";  // paper | full (see the top of this header)
+  std::string precision = "fp32";   // fp32 | bf16 | fp16 (see the top of this header)
+  double loss_scale = 1.0;          // every backward is of loss x loss_scale (pretrain_step sets it for fp16)
   models::clip::VLLossOptions loss;
   // Set on every rank of a data-parallel job (see accumulate_gradients).
   dist::DataParallel* data_parallel = nullptr;
@@ -60,6 +73,7 @@ struct PretrainStepOptions {
 struct PretrainStepResult {
   double loss = 0, contrastive = 0, mlm = 0;
   double logit_scale = 0;  // exp(logit_scale) after the step's forward
+  bool skipped = false;    // fp16: a gradient overflowed; the optimizer did not step
 };
 
 // Gives every random module (dropout, drop path) of `model` one generator, so
@@ -97,6 +111,13 @@ inline void check_finite_gradients(const nn::Module& model, int64_t step) {
 }
 
 namespace detail {
+// The autocast region `precision` asks for; value_error unless fp32, bf16 or fp16.
+inline AutocastMode precision_mode(const std::string& precision, const char* who) {
+  MAMCLIP_CHECK(precision == "fp32" || precision == "bf16" || precision == "fp16", value_error, who,
+                ": precision must be 'fp32', 'bf16' or 'fp16', got '", precision, "'");
+  return {precision != "fp32", precision == "fp16" ? DType::f16 : DType::bf16};
+}
+
 // The contrastive loss of this rank's pairs against the pairs of every rank
 // (global negatives), weighted by W * n / N (W ranks, n local pairs, N in
 // all): DataParallel averages gradients over ranks, so the gradients become
@@ -154,6 +175,9 @@ inline PretrainStepResult accumulate_gradients(models::clip::VLModel& model, con
   MAMCLIP_CHECK(!micro.empty(), value_error, "accumulate_gradients: no micro-batches");
   MAMCLIP_CHECK(options.negatives == "paper" || options.negatives == "full", value_error,
                 "accumulate_gradients: negatives must be 'paper' or 'full', got '", options.negatives, "'");
+  const AutocastMode amp_mode = detail::precision_mode(options.precision, "accumulate_gradients");
+  const DeviceType device = model.logit_scale.device().type;
+  const double ls = options.loss_scale;
   const double k = static_cast<double>(micro.size());
   const auto& lo = options.loss;
   const bool mlm = model.config().mlm;
@@ -169,26 +193,31 @@ inline PretrainStepResult accumulate_gradients(models::clip::VLModel& model, con
     for (size_t i = 0; i < micro.size(); ++i) {
       const auto& mb = micro[i];
       set_sync(i + 1 == micro.size());
-      // VLModel::forward's order (image, text, MLM branch), so the random draws are the same.
-      const Tensor<float> img = model.encode_image(mb.images);
-      const auto text = model.encode_text(mb.input_ids);
-      const auto c = detail::contrastive_over_ranks(comm, img, text.features, model.logit_scale, lo);
-      check_finite(c.value, "contrastive", step);
-      Tensor<float> total = c.weighted;
+      Tensor<float> total;
       double mlm_value = 0;
-      if (mlm) {
-        const int64_t tokens = detail::mlm_tokens(comm, {&mb}, lo.ignore_index);
-        if (tokens > 0) {
-          const Tensor<float> nll = model.mlm_nll_sum(text.hidden, img, mb.labels, lo.ignore_index);
-          const double local = nll.item();
-          mlm_value = (comm ? dist::all_reduce_scalar(*comm, local) : local) / static_cast<double>(tokens);
-          check_finite(mlm_value, "MLM", step);
-          total = add(total, mul(nll, lo.mlm_coeff * world / static_cast<double>(tokens)));
+      detail::RankLoss c;
+      {
+        const AutocastGuard amp(device, amp_mode.dtype, amp_mode.enabled);
+        // VLModel::forward's order (image, text, MLM branch), so the random draws are the same.
+        const Tensor<float> img = model.encode_image(mb.images);
+        const auto text = model.encode_text(mb.input_ids);
+        c = detail::contrastive_over_ranks(comm, img, text.features, model.logit_scale, lo);
+        check_finite(c.value, "contrastive", step);
+        total = c.weighted;
+        if (mlm) {
+          const int64_t tokens = detail::mlm_tokens(comm, {&mb}, lo.ignore_index);
+          if (tokens > 0) {
+            const Tensor<float> nll = model.mlm_nll_sum(text.hidden, img, mb.labels, lo.ignore_index);
+            const double local = nll.item();
+            mlm_value = (comm ? dist::all_reduce_scalar(*comm, local) : local) / static_cast<double>(tokens);
+            check_finite(mlm_value, "MLM", step);
+            total = add(total, mul(nll, lo.mlm_coeff * world / static_cast<double>(tokens)));
+          }
         }
       }
       const double value = c.value + (mlm ? lo.mlm_coeff * mlm_value : 0.0);
       check_finite(value, "total", step);
-      mul(total, 1.0 / k).backward();
+      mul(total, ls / k).backward();
       r.loss += value / k;
       r.contrastive += c.value / k;
       r.mlm += mlm_value / k;
@@ -205,6 +234,7 @@ inline PretrainStepResult accumulate_gradients(models::clip::VLModel& model, con
   std::vector<Tensor<float>> image_parts, text_parts;
   {
     autograd::NoGradGuard no_grad;
+    const AutocastGuard amp(device, amp_mode.dtype, amp_mode.enabled);
     for (const auto& mb : micro) {
       starts.emplace_back(gen, fallback);
       image_parts.push_back(model.encode_image(mb.images));
@@ -224,7 +254,7 @@ inline PretrainStepResult accumulate_gradients(models::clip::VLModel& model, con
   const auto contrastive = detail::contrastive_over_ranks(comm, images, texts, logit_scale, lo);
   r.contrastive = contrastive.value;
   check_finite(r.contrastive, "contrastive", step);
-  contrastive.weighted.backward();
+  mul(contrastive.weighted, ls).backward();  // scaled feature gradients carry the scale into step 3
   const Tensor<float> image_grad = images.grad(), text_grad = texts.grad();
   r.logit_scale = std::exp(logit_scale.item());
 
@@ -242,16 +272,19 @@ inline PretrainStepResult accumulate_gradients(models::clip::VLModel& model, con
     gen = starts[i].first;
     fallback = starts[i].second;
     const int64_t b = mb.images.size(0);
-    const Tensor<float> img = model.encode_image(mb.images);
-    const auto text = model.encode_text(mb.input_ids);
-    Tensor<float> surrogate = add(sum(mul(img, image_grad.narrow(0, row, b))),
-                                  sum(mul(text.features, text_grad.narrow(0, row, b))));
-    if (mlm && tokens > 0) {
-      const Tensor<float> nll = model.mlm_nll_sum(text.hidden, img, mb.labels, lo.ignore_index);
-      const double part = nll.item();
-      check_finite(part, "MLM", step);
-      mlm_sum += part;
-      surrogate = add(surrogate, mul(nll, lo.mlm_coeff * world / static_cast<double>(tokens)));
+    Tensor<float> surrogate;
+    {
+      const AutocastGuard amp(device, amp_mode.dtype, amp_mode.enabled);  // as the cached features were computed
+      const Tensor<float> img = model.encode_image(mb.images);
+      const auto text = model.encode_text(mb.input_ids);
+      surrogate = add(sum(mul(img, image_grad.narrow(0, row, b))), sum(mul(text.features, text_grad.narrow(0, row, b))));
+      if (mlm && tokens > 0) {
+        const Tensor<float> nll = model.mlm_nll_sum(text.hidden, img, mb.labels, lo.ignore_index);
+        const double part = nll.item();
+        check_finite(part, "MLM", step);
+        mlm_sum += part;
+        surrogate = add(surrogate, mul(nll, ls * lo.mlm_coeff * world / static_cast<double>(tokens)));
+      }
     }
     surrogate.backward();
     row += b;
@@ -265,12 +298,23 @@ inline PretrainStepResult accumulate_gradients(models::clip::VLModel& model, con
   return r;
 }
 
-// One optimizer step: zero, accumulate, check, update.
+// One optimizer step: zero, accumulate, check, update. With an enabled
+// scaler (fp16) the gradients are of loss x scale, unscaled before the
+// update; a step whose gradients hold an inf or NaN is skipped (r.skipped)
+// instead of stopping training, and the scaler adjusts its scale.
 inline PretrainStepResult pretrain_step(models::clip::VLModel& model, optim::AdamW& optimizer,
                                         const std::vector<ClipMicroBatch>& micro, const PretrainStepOptions& options,
-                                        Generator& gen, int64_t step = 0) {
+                                        Generator& gen, int64_t step = 0, optim::GradScaler* scaler = nullptr) {
   optimizer.zero_grad();
-  const PretrainStepResult r = accumulate_gradients(model, micro, options, gen, step);
+  const bool scaled = scaler && scaler->enabled();
+  PretrainStepOptions o = options;
+  if (scaled) o.loss_scale = scaler->get_scale();
+  PretrainStepResult r = accumulate_gradients(model, micro, o, gen, step);
+  if (scaled) {
+    r.skipped = !scaler->step(optimizer);
+    scaler->update();
+    return r;
+  }
   check_finite_gradients(model, step);
   optimizer.step();
   return r;
@@ -281,8 +325,10 @@ inline PretrainStepResult pretrain_step(models::clip::VLModel& model, optim::Ada
 // ranks' pairs (global negatives, MLM over all tokens).
 inline PretrainStepResult evaluate_loss(models::clip::VLModel& model, const std::vector<ClipMicroBatch>& micro,
                                         const models::clip::VLLossOptions& options,
-                                        dist::Communicator* comm = nullptr) {
+                                        dist::Communicator* comm = nullptr, const std::string& precision = "fp32") {
   autograd::NoGradGuard no_grad;
+  const AutocastMode mode = detail::precision_mode(precision, "evaluate_loss");
+  const AutocastGuard amp(model.logit_scale.device().type, mode.dtype, mode.enabled);
   PretrainStepResult r;
   for (const auto& mb : micro) {
     const Tensor<float> img = model.encode_image(mb.images);

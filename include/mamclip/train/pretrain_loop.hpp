@@ -84,6 +84,7 @@ struct PretrainReport {
   double best_val_loss = 0;
   std::filesystem::path best_weights, last_state;
   bool stopped_early = false;  // max_steps reached
+  int64_t skipped_steps = 0;   // fp16: steps skipped because a gradient overflowed
 };
 
 class Pretrainer {
@@ -118,10 +119,12 @@ class Pretrainer {
     o.weight_decay = config_.weight_decay;
     o.eps = config_.eps;
     optimizer_ = std::make_unique<optim::AdamW>(model_->parameters(), o);
+    scaler_ = optim::GradScaler({.enabled = config_.precision == "fp16"});
   }
 
   models::clip::VLModel& model() { return *model_; }
   optim::AdamW& optimizer() { return *optimizer_; }
+  const optim::GradScaler& grad_scaler() const { return scaler_; }
   const PretrainConfig& config() const { return config_; }
   std::filesystem::path last_state_path() const { return config_.run_dir() / "last.ckpt.safetensors"; }
   std::filesystem::path best_weights_path() const { return config_.run_dir() / "best.safetensors"; }
@@ -146,6 +149,8 @@ class Pretrainer {
                        resuming ? "present" : "absent");
     if (resuming) {
       meta = load_training_state(last_state_path(), *model_, *optimizer_);
+      if (const auto it = meta.extra.find("grad_scaler"); it != meta.extra.end() && scaler_.enabled())
+        scaler_.load_state({it->at("scale").get<double>(), it->at("growth_tracker").get<int64_t>()});
       const int64_t saved_world = meta.extra.value("world_size", int64_t{1});
       if (comm_) dist::check_same(*comm_, "resumed training state (step)", std::to_string(meta.global_step));
       if (saved_world == world_size()) {
@@ -194,6 +199,7 @@ class Pretrainer {
 
     PretrainStepOptions so;
     so.negatives = config_.negatives;
+    so.precision = config_.precision;
     so.loss.mlm_coeff = config_.mlm_coeff;
     so.loss.max_logit_scale = config_.max_logit_scale;
     so.loss.ignore_index = tokenizer_.vocab().pad_id();
@@ -226,7 +232,9 @@ class Pretrainer {
           ++batch_index;
         }
         if (micro.size() == static_cast<size_t>(k) || (!b && !micro.empty())) {
-          const PretrainStepResult r = pretrain_step(*model_, *optimizer_, micro, so, *dropout_, meta.global_step);
+          const PretrainStepResult r =
+              pretrain_step(*model_, *optimizer_, micro, so, *dropout_, meta.global_step, &scaler_);
+          report.skipped_steps += r.skipped;
           micro.clear();
           ++meta.global_step;
           ++steps;
@@ -264,7 +272,7 @@ class Pretrainer {
         int64_t vb = 0;
         while (auto b = val_loader->next()) {
           const PretrainStepResult v =
-              evaluate_loss(*model_, {to_micro_batch(*b, val_masker, 0, vb++)}, so.loss, comm_);
+              evaluate_loss(*model_, {to_micro_batch(*b, val_masker, 0, vb++)}, so.loss, comm_, so.precision);
           row.val_loss += v.loss;
           row.val_contrastive += v.contrastive;
           row.val_mlm += v.mlm;
@@ -322,6 +330,8 @@ class Pretrainer {
   void save_state(TrainingMeta& meta, double best) {
     meta.best_metric = std::isfinite(best) ? best : std::numeric_limits<double>::quiet_NaN();
     meta.extra["world_size"] = world_size();
+    if (scaler_.enabled())
+      meta.extra["grad_scaler"] = {{"scale", scaler_.state().scale}, {"growth_tracker", scaler_.state().growth_tracker}};
     for (const auto& [name, gen] : {std::pair<std::string, Generator*>{"dropout", dropout_.get()},
                                     std::pair<std::string, Generator*>{"default", &default_generator()}}) {
       const GeneratorState mine = GeneratorState::of(*gen);
@@ -366,6 +376,7 @@ class Pretrainer {
   std::unique_ptr<dist::DataParallel> data_parallel_;
   std::shared_ptr<Generator> dropout_;
   std::unique_ptr<optim::AdamW> optimizer_;
+  optim::GradScaler scaler_;  // enabled for fp16 only
 };
 
 }  // namespace mamclip::train
