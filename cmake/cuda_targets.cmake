@@ -1,6 +1,8 @@
-# The CUDA backend: mamclip::cuda, a static library of one translation unit
-# (src/cuda_backend.cu, which defines MAMCLIP_CUDA_IMPLEMENTATION) that
-# registers the CUDA device and its kernels at start-up. Linking it is all a
+# The CUDA backend: mamclip::cuda, a static library that registers the CUDA
+# device and its kernels at start-up. Its main unit (src/cuda_backend.cu,
+# which defines MAMCLIP_CUDA_IMPLEMENTATION) calls the registrations of the
+# heaviest kernel families, each compiled in a unit of its own so that a
+# parallel build shares them out (src/cuda_<family>.cu). Linking it is all a
 # program does; its own sources stay plain C++ (no CUDA compiler needed for them).
 #
 # Included by the top-level CMakeLists.txt when MAMCLIP_WITH_CUDA is ON
@@ -25,10 +27,17 @@ if(NOT DEFINED CMAKE_CUDA20_STANDARD_COMPILE_OPTION AND CMAKE_CUDA_COMPILER_ID S
   set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
 endif()
 
-add_library(mamclip_cuda STATIC ${PROJECT_SOURCE_DIR}/src/cuda_backend.cu)
+add_library(mamclip_cuda STATIC
+  ${PROJECT_SOURCE_DIR}/src/cuda_backend.cu
+  ${PROJECT_SOURCE_DIR}/src/cuda_attention.cu
+  ${PROJECT_SOURCE_DIR}/src/cuda_clip_loss.cu
+  ${PROJECT_SOURCE_DIR}/src/cuda_conv.cu
+  ${PROJECT_SOURCE_DIR}/src/cuda_elementwise.cu)
 add_library(mamclip::cuda ALIAS mamclip_cuda)
 target_link_libraries(mamclip_cuda PUBLIC mamclip::mamclip CUDA::cudart CUDA::cublas CUDA::cublasLt)
 target_compile_features(mamclip_cuda PUBLIC cxx_std_20)
+# Eigen on the host only (as mamclip/cuda.hpp sets it), in the family units too.
+target_compile_definitions(mamclip_cuda PRIVATE EIGEN_NO_CUDA)
 set_target_properties(mamclip_cuda PROPERTIES
   CUDA_ARCHITECTURES "${MAMCLIP_CUDA_ARCHITECTURES}"
   CUDA_STANDARD 20
@@ -38,8 +47,9 @@ set_target_properties(mamclip_cuda PROPERTIES
   CUDA_RUNTIME_LIBRARY Shared
   POSITION_INDEPENDENT_CODE ON)
 
-# The library's only member registers itself and is referenced by nothing, so
-# a linker would drop it from the archive. Forcing its anchor symbol undefined
+# The library's main member registers itself and is referenced by nothing, so
+# a linker would drop it from the archive (the family units are then pulled
+# in by its references). Forcing its anchor symbol undefined
 # makes every program that links mamclip::cuda pull it in (and run its static
 # initialiser); the option travels with the exported target too.
 if(MSVC)

@@ -25,17 +25,12 @@
 
 #include "mamclip/core/cuda/caching_allocator.hpp"
 #include "mamclip/mamclip.hpp"
-#include "ops/gpu_timing.hpp"
+#include "ops/gpu_bench.hpp"
 
 using namespace mamclip;
 using bf16 = mamclip::bfloat16;
 
 namespace {
-
-double rel_err(const Tensor<bf16>& got, const Tensor<bf16>& want) {
-  const auto g = got.to(kCPU).to<double>(), w = want.to(kCPU).to<double>();
-  return amax(abs(g - w)).item() / std::max(amax(abs(w)).item(), 1e-30);
-}
 
 struct Grads {
   Tensor<bf16> out, dq, dk, dv;
@@ -78,8 +73,8 @@ int run_case(int64_t l, int64_t d) {
   const Grads u = unfused(true);
   bench::cuda_check(cudaDeviceSynchronize(), "run");
   const size_t unfused_peak = cuda::memory_stats(0).peak_allocated_bytes - inputs;
-  const double e_out = rel_err(f.out, u.out), e_dq = rel_err(f.dq, u.dq), e_dk = rel_err(f.dk, u.dk),
-               e_dv = rel_err(f.dv, u.dv);
+  const double e_out = bench::rel_err(f.out, u.out), e_dq = bench::rel_err(f.dq, u.dq),
+               e_dk = bench::rel_err(f.dk, u.dk), e_dv = bench::rel_err(f.dv, u.dv);
   // Both round to bfloat16 (~2^-8) at several steps; the unfused path also rounds P and dS.
   const bool ok = e_out < 3e-2 && e_dq < 5e-2 && e_dk < 5e-2 && e_dv < 5e-2;
   std::printf("L=%-5lld D=%-4lld B=%-4lld H=%-3lld check vs unfused: out %.1e dq %.1e dk %.1e dv %.1e: %s\n",

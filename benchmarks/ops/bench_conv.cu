@@ -28,7 +28,7 @@
 #endif
 #include "mamclip/mamclip.hpp"
 #include "mamclip/ops/conv/cuda.cuh"
-#include "ops/gpu_timing.hpp"
+#include "ops/gpu_bench.hpp"
 
 using namespace mamclip;
 using bf16 = mamclip::bfloat16;
@@ -42,11 +42,6 @@ namespace {
     if (s_ != CUDNN_STATUS_SUCCESS)                                                                     \
       throw device_error(std::string(#call) + ": " + cudnnGetErrorString(s_));                          \
   } while (0)
-
-double rel_err(const Tensor<bf16>& got, const Tensor<bf16>& want) {
-  const auto g = got.to(kCPU).to<double>(), w = want.to(kCPU).to<double>();
-  return amax(abs(g - w)).item() / std::max(amax(abs(w)).item(), 1e-30);
-}
 
 // cuDNN's depthwise 7x7 (groups = C), NCHW bfloat16, float accumulation.
 struct Cudnn {
@@ -137,7 +132,8 @@ int run_stage(int64_t n, int64_t c, int64_t h, int64_t w, const bench::L2Flush& 
   dnn_dx();
   dnn_dw();
   MAMCLIP_CUDA_CHECK(cudaDeviceSynchronize());
-  const double ey = rel_err(y_ours, y_dnn), edx = rel_err(dx_ours, dx_dnn), edw = rel_err(dw_ours, dw_dnn);
+  const double ey = bench::rel_err(y_ours, y_dnn), edx = bench::rel_err(dx_ours, dx_dnn),
+               edw = bench::rel_err(dw_ours, dw_dnn);
   const bool ok = ey < 2e-2 && edx < 2e-2 && edw < 2e-2;
   std::printf("N=%lld C=%-4lld H=%-4lld W=%-4lld check vs cuDNN: y %.1e dx %.1e dw %.1e: %s\n", (long long)n,
               (long long)c, (long long)h, (long long)w, ey, edx, edw, ok ? "match" : "MISMATCH");

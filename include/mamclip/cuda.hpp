@@ -17,7 +17,8 @@
 //   auto x = mamclip::randn<float>({64, 33}).to(mamclip::Device::cuda());
 //   auto y = mamclip::matmul(x, x.t()).to(mamclip::kCPU);
 //
-// An op without a CUDA kernel throws device_error naming the op.
+// Every op has CUDA kernels; a dtype without one (e.g. sum of int64 tensors)
+// throws device_error naming the op and dtype.
 //
 // defines:
 //   core/cuda/check.cuh           MAMCLIP_CUDA_CHECK, MAMCLIP_CUBLAS_CHECK, MAMCLIP_CUDA_CHECK_LAUNCH
@@ -27,11 +28,12 @@
 //   core/cuda/cublas.cuh          cublas_handle
 //   core/cuda/settings.hpp        set_allow_tf32, set_conv_path (plain C++)
 //   core/cuda/types.cuh           device_t (Eigen 16-bit types as __half / __nv_bfloat16), Pack
-//   core/cuda/math.cuh            math:: (float / double device functions), warp and group reductions
-//   core/cuda/tensor_data.cuh     "fill", "strided_copy" for every dtype
+//   core/cuda/math.cuh            math:: (float / double device functions), warp and group reductions, launch_rows
+//   core/cuda/tensor_data.cuh     "fill", "strided_copy" for every dtype; scratch<U>(n) for launchers
 //   ops/shape/cuda.cuh            "to<...>" dtype casts among float, double, half, bfloat16
 //   ops/elementwise/cuda.cuh      every unary and binary elementwise op, "add_contiguous"; float, double, half, bfloat16
-//   ops/reduce/cuda.cuh           "sum", "mean" for float, double, half, bfloat16
+//   ops/reduce/cuda.cuh           "sum", "mean", "amax", "amin", "max", "min", "var", "logsumexp" (and their
+//                                 backward) for float, double, half, bfloat16
 //   ops/softmax/cuda.cuh          "softmax", "log_softmax" and their backward for float, double, half, bfloat16
 //   ops/norm/cuda.cuh             "layer_norm", "layer_norm2d", "normalize" and their backward; float, double, half, bfloat16
 //   ops/indexing/cuda.cuh         "index_select", "embedding", "index_add", "gather", "scatter_add" (float dtypes;
@@ -39,6 +41,7 @@
 //   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16
 //   ops/loss/class_cuda.cuh       "nll_loss", "cross_entropy" and their backward for float, double, half, bfloat16
 //   ops/loss/cuda.cuh             "clip_loss", "clip_loss_backward" (fused CLIP loss) for float, half, bfloat16
+//   ops/pool/cuda.cuh             "avg_pool2d", "adaptive_avg_pool2d" and their backward; float, double, half, bfloat16
 //   ops/conv/cuda.cuh             "conv2d", "conv2d_backward": depthwise kernels of our own (ConvNeXt's 7x7),
 //                                 im2col + cuBLAS otherwise; float, double, half, bfloat16
 //   ops/attention/cuda.cuh        "scaled_dot_product_attention" and its backward: tensor-core flash kernels for
@@ -69,17 +72,33 @@
 #include "mamclip/core/cuda/types.cuh"
 #include "mamclip/core/storage.hpp"
 #include "mamclip/ops/shape/cuda.cuh"
-#include "mamclip/ops/elementwise/cuda.cuh"
 #include "mamclip/ops/matmul/cuda.cuh"
 #include "mamclip/ops/reduce/cuda.cuh"
 #include "mamclip/ops/softmax/cuda.cuh"
 #include "mamclip/ops/norm/cuda.cuh"
 #include "mamclip/ops/indexing/cuda.cuh"
 #include "mamclip/ops/loss/class_cuda.cuh"
-#include "mamclip/ops/loss/cuda.cuh"
+#include "mamclip/ops/pool/cuda.cuh"
+#include "mamclip/optim/cuda.cuh"
+
+// The four heaviest kernel families. The mamclip::cuda library compiles each
+// in a unit of its own (src/cuda_<family>.cu), so that a parallel build
+// shares them out, and defines MAMCLIP_CUDA_SEPARATE_UNITS in its main unit:
+// there, only their registration functions are declared. A program's single
+// implementation unit includes them all.
+#if defined(MAMCLIP_CUDA_SEPARATE_UNITS)
+namespace mamclip::cuda::units {
+void register_elementwise();  // src/cuda_elementwise.cu
+void register_clip_loss();    // src/cuda_clip_loss.cu
+void register_attention();    // src/cuda_attention.cu
+void register_conv();         // src/cuda_conv.cu
+}  // namespace mamclip::cuda::units
+#else
 #include "mamclip/ops/attention/cuda.cuh"
 #include "mamclip/ops/conv/cuda.cuh"
-#include "mamclip/optim/cuda.cuh"
+#include "mamclip/ops/elementwise/cuda.cuh"
+#include "mamclip/ops/loss/cuda.cuh"
+#endif
 
 namespace mamclip::cuda {
 
@@ -97,17 +116,25 @@ inline void register_backend() {
   register_device(DeviceType::cuda, &allocator(), &copy_device_bytes);
   register_tensor_data_kernels();
   register_shape_kernels();
-  register_elementwise_kernels();
   register_matmul_kernels();
   register_reduce_kernels();
   register_softmax_kernels();
   register_norm_kernels();
   register_indexing_kernels();
+  register_class_loss_kernels();
+  register_pool_kernels();
+  register_optimizer_kernels();
+#if defined(MAMCLIP_CUDA_SEPARATE_UNITS)
+  units::register_elementwise();
+  units::register_clip_loss();
+  units::register_attention();
+  units::register_conv();
+#else
+  register_elementwise_kernels();
   register_clip_loss_kernels();
   register_attention_kernels();
   register_conv_kernels();
-  register_class_loss_kernels();
-  register_optimizer_kernels();
+#endif
 }
 
 }  // namespace mamclip::cuda

@@ -85,8 +85,8 @@ TEST_CASE("linking mamclip::cuda registers the CUDA device and its kernels") {
     INFO(dtype_name(d));
     CHECK(r.find<void(void*)>("gemm", d, dev) != nullptr);
   }
-  // An op the backend does not implement stays unregistered (its call throws; see the [gpu] case).
-  CHECK(r.find<void(void*)>("where", DType::f32, dev) == nullptr);
+  // A name no kernel is registered under stays unregistered, and asking for it throws (see below).
+  CHECK(r.find<void(void*)>("no_such_op", DType::f32, dev) == nullptr);
   // The backend's plain C++ handles reach the registered allocator (they throw when it is missing).
   CHECK_NOTHROW(cuda::memory_stats(0));
   CHECK_FALSE(cuda::allow_tf32());
@@ -333,11 +333,11 @@ TEST_CASE("host-device round trips keep every bit", "[gpu]") {
   check(randint<uint8_t>(0, 255, {33}), "uint8");
 }
 
-TEST_CASE("an op without a CUDA kernel throws device_error naming the op", "[gpu]") {
-  MAMCLIP_SKIP_WITHOUT_GPU();
-  auto x = rnd<float>({3}, 1).to(kGPU);
-  const Tensor<bool> cond = from_vector<bool>({true, false, true}).to(kGPU);
-  MAMCLIP_REQUIRE_THROWS_WITH(where(cond, x, x), device_error, "where: no kernel is registered for cuda:0");
+TEST_CASE("asking for a kernel the CUDA backend lacks throws device_error naming the op, dtype and device") {
+  MAMCLIP_REQUIRE_THROWS_WITH(require_kernel<void(void*)>("no_such_op", DType::f32, kGPU), device_error,
+                              "no_such_op: no kernel is registered for float32 tensors on cuda:0");
+  MAMCLIP_REQUIRE_THROWS_WITH(require_kernel<SumRowsKernel<int64_t>>("sum", DType::i64, kGPU), device_error,
+                              "sum: no kernel is registered for int64 tensors on cuda:0");
 }
 
 namespace {

@@ -8,6 +8,7 @@
 // broadcast operands, in float, double, half and bfloat16.
 #include <cuda_runtime.h>
 
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -102,6 +103,7 @@ TEST_CASE("every elementwise op has a CUDA kernel for float, double, half and bf
     }
     CHECK(r.find<AddKernel<float>>("add_contiguous", dt, DeviceType::cuda) != nullptr);
     CHECK(r.find<BernoulliMaskKernel<float>>("dropout", dt, DeviceType::cuda) != nullptr);
+    CHECK(r.find<WhereKernel<float>>("where", dt, DeviceType::cuda) != nullptr);
   }
   // Ops that have no kernel yet say so by name.
   CHECK(r.find<UnaryKernel<float>>("no_such_op", DType::f32, DeviceType::cuda) == nullptr);
@@ -196,4 +198,46 @@ TEMPLATE_TEST_CASE("dropout on CUDA draws the CPU's Philox mask bit for bit, for
       require_allclose(xg.grad().to(kCPU), xc.grad(), 0, 0, "backward");
     }
   }
+}
+
+namespace {
+// A random mask (true with probability p) on the CPU.
+Tensor<bool> random_mask(const Shape& shape, uint64_t seed, double p) {
+  std::vector<bool> m;
+  for (float u : rnd<float>(shape, seed, 0, 1).to_vector()) m.push_back(u < p);
+  return from_vector<bool>(m, shape);
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("where and masked_fill on CUDA equal the CPU with broadcast operands, forward and backward",
+                   "[gpu]", float, double, f16, bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  const Tensor<bool> cond = random_mask({4, 1, 5}, 1, 0.5);
+  const Tensor<T> a = rnd<T>({1, 3, 5}, 2), b = rnd<T>({4, 3, 1}, 3), g = rnd<T>({4, 3, 5}, 4, -1, 1);
+  Tensor<T> ac = a.clone(), bc = b.clone(), ag = a.to(kGPU), bg = b.to(kGPU);
+  for (Tensor<T>* t : {&ac, &bc, &ag, &bg}) t->set_requires_grad();
+  const Tensor<T> yc = where(cond, ac, bc), yg = where(cond.to(kGPU), ag, bg);
+  REQUIRE(yg.device() == kGPU);
+  require_allclose(yg.to(kCPU), yc, 0, 0, "where: values copied");
+  yc.backward(g);
+  yg.backward(g.to(kGPU));
+  const double tol = order_tolerance<T>(5, 4, 1);
+  require_allclose(ag.grad().to(kCPU), ac.grad(), tol, tol, "d a (summed over the broadcast dim)");
+  require_allclose(bg.grad().to(kCPU), bc.grad(), tol, tol, "d b (summed over the broadcast dim)");
+
+  // masked_fill with a transposed (non-contiguous) mask, and -inf as the fill (attention's padding mask).
+  const Tensor<T> x = rnd<T>({6, 7}, 5);
+  const Tensor<bool> mask = random_mask({7, 6}, 6, 0.3).t();
+  Tensor<T> xc = x.clone(), xg = x.to(kGPU);
+  xc.set_requires_grad();
+  xg.set_requires_grad();
+  const double ninf = -std::numeric_limits<double>::infinity();
+  const Tensor<T> mc = masked_fill(xc, mask, ninf), mg = masked_fill(xg, mask.to(kGPU), ninf);
+  const auto got = mg.to(kCPU).to_vector(), want = mc.to_vector();
+  CHECK(got == want);
+  const Tensor<T> h = rnd<T>({6, 7}, 7, -1, 1);
+  mc.backward(h);
+  mg.backward(h.to(kGPU));
+  require_allclose(xg.grad().to(kCPU), xc.grad(), 0, 0, "masked_fill backward");
 }

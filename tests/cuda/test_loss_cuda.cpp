@@ -1,5 +1,6 @@
-// nll_loss and cross_entropy on CUDA (ops/loss/class_cuda.cuh) against the
-// CPU reference, forward and backward.
+// nll_loss and cross_entropy on CUDA (ops/loss/class_cuda.cuh), and mse_loss
+// (composed of elementwise ops and a reduction), against the CPU reference,
+// forward and backward.
 //
 // Without a GPU: the kernels are registered. With a GPU (cases tagged [gpu];
 // without one each prints "skipped: no CUDA device"): random logits (never
@@ -91,4 +92,25 @@ TEST_CASE("cross_entropy on CUDA: a batch that is all ignored gives NaN for the 
   LossOptions sum;
   sum.reduction = Reduction::sum;
   CHECK(cross_entropy(x.to(kGPU), t.to(kGPU), sum).to(kCPU).item() == 0.0f);
+}
+
+TEMPLATE_TEST_CASE("mse_loss on CUDA equals the CPU for every reduction, forward and backward", "[gpu]", float, double,
+                   f16, bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  const Tensor<T> x = rnd<T>({33, 7}, 11), y = rnd<T>({33, 7}, 12);
+  for (Reduction red : {Reduction::mean, Reduction::sum, Reduction::none}) {
+    INFO("reduction " << static_cast<int>(red));
+    Tensor<T> xc = x.clone(), yc = y.clone(), xg = x.to(kGPU), yg = y.to(kGPU);
+    for (Tensor<T>* t : {&xc, &yc, &xg, &yg}) t->set_requires_grad();
+    const Tensor<T> lc = mse_loss(xc, yc, red), lg = mse_loss(xg, yg, red);
+    REQUIRE(lg.device() == kGPU);
+    const double tol = order_tolerance<T>(x.numel(), 8, 2);
+    require_allclose(lg.to(kCPU), lc, tol, tol, "loss");
+    const Tensor<T> g = rnd<T>(lc.shape(), 13, 0.5, 1.5);
+    lc.backward(g);
+    lg.backward(g.to(kGPU));
+    require_allclose(xg.grad().to(kCPU), xc.grad(), tol, tol, "d input");
+    require_allclose(yg.grad().to(kCPU), yc.grad(), tol, tol, "d target");
+  }
 }

@@ -1,4 +1,4 @@
-// AdamW and SGD steps on CUDA (optim/cuda.cuh) against the CPU optimizers.
+// AdamW and SGD steps, and GradScaler, on CUDA (optim/cuda.cuh) against the CPU.
 //
 // Without a GPU: the kernels are registered. With a GPU (cases tagged [gpu];
 // without one each prints "skipped: no CUDA device"): several steps of each
@@ -8,6 +8,7 @@
 // rounds separately).
 #include <cuda_runtime.h>
 
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -73,4 +74,42 @@ TEST_CASE("AdamW and SGD steps on CUDA equal the CPU's", "[gpu]") {
     check_steps([&](std::vector<Tensor<float>> p) { return optim::SGD(std::move(p), o); },
                 nesterov ? "SGD, nesterov" : "SGD, momentum");
   }
+}
+
+TEST_CASE("GradScaler on CUDA gradients: the CPU's unscaled gradients, skipped steps and scale", "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  std::vector<Tensor<float>> cpu_params, gpu_params;
+  for (int64_t n : {1, 7, 4099}) {
+    const Tensor<float> p = rnd<float>({n}, 20 + n);
+    cpu_params.push_back(p.clone().set_requires_grad());
+    gpu_params.push_back(p.to(kGPU).set_requires_grad());
+  }
+  optim::SGD cpu_opt(cpu_params, {.lr = 0.1}), gpu_opt(gpu_params, {.lr = 0.1});
+  optim::GradScaler cpu_scaler({.init_scale = 1024.0, .growth_interval = 2}),
+      gpu_scaler({.init_scale = 1024.0, .growth_interval = 2});
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int step = 0; step < 5; ++step) {
+    INFO("step " << step);
+    for (size_t i = 0; i < cpu_params.size(); ++i) {
+      Tensor<float> g = rnd<float>(cpu_params[i].shape(), 200 * step + i, -1000, 1000);
+      // Step 2: an inf in the last parameter's gradient (the step is skipped and the scale backs off).
+      if (step == 2 && i + 1 == cpu_params.size()) g.data_ptr()[4000] = inf;
+      cpu_params[i].set_grad(g.clone());
+      gpu_params[i].set_grad(g.to(kGPU));
+    }
+    gpu_scaler.unscale_(gpu_opt);
+    cpu_scaler.unscale_(cpu_opt);
+    CHECK(gpu_scaler.found_inf(gpu_opt) == (step == 2));
+    CHECK(cpu_scaler.found_inf(cpu_opt) == (step == 2));
+    for (size_t i = 0; i < cpu_params.size() && step != 2; ++i)
+      require_allclose(gpu_params[i].grad().to(kCPU), cpu_params[i].grad(), 0, 0, "unscaled gradient");
+    CHECK(gpu_scaler.step(gpu_opt) == cpu_scaler.step(cpu_opt));
+    gpu_scaler.update();
+    cpu_scaler.update();
+    CHECK(gpu_scaler.get_scale() == cpu_scaler.get_scale());
+    CHECK(gpu_scaler.growth_tracker() == cpu_scaler.growth_tracker());
+  }
+  for (size_t i = 0; i < cpu_params.size(); ++i)
+    require_allclose(gpu_params[i].detach().to(kCPU), cpu_params[i].detach(), 1e-6, 8 * dtype_eps<float>(),
+                     "parameter " + std::to_string(i));
 }

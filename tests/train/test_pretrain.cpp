@@ -378,4 +378,34 @@ TEST_CASE("pretraining resumes exactly where it stopped (fp32, and fp16 with its
   CHECK(quiet.str().find("resumed from") != std::string::npos);
 }
 
+TEST_CASE("a training state's loss-scaler and world-size entries are checked on resume", "[pretrain][resume]") {
+  const std::string file = "run/last.ckpt.safetensors";
+  optim::GradScaler scaler({.growth_interval = 2000, .enabled = true});
+  train::detail::load_grad_scaler_state(scaler, {{"scale", 1024.0}, {"growth_tracker", 7}}, file);
+  CHECK(scaler.get_scale() == 1024.0f);
+  CHECK(scaler.growth_tracker() == 7);
+  using json = nlohmann::json;
+  MAMCLIP_REQUIRE_THROWS_WITH(
+      train::detail::load_grad_scaler_state(scaler, json{{"scale", "big"}, {"growth_tracker", 7}}, file), io_error,
+      "run/last.ckpt.safetensors: extra.grad_scaler is {\"growth_tracker\":7,\"scale\":\"big\"}");
+  MAMCLIP_REQUIRE_THROWS_WITH(train::detail::load_grad_scaler_state(scaler, json{{"scale", 2.0}}, file), io_error,
+                              "expected {\"scale\": number, \"growth_tracker\": integer}");
+  MAMCLIP_REQUIRE_THROWS_WITH(train::detail::load_grad_scaler_state(scaler, json::array(), file), io_error,
+                              "extra.grad_scaler is []");
+  MAMCLIP_REQUIRE_THROWS_WITH(
+      train::detail::load_grad_scaler_state(scaler, json{{"scale", -1.0}, {"growth_tracker", 0}}, file), io_error,
+      "run/last.ckpt.safetensors: extra.grad_scaler: GradScaler.load_state: scale must be positive and finite");
+  MAMCLIP_REQUIRE_THROWS_WITH(
+      train::detail::load_grad_scaler_state(scaler, json{{"scale", 8.0}, {"growth_tracker", 2000}}, file), io_error,
+      "growth_tracker 2000 is outside [0, growth_interval = 2000)");
+  CHECK(scaler.get_scale() == 1024.0f);  // a rejected state changes nothing
+
+  CHECK(train::detail::saved_world_size(json::object(), file) == 1);
+  CHECK(train::detail::saved_world_size(json{{"world_size", 4}}, file) == 4);
+  MAMCLIP_REQUIRE_THROWS_WITH(train::detail::saved_world_size(json{{"world_size", "4"}}, file), io_error,
+                              "run/last.ckpt.safetensors: extra.world_size is \"4\"; expected a positive integer");
+  MAMCLIP_REQUIRE_THROWS_WITH(train::detail::saved_world_size(json{{"world_size", 0}}, file), io_error,
+                              "extra.world_size is 0");
+}
+
 }  // namespace test_pretrain

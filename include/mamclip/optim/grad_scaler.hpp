@@ -27,6 +27,7 @@
 
 #include <cmath>
 #include <map>
+#include <string>
 
 #include "mamclip/autograd/grad_mode.hpp"
 #include "mamclip/core/tensor_data.hpp"
@@ -84,12 +85,23 @@ class GradScaler {
     const float inv = static_cast<float>(1.0 / static_cast<double>(scale_));  // PyTorch: the float32 reciprocal
     NoGradGuard no_grad;
     bool found = false;
+    // Device gradients: x · 0 is 0 for finite x and NaN for inf or NaN, so these sums stay 0 exactly when all
+    // are finite; one sum per device, read once (one synchronisation, not one per parameter).
+    std::map<std::string, Tensor<float>> device_checks;
     for (size_t g = 0; g < opt.num_param_groups(); ++g)
       for (const auto& p : opt.group_params(g)) {
         Tensor<float> grad = p.grad();
         if (!grad.defined()) continue;
-        found = unscale_one(grad, inv) || found;
+        if (grad.device().is_cpu()) {
+          found = unscale_cpu(grad, inv) || found;
+          continue;
+        }
+        const Tensor<float> check = sum(mul(grad.detach(), 0.0));
+        auto [it, fresh] = device_checks.try_emplace(grad.device().str(), check);
+        if (!fresh) it->second = add(it->second, check);
+        grad.copy_(mul(grad.detach(), static_cast<double>(inv)));
       }
+    for (const auto& [device, check] : device_checks) found = found || !(check.item() == 0.0f);
     st.unscaled = true;
     st.found_inf = found;
   }
@@ -150,20 +162,14 @@ class GradScaler {
     bool unscaled = false, stepped = false, found_inf = false;
   };
 
-  // grad x inv in place; whether grad held an inf or NaN.
-  static bool unscale_one(Tensor<float>& grad, float inv) {
-    if (grad.device().is_cpu()) {
-      bool found = false;
-      float* d = grad.data_ptr();
-      mamclip::detail::for_each_offset<1>(grad.shape(), {grad.strides()}, [&](const std::array<int64_t, 1>& o) {
-        found = found || !std::isfinite(d[o[0]]);
-        d[o[0]] *= inv;
-      });
-      return found;
-    }
-    // Device: x · 0 is 0 for finite x and NaN for inf or NaN, so the sum is 0 exactly when all are finite.
-    const bool found = !(sum(mul(grad.detach(), 0.0)).item() == 0.0f);
-    grad.copy_(mul(grad.detach(), static_cast<double>(inv)));
+  // grad x inv in place (a CPU gradient); whether grad held an inf or NaN.
+  static bool unscale_cpu(Tensor<float>& grad, float inv) {
+    bool found = false;
+    float* d = grad.data_ptr();
+    mamclip::detail::for_each_offset<1>(grad.shape(), {grad.strides()}, [&](const std::array<int64_t, 1>& o) {
+      found = found || !std::isfinite(d[o[0]]);
+      d[o[0]] *= inv;
+    });
     return found;
   }
 

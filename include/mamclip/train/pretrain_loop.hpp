@@ -87,6 +87,34 @@ struct PretrainReport {
   int64_t skipped_steps = 0;   // fp16: steps skipped because a gradient overflowed
 };
 
+namespace detail {
+
+// The fp16 loss scaler's state from a training state's extra.grad_scaler
+// ({"scale": number, "growth_tracker": integer}); io_error naming `where`
+// (the file) when it is malformed or out of range.
+inline void load_grad_scaler_state(optim::GradScaler& scaler, const nlohmann::json& j, const std::string& where) {
+  const bool ok = j.is_object() && j.contains("scale") && j["scale"].is_number() && j.contains("growth_tracker") &&
+                  j["growth_tracker"].is_number_integer();
+  MAMCLIP_CHECK(ok, io_error, where, ": extra.grad_scaler is ", j.dump(),
+                "; expected {\"scale\": number, \"growth_tracker\": integer}");
+  try {
+    scaler.load_state({j["scale"].get<double>(), j["growth_tracker"].get<int64_t>()});
+  } catch (const value_error& e) {
+    throw io_error(::mamclip::detail::str_cat(where, ": extra.grad_scaler: ", e.what()));
+  }
+}
+
+// The world size a training state was saved with (extra.world_size; 1 when absent).
+inline int64_t saved_world_size(const nlohmann::json& extra, const std::string& where) {
+  const auto it = extra.find("world_size");
+  if (it == extra.end()) return 1;
+  MAMCLIP_CHECK(it->is_number_integer() && it->get<int64_t>() >= 1, io_error, where, ": extra.world_size is ",
+                it->dump(), "; expected a positive integer");
+  return it->get<int64_t>();
+}
+
+}  // namespace detail
+
 class Pretrainer {
  public:
   // data: the training and validation samples (captions in Sample::caption).
@@ -99,7 +127,8 @@ class Pretrainer {
         train_(std::move(train)),
         val_(std::move(val)),
         out_(&out),
-        comm_(comm && comm->world_size() > 1 ? comm : nullptr) {
+        comm_(comm && comm->world_size() > 1 ? comm : nullptr),
+        scaler_({.enabled = config_.precision == "fp16"}) {
     config_.validate();
     if (!is_main()) out_ = &null_out_;
     if (comm_) dist::check_same(*comm_, "pretraining configuration", config_.to_json().dump());
@@ -119,7 +148,6 @@ class Pretrainer {
     o.weight_decay = config_.weight_decay;
     o.eps = config_.eps;
     optimizer_ = std::make_unique<optim::AdamW>(model_->parameters(), o);
-    scaler_ = optim::GradScaler({.enabled = config_.precision == "fp16"});
   }
 
   models::clip::VLModel& model() { return *model_; }
@@ -149,9 +177,10 @@ class Pretrainer {
                        resuming ? "present" : "absent");
     if (resuming) {
       meta = load_training_state(last_state_path(), *model_, *optimizer_);
+      const std::string where = last_state_path().string();
       if (const auto it = meta.extra.find("grad_scaler"); it != meta.extra.end() && scaler_.enabled())
-        scaler_.load_state({it->at("scale").get<double>(), it->at("growth_tracker").get<int64_t>()});
-      const int64_t saved_world = meta.extra.value("world_size", int64_t{1});
+        detail::load_grad_scaler_state(scaler_, *it, where);
+      const int64_t saved_world = detail::saved_world_size(meta.extra, where);
       if (comm_) dist::check_same(*comm_, "resumed training state (step)", std::to_string(meta.global_step));
       if (saved_world == world_size()) {
         const std::string suffix = rank() == 0 ? "" : "." + std::to_string(rank());

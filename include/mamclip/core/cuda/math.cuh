@@ -11,8 +11,15 @@
 //       of the block must call it); every thread of the group gets the result
 //   Sum, Max   the operations (Max ignores NaN, as fmax does)
 //   for_each_group_row<kBlock, kGroup>(rows, f)   rows handed to groups of threads
+//   launch_rows<kBlock>(rows, size, launch)        host side: picks kGroup by the row length
 
 #include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "mamclip/core/cuda/check.cuh"
+#include "mamclip/core/cuda/types.cuh"
 
 namespace mamclip::cuda {
 
@@ -85,6 +92,23 @@ __device__ __forceinline__ void for_each_group_row(int64_t rows, F&& f) {
   const int t = threadIdx.x % kGroup;
   const int64_t stride = int64_t(gridDim.x) * kRowsPerBlock;
   for (int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kGroup; r < rows; r += stride) f(r, t);
+}
+
+// Rows of this many elements or more get a whole block each, shorter ones a warp.
+inline constexpr int64_t kLongRow = 1024;
+
+// Launches a row kernel (for_each_group_row) over `rows` rows of `size`
+// elements: launch(group, grid) must run kernel<kBlock, decltype(group)::value>
+// with `grid` blocks of kBlock threads; group is std::integral_constant<int,
+// 32> or <int, kBlock>. Nothing runs when rows <= 0.
+template <int kBlock, class Launch>
+void launch_rows(int64_t rows, int64_t size, Launch&& launch) {
+  if (rows <= 0) return;
+  if (size >= kLongRow)
+    launch(std::integral_constant<int, kBlock>{}, grid_for(rows * kBlock, kBlock));
+  else
+    launch(std::integral_constant<int, 32>{}, grid_for(rows * 32, kBlock));
+  MAMCLIP_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace mamclip::cuda

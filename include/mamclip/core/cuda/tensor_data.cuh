@@ -8,7 +8,10 @@
 //   kernel   fill_kernel<kBlock, kVec, U>, strided_copy_kernel<kBlock, U>
 //   launcher launch_fill, launch_strided_copy (explicit stream)
 //   entry    kernels::fill<T>, kernels::strided_copy<T> (current device and stream)
+//
+// and scratch<U>(n), the launchers' temporary buffers.
 
+#include <algorithm>
 #include <cstring>
 
 #include "mamclip/core/cuda/check.cuh"
@@ -26,6 +29,14 @@ template <> struct bits_of<2> { using type = uint16_t; };
 template <> struct bits_of<4> { using type = uint32_t; };
 template <> struct bits_of<8> { using type = uint64_t; };
 template <class T> using bits_t = typename bits_of<sizeof(T)>::type;
+
+// Scratch for a launcher: n elements (at least one) on the current device,
+// back in the caching allocator's pool for the current stream once dropped,
+// so work already queued on that stream may still use it.
+template <class U>
+Tensor<U> scratch(int64_t n) {
+  return Tensor<U>::empty({std::max<int64_t>(n, 1)}, Device::cuda(current_device()));
+}
 
 // ---- fill
 

@@ -42,6 +42,7 @@
 #include "mamclip/core/cuda/check.cuh"
 #include "mamclip/core/cuda/device.cuh"
 #include "mamclip/core/cuda/math.cuh"
+#include "mamclip/core/cuda/tensor_data.cuh"
 #include "mamclip/core/cuda/types.cuh"
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/attention/attention.hpp"
@@ -693,7 +694,7 @@ void launch_attention_backward(const AttentionBackwardArgs<T>& a, cudaStream_t s
     return;
   }
   using A = device_acc_t<D>;
-  Tensor<A> dsum = Tensor<A>::empty({n.batch * n.heads * n.lq}, Device::cuda(current_device()));
+  Tensor<A> dsum = scratch<A>(n.batch * n.heads * n.lq);
   const int64_t rows = n.batch * n.heads * n.lq;
   attention_kernels::attention_dsum_kernel<D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(
       n, device_heads(a.dout), device_heads(a.out), dsum.data_ptr());

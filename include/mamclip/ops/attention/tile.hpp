@@ -29,14 +29,10 @@
 #include <cstdint>
 
 #include "mamclip/core/config.hpp"
+#include "mamclip/core/host_device_math.hpp"
 #include "mamclip/ops/attention/cpu.hpp"
 
 namespace mamclip::attention_tile {
-
-MAMCLIP_HOST_DEVICE float exp_(float x) { return ::expf(x); }
-MAMCLIP_HOST_DEVICE double exp_(double x) { return ::exp(x); }
-MAMCLIP_HOST_DEVICE float log_(float x) { return ::logf(x); }
-MAMCLIP_HOST_DEVICE double log_(double x) { return ::log(x); }
 
 // The running max and sum of one query row.
 template <class A>
@@ -51,7 +47,7 @@ struct RowState {
 template <class A>
 MAMCLIP_HOST_DEVICE A online_rescale(RowState<A>& st, A tile_max) {
   const A m_new = tile_max > st.m ? tile_max : st.m;
-  const A alpha = st.m == static_cast<A>(-INFINITY) ? A(0) : exp_(st.m - m_new);
+  const A alpha = st.m == static_cast<A>(-INFINITY) ? A(0) : hd::exp(st.m - m_new);
   st.m = m_new;
   st.l *= alpha;
   return alpha;
@@ -61,12 +57,12 @@ MAMCLIP_HOST_DEVICE A online_rescale(RowState<A>& st, A tile_max) {
 // when the row has seen nothing visible yet (m = -inf).
 template <class A>
 MAMCLIP_HOST_DEVICE A exp_shifted(A s, A m) {
-  return s == static_cast<A>(-INFINITY) ? A(0) : exp_(s - m);
+  return s == static_cast<A>(-INFINITY) ? A(0) : hd::exp(s - m);
 }
 
 template <class A>
 MAMCLIP_HOST_DEVICE A row_lse(const RowState<A>& st) {
-  return st.l > A(0) ? st.m + log_(st.l) : static_cast<A>(-INFINITY);
+  return st.l > A(0) ? st.m + hd::log(st.l) : static_cast<A>(-INFINITY);
 }
 template <class A>
 MAMCLIP_HOST_DEVICE A row_inv_sum(const RowState<A>& st) {
@@ -77,7 +73,7 @@ MAMCLIP_HOST_DEVICE A row_inv_sum(const RowState<A>& st) {
 // -inf) or the row sees no key (lse = -inf).
 template <class A>
 MAMCLIP_HOST_DEVICE A prob_from_lse(A s, A lse) {
-  return (s == static_cast<A>(-INFINITY) || lse == static_cast<A>(-INFINITY)) ? A(0) : exp_(s - lse);
+  return (s == static_cast<A>(-INFINITY) || lse == static_cast<A>(-INFINITY)) ? A(0) : hd::exp(s - lse);
 }
 
 // d loss / d (q_i·k_j) from p_ij, dp_ij (already times the dropout factor) and dsum_i.

@@ -34,6 +34,7 @@
 #include "mamclip/core/cuda/device.cuh"
 #include "mamclip/core/cuda/math.cuh"
 #include "mamclip/core/cuda/settings.hpp"
+#include "mamclip/core/cuda/tensor_data.cuh"
 #include "mamclip/core/cuda/types.cuh"
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/conv/conv.hpp"
@@ -253,11 +254,6 @@ inline bool conv_uses_depthwise(const Conv2dGeometry& g) {
   return depthwise_fast(g) && path != ConvPath::im2col;
 }
 
-template <class U>
-Tensor<U> conv_scratch(int64_t n) {
-  return Tensor<U>::empty({std::max<int64_t>(n, 1)}, Device::cuda(current_device()));
-}
-
 template <class F>
 void with_kernel_size(int64_t k, F&& f) {
   if (k == 3) return f(std::integral_constant<int, 3>{});
@@ -288,7 +284,7 @@ void launch_depthwise_wgrad(const Conv2dGeometry& g, const D* x, const D* dy, D*
   const int64_t planes = g.batch * g.c_in, taps = g.kh * g.kw;
   const auto grid = conv_kernels::depthwise_grid(g.h, g.w, std::max<int64_t>(planes, 1));
   const int64_t chunks = g.batch * grid.tiles;  // partial sums per channel
-  Tensor<A> partial = conv_scratch<A>(g.c_in * chunks * taps);
+  Tensor<A> partial = scratch<A>(g.c_in * chunks * taps);
   if (chunks > 0) {
     with_kernel_size(g.kh, [&](auto k) {
       constexpr int K = decltype(k)::value;
@@ -318,7 +314,7 @@ template <class T>
 void im2col_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* b, T* y, cudaStream_t s) {
   using D = device_t<T>;
   const int64_t plane = g.oh * g.ow, kdim = g.cin_per_group() * g.kh * g.kw, cog = g.cout_per_group();
-  Tensor<T> col = conv_scratch<T>(g.groups * kdim * plane);
+  Tensor<T> col = scratch<T>(g.groups * kdim * plane);
   D* pc = device_ptr(col.data_ptr());
   for (int64_t n = 0; n < g.batch; ++n) {
     const D* xn = device_ptr(x) + n * g.c_in * g.h * g.w;
@@ -339,7 +335,7 @@ template <class T>
 void im2col_input_grad(const Conv2dGeometry& g, const T* w, const T* gy, T* dx, cudaStream_t s) {
   using D = device_t<T>;
   const int64_t plane = g.oh * g.ow, kdim = g.cin_per_group() * g.kh * g.kw, cog = g.cout_per_group();
-  Tensor<T> col = conv_scratch<T>(g.groups * kdim * plane);
+  Tensor<T> col = scratch<T>(g.groups * kdim * plane);
   for (int64_t n = 0; n < g.batch; ++n) {
     // dcol_g [kdim, plane] = w_gᵀ · dy_g
     launch_gemm<T>(true, false, kdim, plane, cog, 1.0, w, kdim, cog * kdim, gy + n * g.c_out * plane, plane,
@@ -356,7 +352,7 @@ void im2col_weight_grad(const Conv2dGeometry& g, const T* x, const T* gy, T* dw,
   using D = device_t<T>;
   const int64_t plane = g.oh * g.ow, kdim = g.cin_per_group() * g.kh * g.kw, cog = g.cout_per_group();
   const int64_t cols = g.batch * plane;  // every sample's columns side by side
-  Tensor<T> col = conv_scratch<T>(g.groups * kdim * cols), dyt = conv_scratch<T>(g.c_out * cols);
+  Tensor<T> col = scratch<T>(g.groups * kdim * cols), dyt = scratch<T>(g.c_out * cols);
   for (int64_t n = 0; n < g.batch; ++n) {
     // Sample n's columns start at column n · plane of each row (ld = cols).
     conv_kernels::im2col_kernel<D><<<grid_for(g.groups * kdim * plane, 256), 256, 0, s>>>(

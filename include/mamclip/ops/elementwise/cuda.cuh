@@ -1,8 +1,9 @@
 #pragma once
 // CUDA kernels of the elementwise family: every unary and binary op of
 // elementwise.hpp (UnaryKernel / BinaryKernel, registered under the op's
-// name), "add_contiguous" (AddKernel, gradient accumulation) and "dropout"
-// (BernoulliMaskKernel: the CPU's Philox mask, bit for bit).
+// name), "add_contiguous" (AddKernel, gradient accumulation), "where"
+// (WhereKernel, and so masked_fill) and "dropout" (BernoulliMaskKernel: the
+// CPU's Philox mask, bit for bit).
 //
 //   ops      one functor per op (AddOp, ExpOp, GeluBackwardOp, ...): the CPU
 //            lambda's formula in the accumulation type, p0 / p1 its scalars
@@ -183,6 +184,25 @@ void add(T* out, const T* a, const T* b, int64_t n) {
 }
 }  // namespace kernels
 
+// ---- where: out[i] = cond[i] ? a[i] : b[i] (bits copied, NaN and -0 kept)
+
+template <class D>
+__global__ void where_kernel(D* out, const bool* cond, const D* a, const D* b, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = cond[i] ? a[i] : b[i];
+}
+
+namespace kernels {
+template <class T>
+void where(T* out, const bool* cond, const T* a, const T* b, int64_t n) {
+  constexpr int kBlock = 256;
+  if (n <= 0) return;
+  where_kernel<<<grid_for(n, kBlock), kBlock, 0, current_stream()>>>(device_ptr(out), cond, device_ptr(a),
+                                                                     device_ptr(b), n);
+  MAMCLIP_CUDA_CHECK_LAUNCH();
+}
+}  // namespace kernels
+
 // ---- dropout's mask: Philox blocks of 4 elements, the CPU's numbers exactly
 
 // out[i] = (uniform(seed, offset, i) > keep) ? 0 : kept, one Philox block (4
@@ -258,6 +278,7 @@ void register_elementwise_kernels_for() {
   binary("gelu_tanh_backward", &kernels::binary<T, GeluBackwardOp<true>>);
 
   r.add<AddKernel<T>>("add_contiguous", dt, cu, &kernels::add<T>);
+  r.add<WhereKernel<T>>("where", dt, cu, &kernels::where<T>);
   r.add<BernoulliMaskKernel<T>>("dropout", dt, cu, &kernels::bernoulli_mask<T>);
 }
 

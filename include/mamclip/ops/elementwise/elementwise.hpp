@@ -26,6 +26,9 @@ template <class T>
 using UnaryKernel = void(T* out, const T* x, int64_t n, double p0, double p1);
 template <class T>
 using BinaryKernel = void(T* out, const T* a, const T* b, int64_t n, double p0, double p1);
+// where on a device: out[i] = cond[i] ? a[i] : b[i], all contiguous with n elements.
+template <class T>
+using WhereKernel = void(T* out, const bool* cond, const T* a, const T* b, int64_t n);
 // Dropout's mask on a device ("dropout"): cpu::bernoulli_mask's arguments and values.
 template <class T>
 using BernoulliMaskKernel = void(uint64_t seed, uint64_t offset, int64_t n, double keep, double kept, T* out);
@@ -383,9 +386,16 @@ Tensor<T> where(const Tensor<bool>& cond, const Tensor<T>& a, const Tensor<T>& b
   detail::check_same_device("where", cond, a, "condition", "a");
   detail::check_same_device("where", a, b, "a", "b");
   const Shape s = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
-  MAMCLIP_CHECK(cond.device().is_cpu(), device_error, "where: no kernel is registered for ", cond.device().str());
   Tensor<T> y = Tensor<T>::empty(s, a.device());
-  cpu::ternary(y, cond, a, b, [](bool c, T va, T vb) { return c ? va : vb; });
+  if (a.device().is_cpu()) {
+    cpu::ternary(y, cond, a, b, [](bool c, T va, T vb) { return c ? va : vb; });
+  } else {
+    auto* k = require_kernel<WhereKernel<T>>("where", dtype_v<T>, a.device());
+    const Tensor<bool> dc = detail::contiguous_copy(cond.expand(s));
+    const Tensor<T> da = detail::contiguous_copy(a.detach().expand(s)),
+                    db = detail::contiguous_copy(b.detach().expand(s));
+    k(y.data_ptr(), dc.data_ptr(), da.data_ptr(), db.data_ptr(), y.numel());
+  }
   return autograd::record<T>("WhereBackward", {a, b}, y,
                              [cond, sa = a.shape(), sb = b.shape()](const Tensor<T>& g, const std::vector<bool>& need) {
                                Tensor<T> zero = Tensor<T>::empty({}, g.device());

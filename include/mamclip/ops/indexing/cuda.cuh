@@ -17,6 +17,7 @@
 
 #include "mamclip/core/cuda/check.cuh"
 #include "mamclip/core/cuda/device.cuh"
+#include "mamclip/core/cuda/tensor_data.cuh"
 #include "mamclip/core/cuda/types.cuh"
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/core/tensor.hpp"
@@ -108,7 +109,7 @@ void with_acc_image(D* dst, int64_t count, cudaStream_t stream, F&& add) {
   if constexpr (std::is_same_v<A, D>) {
     add(dst);
   } else {
-    const Tensor<float> image = Tensor<float>::empty({count}, Device::cuda(current_device()));
+    const Tensor<float> image = scratch<float>(count);
     convert_kernel<D, A><<<grid_for(count, kBlock), kBlock, 0, stream>>>(image.data_ptr(), dst, count);
     MAMCLIP_CUDA_CHECK_LAUNCH();
     add(image.data_ptr());

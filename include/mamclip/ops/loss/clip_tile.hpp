@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "mamclip/core/config.hpp"
+#include "mamclip/core/host_device_math.hpp"
 
 namespace mamclip {
 
@@ -33,11 +34,6 @@ struct ClipLossDims {
 };
 
 namespace clip_tile {
-
-MAMCLIP_HOST_DEVICE float exp_(float x) { return ::expf(x); }
-MAMCLIP_HOST_DEVICE double exp_(double x) { return ::exp(x); }
-MAMCLIP_HOST_DEVICE float log_(float x) { return ::logf(x); }
-MAMCLIP_HOST_DEVICE double log_(double x) { return ::log(x); }
 
 // A running log-sum-exp: the sum of exp(x - m) over the values seen, and their
 // max m. Empty: m = -inf, l = 0 (its lse is -inf).
@@ -58,8 +54,8 @@ MAMCLIP_HOST_DEVICE void lse_update(LseState<A>& st, const X* x, int n, int stri
   A mx = st.m;
   for (int j = 0; j < n; ++j) mx = x[j * stride] > mx ? static_cast<A>(x[j * stride]) : mx;
   if (mx == static_cast<A>(-INFINITY)) return;  // nothing finite seen yet or now
-  A l = st.l * exp_(st.m - mx);                  // st.m == -inf: exp(-inf) = 0
-  for (int j = 0; j < n; ++j) l += exp_(static_cast<A>(x[j * stride]) - mx);
+  A l = st.l * hd::exp(st.m - mx);                  // st.m == -inf: exp(-inf) = 0
+  for (int j = 0; j < n; ++j) l += hd::exp(static_cast<A>(x[j * stride]) - mx);
   st.m = mx;
   st.l = l;
 }
@@ -69,12 +65,12 @@ template <class A>
 MAMCLIP_HOST_DEVICE LseState<A> lse_merge(LseState<A> a, LseState<A> b) {
   const A m = a.m > b.m ? a.m : b.m;
   if (m == static_cast<A>(-INFINITY)) return lse_empty<A>();  // avoids (-inf) - (-inf)
-  return {m, a.l * exp_(a.m - m) + b.l * exp_(b.m - m)};
+  return {m, a.l * hd::exp(a.m - m) + b.l * hd::exp(b.m - m)};
 }
 
 template <class A>
 MAMCLIP_HOST_DEVICE A lse_value(LseState<A> st) {
-  return st.m + log_(st.l);
+  return st.m + hd::log(st.l);
 }
 
 // The logit scale s = exp(min(log_scale, max)) and whether d s / d log_scale
@@ -87,7 +83,7 @@ struct ClipScale {
 template <class A>
 MAMCLIP_HOST_DEVICE ClipScale<A> clip_scale(A log_scale, A max_log_scale) {
   const bool passes = !(log_scale > max_log_scale);
-  return {exp_(passes ? log_scale : max_log_scale), passes};
+  return {hd::exp(passes ? log_scale : max_log_scale), passes};
 }
 
 // d loss / d S at one (a, b) of the logits, per unit of g / (2B). a_in / b_in:
@@ -96,8 +92,8 @@ MAMCLIP_HOST_DEVICE ClipScale<A> clip_scale(A log_scale, A max_log_scale) {
 template <class A>
 MAMCLIP_HOST_DEVICE A clip_dlogit(A s_ab, bool a_in, A own_lse, bool b_in, A other_lse, bool diag) {
   A v = A(0);
-  if (a_in) v += exp_(s_ab - own_lse);
-  if (b_in) v += exp_(s_ab - other_lse);
+  if (a_in) v += hd::exp(s_ab - own_lse);
+  if (b_in) v += hd::exp(s_ab - other_lse);
   if (diag) v -= A(2);
   return v;
 }

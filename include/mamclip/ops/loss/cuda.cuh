@@ -41,6 +41,7 @@
 
 #include "mamclip/core/cuda/check.cuh"
 #include "mamclip/core/cuda/device.cuh"
+#include "mamclip/core/cuda/tensor_data.cuh"
 #include "mamclip/core/cuda/types.cuh"
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/loss/clip.hpp"
@@ -339,12 +340,6 @@ namespace detail {
 
 inline float clip_max_scale(double m) { return std::isinf(m) ? INFINITY : static_cast<float>(m); }
 
-// Scratch on the current device, freed (back to the stream-ordered cache) when the launcher returns.
-template <class U>
-Tensor<U> clip_scratch(int64_t n) {
-  return Tensor<U>::empty({std::max<int64_t>(n, 1)}, Device::cuda(current_device()));
-}
-
 inline int sm_count() {
   int n = 0;
   MAMCLIP_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, current_device()));
@@ -361,7 +356,7 @@ void launch_clip_band_lse(const D* a, int64_t lda, int64_t a_off, int64_t batch,
   const int64_t tiles_per_split = (col_tiles + splits - 1) / splits;
   MAMCLIP_CHECK(row_blocks <= INT32_MAX, value_error, "clip_loss: batch = ", batch, " needs ", row_blocks,
                 " row blocks; the CUDA kernel supports at most ", INT32_MAX);
-  Tensor<float> partial = clip_scratch<float>(2 * splits * batch);
+  Tensor<float> partial = scratch<float>(2 * splits * batch);
   clip_kernels::clip_lse_partial_kernel<D>
       <<<dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits)), FT::kThreads, 0, stream>>>(
           a, lda, a_off, batch, b, ldb, nb, dim, log_scale, max_ls, tiles_per_split,
@@ -384,7 +379,7 @@ void launch_clip_loss_forward(const ClipLossForwardArgs<T>& p, cudaStream_t stre
                           p.row_lse, stream);
   launch_clip_band_lse<D>(txt, p.text_ld, n.text_offset, n.batch, img, p.image_ld, n.images, n.dim, ls, max_ls,
                           p.col_lse, stream);
-  Tensor<float> diag = clip_scratch<float>(n.batch);
+  Tensor<float> diag = scratch<float>(n.batch);
   clip_kernels::clip_diag_kernel<D><<<grid_for(n.batch * 32, 256), 256, 0, stream>>>(
       img, p.image_ld, n.image_offset, txt, p.text_ld, n.text_offset, n.batch, n.dim, diag.data_ptr());
   MAMCLIP_CUDA_CHECK_LAUNCH();
@@ -429,7 +424,7 @@ void launch_clip_loss_backward(const ClipLossBackwardArgs<T>& p, cudaStream_t st
   const D* grad = device_ptr(p.grad_loss);
   if (p.d_image || p.d_logit_scale) {
     const int64_t blocks = (n.images + BT::kBM - 1) / BT::kBM;
-    Tensor<double> dots = p.d_logit_scale ? clip_scratch<double>(blocks) : Tensor<double>();
+    Tensor<double> dots = p.d_logit_scale ? scratch<double>(blocks) : Tensor<double>();
     launch_clip_grad_side<D>(img, p.image_ld, n.images, n.image_offset, p.row_lse, txt, p.text_ld, n.texts,
                              n.text_offset, p.col_lse, n.batch, n.dim, ls, max_ls, grad, device_ptr(p.d_image),
                              p.d_logit_scale ? dots.data_ptr() : nullptr, stream);

@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "mamclip/autograd/node.hpp"
+#include "mamclip/ops/elementwise/elementwise.hpp"  // mse_loss: sub, mul
 #include "mamclip/ops/fwd.hpp"
 #include "mamclip/ops/loss/cpu.hpp"
 #include "mamclip/ops/loss/clip.hpp"  // clip_loss, the fused contrastive loss
@@ -191,8 +192,8 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const Tensor<int64_t>& target, 
 
 template <class T>
 Tensor<T> mse_loss(const Tensor<T>& input, const Tensor<T>& target, Reduction reduction) {
-  detail::require_cpu("mse_loss", input);
-  detail::require_cpu("mse_loss", target);
+  // Composed of sub, mul and sum / mean, so it runs wherever they have kernels.
+  detail::check_same_device("mse_loss", input, target, "input", "target");
   MAMCLIP_CHECK(input.shape() == target.shape(), shape_error, "mse_loss: input has shape ", shape_str(input.shape()),
                 " and target has shape ", shape_str(target.shape()), "; expected equal shapes");
   const Tensor<T> d = sub(input, target);

@@ -6,7 +6,7 @@
 // "normalize" and "normalize_backward" (a group of threads per lane, as softmax).
 //
 //   layer_norm_kernel<kBlock, kGroup, D>           a group of kGroup threads per row (a warp, or
-//                                                  the block for rows of kLongNormRow or more):
+//                                                  the block for rows of kLongRow or more):
 //                                                  mean, variance, y, and the row's mean / rstd
 //   layer_norm_input_grad_kernel<kBlock, kGroup, D> dx per row, the same grouping
 //   layer_norm_param_grad_partial_kernel<D>        dw, db: 32 columns x kParamGradRowsPerChunk
@@ -21,13 +21,13 @@
 #include "mamclip/core/cuda/check.cuh"
 #include "mamclip/core/cuda/device.cuh"
 #include "mamclip/core/cuda/math.cuh"
+#include "mamclip/core/cuda/tensor_data.cuh"
 #include "mamclip/core/cuda/types.cuh"
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/norm/norm.hpp"
 
 namespace mamclip::cuda {
 
-inline constexpr int64_t kLongNormRow = 1024;
 inline constexpr int kParamGradRowsPerChunk = 256;
 
 template <int kBlock, int kGroup, class D>
@@ -216,8 +216,6 @@ __global__ void __launch_bounds__(kBlock)
 
 // ---- normalize: y = x / max(||x||_p, eps) along lanes of a contiguous [outer, size, inner] tensor.
 
-inline constexpr int64_t kLongNormalizeLane = 1024;
-
 template <class A>
 __device__ __forceinline__ A pnorm_term(A v, A p) {
   return p == A(2) ? v * v : p == A(1) ? math::abs(v) : math::pow(math::abs(v), p);
@@ -276,16 +274,12 @@ void layer_norm(const T* x, const T* w, const T* b, T* y, acc_t<T>* mean, acc_t<
                 double eps) {
   using D = device_t<T>;
   constexpr int kBlock = 256;
-  if (rows <= 0) return;
   const cudaStream_t stream = current_stream();
   const auto e = static_cast<device_acc_t<D>>(eps);
-  if (n >= kLongNormRow)
-    layer_norm_kernel<kBlock, kBlock, D><<<grid_for(rows * kBlock, kBlock), kBlock, 0, stream>>>(
+  launch_rows<kBlock>(rows, n, [&](auto group, unsigned grid) {
+    layer_norm_kernel<kBlock, decltype(group)::value, D><<<grid, kBlock, 0, stream>>>(
         device_ptr(x), device_ptr(w), device_ptr(b), device_ptr(y), mean, rstd, rows, n, e);
-  else
-    layer_norm_kernel<kBlock, 32, D><<<grid_for(rows * 32, kBlock), kBlock, 0, stream>>>(
-        device_ptr(x), device_ptr(w), device_ptr(b), device_ptr(y), mean, rstd, rows, n, e);
-  MAMCLIP_CUDA_CHECK_LAUNCH();
+  });
 }
 
 template <class T>
@@ -295,21 +289,17 @@ void layer_norm_backward(const T* g, const T* x, const T* w, const acc_t<T>* mea
   using A = acc_t<T>;
   constexpr int kBlock = 256;
   const cudaStream_t stream = current_stream();
-  if (dx && rows > 0) {
-    if (n >= kLongNormRow)
-      layer_norm_input_grad_kernel<kBlock, kBlock, D><<<grid_for(rows * kBlock, kBlock), kBlock, 0, stream>>>(
+  if (dx)
+    launch_rows<kBlock>(rows, n, [&](auto group, unsigned grid) {
+      layer_norm_input_grad_kernel<kBlock, decltype(group)::value, D><<<grid, kBlock, 0, stream>>>(
           device_ptr(g), device_ptr(x), device_ptr(w), mean, rstd, rows, n, device_ptr(dx));
-    else
-      layer_norm_input_grad_kernel<kBlock, 32, D><<<grid_for(rows * 32, kBlock), kBlock, 0, stream>>>(
-          device_ptr(g), device_ptr(x), device_ptr(w), mean, rstd, rows, n, device_ptr(dx));
-    MAMCLIP_CUDA_CHECK_LAUNCH();
-  }
+    });
   if ((!dw && !db) || n <= 0) return;
   const int64_t chunks = std::max<int64_t>(1, (rows + kParamGradRowsPerChunk - 1) / kParamGradRowsPerChunk);
   MAMCLIP_CHECK(chunks <= 65535, value_error, "layer_norm_backward: ", rows, " rows; at most ",
                 int64_t(65535) * kParamGradRowsPerChunk, " are supported on CUDA");
   // Partial sums [2, chunks, n]: dw's, then db's.
-  const Tensor<A> partial = Tensor<A>::empty({2, chunks, n}, Device::cuda(current_device()));
+  const Tensor<A> partial = scratch<A>(2 * chunks * n);
   A* pw = dw ? partial.data_ptr() : nullptr;
   A* pb = db ? partial.data_ptr() + chunks * n : nullptr;
   if (rows > 0) {
@@ -359,14 +349,11 @@ void normalize(const T* x, T* y, acc_t<T>* norms, int64_t outer, int64_t size, i
   using A = acc_t<T>;
   constexpr int kBlock = 256;
   const int64_t lanes = outer * inner;
-  if (lanes <= 0) return;
-  if (size >= kLongNormalizeLane)
-    normalize_kernel<kBlock, kBlock, D><<<grid_for(lanes * kBlock, kBlock), kBlock, 0, current_stream()>>>(
+  const cudaStream_t stream = current_stream();
+  launch_rows<kBlock>(lanes, size, [&](auto group, unsigned grid) {
+    normalize_kernel<kBlock, decltype(group)::value, D><<<grid, kBlock, 0, stream>>>(
         device_ptr(x), device_ptr(y), norms, lanes, size, inner, static_cast<A>(p), static_cast<A>(eps));
-  else
-    normalize_kernel<kBlock, 32, D><<<grid_for(lanes * 32, kBlock), kBlock, 0, current_stream()>>>(
-        device_ptr(x), device_ptr(y), norms, lanes, size, inner, static_cast<A>(p), static_cast<A>(eps));
-  MAMCLIP_CUDA_CHECK_LAUNCH();
+  });
 }
 
 template <class T>
@@ -376,14 +363,12 @@ void normalize_backward(const T* g, const T* x, const acc_t<T>* norms, T* dx, in
   using A = acc_t<T>;
   constexpr int kBlock = 256;
   const int64_t lanes = outer * inner;
-  if (lanes <= 0) return;
-  if (size >= kLongNormalizeLane)
-    normalize_backward_kernel<kBlock, kBlock, D><<<grid_for(lanes * kBlock, kBlock), kBlock, 0, current_stream()>>>(
-        device_ptr(g), device_ptr(x), norms, device_ptr(dx), lanes, size, inner, static_cast<A>(p), static_cast<A>(eps));
-  else
-    normalize_backward_kernel<kBlock, 32, D><<<grid_for(lanes * 32, kBlock), kBlock, 0, current_stream()>>>(
-        device_ptr(g), device_ptr(x), norms, device_ptr(dx), lanes, size, inner, static_cast<A>(p), static_cast<A>(eps));
-  MAMCLIP_CUDA_CHECK_LAUNCH();
+  const cudaStream_t stream = current_stream();
+  launch_rows<kBlock>(lanes, size, [&](auto group, unsigned grid) {
+    normalize_backward_kernel<kBlock, decltype(group)::value, D><<<grid, kBlock, 0, stream>>>(
+        device_ptr(g), device_ptr(x), norms, device_ptr(dx), lanes, size, inner, static_cast<A>(p),
+        static_cast<A>(eps));
+  });
 }
 }  // namespace kernels
 

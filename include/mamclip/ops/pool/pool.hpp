@@ -3,8 +3,12 @@
 // with their backward. Windows and divisors follow ATen's rules: see
 // pool_output_size (ceil_mode), avg_pool_axis (count_include_pad) and
 // adaptive_pool_axis (bins [floor(i H / out), ceil((i + 1) H / out))).
+// On a device through AvgPoolKernel / AvgPoolBackwardKernel, registered under
+// each op's name and "<op>_backward".
 
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "mamclip/autograd/node.hpp"
 #include "mamclip/ops/fwd.hpp"
@@ -12,6 +16,25 @@
 #include "mamclip/ops/reduce/reduce.hpp"
 
 namespace mamclip {
+
+// One axis of cpu::PoolAxis in device memory: the window [start, end) of each
+// of `out` outputs, and for each of `size` inputs the range [cover_begin,
+// cover_end) of the outputs whose windows hold it (windows move forward, so
+// that range is contiguous; the backward gathers through it).
+struct DevicePoolAxis {
+  const int64_t *start, *end, *cover_begin, *cover_end;
+  int64_t out, size;
+};
+
+// x [planes, rows.size, cols.size] -> y [planes, rows.out, cols.out], every
+// window's sum times inv_area[i * cols.out + j] (device memory, double).
+template <class T>
+using AvgPoolKernel = void(const T* x, T* y, int64_t planes, DevicePoolAxis rows, DevicePoolAxis cols,
+                           const double* inv_area);
+// gy [planes, rows.out, cols.out] -> dx [planes, rows.size, cols.size].
+template <class T>
+using AvgPoolBackwardKernel = void(const T* gy, T* dx, int64_t planes, DevicePoolAxis rows, DevicePoolAxis cols,
+                                   const double* inv_area);
 
 namespace detail {
 
@@ -54,11 +77,62 @@ inline cpu::PoolAxis adaptive_pool_axis(int64_t size, int64_t out) {
   return a;
 }
 
+// The windows of `rows` (over h inputs) and `cols` (over w) on a device: one
+// int64 table holding both DevicePoolAxis, and the inverse window areas.
+struct DevicePoolWindows {
+  Tensor<int64_t> table;
+  Tensor<double> inv_area;
+  DevicePoolAxis rows{}, cols{};
+
+  DevicePoolWindows(const cpu::PoolAxis& r, int64_t h, const cpu::PoolAxis& c, int64_t w, Device device) {
+    std::vector<int64_t> t;
+    auto append = [&](const cpu::PoolAxis& a, int64_t size) {
+      const size_t at = t.size();
+      t.insert(t.end(), a.start.begin(), a.start.end());
+      t.insert(t.end(), a.end.begin(), a.end.end());
+      std::vector<int64_t> begin(static_cast<size_t>(size), 0), end(static_cast<size_t>(size), 0);
+      for (int64_t i = a.out(); i-- > 0;)  // backwards, so each input's begin ends at its first window
+        for (int64_t k = a.start[i]; k < a.end[i]; ++k) {
+          begin[k] = i;
+          if (end[k] == 0) end[k] = i + 1;
+        }
+      t.insert(t.end(), begin.begin(), begin.end());
+      t.insert(t.end(), end.begin(), end.end());
+      return at;
+    };
+    const size_t r_at = append(r, h), c_at = append(c, w);
+    std::vector<double> inv;
+    for (int64_t i = 0; i < r.out(); ++i)
+      for (int64_t j = 0; j < c.out(); ++j) inv.push_back(cpu::inverse_or_zero(r.divisor[i] * c.divisor[j]));
+    table = from_vector<int64_t>(t, {static_cast<int64_t>(t.size())}).to(device);
+    inv_area = from_vector<double>(inv, {static_cast<int64_t>(inv.size())}).to(device);
+    auto axis = [&](size_t at, int64_t out, int64_t size) {
+      const int64_t* base = table.data_ptr() + at;
+      return DevicePoolAxis{base, base + out, base + 2 * out, base + 2 * out + size, out, size};
+    };
+    rows = axis(r_at, r.out(), h);
+    cols = axis(c_at, c.out(), w);
+  }
+};
+
 template <class T>
-Tensor<T> avg_pool_windows(const char* node, const Tensor<T>& x, cpu::PoolAxis rows, cpu::PoolAxis cols) {
+Tensor<T> avg_pool_windows(const char* op, const char* node, const Tensor<T>& x, cpu::PoolAxis rows,
+                           cpu::PoolAxis cols) {
   const int64_t planes = x.size(0) * x.size(1), h = x.size(2), w = x.size(3);
   const Tensor<T> xc = contiguous_values(x);
-  Tensor<T> y = Tensor<T>::empty({x.size(0), x.size(1), rows.out(), cols.out()});
+  Tensor<T> y = Tensor<T>::empty({x.size(0), x.size(1), rows.out(), cols.out()}, x.device());
+  if (!x.device().is_cpu()) {
+    auto* kernel = require_kernel<AvgPoolKernel<T>>(op, dtype_v<T>, x.device());
+    auto* backward = require_kernel<AvgPoolBackwardKernel<T>>(str_cat(op, "_backward"), dtype_v<T>, x.device());
+    auto windows = std::make_shared<const DevicePoolWindows>(rows, h, cols, w, x.device());
+    kernel(xc.data_ptr(), y.data_ptr(), planes, windows->rows, windows->cols, windows->inv_area.data_ptr());
+    return autograd::record<T>(node, {x}, y, [windows, backward, shape = x.shape(), planes](const Tensor<T>& g) {
+      const Tensor<T> gc = contiguous_values(g);
+      Tensor<T> dx = Tensor<T>::empty(shape, g.device());
+      backward(gc.data_ptr(), dx.data_ptr(), planes, windows->rows, windows->cols, windows->inv_area.data_ptr());
+      return std::vector<Tensor<T>>{dx};
+    });
+  }
   cpu::avg_pool_forward(xc.data_ptr(), y.data_ptr(), planes, h, w, rows, cols);
   return autograd::record<T>(node, {x}, y, [rows = std::move(rows), cols = std::move(cols), shape = x.shape(), planes](const Tensor<T>& g) {
     const Tensor<T> gc = contiguous_values(g);
@@ -74,7 +148,6 @@ template <class T>
 Tensor<T> avg_pool2d(const Tensor<T>& x, std::array<int64_t, 2> kernel_size, const AvgPool2dOptions& options) {
   static_assert(is_floating_v<T>, "avg_pool2d: T must be float, double, half or bfloat16");
   constexpr const char* op = "avg_pool2d";
-  detail::require_cpu(op, x);
   detail::require_nchw(op, x);
   std::array<int64_t, 2> stride = options.stride;
   for (int d = 0; d < 2; ++d) {
@@ -94,7 +167,7 @@ Tensor<T> avg_pool2d(const Tensor<T>& x, std::array<int64_t, 2> kernel_size, con
                 kernel_size[0], ", ", kernel_size[1], "] with padding [", options.padding[0], ", ", options.padding[1],
                 "] gives an output of ", oh, " x ", ow, "; expected a non-empty output");
   return detail::avg_pool_windows(
-      "AvgPool2dBackward", x,
+      op, "AvgPool2dBackward", x,
       detail::avg_pool_axis(h, oh, kernel_size[0], stride[0], options.padding[0], options.count_include_pad),
       detail::avg_pool_axis(w, ow, kernel_size[1], stride[1], options.padding[1], options.count_include_pad));
 }
@@ -103,13 +176,12 @@ template <class T>
 Tensor<T> adaptive_avg_pool2d(const Tensor<T>& x, std::array<int64_t, 2> output_size) {
   static_assert(is_floating_v<T>, "adaptive_avg_pool2d: T must be float, double, half or bfloat16");
   constexpr const char* op = "adaptive_avg_pool2d";
-  detail::require_cpu(op, x);
   detail::require_nchw(op, x);
   MAMCLIP_CHECK(output_size[0] > 0 && output_size[1] > 0, value_error, op, ": output_size must be positive, got [",
                 output_size[0], ", ", output_size[1], "]");
   MAMCLIP_CHECK(x.size(2) > 0 && x.size(3) > 0, shape_error, op, ": input has shape ", shape_str(x.shape()),
                 "; expected non-empty H and W");
-  return detail::avg_pool_windows("AdaptiveAvgPool2dBackward", x, detail::adaptive_pool_axis(x.size(2), output_size[0]),
+  return detail::avg_pool_windows(op, "AdaptiveAvgPool2dBackward", x, detail::adaptive_pool_axis(x.size(2), output_size[0]),
                                   detail::adaptive_pool_axis(x.size(3), output_size[1]));
 }
 

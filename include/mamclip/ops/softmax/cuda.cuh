@@ -4,8 +4,7 @@
 //
 //   kernels  softmax_kernel / softmax_backward_kernel<kBlock, kGroup, D>: one
 //            group of kGroup threads per lane (a warp, or the whole block for
-//            lanes of kLongLane elements or more)
-//   launcher launch_lanes(...): picks the group by the lane length
+//            lanes of kLongRow elements or more; launch_rows picks)
 //   entries  kernels::softmax<T> / softmax_backward<T> (current device and stream)
 //
 // The formulas of ops/softmax/cpu.hpp (max, sum of exp(x - max), then the
@@ -21,8 +20,6 @@
 #include "mamclip/ops/softmax/softmax.hpp"
 
 namespace mamclip::cuda {
-
-inline constexpr int64_t kLongLane = 1024;
 
 // y = softmax (or log_softmax) of x along each lane.
 template <int kBlock, int kGroup, class D>
@@ -72,47 +69,31 @@ __global__ void __launch_bounds__(kBlock)
   });
 }
 
-// Runs kernel<kBlock, kGroup> over `lanes` lanes of `size` elements: a warp
-// per lane, or a block per lane for long ones.
-template <template <int, int, class> class Launch, class... Args>
-void launch_lanes(int64_t lanes, int64_t size, cudaStream_t stream, Args... args) {
-  constexpr int kBlock = 256;
-  if (lanes <= 0 || size <= 0) return;
-  if (size >= kLongLane) Launch<kBlock, kBlock, void>::run(grid_for(lanes * kBlock, kBlock), kBlock, stream, args...);
-  else Launch<kBlock, 32, void>::run(grid_for(lanes * 32, kBlock), kBlock, stream, args...);
-  MAMCLIP_CUDA_CHECK_LAUNCH();
-}
-
-template <int kBlock, int kGroup, class>
-struct SoftmaxLaunch {
-  template <class D>
-  static void run(unsigned grid, int block, cudaStream_t stream, const D* x, D* y, int64_t lanes, int64_t size,
-                  int64_t inner, bool log) {
-    softmax_kernel<kBlock, kGroup, D><<<grid, block, 0, stream>>>(x, y, lanes, size, inner, log);
-  }
-};
-
-template <int kBlock, int kGroup, class>
-struct SoftmaxBackwardLaunch {
-  template <class D>
-  static void run(unsigned grid, int block, cudaStream_t stream, const D* g, const D* y, D* dx, int64_t lanes,
-                  int64_t size, int64_t inner, bool log) {
-    softmax_backward_kernel<kBlock, kGroup, D><<<grid, block, 0, stream>>>(g, y, dx, lanes, size, inner, log);
-  }
-};
-
 namespace kernels {
 template <class T>
 void softmax(const T* x, T* y, int64_t outer, int64_t size, int64_t inner, bool log) {
+  using D = device_t<T>;
+  constexpr int kBlock = 256;
   const int64_t lanes = outer * inner;
-  launch_lanes<SoftmaxLaunch>(lanes, size, current_stream(), device_ptr(x), device_ptr(y), lanes, size, inner, log);
+  if (size <= 0) return;
+  const cudaStream_t stream = current_stream();
+  launch_rows<kBlock>(lanes, size, [&](auto group, unsigned grid) {
+    softmax_kernel<kBlock, decltype(group)::value, D>
+        <<<grid, kBlock, 0, stream>>>(device_ptr(x), device_ptr(y), lanes, size, inner, log);
+  });
 }
 
 template <class T>
 void softmax_backward(const T* g, const T* y, T* dx, int64_t outer, int64_t size, int64_t inner, bool log) {
+  using D = device_t<T>;
+  constexpr int kBlock = 256;
   const int64_t lanes = outer * inner;
-  launch_lanes<SoftmaxBackwardLaunch>(lanes, size, current_stream(), device_ptr(g), device_ptr(y), device_ptr(dx),
-                                      lanes, size, inner, log);
+  if (size <= 0) return;
+  const cudaStream_t stream = current_stream();
+  launch_rows<kBlock>(lanes, size, [&](auto group, unsigned grid) {
+    softmax_backward_kernel<kBlock, decltype(group)::value, D>
+        <<<grid, kBlock, 0, stream>>>(device_ptr(g), device_ptr(y), device_ptr(dx), lanes, size, inner, log);
+  });
 }
 }  // namespace kernels
 

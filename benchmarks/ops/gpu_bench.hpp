@@ -1,12 +1,13 @@
 #pragma once
-// What the CUDA kernel benchmarks share: an L2 flush and the best time of
-// repeated runs measured with CUDA events. Plain C++ (cuda_runtime.h only).
+// What the CUDA kernel benchmarks share: an L2 flush, the best time of
+// repeated runs measured with CUDA events, and the relative error of a result
+// against the baseline's. Plain C++ (cuda_runtime.h and mamclip's tensors).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <string>
 
-#include "mamclip/core/error.hpp"
+#include "mamclip/mamclip.hpp"
 
 namespace mamclip::bench {
 
@@ -53,6 +54,13 @@ double best_ms(F&& f, const L2Flush& flush, int reps = 20) {
   cudaEventDestroy(a);
   cudaEventDestroy(b);
   return best;
+}
+
+// max |got - want| / max |want|, both copied to the host in double.
+template <class T>
+double rel_err(const Tensor<T>& got, const Tensor<T>& want) {
+  const auto g = got.to(kCPU).template to<double>(), w = want.to(kCPU).template to<double>();
+  return amax(abs(g - w)).item() / std::max(amax(abs(w)).item(), 1e-30);
 }
 
 }  // namespace mamclip::bench
