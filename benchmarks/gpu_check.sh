@@ -16,7 +16,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
 jobs=${JOBS:-$(nproc)}
-EXTRA_TARGETS=(bench_clip_loss bench_attention bench_conv)
+EXTRA_TARGETS=(bench_clip_loss bench_attention bench_conv bench_bandwidth)
 
 echo "== device"
 if command -v nvidia-smi >/dev/null; then
@@ -102,6 +102,8 @@ extra_steps() {
   "$build/benchmarks/bench_clip_loss" || bench_rc=1
   echo "== bench_attention (fused attention vs cuBLAS + softmax on the scores)"
   "$build/benchmarks/bench_attention" || bench_rc=1
+  echo "== bench_bandwidth (elementwise, layer_norm, softmax, sum vs the device-to-device copy)"
+  "$build/benchmarks/bench_bandwidth" || bench_rc=1
   if [[ -x $build/benchmarks/bench_conv ]]; then
     echo "== bench_conv (depthwise 7x7: our kernels vs cuDNN at ConvNeXt's stage shapes)"
     "$build/benchmarks/bench_conv" || bench_rc=1

@@ -218,8 +218,9 @@ effective batch. The config file (YAML or JSON) has the sections and keys of the
 reference cfg.yaml (embed_dim, vision_model, optimizer, text_model, data,
 trainparams) plus mamclip's own: model_size (full | small), text_model.bert_model_path /
 vocab_path, trainparams.negatives (paper | full = GradCache over the effective
-batch), precision (fp32 | bf16 | fp16 autocast; fp16 with a dynamic loss scale), mlm_coeff, max_logit_scale, seed, grad_checkpointing, init_checkpoint,
-max_steps, checkpoint_every_steps. KEY=VALUE arguments override it, e.g.
+batch), precision (fp32 | bf16 | fp16 autocast; fp16 with a dynamic loss scale), device (cpu |
+cuda | cuda:N; cuda needs a build with the CUDA backend), mlm_coeff, max_logit_scale, seed, grad_checkpointing,
+init_checkpoint, max_steps, checkpoint_every_steps. KEY=VALUE arguments override it, e.g.
 optimizer.lr=3e-4 data.batch_size=4 "data.image_size=[512,384]".
 
 Writes into trainparams.checkpoint_dir_path/experiment_name: last.ckpt.safetensors
@@ -314,12 +315,15 @@ options:
   --val F --test F     fractions of patients held out, default 0.15 and 0.25
   --class-weighting    inverse-frequency class weights in the loss
   --precision P        fp32 (default) | bf16: the training forward in bfloat16 autocast
+  --device D           cpu (default) | cuda | cuda:N: where the model trains and is evaluated
+                       (cuda needs a build with the CUDA backend; one process, not under mpirun)
   --seed S             default 0
   -h, --help           this text
 )";
 
 struct FinetuneSpec {
   std::string init = "scratch", arch = "convnext_small";
+  Device device = kCPU;
   std::optional<int64_t> labels;
   double val = 0.15, test = 0.25;
   train::FinetuneOptions options;
@@ -399,7 +403,7 @@ int run_finetune(const std::vector<std::string>& argv) {
                                     {"--epochs", true}, {"--batch", true},      {"--lr", true},
                                     {"--height", true}, {"--width", true},      {"--val", true},
                                     {"--test", true},   {"--seed", true},       {"--class-weighting", false},
-                                    {"--precision", true}});
+                                    {"--precision", true},  {"--device", true}});
   if (a.help) {
     std::cout << kFinetuneHelp;
     return 0;
@@ -425,6 +429,11 @@ int run_finetune(const std::vector<std::string>& argv) {
   o.precision = a.get("--precision").value_or("fp32");
   if (o.precision != "fp32" && o.precision != "bf16")
     throw UsageError{"--precision expects fp32 or bf16, got '" + o.precision + "'"};
+  if (a.has("--device")) {
+    const std::optional<Device> device = parse_device(*a.get("--device"));
+    if (!device) throw UsageError{"--device expects cpu, cuda or cuda:N, got '" + *a.get("--device") + "'"};
+    s.device = *device;
+  }
   o.output_dir = *a.get("--output");
   if (!(s.init == "scratch" || s.init.rfind("mamclip:", 0) == 0 || s.init.rfind("timm:", 0) == 0))
     throw UsageError{"--init expects scratch, mamclip:FILE or timm:FILE, got '" + s.init + "'"};
@@ -436,9 +445,17 @@ int run_finetune(const std::vector<std::string>& argv) {
   const std::unique_ptr<dist::Communicator> comm = job_communicator();
   std::ostringstream quiet;
   std::ostream& out = comm->rank() == 0 ? std::cout : quiet;  // rank 0 speaks for the job
-  if (comm->world_size() > 1)
+  if (comm->world_size() > 1) {
+    if (!s.device.is_cpu())
+      throw UsageError{"--device " + s.device.str() + " under mpirun: data-parallel training moves CPU gradients "
+                       "only; run one process on the GPU"};
     out << "finetune: data parallel over " << comm->world_size() << " ranks (" << comm->backend() << "), "
         << comm->world_size() * o.batch_size << " images per step in all\n";
+  }
+  if (!s.device.is_cpu()) {
+    model->to(s.device);
+    out << "finetune: training on " << s.device.str() << "\n";
+  }
   const auto r = finetune_on(d, s, *model, out, comm.get());
   train::print_confusion(out, r.test.confusion, d.class_names);
   out << "finetune: test macro-F1 " << f3(r.test.macro_f1) << ", accuracy " << f3(r.test.accuracy)

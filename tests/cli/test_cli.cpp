@@ -530,6 +530,21 @@ TEST_CASE("mamclip pretrain, finetune, convert and zeroshot run end to end on a 
   REQUIRE_USAGE_ERROR(run_cli({"finetune", "--data", set.string(), "--output", "x", "--init", "imagenet"}),
                       "--init expects scratch, mamclip:FILE or timm:FILE, got 'imagenet'");
   REQUIRE_RUNTIME_ERROR(run_cli({"convert", (root / "missing.ckpt").string(), prefixed}), "missing.ckpt");
+  REQUIRE_USAGE_ERROR(run_cli({"finetune", "--data", set.string(), "--output", "x", "--device", "tpu"}),
+                      "--device expects cpu, cuda or cuda:N, got 'tpu'");
+  // --device cuda:0 trains there when the program has the CUDA backend and the machine a GPU; otherwise it fails
+  // before training, with a message naming the device (no GPU, or no backend linked).
+  r = run_cli({"finetune", "--data", set.string(), "--arch", "small", "--epochs", "1", "--batch", "4", "--height", "64",
+               "--width", "48", "--output", (root / "ft_gpu").string(), "--device", "cuda:0"});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  if (r.status == 0) {
+    CHECK(r.out.find("finetune: training on cuda:0") != std::string::npos);
+    CHECK(r.out.find("finetune: test macro-F1") != std::string::npos);
+  } else {
+    CHECK(r.status == 1);
+    CHECK(r.err.find("cuda:0") != std::string::npos);
+    CHECK(r.out.find("finetune: test macro-F1") == std::string::npos);
+  }
 }
 #endif
 

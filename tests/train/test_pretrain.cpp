@@ -283,6 +283,18 @@ TEST_CASE("pretrain config: the reference's cfg.yaml keys, overrides and typed e
   train::apply_override(fp8, "trainparams.precision=fp8");
   MAMCLIP_REQUIRE_THROWS_WITH(train::PretrainConfig::from_json(fp8), value_error,
                               "trainparams.precision must be 'fp32', 'bf16' or 'fp16', got 'fp8'");
+  for (const std::string device : {"gpu", "cuda:", "cuda:x", "cuda:12345", "CPU"}) {
+    auto bad_device = j;
+    train::apply_override(bad_device, "trainparams.device=" + device);
+    MAMCLIP_REQUIRE_THROWS_WITH(train::PretrainConfig::from_json(bad_device), value_error,
+                                "trainparams.device must be 'cpu', 'cuda' or 'cuda:N', got '" + device + "'");
+  }
+  auto on_gpu = j;
+  train::apply_override(on_gpu, "trainparams.device=cuda:1");
+  CHECK(train::PretrainConfig::from_json(on_gpu).device == "cuda:1");
+  CHECK(parse_device("cuda:1") == Device::cuda(1));
+  CHECK(parse_device("cuda") == Device::cuda(0));
+  CHECK(parse_device("cpu") == kCPU);
   auto wrong_type = j;
   train::apply_override(wrong_type, "optimizer.lr=fast");
   MAMCLIP_REQUIRE_THROWS_WITH(train::PretrainConfig::from_json(wrong_type, "f.yaml"), value_error,

@@ -2,8 +2,10 @@
 // Where a tensor's storage lives: the CPU or CUDA device n.
 
 #include <cstdint>
+#include <optional>
 #include <ostream>
 #include <string>
+#include <string_view>
 
 namespace mamclip {
 
@@ -24,5 +26,18 @@ struct Device {
 };
 
 inline constexpr Device kCPU = Device::cpu();
+
+// "cpu", "cuda" (device 0) or "cuda:N" as written by Device::str(); nullopt for anything else.
+inline std::optional<Device> parse_device(std::string_view text) {
+  if (text == "cpu") return kCPU;
+  if (text == "cuda") return Device::cuda(0);
+  if (text.substr(0, 5) != "cuda:" || text.size() == 5 || text.size() > 8) return std::nullopt;
+  int index = 0;
+  for (char c : text.substr(5)) {
+    if (c < '0' || c > '9') return std::nullopt;
+    index = index * 10 + (c - '0');
+  }
+  return Device::cuda(index);
+}
 
 }  // namespace mamclip

@@ -283,6 +283,19 @@ class Module {
   void eval() { train(false); }
   bool is_training() const { return training_; }
 
+  // The device of the parameters (kCPU for a module without any); device_error
+  // naming two of them when they are not all on one device.
+  Device device() const {
+    const auto named = named_parameters();
+    if (named.empty()) return kCPU;
+    const auto& [first_name, first] = named.front();
+    for (const auto& [name, p] : named)
+      MAMCLIP_CHECK(p.device() == first.device(), device_error, type_name(), ": parameter '", name, "' is on ",
+                    p.device().str(), " but '", first_name, "' is on ", first.device().str(),
+                    "; expected every parameter on one device (call to(device) on the whole module)");
+    return first.device();
+  }
+
   // Moves every parameter, buffer and gradient to `device` in place: each
   // tensor keeps its identity (handles stay valid) and gets new storage.
   // Move a model before building its optimizer, whose state stays where it was.

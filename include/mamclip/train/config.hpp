@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "mamclip/core/device.hpp"
 #include "mamclip/core/error.hpp"
 
 namespace mamclip::train {
@@ -49,6 +50,7 @@ struct PretrainConfig {
   // trainparams, mamclip only
   std::string negatives = "paper";      // paper: each micro-batch its own negatives; full: GradCache over the effective batch
   std::string precision = "fp32";       // fp32 | bf16 | fp16 (autocast of the forward passes; fp16 with a loss scaler)
+  std::string device = "cpu";           // cpu | cuda | cuda:N: where the model trains (one device per process)
   double mlm_coeff = 0.5;
   std::optional<double> max_logit_scale;  // clamp of logit_scale (e.g. ln 100); the reference does not clamp
   uint64_t seed = 42;
@@ -75,6 +77,8 @@ struct PretrainConfig {
                   "; one process trains on one device (launch several processes for data parallelism)");
     MAMCLIP_CHECK(negatives == "paper" || negatives == "full", value_error,
                   "pretrain config: trainparams.negatives must be 'paper' or 'full', got '", negatives, "'");
+    MAMCLIP_CHECK(parse_device(device).has_value(), value_error,
+                  "pretrain config: trainparams.device must be 'cpu', 'cuda' or 'cuda:N', got '", device, "'");
     MAMCLIP_CHECK(precision == "fp32" || precision == "bf16" || precision == "fp16", value_error,
                   "pretrain config: trainparams.precision must be 'fp32', 'bf16' or 'fp16', got '", precision, "'");
     MAMCLIP_CHECK(model_size == "full" || model_size == "small", value_error,
@@ -118,6 +122,7 @@ struct PretrainConfig {
                         {"checkpoint_dir_path", checkpoint_dir_path},
                         {"negatives", negatives},
                         {"precision", precision},
+                        {"device", device},
                         {"mlm_coeff", mlm_coeff},
                         {"max_logit_scale", max_logit_scale ? nlohmann::json(*max_logit_scale) : nlohmann::json()},
                         {"seed", seed},
@@ -185,6 +190,7 @@ struct PretrainConfig {
     get("trainparams", "checkpoint_dir_path", c.checkpoint_dir_path);
     get("trainparams", "negatives", c.negatives);
     get("trainparams", "precision", c.precision);
+    get("trainparams", "device", c.device);
     get("trainparams", "mlm_coeff", c.mlm_coeff);
     double clamp = 0;
     if (j.contains("trainparams") && j["trainparams"].contains("max_logit_scale") &&

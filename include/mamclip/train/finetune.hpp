@@ -328,18 +328,20 @@ inline EvalResult evaluate_logits(const Tensor<float>& logits, const Tensor<int6
 namespace detail {
 
 // Head `head`'s logits [N, C] and the labels [N] of one pass of `loader` (no
-// gradients, eval mode; the module's training flag is restored).
+// gradients, eval mode; the module's training flag is restored). The images go
+// to the model's device; the logits come back to the CPU.
 inline std::pair<Tensor<float>, Tensor<int64_t>> classifier_logits(models::clip::MamClipClassifier& model,
                                                                    data::Loader& loader, int64_t num_classes,
                                                                    int64_t head, const char* who) {
   EvalModeScope eval_mode(model);
   NoGradGuard no_grad;
+  const Device device = model.device();
   std::vector<Tensor<float>> logits;
   std::vector<Tensor<int64_t>> labels;
   loader.start_epoch(0);
   while (std::optional<data::Batch> batch = loader.next()) {
     check_batch_labels(batch->labels, num_classes, who);
-    logits.push_back(model.forward(batch->images)[static_cast<size_t>(head)]);  // [B, C]
+    logits.push_back(model.forward(batch->images.to(device))[static_cast<size_t>(head)].to(kCPU));  // [B, C]
     labels.push_back(batch->labels);
   }
   if (logits.empty()) return {zeros<float>({0, num_classes}), zeros<int64_t>({0})};
@@ -485,6 +487,8 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
   std::optional<dist::DataParallel> data_parallel;
   if (comm) data_parallel.emplace(model, *comm);
 
+  // Training runs where the model is (move it with model.to(device) first); the loader's batches follow it.
+  const Device device = model.device();
   optim::AdamWOptions adamw;
   adamw.lr = options.lr;
   adamw.weight_decay = options.weight_decay;
@@ -542,10 +546,10 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
       detail::check_batch_labels(batch->labels, num_classes, "finetune_classifier");
       Tensor<float> logits;
       {
-        const AutocastGuard amp(batch->images.device().type, DType::bf16, options.precision == "bf16");
-        logits = model.forward(batch->images)[static_cast<size_t>(head)];
+        const AutocastGuard amp(device.type, DType::bf16, options.precision == "bf16");
+        logits = model.forward(batch->images.to(device))[static_cast<size_t>(head)];
       }
-      const auto [loss, value] = batch_loss(logits, batch->labels);
+      const auto [loss, value] = batch_loss(logits, batch->labels.to(device));
       MAMCLIP_CHECK(std::isfinite(value), value_error, "finetune_classifier: the training loss is ", value,
                     " at epoch ", epoch, ", step ", step, " (batch ", batches, " of the epoch); lower the lr");
       optimizer.zero_grad();

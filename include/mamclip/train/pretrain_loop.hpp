@@ -141,6 +141,11 @@ class Pretrainer {
     }
     if (!config_.init_checkpoint.empty()) models::clip::load_vlmodel_weights(*model_, config_.init_checkpoint);
     model_->set_grad_checkpointing(config_.grad_checkpointing);
+    device_ = *parse_device(config_.device);  // validated above
+    MAMCLIP_CHECK(!comm_ || device_.is_cpu(), value_error, "Pretrainer: trainparams.device is ", device_.str(),
+                  " with ", comm_ ? comm_->world_size() : 1,
+                  " processes; data-parallel training moves CPU gradients only (run one process on the GPU)");
+    model_->to(device_);  // before the optimizer, whose state is made where the parameters are
     dropout_ = share_generator(*model_, data::detail::mix_keys(config_.seed, 0x44524F50ull + rank_key()));
     if (comm_) data_parallel_ = std::make_unique<dist::DataParallel>(*model_, *comm_);
     optim::AdamWOptions o;
@@ -349,7 +354,7 @@ class Pretrainer {
                                          static_cast<uint64_t>(index)));
     if (rank() > 0) gen.manual_seed(data::detail::mix_keys(gen.seed(), rank_key()));
     const text::MlmBatch t = masker.encode_batch(b.captions, gen);
-    return {b.images, t.input_ids, t.labels};
+    return {b.images.to(device_), t.input_ids.to(device_), t.labels.to(device_)};
   }
 
   // Distinguishes the ranks' random streams; 0 for rank 0 (and one process).
@@ -406,6 +411,7 @@ class Pretrainer {
   std::shared_ptr<Generator> dropout_;
   std::unique_ptr<optim::AdamW> optimizer_;
   optim::GradScaler scaler_;  // enabled for fp16 only
+  Device device_ = kCPU;       // trainparams.device: the model's and the batches' device
 };
 
 }  // namespace mamclip::train

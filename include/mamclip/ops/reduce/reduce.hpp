@@ -120,9 +120,8 @@ Tensor<T> extreme(const char* op, const char* node, RowStat stat, const Tensor<T
                   bool keepdim, Better better) {
   const auto p = cpu::plan_reduce(x.shape(), dims, op);
   require_nonempty_rows(op, x, p);
-  const bool cpu = x.device().is_cpu();
-  Tensor<T> y = cpu ? cpu::arg_reduce_rows(x, p, keepdim, better).first
-                    : device_row_stat(op, stat, x, p, keepdim, false).first;
+  Tensor<T> y = x.device().is_cpu() ? cpu::arg_reduce_rows(x, p, keepdim, better).first
+                                    : device_row_stat(op, stat, x, p, keepdim, false).first;
   return autograd::record<T>(node, {x}, y, [x = x.detach(), y = y.detach(), p, op, stat](const Tensor<T>& g) {
     if (!x.device().is_cpu()) return std::vector<Tensor<T>>{device_row_stat_grad(op, stat, x, p, g, y, {})};
     const auto gv = acc_values(g), yv = acc_values(y);
