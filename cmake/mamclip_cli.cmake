@@ -21,6 +21,9 @@ function(mamclip_add_cli)
   if(TARGET mamclip::mpi)  # `mpirun -np N mamclip pretrain` (cmake/dist.cmake)
     target_link_libraries(mamclip_cli PRIVATE mamclip::mpi)
   endif()
+  if(TARGET mamclip::nccl AND TARGET mamclip::cuda)  # data-parallel GPU gradients over NCCL
+    target_link_libraries(mamclip_cli PRIVATE mamclip::nccl)
+  endif()
   find_package(OpenMP QUIET)  # the CPU kernels (GEMM, conv, attention, elementwise) use every core
   if(OpenMP_CXX_FOUND)
     target_link_libraries(mamclip_cli PRIVATE OpenMP::OpenMP_CXX)

@@ -316,7 +316,8 @@ options:
   --class-weighting    inverse-frequency class weights in the loss
   --precision P        fp32 (default) | bf16: the training forward in bfloat16 autocast
   --device D           cpu (default) | cuda | cuda:N: where the model trains and is evaluated
-                       (cuda needs a build with the CUDA backend; one process, not under mpirun)
+                       (cuda needs a build with the CUDA backend; under mpirun, cuda is each
+                       rank's local GPU)
   --seed S             default 0
   -h, --help           this text
 )";
@@ -324,6 +325,7 @@ options:
 struct FinetuneSpec {
   std::string init = "scratch", arch = "convnext_small";
   Device device = kCPU;
+  bool device_per_rank = false;  // --device cuda: under mpirun, the local rank's GPU
   std::optional<int64_t> labels;
   double val = 0.15, test = 0.25;
   train::FinetuneOptions options;
@@ -433,6 +435,7 @@ int run_finetune(const std::vector<std::string>& argv) {
     const std::optional<Device> device = parse_device(*a.get("--device"));
     if (!device) throw UsageError{"--device expects cpu, cuda or cuda:N, got '" + *a.get("--device") + "'"};
     s.device = *device;
+    s.device_per_rank = *a.get("--device") == "cuda";
   }
   o.output_dir = *a.get("--output");
   if (!(s.init == "scratch" || s.init.rfind("mamclip:", 0) == 0 || s.init.rfind("timm:", 0) == 0))
@@ -446,9 +449,7 @@ int run_finetune(const std::vector<std::string>& argv) {
   std::ostringstream quiet;
   std::ostream& out = comm->rank() == 0 ? std::cout : quiet;  // rank 0 speaks for the job
   if (comm->world_size() > 1) {
-    if (!s.device.is_cpu())
-      throw UsageError{"--device " + s.device.str() + " under mpirun: data-parallel training moves CPU gradients "
-                       "only; run one process on the GPU"};
+    if (s.device_per_rank) s.device = Device::cuda(comm->local_rank());
     out << "finetune: data parallel over " << comm->world_size() << " ranks (" << comm->backend() << "), "
         << comm->world_size() * o.batch_size << " images per step in all\n";
   }

@@ -5,6 +5,9 @@
 //   LocalCommunicator  world size 1, no library needed (the default)
 //   MpiCommunicator    dist/mpi.hpp: Open MPI, CPU tensors (link mamclip::mpi)
 //   NcclCommunicator   dist/nccl.hpp: NCCL, CUDA tensors (link mamclip::nccl)
+// The tensor collectives below take tensors on any device: a tensor that is
+// not where its communicator works (memory()) goes through a staging copy, so
+// CUDA tensors travel over MPI through host memory.
 // Collectives are called by every rank in the same order (as in MPI). Each
 // waits at most timeout(); past it, dist_timeout_error names the collective
 // and the ranks that did not arrive, so a dead or hung peer stops the job
@@ -53,6 +56,9 @@ class Communicator {
   // This process's index among the ranks on its machine (its GPU, for NCCL).
   virtual int local_rank() const = 0;
   virtual std::string backend() const = 0;  // "local", "mpi", "nccl"
+  // Where the raw collectives' buffers live: host memory (local, mpi) or the
+  // communicator's GPU (nccl).
+  virtual Device memory() const { return kCPU; }
 
   // Raw collectives over `count` elements of `dtype` (host memory for local
   // and mpi, device memory for nccl).
@@ -110,17 +116,42 @@ void check_dense(const Tensor<T>& t, const char* op) {
   MAMCLIP_CHECK(t.is_contiguous(), value_error, op, ": the tensor of shape ", shape_str(t.shape()),
                 " is not contiguous; call .contiguous() first");
 }
+
+// `t` itself when it lives on `memory`, else a copy there.
+template <class T>
+Tensor<T> on_memory(const Tensor<T>& t, Device memory) {
+  if (t.device() == memory) return t;
+  Tensor<T> c = Tensor<T>::empty(t.shape(), memory);
+  c.copy_(t);
+  return c;
+}
+
+// Runs `collective` on t's data where comm can reach it, and writes a staged
+// result back into t.
+template <class T, class F>
+void in_place_on(Communicator& comm, Tensor<T>& t, F&& collective) {
+  Tensor<T> buf = on_memory(t, comm.memory());
+  collective(buf.data_ptr());
+  if (buf.device() != t.device()) t.copy_(buf);
+}
 }  // namespace detail
 
-// In place. ReduceOp::sum, or the mean over ranks with mean = true.
+// In place, over ranks: sum, max or min.
 template <class T>
 void all_reduce(Communicator& comm, Tensor<T>& t, ReduceOp op = ReduceOp::sum) {
   detail::check_dense(t, "all_reduce");
-  comm.all_reduce(t.data_ptr(), t.numel(), dtype_v<T>, op);
+  detail::in_place_on(comm, t, [&](T* data) { comm.all_reduce(data, t.numel(), dtype_v<T>, op); });
 }
 
 template <class T>
 void all_reduce_mean(Communicator& comm, Tensor<T>& t) {
+  if (!t.device().is_cpu()) {  // the division runs on the host
+    detail::check_dense(t, "all_reduce_mean");
+    Tensor<T> h = detail::on_memory(t, kCPU);
+    all_reduce_mean(comm, h);
+    t.copy_(h);
+    return;
+  }
   all_reduce(comm, t, ReduceOp::sum);
   if (comm.world_size() > 1) {
     T* p = t.data_ptr();
@@ -142,7 +173,7 @@ inline int64_t all_reduce_scalar(Communicator& comm, int64_t v, ReduceOp op = Re
 template <class T>
 void broadcast(Communicator& comm, Tensor<T>& t, int root = 0) {
   detail::check_dense(t, "broadcast");
-  comm.broadcast(t.data_ptr(), t.numel(), dtype_v<T>, root);
+  detail::in_place_on(comm, t, [&](T* data) { comm.broadcast(data, t.numel(), dtype_v<T>, root); });
 }
 
 // Every rank's value of a host integer, in rank order.
@@ -184,9 +215,10 @@ Tensor<T> all_gather(Communicator& comm, const Tensor<T>& t, std::vector<int64_t
     if (rows) rows->push_back(n);
   }
   shape[0] = total;
-  Tensor<T> out = Tensor<T>::empty(shape, local.device());
-  comm.all_gather(local.data_ptr(), out.data_ptr(), counts, dtype_v<T>);
-  return out;
+  const Tensor<T> send = detail::on_memory(local, comm.memory());
+  Tensor<T> out = Tensor<T>::empty(shape, comm.memory());
+  comm.all_gather(send.data_ptr(), out.data_ptr(), counts, dtype_v<T>);
+  return detail::on_memory(out, local.device());
 }
 
 // FNV-1a of a string: what check_same compares.

@@ -7,8 +7,9 @@
 //
 // The NCCL unique id travels from rank 0 through the bootstrap communicator;
 // ranks and local ranks are the bootstrap's. Each communicator has its own
-// stream; every collective is enqueued there and followed by an event that
-// wait()/test() poll with the timeout. NCCL cannot say which rank is missing:
+// stream; every collective first waits there for the work already queued on
+// the device's current stream (the kernels that wrote its data), and is
+// followed by an event that wait()/test() poll with the timeout. NCCL cannot say which rank is missing:
 // in a world of two it is the other one, otherwise the message says so. A
 // timeout aborts the NCCL communicator (ncclCommAbort), which releases the
 // kernels stuck on the GPU; the communicator is then unusable.
@@ -23,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "mamclip/core/cuda/device.cuh"
 #include "mamclip/dist/communicator.hpp"
 
 namespace mamclip::dist {
@@ -74,6 +76,7 @@ struct NcclState {
   int local_rank = 0;
   int64_t seq = 0;
   int32_t* scratch = nullptr;  // barrier's one element
+  cudaEvent_t inputs_ready = nullptr;  // recorded on the current stream before each collective
   std::string poisoned;
 
   ~NcclState() {
@@ -82,6 +85,7 @@ struct NcclState {
     // An aborted communicator has already been released.
     if (comm && poisoned.empty()) ncclCommDestroy(comm);
     if (scratch) cudaFree(scratch);
+    if (inputs_ready) cudaEventDestroy(inputs_ready);
     if (stream) cudaStreamDestroy(stream);
     if (current != device) cudaSetDevice(current);
   }
@@ -196,6 +200,7 @@ class NcclCommunicator final : public Communicator {
     bootstrap.broadcast(&id, static_cast<int64_t>(sizeof(id)), DType::u8, 0);
     MAMCLIP_NCCL_CUDA_CHECK(cudaSetDevice(state_->device), where);
     MAMCLIP_NCCL_CUDA_CHECK(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking), where);
+    MAMCLIP_NCCL_CUDA_CHECK(cudaEventCreateWithFlags(&state_->inputs_ready, cudaEventDisableTiming), where);
     MAMCLIP_NCCL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&state_->scratch), sizeof(int32_t)), where);
     MAMCLIP_NCCL_CHECK(ncclCommInitRank(&state_->comm, state_->size, id, state_->rank), where);
   }
@@ -204,6 +209,7 @@ class NcclCommunicator final : public Communicator {
   int world_size() const override { return state_->size; }
   int local_rank() const override { return state_->local_rank; }
   std::string backend() const override { return "nccl"; }
+  Device memory() const override { return Device::cuda(state_->device); }
   int device() const { return state_->device; }
   cudaStream_t stream() const { return state_->stream; }
 
@@ -288,6 +294,7 @@ class NcclCommunicator final : public Communicator {
     const std::string where = "duplicate on rank " + std::to_string(s.rank);
     MAMCLIP_NCCL_CUDA_CHECK(cudaSetDevice(s.device), where);
     MAMCLIP_NCCL_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), where);
+    MAMCLIP_NCCL_CUDA_CHECK(cudaEventCreateWithFlags(&s.inputs_ready, cudaEventDisableTiming), where);
     MAMCLIP_NCCL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&s.scratch), sizeof(int32_t)), where);
     MAMCLIP_NCCL_CHECK(ncclCommSplit(state_->comm, 0, s.rank, &s.comm, nullptr), where);
     dup->set_timeout(timeout_);
@@ -301,7 +308,12 @@ class NcclCommunicator final : public Communicator {
     state_->check_usable(op);
     MAMCLIP_CHECK(count >= 0, value_error, op, ": negative count ", count);
     MAMCLIP_NCCL_CUDA_CHECK(cudaSetDevice(state_->device), op);
-    return state_->where(op, ++state_->seq, count, dtype);
+    std::string what = state_->where(op, ++state_->seq, count, dtype);
+    // Our kernels write on the current stream; NCCL's stream does not
+    // synchronise with it (non-blocking), so order it explicitly.
+    MAMCLIP_NCCL_CUDA_CHECK(cudaEventRecord(state_->inputs_ready, cuda::current_stream(state_->device)), what);
+    MAMCLIP_NCCL_CUDA_CHECK(cudaStreamWaitEvent(state_->stream, state_->inputs_ready, 0), what);
+    return what;
   }
 
   std::shared_ptr<detail::NcclState> state_;

@@ -13,6 +13,12 @@
 //   dp.set_sync(false) for all micro-batches but the last (accumulation
 //   communicates once), backward, ..., dp.set_sync(true), last backward,
 //   dp.finish_gradient_sync() — then .grad holds the mean over ranks.
+//
+// Parameters on a GPU: the buckets live where the bucket communicator works.
+// Built with NCCL (mamclip::nccl defines MAMCLIP_WITH_NCCL), that is an
+// NcclCommunicator over the same ranks on the parameters' GPU, so gradients
+// never leave the device; without it, a duplicate of `comm`, and the buckets
+// are staged through host memory (correct, but bound by PCIe).
 
 #include <algorithm>
 #include <cstdint>
@@ -20,9 +26,14 @@
 #include <vector>
 
 #include "mamclip/autograd/node.hpp"
+#include "mamclip/autograd/grad_mode.hpp"
+#include "mamclip/core/factory.hpp"
 #include "mamclip/dist/communicator.hpp"
 #include "mamclip/nn/module.hpp"
 #include "mamclip/ops/fwd.hpp"
+#ifdef MAMCLIP_WITH_NCCL
+#include "mamclip/dist/nccl.hpp"
+#endif
 
 namespace mamclip::dist {
 
@@ -57,6 +68,9 @@ struct DataParallelOptions {
   // large ones cost fewer collectives.
   int64_t bucket_bytes = int64_t(25) << 20;
   bool broadcast_parameters = true;  // rank 0's parameters and buffers to all at construction
+  // Parameters on a GPU, built with NCCL: reduce their gradients over NCCL
+  // (off: over a duplicate of the communicator, staged through host memory).
+  bool nccl = true;
 };
 
 class DataParallel {
@@ -65,16 +79,21 @@ class DataParallel {
   // dist_error names the differing ranks), broadcasts rank 0's parameters and
   // buffers, and hooks every parameter. `module` and `comm` must outlive this.
   DataParallel(nn::Module& module, Communicator& comm, DataParallelOptions options = {})
-      : comm_(&comm), bucket_comm_(comm.duplicate()), options_(options) {
+      : comm_(&comm), options_(options) {
     MAMCLIP_CHECK(options_.bucket_bytes > 0, value_error, "DataParallel: bucket_bytes is ", options_.bucket_bytes,
                   "; expected > 0");
     std::string layout;
     for (auto& [name, p] : module.named_parameters()) {
       names_.push_back(name);
       params_.push_back(p);
-      layout += name + shape_str(p.shape()) + ";";
+      layout += name + shape_str(p.shape()) + (p.device().is_cpu() ? "@cpu;" : "@gpu;");
+      MAMCLIP_CHECK(p.device() == params_[0].device(), value_error, "DataParallel: parameter ", name, " is on ",
+                    p.device().str(), " but ", names_[0], " on ", params_[0].device().str(),
+                    "; move the whole model to one device first");
     }
-    check_same(comm, "model's parameter list (names and shapes)", layout);
+    // CPU or GPU is part of the layout: ranks that mix them stop here, named.
+    check_same(comm, "model's parameter list (names, shapes, CPU or GPU)", layout);
+    bucket_comm_ = make_bucket_communicator(comm);
     if (options_.broadcast_parameters) {
       for (auto& p : params_) broadcast(comm, p);
       for (auto& [name, b] : module.named_buffers()) broadcast(comm, b);
@@ -113,21 +132,24 @@ class DataParallel {
     for (auto& b : buckets_) b.complete = true;
     launch_ready();
     const double inv = 1.0 / comm_->world_size();
+    NoGradGuard no_grad;
     for (auto& b : buckets_) {
       b.work->wait();
+      const int64_t np = static_cast<int64_t>(b.params.size());
+      const std::vector<float> has_grad = b.buffer.narrow(0, b.total, np).to_vector();
+      Tensor<float> sum = b.buffer.narrow(0, 0, b.total);
+      const Tensor<float> mean = comm_->world_size() > 1 ? mul(sum, inv) : sum;
       int64_t at = 0;
       for (size_t j = 0; j < b.params.size(); ++j) {
         Tensor<float>& p = params_[b.params[j]];
         const int64_t n = p.numel();
-        const float has_grad = b.buffer[static_cast<size_t>(b.total + static_cast<int64_t>(j))];
-        if (has_grad > 0) {
+        if (has_grad[j] > 0) {
           Tensor<float> g = p.grad();
           if (!g.defined()) {
-            g = Tensor<float>::empty(p.shape());
+            g = Tensor<float>::empty(p.shape(), p.device());
             p.set_grad(g);
           }
-          float* dst = g.data_ptr();
-          for (int64_t e = 0; e < n; ++e) dst[e] = static_cast<float>(b.buffer[static_cast<size_t>(at + e)] * inv);
+          g.copy_(mean.narrow(0, at, n).view(p.shape()));
         }
         at += n;
       }
@@ -138,10 +160,14 @@ class DataParallel {
     reset_step();
   }
 
+  // The communicator the gradient buckets are reduced over ("nccl" or the
+  // job communicator's backend).
+  const Communicator& bucket_communicator() const { return *bucket_comm_; }
+
   // Gradient elements all-reduced per step (float32, plus one flag per parameter).
   int64_t reduced_bytes_per_step() const {
     int64_t n = 0;
-    for (const auto& b : buckets_) n += static_cast<int64_t>(b.buffer.size()) * 4;
+    for (const auto& b : buckets_) n += b.buffer.numel() * 4;
     return n;
   }
   int64_t buckets() const { return static_cast<int64_t>(buckets_.size()); }
@@ -153,7 +179,7 @@ class DataParallel {
   struct Bucket {
     std::vector<size_t> params;  // indices into params_
     int64_t total = 0;           // gradient elements; one has-gradient flag per parameter follows them
-    std::vector<float> buffer;
+    Tensor<float> buffer;        // on the bucket communicator's memory
     int64_t pending = 0;         // parameters whose gradient has not arrived this step
     bool complete = false;
     std::unique_ptr<Work> work;  // in flight or done, this step
@@ -166,7 +192,7 @@ class DataParallel {
     int64_t bytes = 0;
     auto close = [&] {
       if (cur.params.empty()) return;
-      cur.buffer.assign(static_cast<size_t>(cur.total) + cur.params.size(), 0.0f);
+      cur.buffer = Tensor<float>::empty({cur.total + static_cast<int64_t>(cur.params.size())}, bucket_comm_->memory());
       buckets_.push_back(std::move(cur));
       cur = Bucket{};
       bytes = 0;
@@ -212,23 +238,31 @@ class DataParallel {
   void launch_ready() {
     while (next_launch_ < buckets_.size() && buckets_[next_launch_].complete) {
       Bucket& b = buckets_[next_launch_++];
+      NoGradGuard no_grad;
+      std::vector<float> has_grad(b.params.size());
       int64_t at = 0;
       for (size_t j = 0; j < b.params.size(); ++j) {
         const Tensor<float>& p = params_[b.params[j]];
         const Tensor<float> g = p.grad();
-        float* dst = b.buffer.data() + at;
-        if (g.defined()) {
-          const Tensor<float> gc = g.contiguous();
-          std::copy_n(gc.data_ptr(), p.numel(), dst);
-        } else {
-          std::fill_n(dst, p.numel(), 0.0f);
-        }
-        b.buffer[static_cast<size_t>(b.total + static_cast<int64_t>(j))] = g.defined() ? 1.0f : 0.0f;
+        Tensor<float> slot = b.buffer.narrow(0, at, p.numel());
+        if (g.defined()) slot.copy_(g.reshape({p.numel()}));
+        else slot.zero_();
+        has_grad[j] = g.defined() ? 1.0f : 0.0f;
         at += p.numel();
       }
-      b.work = bucket_comm_->all_reduce_async(b.buffer.data(), static_cast<int64_t>(b.buffer.size()), DType::f32,
-                                              ReduceOp::sum);
+      b.buffer.narrow(0, b.total, static_cast<int64_t>(has_grad.size())).copy_(from_vector(has_grad));
+      b.work = bucket_comm_->all_reduce_async(b.buffer.data_ptr(), b.buffer.numel(), DType::f32, ReduceOp::sum);
     }
+  }
+
+  std::unique_ptr<Communicator> make_bucket_communicator(Communicator& comm) const {
+    const Device device = params_.empty() ? kCPU : params_[0].device();
+#ifdef MAMCLIP_WITH_NCCL
+    if (options_.nccl && device.type == DeviceType::cuda && comm.memory() != device)
+      return std::make_unique<NcclCommunicator>(comm, device.index);
+#endif
+    (void)device;
+    return comm.duplicate();
   }
 
   // After the first step: re-bucket in the order gradients arrived (rank 0's

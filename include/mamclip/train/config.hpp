@@ -50,7 +50,9 @@ struct PretrainConfig {
   // trainparams, mamclip only
   std::string negatives = "paper";      // paper: each micro-batch its own negatives; full: GradCache over the effective batch
   std::string precision = "fp32";       // fp32 | bf16 | fp16 (autocast of the forward passes; fp16 with a loss scaler)
-  std::string device = "cpu";           // cpu | cuda | cuda:N: where the model trains (one device per process)
+  // cpu | cuda | cuda:N: where the model trains, one device per process; in
+  // a data-parallel job "cuda" is the GPU of the process's local rank.
+  std::string device = "cpu";
   double mlm_coeff = 0.5;
   std::optional<double> max_logit_scale;  // clamp of logit_scale (e.g. ln 100); the reference does not clamp
   uint64_t seed = 42;

@@ -26,7 +26,10 @@
 // validation losses are computed over all ranks' pairs, and only rank 0
 // writes files and prints. Each rank has its own dropout streams. A resume
 // with another world size continues from the same sample count (rounded down
-// to whole global batches); with the same world size it is exact.
+// to whole global batches); with the same world size it is exact. On GPUs
+// (trainparams.device cuda: rank r on its local rank's GPU) the gradients
+// are reduced over NCCL when the program links mamclip::nccl, else through
+// host memory over the job's communicator.
 
 #include <cstdint>
 #include <cstdio>
@@ -142,9 +145,7 @@ class Pretrainer {
     if (!config_.init_checkpoint.empty()) models::clip::load_vlmodel_weights(*model_, config_.init_checkpoint);
     model_->set_grad_checkpointing(config_.grad_checkpointing);
     device_ = *parse_device(config_.device);  // validated above
-    MAMCLIP_CHECK(!comm_ || device_.is_cpu(), value_error, "Pretrainer: trainparams.device is ", device_.str(),
-                  " with ", comm_ ? comm_->world_size() : 1,
-                  " processes; data-parallel training moves CPU gradients only (run one process on the GPU)");
+    if (comm_ && config_.device == "cuda") device_ = Device::cuda(comm_->local_rank());  // one GPU per local rank
     model_->to(device_);  // before the optimizer, whose state is made where the parameters are
     dropout_ = share_generator(*model_, data::detail::mix_keys(config_.seed, 0x44524F50ull + rank_key()));
     if (comm_) data_parallel_ = std::make_unique<dist::DataParallel>(*model_, *comm_);
