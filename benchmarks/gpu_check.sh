@@ -16,7 +16,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
 jobs=${JOBS:-$(nproc)}
-EXTRA_TARGETS=(bench_clip_loss bench_attention bench_conv bench_bandwidth)
+# test_dist_nccl (tests/dist, label cuda) exists when MPI and NCCL were found.
+EXTRA_TARGETS=(test_dist_nccl bench_clip_loss bench_attention bench_conv bench_bandwidth)
 
 echo "== device"
 if command -v nvidia-smi >/dev/null; then
@@ -50,7 +51,7 @@ targets=(mamclip_cuda)
 for src in "$root"/tests/cuda/*.cpp "$root"/tests/cuda/*.cu; do
   [[ -e $src ]] && targets+=("$(basename "${src%.*}")")
 done
-# Benchmarks whose dependencies were not found (bench_conv needs cuDNN) are not targets: skip them.
+# Targets whose dependencies were not found (bench_conv needs cuDNN) are not targets: skip them.
 available=$(cmake --build "$build" --target help 2>/dev/null || true)
 for t in "${EXTRA_TARGETS[@]}"; do
   if grep -qw "$t" <<<"$available"; then targets+=("$t"); else echo "($t is not a target of this build: not built)"; fi
