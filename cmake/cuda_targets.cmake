@@ -60,5 +60,21 @@ else()
   target_link_options(mamclip_cuda INTERFACE "LINKER:-u,mamclip_cuda_backend_link_anchor")
 endif()
 
+# cuDNN for conv2d's general path (ops/conv/cudnn.cuh); without it, im2col +
+# cuBLAS. MAMCLIP_WITH_CUDNN is public: a program's own .cu that includes
+# the kernels takes the same path, and tests know which paths exist.
+option(MAMCLIP_WITH_CUDNN "Use cuDNN for conv2d's general path on CUDA when cuDNN is found" ON)
+if(MAMCLIP_WITH_CUDNN)
+  include(${CMAKE_CURRENT_LIST_DIR}/cudnn.cmake)
+  mamclip_find_cudnn()
+  if(MAMCLIP_CUDNN_FOUND)
+    target_link_libraries(mamclip_cuda PUBLIC mamclip::cudnn_library)
+    target_compile_definitions(mamclip_cuda PUBLIC MAMCLIP_WITH_CUDNN)
+    message(STATUS "cuDNN: ${MAMCLIP_CUDNN_LIBRARY} (conv2d's general path on CUDA)")
+  else()
+    message(STATUS "cuDNN not found (cudnn.h, libcudnn): conv2d's general path on CUDA is im2col + cuBLAS; set CUDNN_ROOT")
+  endif()
+endif()
+
 # Installed into its own export set by cmake/install.cmake (mamclipCudaTargets),
 # which finds this target through the mamclip::cuda alias.

@@ -10,6 +10,7 @@
 #                                  mamclipImageTargets.cmake  mamclip::image (when stb was found)
 #                                  mamclipStb.cmake           finds stb for mamclip::image
 #                                  mamclipCudaTargets.cmake   mamclip::cuda (builds with the CUDA backend only)
+#                                  mamclipCudnn.cmake         finds cuDNN for mamclip::cuda (when built with it)
 #                                  mamclipMpiTargets.cmake    mamclip::mpi (when MPI was found)
 #                                  mamclipNcclTargets.cmake   mamclip::nccl (when NCCL was found)
 #                                  mamclipNccl.cmake          finds NCCL for mamclip::nccl
@@ -54,6 +55,9 @@ if(TARGET mamclip::cuda)
   set_target_properties(${_mamclip_cuda_target} PROPERTIES EXPORT_NAME cuda)
   install(TARGETS ${_mamclip_cuda_target} EXPORT mamclipCudaTargets)
   install(EXPORT mamclipCudaTargets NAMESPACE mamclip:: DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR})
+  if(TARGET mamclip::cudnn_library)  # the config finds cuDNN again before loading mamclip::cuda
+    install(FILES ${PROJECT_SOURCE_DIR}/cmake/cudnn.cmake DESTINATION ${MAMCLIP_INSTALL_CMAKEDIR} RENAME mamclipCudnn.cmake)
+  endif()
 endif()
 
 # The data-parallel communicators (cmake/dist.cmake): export sets of their

@@ -12,7 +12,9 @@
 // allocated once) and prints ms, GB/s against the traffic floor (forward and
 // input gradient: read one tensor, write one; weight gradient: read two) and
 // the ratio ours / cuDNN (below 1: faster). A device-to-device copy of the
-// same tensor gives the bandwidth the floor is compared with.
+// same tensor gives the bandwidth the floor is compared with. Then the
+// patchify convs (stem, downsamplers) through the library's cuDNN path
+// against its im2col + cuBLAS path.
 #include <cudnn.h>
 
 #include <algorithm>
@@ -163,6 +165,54 @@ int run_stage(int64_t n, int64_t c, int64_t h, int64_t w, const bench::L2Flush& 
   return 0;
 }
 
+// ConvNeXt's patchify convs (the 4x4 / 4 stem, the 2x2 / 2 downsamplers)
+// through the library's two general paths: cuDNN (what `automatic` picks in a
+// build with it) against im2col + cuBLAS. Forward, and backward (dx and dw).
+int run_general(int64_t n, const char* name, int64_t cin, int64_t h, int64_t w, int64_t cout, int64_t k,
+                const bench::L2Flush& flush) {
+  const Device gpu = Device::cuda(0);
+  Conv2dGeometry g;
+  g.batch = n, g.c_in = cin, g.h = h, g.w = w, g.c_out = cout, g.kh = k, g.kw = k, g.oh = h / k, g.ow = w / k;
+  g.stride_h = g.stride_w = k;
+  const auto x = randn<float>({n, cin, h, w}).to<bf16>().to(gpu);
+  const auto wt = (randn<float>({cout, cin, k, k}) * 0.1f).to<bf16>().to(gpu), b = randn<float>({cout}).to<bf16>().to(gpu);
+  const auto dy = randn<float>({n, cout, g.oh, g.ow}).to<bf16>().to(gpu);
+  const cudaStream_t s = cuda::current_stream();
+  struct Out {
+    Tensor<bf16> y, dx, dw;
+    double fwd_ms = 0, bwd_ms = 0;
+  };
+  auto run_path = [&](cuda::ConvPath path) {
+    cuda::set_conv_path(path);
+    Out o{Tensor<bf16>::empty({n, cout, g.oh, g.ow}, gpu), Tensor<bf16>::empty({n, cin, h, w}, gpu),
+          Tensor<bf16>::empty({cout, cin, k, k}, gpu)};
+    auto fwd = [&] { cuda::detail::launch_conv2d_forward<bf16>(g, x.data_ptr(), wt.data_ptr(), b.data_ptr(), o.y.data_ptr(), s); };
+    auto bwd = [&] {
+      cuda::detail::launch_conv2d_backward<bf16>(g, x.data_ptr(), wt.data_ptr(), dy.data_ptr(), o.dx.data_ptr(),
+                                                 o.dw.data_ptr(), nullptr, s);
+    };
+    fwd();
+    bwd();
+    MAMCLIP_CUDA_CHECK(cudaDeviceSynchronize());
+    o.fwd_ms = bench::best_ms(fwd, flush);
+    o.bwd_ms = bench::best_ms(bwd, flush);
+    cuda::set_conv_path(cuda::ConvPath::automatic);
+    return o;
+  };
+  const Out dnn = run_path(cuda::ConvPath::cudnn), col = run_path(cuda::ConvPath::im2col);
+  const double ey = bench::rel_err(dnn.y, col.y), edx = bench::rel_err(dnn.dx, col.dx), edw = bench::rel_err(dnn.dw, col.dw);
+  const bool ok = ey < 2e-2 && edx < 2e-2 && edw < 2e-2;
+  std::printf("%-22s N=%lld %4lld->%-4lld %4lldx%-4lld check cuDNN vs im2col: y %.1e dx %.1e dw %.1e: %s\n", name,
+              (long long)n, (long long)cin, (long long)cout, (long long)h, (long long)w, ey, edx, edw,
+              ok ? "match" : "MISMATCH");
+  if (!ok) return 1;
+  std::printf("%-22s forward  cuDNN %8.3f ms | im2col %8.3f ms | ratio %.2f\n", name, dnn.fwd_ms, col.fwd_ms,
+              dnn.fwd_ms / col.fwd_ms);
+  std::printf("%-22s backward cuDNN %8.3f ms | im2col %8.3f ms | ratio %.2f\n", name, dnn.bwd_ms, col.bwd_ms,
+              dnn.bwd_ms / col.bwd_ms);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -182,6 +232,14 @@ int main(int argc, char** argv) {
     int rc = 0;
     const int64_t stages[4][3] = {{96, 256, 192}, {192, 128, 96}, {384, 64, 48}, {768, 32, 24}};
     for (const auto& st : stages) rc |= run_stage(n, st[0], st[1], st[2], flush);
+#ifdef MAMCLIP_WITH_CUDNN
+    std::printf("\nConvNeXt's patchify convs, bfloat16: the library's cuDNN path vs im2col + cuBLAS (ratio below 1: "
+                "cuDNN faster)\n");
+    rc |= run_general(n, "stem 4x4/4", 3, 1024, 768, 96, 4, flush);
+    rc |= run_general(n, "downsample 1 2x2/2", 96, 256, 192, 192, 2, flush);
+    rc |= run_general(n, "downsample 2 2x2/2", 192, 128, 96, 384, 2, flush);
+    rc |= run_general(n, "downsample 3 2x2/2", 384, 64, 48, 768, 2, flush);
+#endif
     return rc;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_conv: %s\n", e.what());

@@ -7,11 +7,17 @@
 // without one each prints "skipped: no CUDA device"): the depthwise kernels
 // at ConvNeXt's four stage shapes (at MAM-CLIP's 1024 x 768 input) and at
 // awkward ones (odd H and W, C not a multiple of 8, kernels 3, 5, 7), each
-// also through the im2col path; the patchify, downsampling, strided,
-// dilated, grouped and 1 x 1 convolutions; float and bfloat16.
+// also through the im2col path and cuDNN (when the backend has it); the
+// patchify, downsampling, strided, dilated, grouped and 1 x 1 convolutions
+// through every path; float and bfloat16 (and double for the general convs).
 #include <cuda_runtime.h>
 
+#include <cstdio>
 #include <string>
+
+#ifdef MAMCLIP_WITH_CUDNN
+#include <cudnn.h>
+#endif
 
 #include "cuda/gpu_support.hpp"
 #include "mamclip/core/cuda/settings.hpp"
@@ -35,8 +41,9 @@ struct ConvCase {
 // Tolerance: relative to each result's largest entry, scaled by the terms one output sums.
 template <class T>
 void check_conv(const ConvCase& c) {
+  const cuda::ConvPath path = cuda::conv_path();
   INFO(c.name << " " << dtype_name(dtype_v<T>) << " path "
-              << (cuda::conv_path() == cuda::ConvPath::im2col ? "im2col" : "automatic"));
+              << (path == cuda::ConvPath::im2col ? "im2col" : path == cuda::ConvPath::cudnn ? "cudnn" : "automatic"));
   const Tensor<T> x = rnd<T>(c.x, 1), w = rnd<T>(c.w, 2, -0.5, 0.5), b = rnd<T>({c.w[0]}, 3);
   const auto xr = x.template to<double>().set_requires_grad(), wr = w.template to<double>().set_requires_grad(),
              br = b.template to<double>().set_requires_grad();
@@ -59,12 +66,17 @@ void check_conv(const ConvCase& c) {
   compare(bg.grad(), br.grad(), outputs_per_weight, "db");
 }
 
+// Every path the backend has: automatic, im2col + cuBLAS, and cuDNN when built with it.
 template <class T>
 void check_both_paths(const ConvCase& c) {
   cuda::set_conv_path(cuda::ConvPath::automatic);
   check_conv<T>(c);
   cuda::set_conv_path(cuda::ConvPath::im2col);
   check_conv<T>(c);
+#ifdef MAMCLIP_WITH_CUDNN
+  cuda::set_conv_path(cuda::ConvPath::cudnn);
+  check_conv<T>(c);
+#endif
   cuda::set_conv_path(cuda::ConvPath::automatic);
 }
 
@@ -95,7 +107,14 @@ TEST_CASE("the CUDA backend registers conv2d and layer_norm2d for the float dtyp
   CHECK(cuda::conv_path() == cuda::ConvPath::automatic);
   cuda::set_conv_path(cuda::ConvPath::im2col);
   CHECK(cuda::conv_path() == cuda::ConvPath::im2col);
+  cuda::set_conv_path(cuda::ConvPath::cudnn);
+  CHECK(cuda::conv_path() == cuda::ConvPath::cudnn);
   cuda::set_conv_path(cuda::ConvPath::automatic);
+#ifdef MAMCLIP_WITH_CUDNN
+  std::printf("conv2d's general path on CUDA: cuDNN %zu\n", cudnnGetVersion());
+#else
+  std::printf("conv2d's general path on CUDA: im2col + cuBLAS (built without cuDNN)\n");
+#endif
 }
 
 TEMPLATE_TEST_CASE("depthwise conv on CUDA at ConvNeXt's stage shapes and awkward ones, forward and gradients", "[gpu]",
@@ -114,18 +133,28 @@ TEMPLATE_TEST_CASE("depthwise conv on CUDA at ConvNeXt's stage shapes and awkwar
   }
 }
 
-TEMPLATE_TEST_CASE("general conv on CUDA (im2col + cuBLAS): patchify, downsampling, strides, dilation, groups", "[gpu]",
-                   float, bfloat16) {
+TEMPLATE_TEST_CASE("general conv on CUDA (cuDNN, im2col + cuBLAS): patchify, downsampling, strides, dilation, groups",
+                   "[gpu]", float, double, bfloat16) {
   MAMCLIP_SKIP_WITHOUT_GPU();
   using T = TestType;
-  check_conv<T>({"stem 4x4 / 4", {2, 3, 64, 48}, {96, 3, 4, 4}, strided(4)});
-  check_conv<T>({"downsample 2x2 / 2", {2, 96, 32, 24}, {192, 96, 2, 2}, strided(2)});
-  check_conv<T>({"3x3 stride 2 pad 1, odd sizes", {3, 5, 17, 11}, {7, 5, 3, 3}, strided(2, 1)});
-  check_conv<T>({"dilated 3x3", {2, 4, 19, 13}, {6, 4, 3, 3}, strided(1, 2, 2)});
-  check_conv<T>({"groups 2", {2, 6, 15, 9}, {8, 3, 3, 3}, strided(1, 1, 1, 2)});
-  check_conv<T>({"1x1", {2, 24, 7, 5}, {40, 24, 1, 1}, strided(1)});
-  check_conv<T>({"depthwise stride 2 (not the fast path)", {2, 8, 15, 14}, {8, 1, 7, 7}, strided(2, 3, 1, 8)});
+  check_both_paths<T>({"stem 4x4 / 4", {2, 3, 64, 48}, {96, 3, 4, 4}, strided(4)});
+  check_both_paths<T>({"downsample 2x2 / 2", {2, 96, 32, 24}, {192, 96, 2, 2}, strided(2)});
+  check_both_paths<T>({"3x3 stride 2 pad 1, odd sizes", {3, 5, 17, 11}, {7, 5, 3, 3}, strided(2, 1)});
+  check_both_paths<T>({"dilated 3x3", {2, 4, 19, 13}, {6, 4, 3, 3}, strided(1, 2, 2)});
+  check_both_paths<T>({"groups 2", {2, 6, 15, 9}, {8, 3, 3, 3}, strided(1, 1, 1, 2)});
+  check_both_paths<T>({"1x1", {2, 24, 7, 5}, {40, 24, 1, 1}, strided(1)});
+  check_both_paths<T>({"depthwise stride 2 (not the fast path)", {2, 8, 15, 14}, {8, 1, 7, 7}, strided(2, 3, 1, 8)});
 }
+
+#ifndef MAMCLIP_WITH_CUDNN
+TEST_CASE("ConvPath::cudnn in a backend without cuDNN is a device_error naming the switch", "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  const auto x = rnd<float>({1, 2, 5, 5}, 1).to(kGPU), w = rnd<float>({3, 2, 3, 3}, 2).to(kGPU);
+  cuda::set_conv_path(cuda::ConvPath::cudnn);
+  CHECK_THROWS_AS(conv2d(x, w, Tensor<float>(), Conv2dOptions{}), device_error);
+  cuda::set_conv_path(cuda::ConvPath::automatic);
+}
+#endif
 
 TEMPLATE_TEST_CASE("layer_norm2d on CUDA equals the CPU, forward and all three gradients", "[gpu]", float, bfloat16) {
   MAMCLIP_SKIP_WITHOUT_GPU();

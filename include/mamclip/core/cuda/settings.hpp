@@ -8,9 +8,11 @@ namespace mamclip::cuda {
 
 // Which algorithm conv2d uses on CUDA (ops/conv/cuda.cuh): `automatic` takes
 // our depthwise kernels where they apply (square 3, 5 or 7, stride 1, same
-// padding, groups == channels) and im2col + cuBLAS elsewhere; `im2col` forces
-// im2col + cuBLAS everywhere (a baseline for tests and benchmarks).
-enum class ConvPath { automatic, im2col };
+// padding, groups == channels) and, elsewhere, cuDNN in a backend built with
+// it (MAMCLIP_WITH_CUDNN), else im2col + cuBLAS. `im2col` and `cudnn` force
+// that path everywhere (baselines for tests and benchmarks); `cudnn` in a
+// backend without cuDNN makes conv2d throw device_error.
+enum class ConvPath { automatic, im2col, cudnn };
 
 namespace detail {
 inline std::atomic<bool> allow_tf32_flag{false};

@@ -17,8 +17,9 @@
 //              depthwise_wgrad_finish_kernel      per channel, the tiles'
 //                        partial sums added in a fixed order: no atomics,
 //                        reproducible
-// im2col     everything else (the 4x4 / 2x2 patchify convs, strides, groups,
-//            dilation): per sample, im2col_kernel unrolls the receptive
+// cudnn      everything else (the 4x4 / 2x2 patchify convs, strides, groups,
+//            dilation) in a backend built with cuDNN: cudnn.cuh
+// im2col     everything else without cuDNN: per sample, im2col_kernel unrolls the receptive
 //            fields of all groups, one batched cuBLAS GEMM (ops/matmul/cuda.cuh)
 //            per sample gives y; the input gradient is a GEMM into columns and
 //            col2im_kernel (a gather: each input pixel sums its taps, no
@@ -39,6 +40,9 @@
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/conv/conv.hpp"
 #include "mamclip/ops/matmul/cuda.cuh"
+#ifdef MAMCLIP_WITH_CUDNN
+#include "mamclip/ops/conv/cudnn.cuh"
+#endif
 
 namespace mamclip::cuda {
 
@@ -249,9 +253,22 @@ inline bool depthwise_fast(const Conv2dGeometry& g) {
          g.stride_w == 1 && g.dil_h == 1 && g.dil_w == 1 && g.pad_h == g.kh / 2 && g.pad_w == g.kw / 2;
 }
 
-inline bool conv_uses_depthwise(const Conv2dGeometry& g) {
+enum class ConvRoute { depthwise, cudnn, im2col };
+
+inline ConvRoute conv_route(const Conv2dGeometry& g) {
   const ConvPath path = conv_path();
-  return depthwise_fast(g) && path != ConvPath::im2col;
+#ifdef MAMCLIP_WITH_CUDNN
+  if (path == ConvPath::cudnn) return ConvRoute::cudnn;
+#else
+  MAMCLIP_CHECK(path != ConvPath::cudnn, device_error,
+                "conv2d: cuda::set_conv_path(ConvPath::cudnn), but this CUDA backend was built without cuDNN "
+                "(cmake/cudnn.cmake found no cudnn.h and libcudnn; set CUDNN_ROOT)");
+#endif
+  if (path == ConvPath::automatic && depthwise_fast(g)) return ConvRoute::depthwise;
+#ifdef MAMCLIP_WITH_CUDNN
+  if (path == ConvPath::automatic) return ConvRoute::cudnn;
+#endif
+  return ConvRoute::im2col;
 }
 
 template <class F>
@@ -309,6 +326,14 @@ void launch_bias_grad(const Conv2dGeometry& g, const D* dy, D* db, cudaStream_t 
   MAMCLIP_CUDA_CHECK_LAUNCH();
 }
 
+// y += b per output channel.
+template <class D>
+void launch_add_bias(const Conv2dGeometry& g, const D* b, D* y, cudaStream_t s) {
+  const int64_t plane = g.oh * g.ow, total = g.batch * g.c_out * plane;
+  conv_kernels::add_bias_kernel<D><<<grid_for(total, 256), 256, 0, s>>>(y, b, g.c_out, plane, total);
+  MAMCLIP_CUDA_CHECK_LAUNCH();
+}
+
 // y = conv(x, w) + b through im2col and one batched GEMM (over groups) per sample.
 template <class T>
 void im2col_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* b, T* y, cudaStream_t s) {
@@ -323,12 +348,7 @@ void im2col_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* b,
     launch_gemm<T>(false, false, cog, plane, kdim, 1.0, w, kdim, cog * kdim, col.data_ptr(), plane, kdim * plane, 0.0,
                    y + n * g.c_out * plane, plane, cog * plane, g.groups, s);
   }
-  if (b) {
-    const int64_t total = g.batch * g.c_out * plane;
-    conv_kernels::add_bias_kernel<D><<<grid_for(total, 256), 256, 0, s>>>(device_ptr(y), device_ptr(b), g.c_out, plane,
-                                                                         total);
-    MAMCLIP_CUDA_CHECK_LAUNCH();
-  }
+  if (b) launch_add_bias<D>(g, device_ptr(b), device_ptr(y), s);
 }
 
 template <class T>
@@ -371,10 +391,20 @@ template <class T>
 void launch_conv2d_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* b, T* y, cudaStream_t s) {
   using D = device_t<T>;
   if (g.batch == 0 || g.c_out == 0 || g.oh == 0 || g.ow == 0) return;
-  if (conv_uses_depthwise(g))
-    launch_depthwise<D>(g, device_ptr(x), device_ptr(w), b ? device_ptr(b) : nullptr, device_ptr(y), false, s);
-  else
-    im2col_forward<T>(g, x, w, b, y, s);
+  switch (conv_route(g)) {
+    case ConvRoute::depthwise:
+      launch_depthwise<D>(g, device_ptr(x), device_ptr(w), b ? device_ptr(b) : nullptr, device_ptr(y), false, s);
+      return;
+    case ConvRoute::cudnn:
+#ifdef MAMCLIP_WITH_CUDNN
+      cudnn_conv::forward<T>(g, x, w, y, s);
+      if (b) launch_add_bias<D>(g, device_ptr(b), device_ptr(y), s);
+#endif
+      return;
+    case ConvRoute::im2col:
+      im2col_forward<T>(g, x, w, b, y, s);
+      return;
+  }
 }
 
 template <class T>
@@ -391,12 +421,21 @@ void launch_conv2d_backward(const Conv2dGeometry& g, const T* x, const T* w, con
     zero(db, g.c_out);
     return;
   }
-  if (conv_uses_depthwise(g)) {
-    if (dx) launch_depthwise<D>(g, device_ptr(gy), device_ptr(w), nullptr, device_ptr(dx), true, s);
-    if (dw) launch_depthwise_wgrad<D>(g, device_ptr(x), device_ptr(gy), device_ptr(dw), s);
-  } else {
-    if (dx) im2col_input_grad<T>(g, w, gy, dx, s);
-    if (dw) im2col_weight_grad<T>(g, x, gy, dw, s);
+  switch (conv_route(g)) {
+    case ConvRoute::depthwise:
+      if (dx) launch_depthwise<D>(g, device_ptr(gy), device_ptr(w), nullptr, device_ptr(dx), true, s);
+      if (dw) launch_depthwise_wgrad<D>(g, device_ptr(x), device_ptr(gy), device_ptr(dw), s);
+      break;
+    case ConvRoute::cudnn:
+#ifdef MAMCLIP_WITH_CUDNN
+      if (dx) cudnn_conv::input_grad<T>(g, w, gy, dx, s);
+      if (dw) cudnn_conv::weight_grad<T>(g, x, gy, dw, s);
+#endif
+      break;
+    case ConvRoute::im2col:
+      if (dx) im2col_input_grad<T>(g, w, gy, dx, s);
+      if (dw) im2col_weight_grad<T>(g, x, gy, dw, s);
+      break;
   }
   if (db) launch_bias_grad<D>(g, device_ptr(gy), device_ptr(db), s);
 }

@@ -1,0 +1,262 @@
+#pragma once
+// conv2d through cuDNN 9 (its convolution API): forward, input gradient and
+// weight gradient of any NCHW convolution (strides, padding, dilation,
+// groups), in float, double, half and bfloat16. Used by ops/conv/cuda.cuh
+// when the backend is built with cuDNN (MAMCLIP_WITH_CUDNN, cmake/cudnn.cmake).
+//
+//   algorithm  cuDNN's heuristics (cudnnGet*Algorithm_v7) choose one per
+//              convolution shape, dtype, device and TF32 setting, once: the
+//              first that runs, fits the workspace limit and, for the two
+//              gradients, is deterministic (no atomics: two runs give the
+//              same bits, as everywhere in this backend). Cached per shape.
+//   workspace  from our caching allocator, per call (scratch()).
+//   math       half / bfloat16 on tensor cores with float accumulation;
+//              float with TF32 only when cuda::allow_tf32() is on (else FMA
+//              math, cuDNN's default would use TF32 on sm_80+); double FMA.
+// The bias (forward) and its gradient are the caller's kernels.
+
+#include <cudnn.h>
+
+#include <array>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "mamclip/core/cuda/check.cuh"
+#include "mamclip/core/cuda/device.cuh"
+#include "mamclip/core/cuda/handle_pool.cuh"
+#include "mamclip/core/cuda/settings.hpp"
+#include "mamclip/core/cuda/tensor_data.cuh"
+#include "mamclip/ops/conv/conv.hpp"
+
+namespace mamclip::cuda {
+
+namespace detail {
+[[noreturn]] inline void throw_cudnn_error(cudnnStatus_t status, const char* call, const char* file, int line) {
+  throw device_error(::mamclip::detail::str_cat(file, ":", line, ": ", call, " failed: ", cudnnGetErrorString(status)));
+}
+}  // namespace detail
+
+#define MAMCLIP_CUDNN_CHECK(call)                                                                 \
+  do {                                                                                           \
+    const cudnnStatus_t mamclip_cudnn_status_ = (call);                                          \
+    if (mamclip_cudnn_status_ != CUDNN_STATUS_SUCCESS)                                            \
+      ::mamclip::cuda::detail::throw_cudnn_error(mamclip_cudnn_status_, #call, __FILE__, __LINE__); \
+  } while (0)
+
+// The calling thread's cuDNN handle for the current device, bound to `stream`.
+inline cudnnHandle_t cudnn_handle(cudaStream_t stream) {
+  cudnnHandle_t h = detail::thread_handle<cudnnHandle_t>("cudnn_handle", [] {
+    cudnnHandle_t created = nullptr;
+    MAMCLIP_CUDNN_CHECK(cudnnCreate(&created));
+    return created;
+  });
+  MAMCLIP_CUDNN_CHECK(cudnnSetStream(h, stream));
+  return h;
+}
+
+namespace cudnn_conv {
+
+// The largest workspace an algorithm may ask for.
+inline constexpr size_t kMaxWorkspace = size_t(1) << 30;
+
+template <class T>
+struct Types;
+template <>
+struct Types<float> {
+  static constexpr cudnnDataType_t data = CUDNN_DATA_FLOAT, compute = CUDNN_DATA_FLOAT;
+  using Scale = float;
+};
+template <>
+struct Types<double> {
+  static constexpr cudnnDataType_t data = CUDNN_DATA_DOUBLE, compute = CUDNN_DATA_DOUBLE;
+  using Scale = double;
+};
+template <>
+struct Types<half> {
+  static constexpr cudnnDataType_t data = CUDNN_DATA_HALF, compute = CUDNN_DATA_FLOAT;
+  using Scale = float;
+};
+template <>
+struct Types<bfloat16> {
+  static constexpr cudnnDataType_t data = CUDNN_DATA_BFLOAT16, compute = CUDNN_DATA_FLOAT;
+  using Scale = float;
+};
+
+template <class T>
+cudnnMathType_t math_type() {
+  if constexpr (sizeof(T) == 2) return CUDNN_TENSOR_OP_MATH;
+  else if constexpr (sizeof(T) == 4) return allow_tf32() ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+  else return CUDNN_DEFAULT_MATH;
+}
+
+inline int as_int(int64_t v, const char* what) {
+  MAMCLIP_CHECK(v >= 0 && v <= INT32_MAX, value_error, "conv2d on cuDNN: ", what, " = ", v,
+                " does not fit cuDNN's 32-bit descriptors");
+  return static_cast<int>(v);
+}
+
+// The four descriptors of one convolution; destroyed with it.
+template <class T>
+class Descriptors {
+ public:
+  explicit Descriptors(const Conv2dGeometry& g) {
+    constexpr cudnnDataType_t dt = Types<T>::data;
+    MAMCLIP_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x));
+    MAMCLIP_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y));
+    MAMCLIP_CUDNN_CHECK(cudnnCreateFilterDescriptor(&w));
+    MAMCLIP_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&conv));
+    MAMCLIP_CUDNN_CHECK(cudnnSetTensor4dDescriptor(x, CUDNN_TENSOR_NCHW, dt, as_int(g.batch, "batch"),
+                                                   as_int(g.c_in, "C_in"), as_int(g.h, "H"), as_int(g.w, "W")));
+    MAMCLIP_CUDNN_CHECK(cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, dt, as_int(g.batch, "batch"),
+                                                   as_int(g.c_out, "C_out"), as_int(g.oh, "OH"), as_int(g.ow, "OW")));
+    MAMCLIP_CUDNN_CHECK(cudnnSetFilter4dDescriptor(w, dt, CUDNN_TENSOR_NCHW, as_int(g.c_out, "C_out"),
+                                                   as_int(g.cin_per_group(), "C_in / groups"), as_int(g.kh, "KH"),
+                                                   as_int(g.kw, "KW")));
+    MAMCLIP_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(
+        conv, as_int(g.pad_h, "padding"), as_int(g.pad_w, "padding"), as_int(g.stride_h, "stride"),
+        as_int(g.stride_w, "stride"), as_int(g.dil_h, "dilation"), as_int(g.dil_w, "dilation"),
+        CUDNN_CROSS_CORRELATION, Types<T>::compute));
+    MAMCLIP_CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv, as_int(g.groups, "groups")));
+    MAMCLIP_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, math_type<T>()));
+  }
+  ~Descriptors() {
+    cudnnDestroyConvolutionDescriptor(conv);
+    cudnnDestroyFilterDescriptor(w);
+    cudnnDestroyTensorDescriptor(y);
+    cudnnDestroyTensorDescriptor(x);
+  }
+  Descriptors(const Descriptors&) = delete;
+  Descriptors& operator=(const Descriptors&) = delete;
+
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+};
+
+// One algorithm per direction, with its math type and workspace bytes.
+struct Plan {
+  cudnnConvolutionFwdAlgo_t forward{};
+  cudnnConvolutionBwdDataAlgo_t input_grad{};
+  cudnnConvolutionBwdFilterAlgo_t weight_grad{};
+  cudnnMathType_t forward_math{}, input_grad_math{}, weight_grad_math{};
+  size_t forward_bytes = 0, input_grad_bytes = 0, weight_grad_bytes = 0;
+};
+
+// The first of cuDNN's ranked candidates that runs within the limit (and is
+// deterministic when asked), keeping TF32 out when the descriptor asked for FMA math.
+template <class Perf>
+const Perf& choose(const Perf* perf, int count, cudnnMathType_t requested, bool deterministic, const char* what,
+                   const Conv2dGeometry& g) {
+  for (int i = 0; i < count; ++i) {
+    const Perf& p = perf[i];
+    if (p.status != CUDNN_STATUS_SUCCESS || p.memory > kMaxWorkspace) continue;
+    if (deterministic && p.determinism != CUDNN_DETERMINISTIC) continue;
+    if (requested == CUDNN_FMA_MATH && p.mathType != CUDNN_FMA_MATH) continue;
+    return p;
+  }
+  throw device_error(::mamclip::detail::str_cat(
+      "conv2d on cuDNN: no ", deterministic ? "deterministic " : "", what, " algorithm within ", kMaxWorkspace >> 20,
+      " MiB of workspace for x [", g.batch, ", ", g.c_in, ", ", g.h, ", ", g.w, "], weight [", g.c_out, ", ",
+      g.cin_per_group(), ", ", g.kh, ", ", g.kw, "], stride ", g.stride_h, "x", g.stride_w, ", groups ", g.groups,
+      " (cuda::set_conv_path(ConvPath::im2col) avoids cuDNN)"));
+}
+
+template <class T>
+Plan make_plan(cudnnHandle_t handle, const Descriptors<T>& d, const Conv2dGeometry& g) {
+  constexpr int kMax = 16;
+  const cudnnMathType_t math = math_type<T>();
+  Plan plan;
+  int got = 0;
+  {
+    cudnnConvolutionFwdAlgoPerf_t perf[kMax];
+    MAMCLIP_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(handle, d.x, d.w, d.conv, d.y, kMax, &got, perf));
+    const auto& p = choose(perf, got, math, false, "forward", g);
+    plan.forward = p.algo;
+    plan.forward_math = p.mathType;
+    plan.forward_bytes = p.memory;
+  }
+  {
+    cudnnConvolutionBwdDataAlgoPerf_t perf[kMax];
+    MAMCLIP_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, d.w, d.y, d.conv, d.x, kMax, &got, perf));
+    const auto& p = choose(perf, got, math, true, "input-gradient", g);
+    plan.input_grad = p.algo;
+    plan.input_grad_math = p.mathType;
+    plan.input_grad_bytes = p.memory;
+  }
+  {
+    cudnnConvolutionBwdFilterAlgoPerf_t perf[kMax];
+    MAMCLIP_CUDNN_CHECK(
+        cudnnGetConvolutionBackwardFilterAlgorithm_v7(handle, d.x, d.y, d.conv, d.w, kMax, &got, perf));
+    const auto& p = choose(perf, got, math, true, "weight-gradient", g);
+    plan.weight_grad = p.algo;
+    plan.weight_grad_math = p.mathType;
+    plan.weight_grad_bytes = p.memory;
+  }
+  return plan;
+}
+
+// The plan of a convolution shape, made on first use.
+template <class T>
+Plan plan_for(cudnnHandle_t handle, const Descriptors<T>& d, const Conv2dGeometry& g) {
+  using Key = std::array<int64_t, 19>;
+  const Key key{g.batch,    g.c_in,     g.h,     g.w,     g.c_out, g.kh,     g.kw,
+                g.oh,       g.ow,       g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dil_h,
+                g.dil_w,    g.groups,   static_cast<int64_t>(dtype_v<T>), current_device(),
+                static_cast<int64_t>(math_type<T>())};
+  static std::mutex mutex;
+  static std::map<Key, Plan> plans;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto it = plans.find(key); it != plans.end()) return it->second;
+  }
+  const Plan plan = make_plan<T>(handle, d, g);
+  std::lock_guard<std::mutex> lock(mutex);
+  return plans.emplace(key, plan).first->second;
+}
+
+// One cuDNN call's handle, descriptors and plan, and its workspace.
+template <class T>
+struct Call {
+  Call(const Conv2dGeometry& g, cudaStream_t stream) : handle(cudnn_handle(stream)), d(g), plan(plan_for<T>(handle, d, g)) {}
+  // The workspace of a direction, with its math type set on the descriptor.
+  Tensor<uint8_t> prepare(size_t bytes, cudnnMathType_t math) {
+    MAMCLIP_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv, math));
+    return scratch<uint8_t>(static_cast<int64_t>(bytes));
+  }
+  cudnnHandle_t handle;
+  Descriptors<T> d;
+  Plan plan;
+  const typename Types<T>::Scale one = 1, zero = 0;
+};
+
+template <class T>
+void forward(const Conv2dGeometry& g, const T* x, const T* w, T* y, cudaStream_t stream) {
+  Call<T> c(g, stream);
+  const Plan& p = c.plan;
+  Tensor<uint8_t> ws = c.prepare(p.forward_bytes, p.forward_math);
+  MAMCLIP_CUDNN_CHECK(cudnnConvolutionForward(c.handle, &c.one, c.d.x, x, c.d.w, w, c.d.conv, p.forward, ws.data_ptr(),
+                                              p.forward_bytes, &c.zero, c.d.y, y));
+}
+
+template <class T>
+void input_grad(const Conv2dGeometry& g, const T* w, const T* gy, T* dx, cudaStream_t stream) {
+  Call<T> c(g, stream);
+  const Plan& p = c.plan;
+  Tensor<uint8_t> ws = c.prepare(p.input_grad_bytes, p.input_grad_math);
+  MAMCLIP_CUDNN_CHECK(cudnnConvolutionBackwardData(c.handle, &c.one, c.d.w, w, c.d.y, gy, c.d.conv, p.input_grad,
+                                                   ws.data_ptr(), p.input_grad_bytes, &c.zero, c.d.x, dx));
+}
+
+template <class T>
+void weight_grad(const Conv2dGeometry& g, const T* x, const T* gy, T* dw, cudaStream_t stream) {
+  Call<T> c(g, stream);
+  const Plan& p = c.plan;
+  Tensor<uint8_t> ws = c.prepare(p.weight_grad_bytes, p.weight_grad_math);
+  MAMCLIP_CUDNN_CHECK(cudnnConvolutionBackwardFilter(c.handle, &c.one, c.d.x, x, c.d.y, gy, c.d.conv, p.weight_grad,
+                                                     ws.data_ptr(), p.weight_grad_bytes, &c.zero, c.d.w, dw));
+}
+
+}  // namespace cudnn_conv
+
+}  // namespace mamclip::cuda
