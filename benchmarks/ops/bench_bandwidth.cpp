@@ -75,6 +75,11 @@ void run_dtype(std::vector<Row>& rows, const bench::L2Flush& flush) {
   auto result = [&] { return out; };  // inputs need no gradient, so the ops record no graph
 
   rows.push_back(measure<T>("add [65536, 768]", [&] { out = add(x, y); }, result, add(xc, yc), 3 * n * e, tol, flush));
+  // Broadcast operands are read in place (BinaryIndex): the [768] bias and the transposed x add no traffic.
+  rows.push_back(measure<T>("add a [768] bias", [&] { out = add(x, b); }, result, add(xc, bc), 2 * n * e, tol, flush));
+  const Tensor<T> xt = x.view({kWidth, kRows}).t(), xtc = xc.view({kWidth, kRows}).t();
+  rows.push_back(measure<T>("add, transposed x", [&] { out = add(xt, y); }, result, add(xtc, yc), 3 * n * e, tol,
+                            flush));
   rows.push_back(measure<T>("mul by a scalar", [&] { out = mul(x, 0.5); }, result, mul(xc, 0.5), 2 * n * e, tol, flush));
   rows.push_back(measure<T>("gelu", [&] { out = gelu(x); }, result, gelu(xc), 2 * n * e, tol, flush));
   rows.push_back(measure<T>("layer_norm over 768", [&] { out = layer_norm(x, {kWidth}, w, b); }, result,

@@ -255,7 +255,7 @@ TEMPLATE_TEST_CASE("add kernel: 16-byte path, tails and misaligned pointers", "[
       auto da = a.to(kGPU), db = b.to(kGPU);
       auto out = Tensor<T>::empty({n + off}, kGPU);
       out.fill_(T(7));
-      add_k(out.data_ptr() + off, da.data_ptr() + off, db.data_ptr() + off, n, 0, 0);
+      add_k(out.data_ptr() + off, da.data_ptr() + off, db.data_ptr() + off, n, nullptr, 0, 0);
       auto expected = a.detach().clone();
       expected.narrow(0, off, n).copy_(add(a.narrow(0, off, n), b.narrow(0, off, n)));
       if (off) expected.data_ptr()[0] = T(7);  // untouched

@@ -167,7 +167,7 @@ TEMPLATE_TEST_CASE("elementwise kernels on CUDA: 16-byte packs, tails and misali
       if (off) expected.data_ptr()[0] = T(7);  // untouched
       require_allclose(out.to(kCPU), expected, tolerance<T>(), tolerance<T>(), "tanh");
       // With the op's scalars: out = g where -0.5 <= x <= 0.5, else 0.
-      clamp_back_k(out.data_ptr() + off, dg.data_ptr() + off, dx.data_ptr() + off, n, -0.5, 0.5);
+      clamp_back_k(out.data_ptr() + off, dg.data_ptr() + off, dx.data_ptr() + off, n, nullptr, -0.5, 0.5);
       const auto xv = x.to_vector(), gv = g.to_vector(), ov = out.to(kCPU).to_vector();
       for (int64_t i = off; i < n + off; ++i) {
         const float xi = static_cast<float>(xv[static_cast<size_t>(i)]);
@@ -176,6 +176,38 @@ TEMPLATE_TEST_CASE("elementwise kernels on CUDA: 16-byte packs, tails and misali
       }
     }
   }
+}
+
+TEMPLATE_TEST_CASE("binary ops on CUDA read broadcast, transposed and sliced operands in place (BinaryIndex)", "[gpu]",
+                   float, bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  const double tol = tolerance<T>();
+  // f on the CPU views and on the same views of GPU copies: the GPU operands
+  // keep their strides (a view of a device tensor, not a copy of the view).
+  auto check = [&](const std::string& what, const Tensor<T>& a, const Tensor<T>& b, auto view_a, auto view_b) {
+    const Tensor<T> va = view_a(a), vb = view_b(b), ga = view_a(a.to(kGPU)), gb = view_b(b.to(kGPU));
+    INFO(what << ": a " << shape_str(va.shape()) << " strides " << shape_str(ga.strides()) << ", b "
+              << shape_str(vb.shape()) << " strides " << shape_str(gb.strides()));
+    require_allclose(add(ga, gb).to(kCPU), add(va, vb), tol, tol, "add");
+    require_allclose(mul(ga, gb).to(kCPU), mul(va, vb), tol, tol, "mul");
+    require_allclose(sub(gb, ga).to(kCPU), sub(vb, va), tol, tol, "sub, operands swapped");
+    require_allclose(div(ga, add(mul(gb, gb), 1.0)).to(kCPU), div(va, add(mul(vb, vb), 1.0)), tol, tol, "div");
+  };
+  auto same = [](const Tensor<T>& t) { return t; };
+  check("per-channel scale of NCHW", rnd<T>({2, 3, 5, 7}, 1, -1, 1), rnd<T>({3, 1, 1}, 2, -1, 1), same, same);
+  check("outer product", rnd<T>({5, 1}, 3, -1, 1), rnd<T>({1, 7}, 4, -1, 1), same, same);
+  check("bias over 4099 columns", rnd<T>({3, 4099}, 5, -1, 1), rnd<T>({4099}, 6, -1, 1), same, same);
+  check("transposed a", rnd<T>({7, 33}, 7, -1, 1), rnd<T>({7}, 8, -1, 1), [](const Tensor<T>& t) { return t.t(); },
+        same);
+  check("permuted a, broadcast b", rnd<T>({4, 6, 9}, 9, -1, 1), rnd<T>({9, 1, 6}, 10, -1, 1),
+        [](const Tensor<T>& t) { return t.permute({2, 0, 1}); }, same);
+  check("narrowed a, stepped b", rnd<T>({9, 10}, 11, -1, 1), rnd<T>({9, 12}, 12, -1, 1),
+        [](const Tensor<T>& t) { return t.narrow(1, 3, 4); }, [](const Tensor<T>& t) { return t.slice(1, 1, 12, 3); });
+  check("scalar operand", rnd<T>({}, 13, -1, 1), rnd<T>({2, 4099}, 14, -1, 1), same, same);
+  // 8 dims that cannot merge: past BinaryIndex::kMaxDims, the op copies its operands.
+  check("alternating broadcast dims", rnd<T>({2, 1, 2, 1, 2, 1, 2, 1}, 15, -1, 1),
+        rnd<T>({1, 2, 1, 2, 1, 2, 1, 2}, 16, -1, 1), same, same);
 }
 
 TEMPLATE_TEST_CASE("dropout on CUDA draws the CPU's Philox mask bit for bit, forward and backward", "[gpu]", float,

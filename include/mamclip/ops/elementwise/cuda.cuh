@@ -7,13 +7,16 @@
 //
 //   ops      one functor per op (AddOp, ExpOp, GeluBackwardOp, ...): the CPU
 //            lambda's formula in the accumulation type, p0 / p1 its scalars
-//   kernel   map_kernel<kBlock, kVec, D, Op, Inputs>: raw pointers, n elements
-//   launcher launch_map<Op>(..., stream): picks 16-byte packs or scalars
+//   kernel   map_kernel<kBlock, kVec, D, Op, Inputs>: raw pointers, n elements;
+//            strided_map_kernel: binary operands through a BinaryIndex
+//   launcher launch_map<Op>(..., stream): picks 16-byte packs or scalars;
+//            launch_binary: contiguous operands to launch_map, others strided
 //   entries  kernels::unary<T, Op> / binary<T, Op>: the registered functions
 //            (current device and stream)
 //
-// Inputs and output are contiguous with n elements (elementwise.hpp makes
-// broadcast operands dense first). Arithmetic is in device_acc_t (float for
+// The output is contiguous with n elements; so are unary inputs. Broadcast
+// and non-contiguous binary operands are read in place through their strides
+// (binary_index.hpp), without an expanded copy. Arithmetic is in device_acc_t (float for
 // half and bfloat16) and rounds once, like the CPU reference; transcendental
 // functions are CUDA's (within 2 ulp of the host's in float).
 
@@ -160,6 +163,35 @@ void launch_map(D* out, const D* a, const D* b, int64_t n, cudaStream_t stream, 
   MAMCLIP_CUDA_CHECK_LAUNCH();
 }
 
+// out[i] = op(a[oa], b[ob]) with the offsets of a BinaryIndex: broadcast and
+// strided operands read in place. n < 2^31 (BinaryIndex::kMaxElements).
+template <int kBlock, class D, class Op>
+__global__ void __launch_bounds__(kBlock) strided_map_kernel(D* out, const D* a, const D* b, uint32_t n,
+                                                               BinaryIndex index, Op op) {
+  const uint32_t step = gridDim.x * kBlock;
+  for (uint32_t i = blockIdx.x * kBlock + threadIdx.x; i < n; i += step) {
+    int64_t oa = 0, ob = 0;
+    index.offsets(i, oa, ob);
+    out[i] = from_acc<D>(op(to_acc(a[oa]), to_acc(b[ob])));
+  }
+}
+
+template <class Op, class D>
+void launch_binary(D* out, const D* a, const D* b, int64_t n, const BinaryIndex* index, cudaStream_t stream, Op op) {
+  // One dim walked with unit strides by both operands is the contiguous case.
+  if (!index || (index->ndim == 1 && index->a[0] == 1 && index->b[0] == 1)) {
+    launch_map<2>(out, a, b, n, stream, op);
+    return;
+  }
+  if (n <= 0) return;
+  MAMCLIP_CHECK(n < BinaryIndex::kMaxElements, value_error, "strided binary kernel: ", n,
+                " elements exceed the 32-bit index (the caller copies operands past BinaryIndex::kMaxElements)");
+  constexpr int kBlock = 256;
+  strided_map_kernel<kBlock><<<grid_for(n, kBlock), kBlock, 0, stream>>>(out, a, b, static_cast<uint32_t>(n), *index,
+                                                                          op);
+  MAMCLIP_CUDA_CHECK_LAUNCH();
+}
+
 namespace kernels {
 template <class T, class Op>
 void unary(T* out, const T* x, int64_t n, double p0, double p1) {
@@ -170,11 +202,11 @@ void unary(T* out, const T* x, int64_t n, double p0, double p1) {
 }
 
 template <class T, class Op>
-void binary(T* out, const T* a, const T* b, int64_t n, double p0, double p1) {
+void binary(T* out, const T* a, const T* b, int64_t n, const BinaryIndex* index, double p0, double p1) {
   Op op;
   op.p0 = p0;
   op.p1 = p1;
-  launch_map<2>(device_ptr(out), device_ptr(a), device_ptr(b), n, current_stream(), op);
+  launch_binary(device_ptr(out), device_ptr(a), device_ptr(b), n, index, current_stream(), op);
 }
 
 // Gradient accumulation (AddKernel): out = a + b.

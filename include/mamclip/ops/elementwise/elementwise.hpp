@@ -14,18 +14,22 @@
 
 #include "mamclip/autograd/node.hpp"
 #include "mamclip/core/dispatch.hpp"
+#include "mamclip/ops/elementwise/binary_index.hpp"
 #include "mamclip/ops/elementwise/cpu.hpp"
 #include "mamclip/ops/elementwise/gelu_simd.hpp"
 #include "mamclip/ops/fwd.hpp"
 
 namespace mamclip {
 
-// Device kernels. Inputs and output are contiguous with n elements; p0 and p1
-// carry the op's scalar arguments (exponent, clamp bounds, scalar operand).
+// Device kernels. The output is contiguous with n elements; p0 and p1 carry
+// the op's scalar arguments (exponent, clamp bounds, scalar operand). A
+// unary op's input is contiguous; a binary op's operands are contiguous with
+// the output's shape when `index` is null, else read through index's strides
+// (broadcast and non-contiguous operands without copies; binary_index.hpp).
 template <class T>
 using UnaryKernel = void(T* out, const T* x, int64_t n, double p0, double p1);
 template <class T>
-using BinaryKernel = void(T* out, const T* a, const T* b, int64_t n, double p0, double p1);
+using BinaryKernel = void(T* out, const T* a, const T* b, int64_t n, const BinaryIndex* index, double p0, double p1);
 // where on a device: out[i] = cond[i] ? a[i] : b[i], all contiguous with n elements.
 template <class T>
 using WhereKernel = void(T* out, const bool* cond, const T* a, const T* b, int64_t n);
@@ -68,8 +72,15 @@ Tensor<T> map_binary(const char* op, const Tensor<T>& a, const Tensor<T>& b, F&&
     cpu::binary(out, a, b, std::forward<F>(f));
   } else {
     auto* k = require_kernel<BinaryKernel<T>>(op, dtype_v<T>, a.device());
-    Tensor<T> da = contiguous_copy(a.detach().expand(s)), db = contiguous_copy(b.detach().expand(s));
-    k(out.data_ptr(), da.data_ptr(), db.data_ptr(), out.numel(), p0, p1);
+    const Tensor<T> ea = a.detach().expand(s), eb = b.detach().expand(s);
+    if (ea.is_contiguous() && eb.is_contiguous()) {
+      k(out.data_ptr(), ea.data_ptr(), eb.data_ptr(), out.numel(), nullptr, p0, p1);
+    } else if (const auto index = make_binary_index(s, ea.strides(), eb.strides())) {
+      k(out.data_ptr(), ea.data_ptr(), eb.data_ptr(), out.numel(), &*index, p0, p1);
+    } else {  // past BinaryIndex's limits: dense copies
+      const Tensor<T> da = contiguous_copy(ea), db = contiguous_copy(eb);
+      k(out.data_ptr(), da.data_ptr(), db.data_ptr(), out.numel(), nullptr, p0, p1);
+    }
   }
   return out;
 }
