@@ -17,7 +17,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
 jobs=${JOBS:-$(nproc)}
 # test_dist_nccl (tests/dist, label cuda) exists when MPI and NCCL were found.
-EXTRA_TARGETS=(test_dist_nccl bench_clip_loss bench_attention bench_conv bench_bandwidth)
+EXTRA_TARGETS=(test_dist_nccl bench_clip_loss bench_attention bench_conv bench_bandwidth bench_vlmodel)
 
 echo "== device"
 if command -v nvidia-smi >/dev/null; then
@@ -114,6 +114,17 @@ extra_steps() {
     python3 "$root/benchmarks/ops/attention_torch.py" || bench_rc=1
   else
     echo "(PyTorch with CUDA not importable: benchmarks/ops/attention_vs_torch.sh gives the side-by-side table where it is)"
+  fi
+  # A MAM-CLIP pretraining step (ConvNeXt-S + BERT-base + fusion, bf16 autocast) on the GPU,
+  # at the paper's 1024 x 768 input; against PyTorch + timm + transformers when they import.
+  local step_cases=${VLMODEL_CASES:-full:8x1024x768}
+  if python3 -c "import torch, timm, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
+    echo "== pretraining step on the GPU: mamclip vs PyTorch (vlmodel_vs_torch.sh)"
+    DEVICE=cuda PRECISION=bf16 CASES=$step_cases ITERS=5 "$root/benchmarks/models/vlmodel_vs_torch.sh" "$build" python3 \
+      || bench_rc=1
+  else
+    echo "== pretraining step on the GPU (bench_vlmodel; PyTorch + timm + transformers not importable for the baseline)"
+    "$build/benchmarks/bench_vlmodel" --device cuda --precision bf16 --cases "$step_cases" --iters 5 || bench_rc=1
   fi
 }
 extra_steps

@@ -5,6 +5,7 @@ or ::mamclip("convnext_small")) at the same shapes and thread count, printing
 lines in bench_vlmodel's format so vlmodel_vs_torch.sh can pair them.
 
     python benchmarks/models/vlmodel_torch.py --threads 2 --cases small:8x128x96,full:1x256x192
+    python benchmarks/models/vlmodel_torch.py --device cuda --precision bf16 --cases full:8x1024x768
 
 A step: zero_grad, forward in train mode (BERT dropout 0.1, timm drop_path 0, as
 the C++ configs), (CE(s I T^T) + CE(s T I^T)) / 2 + 0.5 * NLL(MLM, ignore_index 0),
@@ -13,6 +14,7 @@ modules' own init) and a random batch laid out as bench_vlmodel's. BERT runs
 with transformers' default attention implementation (sdpa), as a user's would.
 """
 import argparse
+import contextlib
 import math
 import pathlib
 import statistics
@@ -83,9 +85,14 @@ def random_batch(b, h, w, length):
     return images, ids, labels
 
 
-def train_step(model, opt, images, ids, labels):
+def train_step(model, opt, images, ids, labels, device, precision):
+    """One step; .item() after opt.step() waits for the device, so GPU times are whole steps.
+    bf16 / fp16: the forward and loss in torch.autocast, as bench_vlmodel's --precision."""
     opt.zero_grad(set_to_none=True)
-    total = ref.losses(model, images, ids, labels)[0]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    region = torch.autocast(device_type=device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    with region:
+        total = ref.losses(model, images, ids, labels)[0]
     total.backward()
     opt.step()
     return total.item()
@@ -98,7 +105,12 @@ def main():
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--len", type=int, default=CONTEXT)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     args = ap.parse_args()
+    device = torch.device(args.device)
+    on_cpu_fp32 = device.type == "cpu" and args.precision == "fp32"
+    where = f"threads={args.threads}" if on_cpu_fp32 else f"device={args.device} precision={args.precision}"
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -108,14 +120,14 @@ def main():
     for case in args.cases.split(","):
         name, dims = case.split(":")
         b, h, w = (int(v) for v in dims.split("x"))
-        model = build(name, max(CONTEXT, args.len))
+        model = build(name, max(CONTEXT, args.len)).to(device)
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-6)
-        images, ids, labels = random_batch(b, h, w, args.len)
+        images, ids, labels = (t.to(device) for t in random_batch(b, h, w, args.len))
         times, first_loss = [], None
         for i in range(args.warmup + args.iters):
             t0 = time.perf_counter()
-            loss = train_step(model, opt, images, ids, labels)
+            loss = train_step(model, opt, images, ids, labels, device, args.precision)
             s = time.perf_counter() - t0
             if not math.isfinite(loss):
                 sys.exit(f"vlmodel_torch: case '{case}': step {i} gave loss {loss}")
@@ -123,7 +135,7 @@ def main():
                 first_loss = loss
             if i >= args.warmup:
                 times.append(s * 1e3)
-        print(f"{tag} {name} batch={b} {h}x{w} len={args.len} threads={args.threads}: loss {first_loss:.4f} "
+        print(f"{tag} {name} batch={b} {h}x{w} len={args.len} {where}: loss {first_loss:.4f} "
               f"median {statistics.median(times):.2f} ms min {min(times):.2f} ms", flush=True)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One MAM-CLIP pretraining step on the CPU: mamclip (bench_vlmodel) against the
+# One MAM-CLIP pretraining step: mamclip (bench_vlmodel) against the
 # reference VLModel under PyTorch (vlmodel_torch.py: timm ConvNeXt +
 # transformers BertModel + the fusion Transformer) at the same shapes and
 # thread count, side by side: ms per step and ratio = ours / PyTorch, with the
@@ -17,6 +17,9 @@
 # small (VLModelConfig::small()) or full (ConvNeXt-S + BERT-base + one fusion
 # block, the paper's model). The paper's images are 1024x768 (CASES=full:1x1024x768);
 # that is 16 times the pixels of the default and takes minutes per step on two cores.
+# DEVICE (cpu, cuda, cuda:N; default cpu) and PRECISION (fp32, bf16, fp16; default fp32)
+# run both sides on a GPU or in autocast (a build with the CUDA backend), e.g.
+#   DEVICE=cuda PRECISION=bf16 CASES=full:8x1024x768 benchmarks/models/vlmodel_vs_torch.sh build-gpu
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 build="${1:-build}"
@@ -25,6 +28,8 @@ threads="${THREADS:-$(nproc)}"
 cases="${CASES:-small:8x128x96,full:1x256x192}"
 iters="${ITERS:-3}"
 len="${LEN:-100}"
+device="${DEVICE:-cpu}"
+precision="${PRECISION:-fp32}"
 
 bench="$build/benchmarks/bench_vlmodel"
 [ -x "$bench" ] || { echo "vlmodel_vs_torch: $bench not found; build it: ninja -C $build bench_vlmodel" >&2; exit 1; }
@@ -34,8 +39,10 @@ bench="$build/benchmarks/bench_vlmodel"
 rows=()
 IFS=',' read -r -a specs <<<"$cases"
 for spec in "${specs[@]}"; do
-  a="$(OMP_NUM_THREADS=$threads "$bench" --cases "$spec" --iters "$iters" --len "$len")"
-  b="$("$python" "$here/vlmodel_torch.py" --threads "$threads" --cases "$spec" --iters "$iters" --len "$len")"
+  a="$(OMP_NUM_THREADS=$threads "$bench" --cases "$spec" --iters "$iters" --len "$len" --device "$device" \
+       --precision "$precision")"
+  b="$("$python" "$here/vlmodel_torch.py" --threads "$threads" --cases "$spec" --iters "$iters" --len "$len" \
+       --device "$device" --precision "$precision")"
   echo "$a"
   echo "$b"
   rows+=("$a"$'\t'"$b")
@@ -46,7 +53,7 @@ printf '%-32s %9s %9s %11s %11s %7s %11s %11s %7s\n' "case" "loss ours" "loss pt
 num() { sed -E "s/.*$1 ([^ ]+) .*/\1/" <<<"$2"; }
 for row in "${rows[@]}"; do
   IFS=$'\t' read -r a b <<<"$row"
-  key="$(sed -E 's/.* vlmodel (.*) threads=.*/\1/' <<<"$a")"
+  key="$(sed -E 's/.* vlmodel (.*) (threads|device)=.*/\1/' <<<"$a")"
   ma="$(num median "$a")" mb="$(num median "$b")" na="$(num min "$a")" nb="$(num min "$b")"
   printf '%-32s %9s %9s %11s %11s %7s %11s %11s %7s\n' "$key" "$(num loss "$a")" "$(num loss "$b")" "$ma" "$mb" \
     "$(awk -v x="$ma" -v y="$mb" 'BEGIN { printf "%.2f", x / y }')" "$na" "$nb" \
