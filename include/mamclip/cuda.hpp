@@ -109,11 +109,17 @@ inline CudaCachingAllocator& allocator() {
   return *a;
 }
 
+// The thread's current device becomes d.index (ops call it through make_current).
+inline void activate_device(Device d) {
+  check_device_index(d.index, "activate_device");
+  if (current_device() != d.index) MAMCLIP_CUDA_CHECK(cudaSetDevice(d.index));
+}
+
 // Registers the CUDA device and every kernel above. Needs no GPU, so a program
 // without one starts normally and fails only when it asks for CUDA memory.
 // Idempotent.
 inline void register_backend() {
-  register_device(DeviceType::cuda, &allocator(), &copy_device_bytes);
+  register_device(DeviceType::cuda, &allocator(), &copy_device_bytes, &activate_device);
   register_tensor_data_kernels();
   register_shape_kernels();
   register_matmul_kernels();

@@ -15,6 +15,7 @@
 
 #include "mamclip/core/cuda/caching_allocator.hpp"
 #include "mamclip/core/cuda/check.cuh"
+#include "mamclip/core/cuda/device.cuh"
 #include "mamclip/core/cuda/settings.hpp"
 #include "cuda/gpu_support.hpp"
 #include "support/test_support.hpp"
@@ -314,6 +315,25 @@ TEMPLATE_TEST_CASE("fill on CUDA, aligned and misaligned", "[gpu]", float, bfloa
       CHECK(t.to_vector() == expected);
     }
   }
+}
+
+TEST_CASE("the CUDA backend registers how ops make a device current") {
+  CHECK(mamclip::detail::DeviceRegistry::get().activators[static_cast<int>(DeviceType::cuda)] != nullptr);
+  make_current(kCPU);  // the CPU has nothing to activate
+}
+
+TEST_CASE("ops run on their tensors' GPU, which becomes the thread's current device", "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  const int last = gpu_count() - 1;  // cuda:1 or above when the machine has several GPUs
+  const Device dev = Device::cuda(last);
+  MAMCLIP_CUDA_CHECK(cudaSetDevice(0));
+  const auto a = rnd<float>({33, 7}, 1), b = rnd<float>({7}, 2);
+  const auto y = add(a.to(dev), b.to(dev));  // kernels on GPU `last`: on GPU 0 they would fault for last > 0
+  CHECK(y.device() == dev);
+  CHECK(cuda::current_device() == last);
+  require_allclose(y.to(kCPU), add(a, b), 0, 1e-6, "add on the last GPU");
+  if (last == 0) WARN("one GPU: the switch from cuda:0 to another device is not exercised");
+  MAMCLIP_CUDA_CHECK(cudaSetDevice(0));
 }
 
 TEST_CASE("host-device round trips keep every bit", "[gpu]") {

@@ -39,11 +39,13 @@ class KernelRegistry {
 };
 
 // The kernel for (op, dtype, device) or a device_error naming what is missing.
+// Also makes `device` the thread's current one, where the kernel will launch.
 template <class Fn>
 Fn* require_kernel(const std::string& op, DType dtype, Device device) {
   Fn* fn = KernelRegistry::get().find<Fn>(op, dtype, device.type);
   MAMCLIP_CHECK(fn != nullptr, device_error, op, ": no kernel is registered for ", dtype_name(dtype), " tensors on ",
                 device.str(), (device_available(device.type) ? "" : " (no backend is linked for it: link mamclip::cuda)"));
+  make_current(device);  // the kernel launches on the current device: the tensors' one
   return fn;
 }
 

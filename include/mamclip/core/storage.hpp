@@ -29,6 +29,10 @@ struct Allocator {
 
 // Copies nbytes between two devices of which at least one is not the CPU.
 using CopyBytesFn = void (*)(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes);
+// Makes `device` the calling thread's current device of its type (CUDA:
+// cudaSetDevice), so that the kernels an op launches next run where its
+// tensors live.
+using ActivateFn = void (*)(Device device);
 
 // The CPU allocator: 64-byte aligned blocks from the C library, and a cache of
 // large ones. A block of at least kCacheMin bytes is kept when freed and handed
@@ -140,6 +144,7 @@ inline CpuAllocator& builtin_cpu_allocator() {
 struct DeviceRegistry {
   std::array<Allocator*, kNumDeviceTypes> allocators{};
   std::array<CopyBytesFn, kNumDeviceTypes> copiers{};
+  std::array<ActivateFn, kNumDeviceTypes> activators{};
   static DeviceRegistry& get() {
     static DeviceRegistry r = [] {
       DeviceRegistry reg;
@@ -154,10 +159,20 @@ struct DeviceRegistry {
 // The CPU allocator (its cache of large blocks: release_cache, cached_bytes, set_cache_limit).
 inline CpuAllocator& cpu_allocator() { return detail::builtin_cpu_allocator(); }
 
-inline void register_device(DeviceType type, Allocator* allocator, CopyBytesFn copier) {
+inline void register_device(DeviceType type, Allocator* allocator, CopyBytesFn copier, ActivateFn activate = nullptr) {
   auto& r = detail::DeviceRegistry::get();
   r.allocators[static_cast<int>(type)] = allocator;
   r.copiers[static_cast<int>(type)] = copier;
+  r.activators[static_cast<int>(type)] = activate;
+}
+
+// Makes `device` the calling thread's current device (nothing for the CPU).
+// require_kernel calls it, so every op launches on its tensors' device, and
+// the thread stays there afterwards (a model on cuda:1 trains on GPU 1
+// without the caller setting anything).
+inline void make_current(Device device) {
+  if (device.is_cpu()) return;
+  if (ActivateFn fn = detail::DeviceRegistry::get().activators[static_cast<int>(device.type)]) fn(device);
 }
 
 inline bool device_available(DeviceType type) {
