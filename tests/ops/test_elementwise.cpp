@@ -23,6 +23,21 @@ TEST_CASE("binary ops broadcast like PyTorch") {
   CHECK((6.0 / a).to_vector() == std::vector<float>{6, 3, 2});
 }
 
+TEST_CASE("scale_in_place scales the tensor's own storage, outside the graph") {
+  auto x = tensor<float>({1, -2, 3, 4, 5, -6}, {2, 3});
+  x.set_requires_grad(true);
+  const float* storage = x.data_ptr();
+  mamclip::detail::scale_in_place(x, 0.5);
+  CHECK(x.data_ptr() == storage);
+  CHECK(x.to_vector() == std::vector<float>{0.5f, -1, 1.5f, 2, 2.5f, -3});
+  CHECK(x.grad_fn() == nullptr);
+  // A non-contiguous view scales the elements it sees, and only those.
+  auto y = tensor<double>({1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor<double> column = y.narrow(1, 1, 1);
+  mamclip::detail::scale_in_place(column, -3.0);
+  CHECK(y.to_vector() == std::vector<double>{1, -6, 3, 4, -15, 6});
+}
+
 TEST_CASE("binary ops gradcheck with broadcasting and non-contiguous inputs") {
   const std::vector<std::pair<const char*, Fn>> ops = {
       {"add", [](auto& v) { return v[0] + v[1]; }},

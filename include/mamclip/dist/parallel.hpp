@@ -30,6 +30,7 @@
 #include "mamclip/core/factory.hpp"
 #include "mamclip/dist/communicator.hpp"
 #include "mamclip/nn/module.hpp"
+#include "mamclip/ops/elementwise/elementwise.hpp"  // detail::scale_in_place
 #include "mamclip/ops/fwd.hpp"
 #ifdef MAMCLIP_WITH_NCCL
 #include "mamclip/dist/nccl.hpp"
@@ -137,8 +138,8 @@ class DataParallel {
       b.work->wait();
       const int64_t np = static_cast<int64_t>(b.params.size());
       const std::vector<float> has_grad = b.buffer.narrow(0, b.total, np).to_vector();
-      Tensor<float> sum = b.buffer.narrow(0, 0, b.total);
-      const Tensor<float> mean = comm_->world_size() > 1 ? mul(sum, inv) : sum;
+      Tensor<float> mean = b.buffer.narrow(0, 0, b.total);  // the sum over ranks, until scaled
+      if (comm_->world_size() > 1) mamclip::detail::scale_in_place(mean, inv);
       int64_t at = 0;
       for (size_t j = 0; j < b.params.size(); ++j) {
         Tensor<float>& p = params_[b.params[j]];

@@ -103,7 +103,7 @@ inline double clip_grad_norm_(const std::vector<Tensor<float>>& parameters, doub
       mamclip::detail::for_each_offset<1>(g.shape(), {g.strides()},
                                           [&](const std::array<int64_t, 1>& o) { d[o[0]] *= clamped; });
     } else {
-      g.copy_(mul(g.detach(), static_cast<double>(clamped)));
+      mamclip::detail::scale_in_place(g, static_cast<double>(clamped));
     }
   }
   return static_cast<double>(total);

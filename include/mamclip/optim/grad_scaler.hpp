@@ -99,7 +99,7 @@ class GradScaler {
         const Tensor<float> check = sum(mul(grad.detach(), 0.0));
         auto [it, fresh] = device_checks.try_emplace(grad.device().str(), check);
         if (!fresh) it->second = add(it->second, check);
-        grad.copy_(mul(grad.detach(), static_cast<double>(inv)));
+        mamclip::detail::scale_in_place(grad, static_cast<double>(inv));
       }
     for (const auto& [device, check] : device_checks) found = found || !(check.item() == 0.0f);
     st.unscaled = true;

@@ -226,11 +226,16 @@ __global__ void col2im_kernel(const D* col, D* dx, Conv2dGeometry g) {
   }
 }
 
-// y[n, o, p] += b[o].
+// y[n, o, p] += b[o]: a row of blocks per (n, o) plane (blockIdx.y), so each
+// block reads its bias once and no element index is divided.
 template <class D>
-__global__ void add_bias_kernel(D* y, const D* b, int64_t channels, int64_t plane, int64_t total) {
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)
-    y[e] = from_acc<D>(to_acc(y[e]) + to_acc(b[(e / plane) % channels]));
+__global__ void add_bias_kernel(D* y, const D* b, int64_t channels, int64_t plane, int64_t planes) {
+  for (int64_t q = blockIdx.y; q < planes; q += gridDim.y) {
+    const auto bias = to_acc(b[q % channels]);
+    D* row = y + q * plane;
+    for (int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; p < plane; p += int64_t(gridDim.x) * blockDim.x)
+      row[p] = from_acc<D>(to_acc(row[p]) + bias);
+  }
 }
 
 // dst[g, o, n · plane + p] = src[n, g · cg + o, p]: dy with samples side by side per channel.
@@ -329,8 +334,11 @@ void launch_bias_grad(const Conv2dGeometry& g, const D* dy, D* db, cudaStream_t 
 // y += b per output channel.
 template <class D>
 void launch_add_bias(const Conv2dGeometry& g, const D* b, D* y, cudaStream_t s) {
-  const int64_t plane = g.oh * g.ow, total = g.batch * g.c_out * plane;
-  conv_kernels::add_bias_kernel<D><<<grid_for(total, 256), 256, 0, s>>>(y, b, g.c_out, plane, total);
+  constexpr int kBlock = 256;
+  const int64_t plane = g.oh * g.ow, planes = g.batch * g.c_out;
+  const dim3 grid(static_cast<unsigned>(std::clamp<int64_t>((plane + kBlock - 1) / kBlock, 1, 1024)),
+                  static_cast<unsigned>(std::clamp<int64_t>(planes, 1, 65535)));
+  conv_kernels::add_bias_kernel<D><<<grid, kBlock, 0, s>>>(y, b, g.c_out, plane, planes);
   MAMCLIP_CUDA_CHECK_LAUNCH();
 }
 
@@ -428,8 +436,7 @@ void launch_conv2d_backward(const Conv2dGeometry& g, const T* x, const T* w, con
       break;
     case ConvRoute::cudnn:
 #ifdef MAMCLIP_WITH_CUDNN
-      if (dx) cudnn_conv::input_grad<T>(g, w, gy, dx, s);
-      if (dw) cudnn_conv::weight_grad<T>(g, x, gy, dw, s);
+      cudnn_conv::backward<T>(g, x, w, gy, dx, dw, s);
 #endif
       break;
     case ConvRoute::im2col:

@@ -239,22 +239,23 @@ void forward(const Conv2dGeometry& g, const T* x, const T* w, T* y, cudaStream_t
                                               p.forward_bytes, &c.zero, c.d.y, y));
 }
 
+// Both gradients of one convolution from one Call (one descriptor set, one
+// plan lookup); dx or dw may be null when not wanted.
 template <class T>
-void input_grad(const Conv2dGeometry& g, const T* w, const T* gy, T* dx, cudaStream_t stream) {
+void backward(const Conv2dGeometry& g, const T* x, const T* w, const T* gy, T* dx, T* dw, cudaStream_t stream) {
+  if (!dx && !dw) return;
   Call<T> c(g, stream);
   const Plan& p = c.plan;
-  Tensor<uint8_t> ws = c.prepare(p.input_grad_bytes, p.input_grad_math);
-  MAMCLIP_CUDNN_CHECK(cudnnConvolutionBackwardData(c.handle, &c.one, c.d.w, w, c.d.y, gy, c.d.conv, p.input_grad,
-                                                   ws.data_ptr(), p.input_grad_bytes, &c.zero, c.d.x, dx));
-}
-
-template <class T>
-void weight_grad(const Conv2dGeometry& g, const T* x, const T* gy, T* dw, cudaStream_t stream) {
-  Call<T> c(g, stream);
-  const Plan& p = c.plan;
-  Tensor<uint8_t> ws = c.prepare(p.weight_grad_bytes, p.weight_grad_math);
-  MAMCLIP_CUDNN_CHECK(cudnnConvolutionBackwardFilter(c.handle, &c.one, c.d.x, x, c.d.y, gy, c.d.conv, p.weight_grad,
-                                                     ws.data_ptr(), p.weight_grad_bytes, &c.zero, c.d.w, dw));
+  if (dx) {
+    Tensor<uint8_t> ws = c.prepare(p.input_grad_bytes, p.input_grad_math);
+    MAMCLIP_CUDNN_CHECK(cudnnConvolutionBackwardData(c.handle, &c.one, c.d.w, w, c.d.y, gy, c.d.conv, p.input_grad,
+                                                     ws.data_ptr(), p.input_grad_bytes, &c.zero, c.d.x, dx));
+  }
+  if (dw) {
+    Tensor<uint8_t> ws = c.prepare(p.weight_grad_bytes, p.weight_grad_math);
+    MAMCLIP_CUDNN_CHECK(cudnnConvolutionBackwardFilter(c.handle, &c.one, c.d.x, x, c.d.y, gy, c.d.conv, p.weight_grad,
+                                                       ws.data_ptr(), p.weight_grad_bytes, &c.zero, c.d.w, dw));
+  }
 }
 
 }  // namespace cudnn_conv

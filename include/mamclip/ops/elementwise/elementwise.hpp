@@ -51,15 +51,21 @@ Tensor<T> dense(const Tensor<T>& x) {
   return x.is_contiguous() ? x.detach() : contiguous_copy(x);
 }
 
+// out = f(x) elementwise; out is contiguous with x's shape and may be x itself.
 template <class T, class F>
-Tensor<T> map_unary(const char* op, const Tensor<T>& x, F&& f, double p0 = 0, double p1 = 0) {
-  Tensor<T> out = Tensor<T>::empty(x.shape(), x.device());
+void map_unary_into(const char* op, Tensor<T>& out, const Tensor<T>& x, F&& f, double p0 = 0, double p1 = 0) {
   if (x.device().is_cpu()) {
     cpu::unary(out, x, std::forward<F>(f));
   } else {
     auto* k = require_kernel<UnaryKernel<T>>(op, dtype_v<T>, x.device());
     k(out.data_ptr(), dense(x).data_ptr(), x.numel(), p0, p1);
   }
+}
+
+template <class T, class F>
+Tensor<T> map_unary(const char* op, const Tensor<T>& x, F&& f, double p0 = 0, double p1 = 0) {
+  Tensor<T> out = Tensor<T>::empty(x.shape(), x.device());
+  map_unary_into(op, out, x, std::forward<F>(f), p0, p1);
   return out;
 }
 
@@ -150,6 +156,23 @@ Tensor<T> pow(const Tensor<T>& x, const Tensor<T>& e) {
 }
 
 // ---- with a scalar
+
+namespace detail {
+// x *= s in place, outside the graph: for buffers the library owns (gradients,
+// gradient buckets), without a temporary of x's size. A non-contiguous x
+// goes through one.
+template <class T>
+void scale_in_place(Tensor<T>& x, double s) {
+  NoGradGuard no_grad;
+  Tensor<T> target = x.detach();
+  if (!target.is_contiguous()) {
+    target.copy_(mul(target, s));
+    return;
+  }
+  const auto c = static_cast<acc_t<T>>(s);
+  map_unary_into("mul_scalar", target, target, [c](auto v) { return v * c; }, s);
+}
+}  // namespace detail
 
 template <class T>
 Tensor<T> add(const Tensor<T>& a, double s) {
