@@ -39,6 +39,8 @@
 //   ops/indexing/cuda.cuh         "index_select", "embedding", "index_add", "gather", "scatter_add" (float dtypes;
 //                                 index_select and gather also int64)
 //   ops/matmul/cuda.cuh           "gemm" (cuBLAS) for float, double, half, bfloat16
+//   ops/matmul/cublaslt.cuh       "linear_bias", "linear_weight_grad" (cuBLASLt bias epilogues) for float, half,
+//                                 bfloat16
 //   ops/loss/class_cuda.cuh       "nll_loss", "cross_entropy" and their backward for float, double, half, bfloat16
 //   ops/loss/cuda.cuh             "clip_loss", "clip_loss_backward" (fused CLIP loss) for float, half, bfloat16
 //   ops/pool/cuda.cuh             "avg_pool2d", "adaptive_avg_pool2d" and their backward; float, double, half, bfloat16
@@ -72,6 +74,7 @@
 #include "mamclip/core/cuda/types.cuh"
 #include "mamclip/core/storage.hpp"
 #include "mamclip/ops/shape/cuda.cuh"
+#include "mamclip/ops/matmul/cublaslt.cuh"
 #include "mamclip/ops/matmul/cuda.cuh"
 #include "mamclip/ops/reduce/cuda.cuh"
 #include "mamclip/ops/softmax/cuda.cuh"
@@ -123,6 +126,7 @@ inline void register_backend() {
   register_tensor_data_kernels();
   register_shape_kernels();
   register_matmul_kernels();
+  register_linear_kernels();
   register_reduce_kernels();
   register_softmax_kernels();
   register_norm_kernels();

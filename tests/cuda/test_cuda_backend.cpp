@@ -8,10 +8,12 @@
 // inputs, at sizes that are not multiples of 8 and on misaligned pointers.
 #include <cuda_runtime.h>
 
+#include <array>
 #include <climits>
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <type_traits>
 
 #include "mamclip/core/cuda/caching_allocator.hpp"
 #include "mamclip/core/cuda/check.cuh"
@@ -332,6 +334,12 @@ TEST_CASE("ops run on their tensors' GPU, which becomes the thread's current dev
   CHECK(y.device() == dev);
   CHECK(cuda::current_device() == last);
   require_allclose(y.to(kCPU), add(a, b), 0, 1e-6, "add on the last GPU");
+  // matmul finds its kernel without require_kernel (it has a fallback message of its own): same rule.
+  MAMCLIP_CUDA_CHECK(cudaSetDevice(0));
+  const auto m = rnd<float>({5, 33}, 3);
+  const auto p = matmul(m.to(dev), a.to(dev));
+  CHECK(cuda::current_device() == last);
+  require_allclose(p.to(kCPU), matmul(m, a), 1e-4, 1e-4, "matmul on the last GPU");
   if (last == 0) WARN("one GPU: the switch from cuda:0 to another device is not exercised");
   MAMCLIP_CUDA_CHECK(cudaSetDevice(0));
 }
@@ -492,6 +500,59 @@ TEST_CASE("matmul and its gradients on CUDA equal the CPU", "[gpu]") {
   const auto [gx_gpu, gw_gpu] = run(kGPU);
   require_allclose(gx_gpu, gx_cpu, 1e-5, 1e-5, "grad x");
   require_allclose(gw_gpu, gw_cpu, 1e-5, 1e-5, "grad w");
+}
+
+// linear's forward and gradients on CUDA against the CPU op, on x = the given view.
+template <class T>
+void check_linear_cuda(const Tensor<T>& x_cpu, int64_t out_f, uint64_t seed, const std::string& what) {
+  INFO(what);
+  const int64_t in_f = x_cpu.size(-1);
+  const bool wide = std::is_same_v<T, float>;
+  const double atol = wide ? 1e-4 : 4e-2, rtol = wide ? 1e-4 : 2e-2;
+  const auto w = rnd<T>({out_f, in_f}, seed, -0.5, 0.5), b = rnd<T>({out_f}, seed + 1);
+  Shape ys = x_cpu.shape();
+  ys.back() = out_f;
+  const auto gy = rnd<T>(ys, seed + 2);
+  auto run = [&](Device dev, const Tensor<T>& xv) {
+    Tensor<T> x = xv.detach(), wd = w.to(dev).detach(), bd = b.to(dev).detach();
+    x.set_requires_grad();
+    wd.set_requires_grad();
+    bd.set_requires_grad();
+    const auto y = linear(x, wd, bd);
+    y.backward(gy.to(dev));
+    return std::array<Tensor<T>, 4>{y.to(kCPU), x.grad().to(kCPU), wd.grad().to(kCPU), bd.grad().to(kCPU)};
+  };
+  const auto ref = run(kCPU, x_cpu), got = run(kGPU, x_cpu.to(kGPU));
+  require_allclose(got[0], ref[0], atol, rtol, "y");
+  require_allclose(got[1], ref[1], atol, rtol, "dx");
+  require_allclose(got[2], ref[2], atol * 4, rtol, "dw");  // sums over every row
+  require_allclose(got[3], ref[3], atol * 4, rtol, "db");
+}
+
+TEMPLATE_TEST_CASE("linear on CUDA (cuBLASLt bias epilogues) equals the CPU op", "[gpu]", float, bfloat16, f16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  check_linear_cuda<T>(rnd<T>({3, 37, 72}, 11), 40, 12, "aligned rows, 3-D input");
+  check_linear_cuda<T>(rnd<T>({29, 13}, 21), 7, 22, "odd sizes: 2- or 4-byte aligned rows");
+  check_linear_cuda<T>(rnd<T>({1, 64}, 31), 96, 32, "one row");
+  // The fused kernels take these layouts: the checks above ran them, not the fallback.
+  auto* fwd = require_kernel<LinearBiasKernel<T>>("linear_bias", dtype_v<T>, kGPU);
+  auto* wgrad = require_kernel<LinearWeightGradKernel<T>>("linear_weight_grad", dtype_v<T>, kGPU);
+  auto x = rnd<T>({37, 72}, 41).to(kGPU), w = rnd<T>({40, 72}, 42).to(kGPU), bias = rnd<T>({40}, 43).to(kGPU);
+  auto y = empty<T>({37, 40}, kGPU), dw = empty<T>({40, 72}, kGPU), db = empty<T>({40}, kGPU);
+  CHECK(fwd(37, 40, 72, x.data_ptr(), 72, w.data_ptr(), bias.data_ptr(), y.data_ptr()));
+  CHECK(wgrad(37, 40, 72, x.data_ptr(), 72, y.data_ptr(), 40, dw.data_ptr(), db.data_ptr()));
+  CHECK_FALSE(fwd(0, 40, 72, x.data_ptr(), 72, w.data_ptr(), bias.data_ptr(), y.data_ptr()));  // no rows: fallback
+}
+
+TEST_CASE("linear on CUDA reads a column-narrowed input in place or falls back, with equal results", "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  // x's rows have unit stride but a leading dim of 80 and start one element in: misaligned for 16-byte loads.
+  const auto big = rnd<float>({25, 80}, 51);
+  const auto ref_x = big.narrow(1, 1, 72);
+  const auto gpu_x = big.to(kGPU).narrow(1, 1, 72);
+  const auto w = rnd<float>({40, 72}, 52), b = rnd<float>({40}, 53);
+  require_allclose(linear(gpu_x, w.to(kGPU), b.to(kGPU)).to(kCPU), linear(ref_x, w, b), 1e-4, 1e-4, "narrowed x");
 }
 
 TEST_CASE("the CUDA caching allocator serves a training-like loop from its cache", "[gpu]") {

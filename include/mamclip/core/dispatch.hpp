@@ -38,6 +38,16 @@ class KernelRegistry {
   std::map<std::tuple<std::string, DType, DeviceType>, void*> table_;
 };
 
+// The kernel registered for (op, dtype, device.type), or nullptr (for ops
+// with a fallback). When found, makes `device` the thread's current one,
+// where the kernel will launch.
+template <class Fn>
+Fn* find_kernel(const std::string& op, DType dtype, Device device) {
+  Fn* fn = KernelRegistry::get().find<Fn>(op, dtype, device.type);
+  if (fn) make_current(device);
+  return fn;
+}
+
 // The kernel for (op, dtype, device) or a device_error naming what is missing.
 // Also makes `device` the thread's current one, where the kernel will launch.
 template <class Fn>

@@ -6,7 +6,9 @@
 // Operands are read in place whenever their matrices are row- or column-major
 // (transposed views included); only matrices with no unit stride are copied.
 
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "mamclip/autograd/node.hpp"
 #include "mamclip/core/autocast.hpp"
@@ -34,6 +36,21 @@ template <class T>
 using GemmKernel = void(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const T* a,
                         int64_t lda, int64_t stride_a, const T* b, int64_t ldb, int64_t stride_b, double beta, T* c,
                         int64_t ldc, int64_t stride_c, int64_t batch);
+
+// linear's fused GEMMs on a device (cuBLASLt epilogues on CUDA:
+// ops/matmul/cublaslt.cuh). Each returns false when the device library has
+// no algorithm for the layout; linear then takes "gemm" plus separate bias
+// passes. Row-major, rows of x and dy with unit stride:
+//   "linear_bias"         y [rows, out] (contiguous) = x [rows, in] (row stride ldx) · wᵀ + bias,
+//                         w [out, in] and bias [out] contiguous
+//   "linear_weight_grad"  dw [out, in] (contiguous) = dyᵀ · x and db [out] = Σ_rows dy,
+//                         x [rows, in] (ldx), dy [rows, out] (ldg)
+template <class T>
+using LinearBiasKernel = bool(int64_t rows, int64_t out_f, int64_t in_f, const T* x, int64_t ldx, const T* w,
+                              const T* bias, T* y);
+template <class T>
+using LinearWeightGradKernel = bool(int64_t rows, int64_t out_f, int64_t in_f, const T* x, int64_t ldx, const T* dy,
+                                    int64_t ldg, T* dw, T* db);
 
 namespace detail {
 
@@ -111,7 +128,7 @@ void gemm_into(const char* op, Tensor<T>& out, const Tensor<T>& a, const Tensor<
     }
     return;
   }
-  auto* kernel = KernelRegistry::get().find<GemmKernel<T>>("gemm", dtype_v<T>, a.device().type);
+  auto* kernel = find_kernel<GemmKernel<T>>("gemm", dtype_v<T>, a.device());
   MAMCLIP_CHECK(kernel != nullptr, device_error, op, ": no \"gemm\" kernel is registered for ", dtype_name(dtype_v<T>),
                 " tensors on ", a.device().str(),
                 (a.device().is_cuda() ? " (is the CUDA backend linked: mamclip::cuda or mamclip/cuda.hpp?)" : ""));
@@ -160,6 +177,43 @@ Tensor<T> matmul_nd(const char* op, const char* node_name, const Tensor<T>& a, c
         }
         return std::vector<Tensor<T>>{ga, gb};
       });
+}
+
+// The row stride of a [rows, cols] matrix whose rows have unit stride, as a
+// leading dim (>= cols), or 0 when its rows are not laid out that way.
+template <class T>
+int64_t row_major_ld(const Tensor<T>& m) {
+  const int64_t rows = m.size(0), cols = m.size(1);
+  if (cols > 1 && m.stride(1) != 1) return 0;
+  if (rows > 1 && m.stride(0) < cols) return 0;
+  return rows > 1 ? m.stride(0) : cols;
+}
+
+// y2 = x2 · wᵀ + bias through the device's "linear_bias" kernel; false when
+// there is none or it does not take these operands.
+template <class T>
+bool linear_bias_fused(const Tensor<T>& x2, const Tensor<T>& w, const Tensor<T>& bias, Tensor<T>& y2) {
+  if (!bias.defined() || x2.device().is_cpu() || y2.numel() == 0 || x2.size(1) == 0) return false;
+  const int64_t ldx = row_major_ld(x2);
+  if (ldx == 0 || !w.is_contiguous() || !bias.is_contiguous()) return false;
+  auto* kernel = find_kernel<LinearBiasKernel<T>>("linear_bias", dtype_v<T>, x2.device());
+  return kernel && kernel(x2.size(0), w.size(0), w.size(1), x2.data_ptr(), ldx, w.data_ptr(), bias.data_ptr(),
+                          y2.data_ptr());
+}
+
+// {dw, db} of linear from the device's "linear_weight_grad" kernel, or
+// undefined tensors when there is none or it does not take these operands.
+template <class T>
+std::pair<Tensor<T>, Tensor<T>> linear_weight_grad_fused(const Tensor<T>& x2, const Tensor<T>& g2, const Shape& w_shape) {
+  if (x2.device().is_cpu() || x2.numel() == 0 || g2.numel() == 0) return {};
+  const int64_t ldx = row_major_ld(x2), ldg = row_major_ld(g2);
+  if (ldx == 0 || ldg == 0) return {};
+  auto* kernel = find_kernel<LinearWeightGradKernel<T>>("linear_weight_grad", dtype_v<T>, x2.device());
+  if (!kernel) return {};
+  Tensor<T> dw = Tensor<T>::empty(w_shape, x2.device()), db = Tensor<T>::empty({w_shape[0]}, x2.device());
+  if (!kernel(x2.size(0), w_shape[0], w_shape[1], x2.data_ptr(), ldx, g2.data_ptr(), ldg, dw.data_ptr(), db.data_ptr()))
+    return {};
+  return {dw, db};
 }
 
 }  // namespace detail
@@ -223,9 +277,11 @@ Tensor<T> linear(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>& b
   // Rows of x as one [N, in] matrix (a view unless x's layout forbids it).
   const Tensor<T> x2 = x.detach().reshape({-1, in_f});
   Tensor<T> y2 = Tensor<T>::empty({x2.size(0), out_f}, x.device());
-  if (bias.defined()) y2.copy_(bias.detach().expand(y2.shape()));
-  // weight.t() is a column-major view of weight: GEMM reads it in place.
-  detail::gemm_into("linear", y2, x2, weight.detach().t(), {}, /*accumulate=*/bias.defined());
+  if (!detail::linear_bias_fused(x2, weight, bias, y2)) {
+    if (bias.defined()) y2.copy_(bias.detach().expand(y2.shape()));
+    // weight.t() is a column-major view of weight: GEMM reads it in place.
+    detail::gemm_into("linear", y2, x2, weight.detach().t(), {}, /*accumulate=*/bias.defined());
+  }
   Shape out_shape = x.shape();
   out_shape.back() = out_f;
   return autograd::record<T>(
@@ -236,8 +292,9 @@ Tensor<T> linear(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>& b
         const Tensor<T> g2 = g.reshape({-1, out_f});
         std::vector<Tensor<T>> grads(3);
         if (needs[0]) grads[0] = matmul(g2, w).view(x_shape);
-        if (needs[1]) grads[1] = matmul(g2.t(), x2);
-        if (needs[2]) grads[2] = sum(g2, {0});
+        if (needs[1] && needs[2]) std::tie(grads[1], grads[2]) = detail::linear_weight_grad_fused(x2, g2, w.shape());
+        if (needs[1] && !grads[1].defined()) grads[1] = matmul(g2.t(), x2);
+        if (needs[2] && !grads[2].defined()) grads[2] = sum(g2, {0});
         return grads;
       });
 }
