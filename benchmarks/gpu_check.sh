@@ -17,7 +17,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
 jobs=${JOBS:-$(nproc)}
 # test_dist_nccl (tests/dist, label cuda) exists when MPI and NCCL were found.
-EXTRA_TARGETS=(test_dist_nccl bench_clip_loss bench_attention bench_conv bench_bandwidth bench_linear bench_vlmodel)
+EXTRA_TARGETS=(test_dist_nccl bench_clip_loss bench_attention bench_conv bench_bandwidth bench_linear bench_convnext bench_vlmodel)
 
 echo "== device"
 if command -v nvidia-smi >/dev/null; then
@@ -116,6 +116,18 @@ extra_steps() {
     python3 "$root/benchmarks/ops/attention_torch.py" || bench_rc=1
   else
     echo "(PyTorch with CUDA not importable: benchmarks/ops/attention_vs_torch.sh gives the side-by-side table where it is)"
+  fi
+  # The ConvNeXt-S training step of the conv issue (batch 8, 1024 x 768, bf16 autocast), against
+  # timm (channels_last, autocast) when it imports.
+  local convnext_cases=${CONVNEXT_CASES:-train:8x1024x768}
+  if python3 -c "import torch, timm; assert torch.cuda.is_available()" 2>/dev/null; then
+    echo "== ConvNeXt-S training step on the GPU: mamclip vs timm (convnext_vs_torch.sh)"
+    DEVICE=cuda PRECISION=bf16 MODEL=convnext_small CASES=$convnext_cases ITERS=5 ROUNDS=1 \
+      "$root/benchmarks/models/convnext_vs_torch.sh" "$build" python3 || bench_rc=1
+  else
+    echo "== ConvNeXt-S training step on the GPU (bench_convnext; timm not importable for the baseline)"
+    "$build/benchmarks/bench_convnext" --model convnext_small --device cuda --precision bf16 \
+      --cases "$convnext_cases" --iters 5 || bench_rc=1
   fi
   # A MAM-CLIP pretraining step (ConvNeXt-S + BERT-base + fusion, bf16 autocast) on the GPU,
   # at the paper's 1024 x 768 input; against PyTorch + timm + transformers when they import.

@@ -1,25 +1,36 @@
-// ConvNeXt-T on the CPU: forward (eval, no grad) and a training step
-// (forward + backward of sum(output * w), train mode, no optimizer update) with
-// random weights, and the peak memory of a training step at MAM-CLIP's input
-// size with and without gradient checkpointing. Its baseline is timm's
-// convnext_tiny under PyTorch in another process: convnext_vs_torch.sh runs
-// both at the same shapes and thread count and prints the ratio. Lines are in
+// ConvNeXt (timm's convnext_tiny by default, or convnext_small: MAM-CLIP's
+// vision encoder): forward (eval, no grad) and a training step (forward +
+// backward of sum(output * w), train mode, no optimizer update) with random
+// weights, and the peak memory of a training step at MAM-CLIP's input size
+// with and without gradient checkpointing. Its baseline is timm's model under
+// PyTorch in another process: convnext_vs_torch.sh runs both at the same
+// shapes, device and thread count and prints the ratio. Lines are in
 // convnext_torch.py's format.
 //
 //   bench_convnext [--cases fwd:1x224x224,train:4x224x224] [--iters 5] [--warmup 1]
+//                  [--model convnext_tiny|convnext_small] [--device cpu|cuda|cuda:N] [--precision fp32|bf16|fp16]
 //   bench_convnext --memory 1x1024x768 [--checkpointing]
 //
-// --memory runs one training step and reports the process's peak resident set
-// (VmHWM of /proc/self/status) before and after it, so run it in a process of its own.
+// --device cuda (a build with the CUDA backend) runs on the GPU; each timed run
+// ends with a one-element read of its last result (the input-side gradient of
+// the stem, or the logits), which waits for the kernels queued before it.
+// --precision runs forward and loss in an autocast region (backward outside it,
+// as torch.autocast is used).
+// --memory runs one training step on the CPU and reports the process's peak
+// resident set (VmHWM of /proc/self/status) before and after it, so run it in
+// a process of its own.
 // Threads: Eigen's GEMM uses OpenMP (OMP_NUM_THREADS), as PyTorch's intra-op pool does.
 
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "bench_common.hpp"
+#include "mamclip/core/autocast.hpp"
+#include "mamclip/core/device.hpp"
 #include "mamclip/models/convnext.hpp"
 
 #if defined(_OPENMP)
@@ -49,16 +60,35 @@ bool parse_shape(const std::string& s, Case& c) {
          c.width >= 32;
 }
 
+// The autocast region of --precision (disabled for fp32).
+struct Precision {
+  bool enabled = false;
+  DType dtype = DType::bf16;
+};
+
+// Waits for the kernels queued before t was written (a one-element copy to the host on the same stream).
+void wait_for(const Tensor<float>& t) { (void)t.reshape({-1}).narrow(0, 0, 1).to(kCPU); }
+
 // One training step: forward in train mode, backward of sum(output * w).
-void train_step(models::ConvNeXt& model, const Tensor<float>& x, const Tensor<float>& w) {
+void train_step(models::ConvNeXt& model, const Tensor<float>& x, const Tensor<float>& w, Precision p) {
   model.zero_grad();
-  sum(model.forward(x) * w).backward();
+  Tensor<float> loss;
+  {
+    AutocastGuard autocast(x.device().type, p.dtype, p.enabled);
+    loss = sum(model.forward(x) * w);
+  }
+  loss.backward();
+  wait_for(model.parameters().front().grad());  // the stem's weight: the last gradient backward writes
 }
+
+int run_cases(models::ConvNeXt& model, const std::string& model_name, const std::string& cases, int iters, int warmup,
+              Device device, const std::string& precision, int threads);
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string cases = "fwd:1x224x224,train:4x224x224", memory;
+  std::string cases = "fwd:1x224x224,train:4x224x224", memory, model_name = "convnext_tiny", device_name = "cpu",
+              precision = "fp32";
   bool checkpointing = false;
   int iters = 5, warmup = 1;
   for (int i = 1; i < argc; ++i) {
@@ -79,6 +109,12 @@ int main(int argc, char** argv) {
       warmup = std::atoi(argv[++i]);
     else if (a == "--memory")
       memory = argv[++i];
+    else if (a == "--model")
+      model_name = argv[++i];
+    else if (a == "--device")
+      device_name = argv[++i];
+    else if (a == "--precision")
+      precision = argv[++i];
     else {
       std::fprintf(stderr, "bench_convnext: unknown flag %s\n", a.c_str());
       return 2;
@@ -89,8 +125,20 @@ int main(int argc, char** argv) {
   threads = omp_get_max_threads();
 #endif
 
+  const std::optional<Device> device = parse_device(device_name);
+  if (!device || (precision != "fp32" && precision != "bf16" && precision != "fp16") ||
+      (model_name != "convnext_tiny" && model_name != "convnext_small")) {
+    std::fprintf(stderr, "bench_convnext: expected --model convnext_tiny or convnext_small, --device cpu, cuda or "
+                         "cuda:N and --precision fp32, bf16 or fp16\n");
+    return 2;
+  }
+  if (!memory.empty() && (!device->is_cpu() || precision != "fp32")) {
+    std::fprintf(stderr, "bench_convnext: --memory measures the CPU's resident set: use it without --device / --precision\n");
+    return 2;
+  }
+
   Generator gen(0);
-  models::ConvNeXt model(models::ConvNeXtConfig::convnext_tiny(), gen);
+  models::ConvNeXt model(models::ConvNeXtConfig::by_name(model_name), gen);
 
   if (!memory.empty()) {
     Case c;
@@ -104,14 +152,30 @@ int main(int argc, char** argv) {
     const Tensor<float> x = rand<float>({c.batch, 3, c.height, c.width}, gen);
     const Tensor<float> w = randn<float>({c.batch, 1000}, gen);
     const double before = peak_rss_mib();
-    const double s = bench::seconds_of([&] { train_step(model, x, w); });
+    const double s = bench::seconds_of([&] { train_step(model, x, w, {}); });
     const double after = peak_rss_mib();
     std::printf(
-        "mamclip convnext_tiny train-step memory batch=%lld %lldx%lld checkpointing=%s threads=%d: peak RSS "
+        "mamclip %s train-step memory batch=%lld %lldx%lld checkpointing=%s threads=%d: peak RSS "
         "%.0f MiB (%.0f MiB before the step, +%.0f MiB) time %.2f s\n",
-        c.batch, c.height, c.width, checkpointing ? "on" : "off", threads, after, before, after - before, s);
+        model_name.c_str(), c.batch, c.height, c.width, checkpointing ? "on" : "off", threads, after, before,
+        after - before, s);
     return 0;
   }
+
+  try {
+    return run_cases(model, model_name, cases, iters, warmup, *device, precision, threads);
+  } catch (const std::exception& e) {  // e.g. --device cuda in a build without the CUDA backend
+    std::fprintf(stderr, "bench_convnext: %s\n", e.what());
+    return 1;
+  }
+}
+
+namespace {
+int run_cases(models::ConvNeXt& model, const std::string& model_name, const std::string& cases, int iters, int warmup,
+              Device device, const std::string& precision, int threads) {
+  Generator gen(1);
+  model.to(device);
+  const Precision p{precision != "fp32", precision == "fp16" ? DType::f16 : DType::bf16};
 
   size_t start = 0;
   while (start < cases.size()) {
@@ -126,24 +190,32 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "bench_convnext: case '%s' is not (fwd|train):BATCHxHEIGHTxWIDTH\n", spec.c_str());
       return 2;
     }
-    const Tensor<float> x = rand<float>({c.batch, 3, c.height, c.width}, gen);
-    const Tensor<float> w = randn<float>({c.batch, 1000}, gen);
+    const Tensor<float> x = rand<float>({c.batch, 3, c.height, c.width}, gen).to(device);
+    const Tensor<float> w = randn<float>({c.batch, 1000}, gen).to(device);
     std::vector<double> times;
     for (int i = 0; i < warmup + iters; ++i) {
       double s = 0;
       if (c.mode == "fwd") {
         model.eval();
         NoGradGuard no_grad;
-        s = bench::seconds_of([&] { model.forward(x); });
+        s = bench::seconds_of([&] {
+          AutocastGuard autocast(device.type, p.dtype, p.enabled);
+          wait_for(model.forward(x));
+        });
       } else {
         model.train();
-        s = bench::seconds_of([&] { train_step(model, x, w); });
+        s = bench::seconds_of([&] { train_step(model, x, w, p); });
       }
       if (i >= warmup) times.push_back(s * 1e3);
     }
     const bench::Timing t = bench::summarize(times);
-    std::printf("mamclip convnext_tiny %s batch=%lld %lldx%lld threads=%d: median %.2f ms min %.2f ms\n", c.mode.c_str(),
-                c.batch, c.height, c.width, threads, t.median_s, t.best_s);
+    // The CPU fp32 line keeps its historical form; others name device and precision.
+    const std::string where = device.is_cpu() && precision == "fp32" ? "threads=" + std::to_string(threads)
+                                                                      : "device=" + device.str() + " precision=" + precision;
+    std::printf("mamclip %s %s batch=%lld %lldx%lld %s: median %.2f ms min %.2f ms\n", model_name.c_str(),
+                c.mode.c_str(), c.batch, c.height, c.width, where.c_str(), t.median_s, t.best_s);
+    std::fflush(stdout);
   }
   return 0;
 }
+}  // namespace
