@@ -161,7 +161,7 @@ TEMPLATE_TEST_CASE("elementwise kernels on CUDA: 16-byte packs, tails and misali
       const Tensor<T> dx = x.to(kGPU), dg = g.to(kGPU);
       Tensor<T> out = Tensor<T>::empty({n + off}, kGPU);
       out.fill_(T(7));
-      tanh_k(out.data_ptr() + off, dx.data_ptr() + off, n, 0, 0);
+      tanh_k(out.data_ptr() + off, dx.data_ptr() + off, n, nullptr, 0, 0);
       Tensor<T> expected = x.clone();
       expected.narrow(0, off, n).copy_(tanh(x.narrow(0, off, n)));
       if (off) expected.data_ptr()[0] = T(7);  // untouched
@@ -208,6 +208,30 @@ TEMPLATE_TEST_CASE("binary ops on CUDA read broadcast, transposed and sliced ope
   // 8 dims that cannot merge: past BinaryIndex::kMaxDims, the op copies its operands.
   check("alternating broadcast dims", rnd<T>({2, 1, 2, 1, 2, 1, 2, 1}, 15, -1, 1),
         rnd<T>({1, 2, 1, 2, 1, 2, 1, 2}, 16, -1, 1), same, same);
+}
+
+TEMPLATE_TEST_CASE("unary ops on CUDA read transposed, sliced and expanded inputs in place (BinaryIndex)", "[gpu]",
+                   float, bfloat16) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  const double tol = tolerance<T>();
+  // f on a CPU view and on the same view of a GPU copy (strided, not a copy of the view).
+  auto check = [&](const std::string& what, const Tensor<T>& x, auto view) {
+    const Tensor<T> v = view(x), g = view(x.to(kGPU));
+    INFO(what << ": " << shape_str(v.shape()) << " strides " << shape_str(g.strides()));
+    REQUIRE_FALSE(g.is_contiguous());
+    require_allclose(exp(g).to(kCPU), exp(v), tol, tol, "exp");
+    require_allclose(mul(g, 0.5).to(kCPU), mul(v, 0.5), tol, tol, "mul by a scalar");
+    require_allclose(gelu(g).to(kCPU), gelu(v), tol, tol, "gelu");
+  };
+  check("transposed", rnd<T>({7, 33}, 1, -1, 1), [](const Tensor<T>& t) { return t.t(); });
+  check("a q slice of a fused qkv projection", rnd<T>({5, 9, 24}, 2, -1, 1),
+        [](const Tensor<T>& t) { return t.narrow(2, 8, 8); });
+  check("permuted", rnd<T>({4, 6, 9}, 3, -1, 1), [](const Tensor<T>& t) { return t.permute({2, 0, 1}); });
+  check("expanded rows", rnd<T>({1, 4099}, 4, -1, 1), [](const Tensor<T>& t) { return t.expand({3, 4099}); });
+  // 8 dims that cannot merge: past BinaryIndex::kMaxDims, the op copies its input first.
+  check("pairwise swapped dims", rnd<T>({2, 2, 2, 2, 2, 2, 2, 2}, 5, -1, 1),
+        [](const Tensor<T>& t) { return t.permute({1, 0, 3, 2, 5, 4, 7, 6}); });
 }
 
 TEMPLATE_TEST_CASE("dropout on CUDA draws the CPU's Philox mask bit for bit, forward and backward", "[gpu]", float,

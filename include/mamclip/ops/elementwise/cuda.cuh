@@ -8,14 +8,14 @@
 //   ops      one functor per op (AddOp, ExpOp, GeluBackwardOp, ...): the CPU
 //            lambda's formula in the accumulation type, p0 / p1 its scalars
 //   kernel   map_kernel<kBlock, kVec, D, Op, Inputs>: raw pointers, n elements;
-//            strided_map_kernel: binary operands through a BinaryIndex
+//            strided_unary_kernel / strided_map_kernel: operands through a BinaryIndex
 //   launcher launch_map<Op>(..., stream): picks 16-byte packs or scalars;
-//            launch_binary: contiguous operands to launch_map, others strided
+//            launch_unary / launch_binary: contiguous operands to launch_map, others strided
 //   entries  kernels::unary<T, Op> / binary<T, Op>: the registered functions
 //            (current device and stream)
 //
-// The output is contiguous with n elements; so are unary inputs. Broadcast
-// and non-contiguous binary operands are read in place through their strides
+// The output is contiguous with n elements. Broadcast and non-contiguous
+// operands (unary, binary and where's) are read in place through their strides
 // (binary_index.hpp), without an expanded copy. Arithmetic is in device_acc_t (float for
 // half and bfloat16) and rounds once, like the CPU reference; transcendental
 // functions are CUDA's (within 2 ulp of the host's in float).
@@ -192,13 +192,41 @@ void launch_binary(D* out, const D* a, const D* b, int64_t n, const BinaryIndex*
   MAMCLIP_CUDA_CHECK_LAUNCH();
 }
 
+// out[i] = op(x[ox]) with x's offsets from a BinaryIndex (its a side; the b
+// side mirrors it and is dead code). n < 2^31.
+template <int kBlock, class D, class Op>
+__global__ void __launch_bounds__(kBlock) strided_unary_kernel(D* out, const D* x, uint32_t n, BinaryIndex index,
+                                                                 Op op) {
+  const uint32_t step = gridDim.x * kBlock;
+  for (uint32_t i = blockIdx.x * kBlock + threadIdx.x; i < n; i += step) {
+    int64_t ox = 0, unused = 0;
+    index.offsets(i, ox, unused);
+    out[i] = from_acc<D>(op(to_acc(x[ox])));
+  }
+}
+
+template <class Op, class D>
+void launch_unary(D* out, const D* x, int64_t n, const BinaryIndex* index, cudaStream_t stream, Op op) {
+  if (!index || (index->ndim == 1 && index->a[0] == 1)) {
+    launch_map<1>(out, x, static_cast<const D*>(nullptr), n, stream, op);
+    return;
+  }
+  if (n <= 0) return;
+  MAMCLIP_CHECK(n < BinaryIndex::kMaxElements, value_error, "strided unary kernel: ", n,
+                " elements exceed the 32-bit index (the caller copies the input past BinaryIndex::kMaxElements)");
+  constexpr int kBlock = 256;
+  strided_unary_kernel<kBlock><<<grid_for(n, kBlock), kBlock, 0, stream>>>(out, x, static_cast<uint32_t>(n), *index,
+                                                                            op);
+  MAMCLIP_CUDA_CHECK_LAUNCH();
+}
+
 namespace kernels {
 template <class T, class Op>
-void unary(T* out, const T* x, int64_t n, double p0, double p1) {
+void unary(T* out, const T* x, int64_t n, const BinaryIndex* index, double p0, double p1) {
   Op op;
   op.p0 = p0;
   op.p1 = p1;
-  launch_map<1>(device_ptr(out), device_ptr(x), static_cast<const device_t<T>*>(nullptr), n, current_stream(), op);
+  launch_unary(device_ptr(out), device_ptr(x), n, index, current_stream(), op);
 }
 
 template <class T, class Op>
@@ -224,13 +252,33 @@ __global__ void where_kernel(D* out, const bool* cond, const D* a, const D* b, i
     out[i] = cond[i] ? a[i] : b[i];
 }
 
+// The same through two BinaryIndexes: (cond, a) and (b, b). n < 2^31.
+template <class D>
+__global__ void strided_where_kernel(D* out, const bool* cond, const D* a, const D* b, uint32_t n, BinaryIndex cond_a,
+                                     BinaryIndex b_only) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    int64_t oc = 0, oa = 0, ob = 0, unused = 0;
+    cond_a.offsets(i, oc, oa);
+    b_only.offsets(i, ob, unused);
+    out[i] = cond[oc] ? a[oa] : b[ob];
+  }
+}
+
 namespace kernels {
 template <class T>
-void where(T* out, const bool* cond, const T* a, const T* b, int64_t n) {
+void where(T* out, const bool* cond, const T* a, const T* b, int64_t n, const BinaryIndex* cond_a,
+           const BinaryIndex* b_only) {
   constexpr int kBlock = 256;
   if (n <= 0) return;
-  where_kernel<<<grid_for(n, kBlock), kBlock, 0, current_stream()>>>(device_ptr(out), cond, device_ptr(a),
-                                                                     device_ptr(b), n);
+  if (cond_a && b_only) {
+    MAMCLIP_CHECK(n < BinaryIndex::kMaxElements, value_error, "strided where kernel: ", n,
+                  " elements exceed the 32-bit index (the caller copies operands past BinaryIndex::kMaxElements)");
+    strided_where_kernel<<<grid_for(n, kBlock), kBlock, 0, current_stream()>>>(
+        device_ptr(out), cond, device_ptr(a), device_ptr(b), static_cast<uint32_t>(n), *cond_a, *b_only);
+  } else {
+    where_kernel<<<grid_for(n, kBlock), kBlock, 0, current_stream()>>>(device_ptr(out), cond, device_ptr(a),
+                                                                       device_ptr(b), n);
+  }
   MAMCLIP_CUDA_CHECK_LAUNCH();
 }
 }  // namespace kernels

@@ -22,17 +22,21 @@
 namespace mamclip {
 
 // Device kernels. The output is contiguous with n elements; p0 and p1 carry
-// the op's scalar arguments (exponent, clamp bounds, scalar operand). A
-// unary op's input is contiguous; a binary op's operands are contiguous with
-// the output's shape when `index` is null, else read through index's strides
-// (broadcast and non-contiguous operands without copies; binary_index.hpp).
+// the op's scalar arguments (exponent, clamp bounds, scalar operand). The
+// input (unary: x, read through index's a side) or operands (binary) are
+// contiguous with the output's shape when `index` is null, else read through
+// index's strides (broadcast and non-contiguous operands without copies;
+// binary_index.hpp).
 template <class T>
-using UnaryKernel = void(T* out, const T* x, int64_t n, double p0, double p1);
+using UnaryKernel = void(T* out, const T* x, int64_t n, const BinaryIndex* index, double p0, double p1);
 template <class T>
 using BinaryKernel = void(T* out, const T* a, const T* b, int64_t n, const BinaryIndex* index, double p0, double p1);
-// where on a device: out[i] = cond[i] ? a[i] : b[i], all contiguous with n elements.
+// where on a device: out[i] = cond[i] ? a[i] : b[i] over out's n contiguous
+// elements. Both indexes null: cond, a and b contiguous too. Else cond_a
+// gives cond's offsets (its a side) and a's (b side), b_only b's (a side).
 template <class T>
-using WhereKernel = void(T* out, const bool* cond, const T* a, const T* b, int64_t n);
+using WhereKernel = void(T* out, const bool* cond, const T* a, const T* b, int64_t n, const BinaryIndex* cond_a,
+                         const BinaryIndex* b_only);
 // Dropout's mask on a device ("dropout"): cpu::bernoulli_mask's arguments and values.
 template <class T>
 using BernoulliMaskKernel = void(uint64_t seed, uint64_t offset, int64_t n, double keep, double kept, T* out);
@@ -45,12 +49,6 @@ void check_same_device(const char* op, const Tensor<T>& a, const Tensor<U>& b, c
                 a.device().str(), " and ", nb, " is on ", b.device().str());
 }
 
-// A contiguous tensor with x's values, outside the graph (for device kernels).
-template <class T>
-Tensor<T> dense(const Tensor<T>& x) {
-  return x.is_contiguous() ? x.detach() : contiguous_copy(x);
-}
-
 // out = f(x) elementwise; out is contiguous with x's shape and may be x itself.
 template <class T, class F>
 void map_unary_into(const char* op, Tensor<T>& out, const Tensor<T>& x, F&& f, double p0 = 0, double p1 = 0) {
@@ -58,7 +56,13 @@ void map_unary_into(const char* op, Tensor<T>& out, const Tensor<T>& x, F&& f, d
     cpu::unary(out, x, std::forward<F>(f));
   } else {
     auto* k = require_kernel<UnaryKernel<T>>(op, dtype_v<T>, x.device());
-    k(out.data_ptr(), dense(x).data_ptr(), x.numel(), p0, p1);
+    if (x.is_contiguous()) {
+      k(out.data_ptr(), x.data_ptr(), x.numel(), nullptr, p0, p1);
+    } else if (const auto index = make_binary_index(x.shape(), x.strides(), x.strides())) {
+      k(out.data_ptr(), x.data_ptr(), x.numel(), &*index, p0, p1);  // read in place through x's strides
+    } else {  // past BinaryIndex's limits: a dense copy
+      k(out.data_ptr(), contiguous_copy(x).data_ptr(), x.numel(), nullptr, p0, p1);
+    }
   }
 }
 
@@ -425,10 +429,19 @@ Tensor<T> where(const Tensor<bool>& cond, const Tensor<T>& a, const Tensor<T>& b
     cpu::ternary(y, cond, a, b, [](bool c, T va, T vb) { return c ? va : vb; });
   } else {
     auto* k = require_kernel<WhereKernel<T>>("where", dtype_v<T>, a.device());
-    const Tensor<bool> dc = detail::contiguous_copy(cond.expand(s));
-    const Tensor<T> da = detail::contiguous_copy(a.detach().expand(s)),
-                    db = detail::contiguous_copy(b.detach().expand(s));
-    k(y.data_ptr(), dc.data_ptr(), da.data_ptr(), db.data_ptr(), y.numel());
+    const Tensor<bool> ec = cond.expand(s);
+    const Tensor<T> ea = a.detach().expand(s), eb = b.detach().expand(s);
+    const auto cond_a = make_binary_index(s, ec.strides(), ea.strides());
+    const auto b_only = make_binary_index(s, eb.strides(), eb.strides());
+    if (ec.is_contiguous() && ea.is_contiguous() && eb.is_contiguous()) {
+      k(y.data_ptr(), ec.data_ptr(), ea.data_ptr(), eb.data_ptr(), y.numel(), nullptr, nullptr);
+    } else if (cond_a && b_only) {  // broadcast (a scalar fill, a [N, 1, 1, L] mask) and strided operands in place
+      k(y.data_ptr(), ec.data_ptr(), ea.data_ptr(), eb.data_ptr(), y.numel(), &*cond_a, &*b_only);
+    } else {  // past BinaryIndex's limits: dense copies
+      const Tensor<bool> dc = detail::contiguous_copy(ec);
+      const Tensor<T> da = detail::contiguous_copy(ea), db = detail::contiguous_copy(eb);
+      k(y.data_ptr(), dc.data_ptr(), da.data_ptr(), db.data_ptr(), y.numel(), nullptr, nullptr);
+    }
   }
   return autograd::record<T>("WhereBackward", {a, b}, y,
                              [cond, sa = a.shape(), sb = b.shape()](const Tensor<T>& g, const std::vector<bool>& need) {
