@@ -132,19 +132,26 @@ class DataParallel {
   void finish_gradient_sync() {
     for (auto& b : buckets_) b.complete = true;
     launch_ready();
-    const double inv = 1.0 / comm_->world_size();
     NoGradGuard no_grad;
-    for (auto& b : buckets_) {
-      b.work->wait();
-      const int64_t np = static_cast<int64_t>(b.params.size());
-      const std::vector<float> has_grad = b.buffer.narrow(0, b.total, np).to_vector();
+    // All reductions, then all flags, then the writes: on a GPU the first flag
+    // read waits for every reduction and the others find theirs done, so the
+    // step has one host sync, not one per bucket between queued kernels.
+    for (auto& b : buckets_) b.work->wait();
+    std::vector<std::vector<float>> has_grad(buckets_.size());
+    for (size_t i = 0; i < buckets_.size(); ++i) {
+      const Bucket& b = buckets_[i];
+      has_grad[i] = b.buffer.narrow(0, b.total, static_cast<int64_t>(b.params.size())).to_vector();
+    }
+    const double inv = 1.0 / comm_->world_size();
+    for (size_t i = 0; i < buckets_.size(); ++i) {
+      Bucket& b = buckets_[i];
       Tensor<float> mean = b.buffer.narrow(0, 0, b.total);  // the sum over ranks, until scaled
       if (comm_->world_size() > 1) mamclip::detail::scale_in_place(mean, inv);
       int64_t at = 0;
       for (size_t j = 0; j < b.params.size(); ++j) {
         Tensor<float>& p = params_[b.params[j]];
         const int64_t n = p.numel();
-        if (has_grad[j] > 0) {
+        if (has_grad[i][j] > 0) {
           Tensor<float> g = p.grad();
           if (!g.defined()) {
             g = Tensor<float>::empty(p.shape(), p.device());
@@ -240,18 +247,24 @@ class DataParallel {
     while (next_launch_ < buckets_.size() && buckets_[next_launch_].complete) {
       Bucket& b = buckets_[next_launch_++];
       NoGradGuard no_grad;
-      std::vector<float> has_grad(b.params.size());
+      // The has-gradient flags are filled on the buffer's device, not uploaded:
+      // a copy from pageable host memory would wait for every kernel queued so
+      // far, once per bucket, in the middle of backward.
+      Tensor<float> has_grad = b.buffer.narrow(0, b.total, static_cast<int64_t>(b.params.size()));
+      has_grad.fill_(1.0f);
       int64_t at = 0;
       for (size_t j = 0; j < b.params.size(); ++j) {
         const Tensor<float>& p = params_[b.params[j]];
         const Tensor<float> g = p.grad();
         Tensor<float> slot = b.buffer.narrow(0, at, p.numel());
-        if (g.defined()) slot.copy_(g.reshape({p.numel()}));
-        else slot.zero_();
-        has_grad[j] = g.defined() ? 1.0f : 0.0f;
+        if (g.defined()) {
+          slot.copy_(g.reshape({p.numel()}));
+        } else {
+          slot.zero_();
+          has_grad.narrow(0, static_cast<int64_t>(j), 1).zero_();
+        }
         at += p.numel();
       }
-      b.buffer.narrow(0, b.total, static_cast<int64_t>(has_grad.size())).copy_(from_vector(has_grad));
       b.work = bucket_comm_->all_reduce_async(b.buffer.data_ptr(), b.buffer.numel(), DType::f32, ReduceOp::sum);
     }
   }
