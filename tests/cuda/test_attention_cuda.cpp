@@ -5,7 +5,9 @@
 // bfloat16. With a GPU (cases tagged [gpu]; without one each prints "skipped:
 // no CUDA device"): every tensor-core head dim (32, 64, 96, 128) at L in {1,
 // 17, 100, 102, 128, 257, 512}, with and without the padding mask, causal and
-// dropout, Lq != Lk, heads interleaved ([B, L, H, D] views). The 16-bit
+// dropout, Lq != Lk, heads interleaved ([B, L, H, D] views, made on the
+// device) and heads one element into rows of D + 1 (the kernels' 16-bit load
+// path; the others take 16-byte loads). The 16-bit
 // kernels must stay within 2x the error of a naive implementation in the same
 // precision (matmul, softmax, matmul, each rounded to the type: what
 // unfused PyTorch computes), FlashAttention's rule; the float and double
@@ -27,12 +29,14 @@ struct Case {
   bool pad, causal;
   double p;
   bool interleave = false;
+  bool misaligned = false;
 };
 
 std::string describe(const Case& c) {
   return "B " + std::to_string(c.b) + " H " + std::to_string(c.h) + " Lq " + std::to_string(c.lq) + " Lk " +
          std::to_string(c.lk) + " D " + std::to_string(c.d) + (c.pad ? " padded" : "") + (c.causal ? " causal" : "") +
-         (c.p > 0 ? " dropout " + std::to_string(c.p) : "") + (c.interleave ? " interleaved" : "");
+         (c.p > 0 ? " dropout " + std::to_string(c.p) : "") + (c.interleave ? " interleaved" : "") +
+         (c.misaligned ? " misaligned" : "");
 }
 
 // About a third of each batch's keys off; batch 1 keeps only its first 3 (right padding).
@@ -44,11 +48,20 @@ Tensor<bool> padding(int64_t b, int64_t lk) {
   return m;
 }
 
+// x's values as a view in c's layout, on x's device (Tensor::to makes tensors contiguous, so the
+// layout is made where the op runs): [B, H, L, D] heads of a [B, L, H, D] buffer (interleaved, as
+// BERT's heads are), or one element into rows of D + 1 (misaligned: the kernels' 16-bit loads).
 template <class T>
-Tensor<T> heads(const Shape& s, uint64_t seed, bool interleave) {
-  Tensor<T> x = rnd<T>(s, seed);
-  if (!interleave) return x;
-  return x.permute({0, 2, 1, 3}).contiguous().permute({0, 2, 1, 3}).detach();
+Tensor<T> in_layout(const Tensor<T>& x, const Case& c) {
+  if (c.interleave) return x.detach().permute({0, 2, 1, 3}).contiguous().permute({0, 2, 1, 3}).detach();
+  if (c.misaligned) {
+    Shape s = x.shape();
+    s.back() += 1;
+    Tensor<T> view = zeros<T>(s, x.device()).narrow(3, 1, x.size(3));
+    view.copy_(x.detach());
+    return view;
+  }
+  return x.detach();
 }
 
 struct Result {
@@ -64,9 +77,10 @@ double max_abs(const Tensor<double>& a) { return a.numel() ? amax(abs(a)).item()
 // The op on `device` in T from the given inputs (already rounded to T), results in double.
 template <class T>
 Result run(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const Tensor<T>& g, const AttentionOptions& o,
-           Device device) {
-  auto qd = q.detach().to(device).set_requires_grad(), kd = k.detach().to(device).set_requires_grad(),
-       vd = v.detach().to(device).set_requires_grad();
+           Device device, const Case& c) {
+  Tensor<T> qd = in_layout(q.detach().to(device), c), kd = in_layout(k.detach().to(device), c),
+            vd = in_layout(v.detach().to(device), c);
+  for (Tensor<T>* t : {&qd, &kd, &vd}) t->set_requires_grad();
   AttentionOptions od = o;
   if (o.key_padding_mask.defined()) od.key_padding_mask = o.key_padding_mask.to(device);
   Generator gen(11);
@@ -107,16 +121,16 @@ Result naive(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, const T
 template <class T>
 void check_case(const Case& c) {
   INFO(describe(c) << " " << dtype_name(dtype_v<T>));
-  const Tensor<T> q = heads<T>({c.b, c.h, c.lq, c.d}, 1, c.interleave), k = heads<T>({c.b, c.h, c.lk, c.d}, 2, c.interleave),
-                  v = heads<T>({c.b, c.h, c.lk, c.d}, 3, c.interleave), g = rnd<T>({c.b, c.h, c.lq, c.d}, 4);
+  const Tensor<T> q = rnd<T>({c.b, c.h, c.lq, c.d}, 1), k = rnd<T>({c.b, c.h, c.lk, c.d}, 2),
+                  v = rnd<T>({c.b, c.h, c.lk, c.d}, 3), g = rnd<T>({c.b, c.h, c.lq, c.d}, 4);
   AttentionOptions o;
   if (c.pad) o.key_padding_mask = padding(c.b, c.lk);
   o.causal = c.causal;
   o.dropout_p = c.p;
   // Generator(11)'s first stream: seed 11, offset 0 (what naive() rebuilds).
-  const Result gpu = run(q, k, v, g, o, kGPU);
+  const Result gpu = run(q, k, v, g, o, kGPU, c);
   const Result ref = run(q.template to<double>(), k.template to<double>(), v.template to<double>(),
-                         g.template to<double>(), o, kCPU);
+                         g.template to<double>(), o, kCPU, c);
   const std::pair<const char*, std::pair<Tensor<double>, Tensor<double>>> parts[] = {
       {"out", {gpu.out, ref.out}}, {"dq", {gpu.dq, ref.dq}}, {"dk", {gpu.dk, ref.dk}}, {"dv", {gpu.dv, ref.dv}}};
   if constexpr (std::is_same_v<T, f16> || std::is_same_v<T, bfloat16>) {
@@ -164,6 +178,9 @@ TEMPLATE_TEST_CASE("flash attention on CUDA: every head dim and length, masks, d
   check_case<T>({1, 2, 130, 33, 96, false, true, 0.0});  // Lq > Lk, causal top-left
   check_case<T>({3, 12, 128, 128, 64, true, false, 0.0, true});  // PubMedBERT's shape, interleaved heads
   check_case<T>({2, 8, 102, 102, 96, false, false, 0.0, true});  // the fusion block
+  // Heads one element into rows of D + 1: the 16-bit load path (the cases above take 16-byte loads).
+  check_case<T>({2, 3, 100, 67, 64, true, false, 0.0, false, true});
+  check_case<T>({1, 2, 33, 33, 128, false, true, 0.1, false, true});
 }
 
 TEMPLATE_TEST_CASE("attention on CUDA in float and double: the reference kernels at any head dim", "[gpu]", float,

@@ -33,8 +33,10 @@
 // element in every kernel; forward and backward agree by construction.
 //
 // Requires compute capability 8.0 (mma.sync with bf16); older devices get a
-// device_error. Operand rows are read with 16-bit loads (any strides and
-// offsets work); tiles are staged through shared memory with kLd = D + 8.
+// device_error. Operand rows are read with 16-byte loads when every operand
+// allows it (16-byte aligned heads, strides in multiples of 8 elements: what
+// contiguous and [B, L, H, D] layouts give), else with 16-bit loads (any
+// strides and offsets); tiles are staged through shared memory with kLd = D + 8.
 
 #include <algorithm>
 #include <cstdint>
@@ -143,12 +145,32 @@ __device__ __forceinline__ void warp_mma_pv(float (&acc)[kDTiles][4], const uint
 }
 
 // sm[r, :] = rows r0 + r of one head (row stride sl), kD columns; zeros for rows at or past `rows`.
+// vec16 (head 16-byte aligned, sl a multiple of 8): 8 elements per 16-byte load and store.
 template <int kRows, int kD, int kLd, int kThreads, class D>
-__device__ __forceinline__ void load_rows(D* sm, const D* head, int64_t sl, int64_t r0, int64_t rows) {
+__device__ __forceinline__ void load_rows(D* sm, const D* head, int64_t sl, int64_t r0, int64_t rows, bool vec16) {
+  static_assert(sizeof(D) == 2 && kD % 8 == 0 && kLd % 8 == 0, "16-byte chunks of 16-bit rows");
+  if (vec16) {
+    constexpr int kChunks = kD / 8;
+    for (int e = threadIdx.x; e < kRows * kChunks; e += kThreads) {
+      const int r = e / kChunks, c = (e % kChunks) * 8;
+      uint4 chunk = make_uint4(0u, 0u, 0u, 0u);  // +0 in half and bfloat16
+      if (r0 + r < rows) chunk = *reinterpret_cast<const uint4*>(head + (r0 + r) * sl + c);
+      *reinterpret_cast<uint4*>(sm + r * kLd + c) = chunk;
+    }
+    return;
+  }
   for (int e = threadIdx.x; e < kRows * kD; e += kThreads) {
     const int r = e / kD, c = e % kD;
     sm[r * kLd + c] = r0 + r < rows ? head[(r0 + r) * sl + c] : from_acc<D>(0.0f);
   }
+}
+
+// Whether every head of v can be read in 16-byte chunks (load_rows' vec16).
+template <class S>
+bool loads16(const HeadsView<S>& v) {
+  constexpr int64_t kPerChunk = 16 / static_cast<int64_t>(sizeof(S));
+  return reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && v.sb % kPerChunk == 0 && v.sh % kPerChunk == 0 &&
+         v.sl % kPerChunk == 0;
 }
 
 template <class D>
@@ -159,6 +181,7 @@ struct FlashForwardParams {
   HeadsView<D> out;
   float* lse;
   float scale;
+  bool vec16 = false;  // q, k and v all loads16
 };
 
 template <class D>
@@ -170,6 +193,7 @@ struct FlashBackwardParams {
   const float* lse;
   const device_acc_t<D>* dsum;
   float scale;
+  bool vec16 = false;  // q, k, v and dout all loads16
 };
 
 // Sum of the 4 lanes of a row (lanes 4g .. 4g+3).
@@ -195,7 +219,7 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_forward_kernel(const Flash
   const int64_t b = blockIdx.z, h = blockIdx.y, i0 = int64_t(blockIdx.x) * Tr::kBM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t rows[2] = {i0 + warp * 16 + g, i0 + warp * 16 + g + 8};
-  load_rows<Tr::kBM, kD, kLd, Tr::kThreads>(sq, p.q.head(b, h), p.q.sl, i0, n.lq);
+  load_rows<Tr::kBM, kD, kLd, Tr::kThreads>(sq, p.q.head(b, h), p.q.sl, i0, n.lq, p.vec16);
   float o[Tr::kDTiles][4];
 #pragma unroll
   for (int dt = 0; dt < Tr::kDTiles; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
@@ -203,8 +227,8 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_forward_kernel(const Flash
   const int64_t k_end = p.c.causal ? (n.lk < i0 + Tr::kBM ? n.lk : i0 + Tr::kBM) : n.lk;
   for (int64_t j0 = 0; j0 < k_end; j0 += Tr::kBN) {
     __syncthreads();  // the previous tiles are read
-    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sk, p.k.head(b, h), p.k.sl, j0, n.lk);
-    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sv, p.v.head(b, h), p.v.sl, j0, n.lk);
+    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sk, p.k.head(b, h), p.k.sl, j0, n.lk, p.vec16);
+    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sv, p.v.head(b, h), p.v.sl, j0, n.lk, p.vec16);
     __syncthreads();
     float s[Tr::kNTiles][4];
 #pragma unroll
@@ -304,8 +328,8 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_dq_kernel(const FlashBackw
   const int64_t b = blockIdx.z, h = blockIdx.y, i0 = int64_t(blockIdx.x) * Tr::kBM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t rows[2] = {i0 + warp * 16 + g, i0 + warp * 16 + g + 8};
-  load_rows<Tr::kBM, kD, kLd, Tr::kThreads>(sq, p.q.head(b, h), p.q.sl, i0, n.lq);
-  load_rows<Tr::kBM, kD, kLd, Tr::kThreads>(sdo, p.dout.head(b, h), p.dout.sl, i0, n.lq);
+  load_rows<Tr::kBM, kD, kLd, Tr::kThreads>(sq, p.q.head(b, h), p.q.sl, i0, n.lq, p.vec16);
+  load_rows<Tr::kBM, kD, kLd, Tr::kThreads>(sdo, p.dout.head(b, h), p.dout.sl, i0, n.lq, p.vec16);
   float lse[2], dsum[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -320,8 +344,8 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_dq_kernel(const FlashBackw
   const int64_t k_end = p.c.causal ? (n.lk < i0 + Tr::kBM ? n.lk : i0 + Tr::kBM) : n.lk;
   for (int64_t j0 = 0; j0 < k_end; j0 += Tr::kBN) {
     __syncthreads();
-    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sk, p.k.head(b, h), p.k.sl, j0, n.lk);
-    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sv, p.v.head(b, h), p.v.sl, j0, n.lk);
+    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sk, p.k.head(b, h), p.k.sl, j0, n.lk, p.vec16);
+    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sv, p.v.head(b, h), p.v.sl, j0, n.lk, p.vec16);
     __syncthreads();
     float s[Tr::kNTiles][4], dp[Tr::kNTiles][4];
 #pragma unroll
@@ -370,8 +394,8 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_dkdv_kernel(const FlashBac
   const int64_t b = blockIdx.z, h = blockIdx.y, j0 = int64_t(blockIdx.x) * Tr::kBM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t keys[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
-  load_rows<Tr::kBM, kD, kLd, Tr::kThreads>(sk, p.k.head(b, h), p.k.sl, j0, n.lk);
-  load_rows<Tr::kBM, kD, kLd, Tr::kThreads>(sv, p.v.head(b, h), p.v.sl, j0, n.lk);
+  load_rows<Tr::kBM, kD, kLd, Tr::kThreads>(sk, p.k.head(b, h), p.k.sl, j0, n.lk, p.vec16);
+  load_rows<Tr::kBM, kD, kLd, Tr::kThreads>(sv, p.v.head(b, h), p.v.sl, j0, n.lk, p.vec16);
   float dk[Tr::kDTiles][4], dv[Tr::kDTiles][4];
 #pragma unroll
   for (int dt = 0; dt < Tr::kDTiles; ++dt)
@@ -382,8 +406,8 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_dkdv_kernel(const FlashBac
   const int64_t bh = b * n.heads + h;
   for (int64_t i0 = q_begin; i0 < n.lq; i0 += Tr::kBN) {
     __syncthreads();
-    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sq, p.q.head(b, h), p.q.sl, i0, n.lq);
-    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sdo, p.dout.head(b, h), p.dout.sl, i0, n.lq);
+    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sq, p.q.head(b, h), p.q.sl, i0, n.lq, p.vec16);
+    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sdo, p.dout.head(b, h), p.dout.sl, i0, n.lq, p.vec16);
     for (int e = threadIdx.x; e < Tr::kBN; e += Tr::kThreads) {
       const bool in = i0 + e < n.lq;
       slse[e] = in ? p.lse[bh * n.lq + i0 + e] : -INFINITY;
@@ -655,7 +679,7 @@ void launch_attention_forward(const AttentionForwardArgs<T>& a, cudaStream_t str
   const AttentionDims& n = a.dims;
   attention_check_dims<T>(n);
   if (n.batch == 0 || n.heads == 0 || n.lq == 0) return;
-  const attention_kernels::FlashForwardParams<D> p{n,
+  attention_kernels::FlashForwardParams<D> p{n,
                                                    a.config,
                                                    device_heads(a.q),
                                                    device_heads(a.k),
@@ -664,6 +688,7 @@ void launch_attention_forward(const AttentionForwardArgs<T>& a, cudaStream_t str
                                                    a.lse,
                                                    static_cast<float>(a.config.scale)};
   if constexpr (kAttentionTensorCores<T>) {
+    p.vec16 = attention_kernels::loads16(p.q) && attention_kernels::loads16(p.k) && attention_kernels::loads16(p.v);
     with_head_dim(n.d, [&](auto kd) { launch_flash_forward<D, decltype(kd)::value>(p, stream); });
   } else {
     const dim3 grid(static_cast<unsigned>((n.lq + 3) / 4), static_cast<unsigned>(n.heads),
@@ -699,7 +724,7 @@ void launch_attention_backward(const AttentionBackwardArgs<T>& a, cudaStream_t s
   attention_kernels::attention_dsum_kernel<D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(
       n, device_heads(a.dout), device_heads(a.out), dsum.data_ptr());
   MAMCLIP_CUDA_CHECK_LAUNCH();
-  const attention_kernels::FlashBackwardParams<D> p{n,
+  attention_kernels::FlashBackwardParams<D> p{n,
                                                     a.config,
                                                     device_heads(a.q),
                                                     device_heads(a.k),
@@ -712,6 +737,8 @@ void launch_attention_backward(const AttentionBackwardArgs<T>& a, cudaStream_t s
                                                     dsum.data_ptr(),
                                                     static_cast<float>(a.config.scale)};
   if constexpr (kAttentionTensorCores<T>) {
+    using attention_kernels::loads16;
+    p.vec16 = loads16(p.q) && loads16(p.k) && loads16(p.v) && loads16(p.dout);
     with_head_dim(n.d, [&](auto kd) { launch_flash_backward<D, decltype(kd)::value>(p, stream); });
   } else {
     if (p.dq.data) {
