@@ -242,7 +242,7 @@ TEMPLATE_TEST_CASE("add on CUDA equals the CPU op, contiguous and broadcast", "[
   }
   auto a = rnd<T>({5, 33}, 1), b = rnd<T>({33}, 2);
   require_allclose(add(a.to(kGPU), b.to(kGPU)).to(kCPU), add(a, b), 0, eps, "broadcast [5, 33] + [33]");
-  require_allclose(add(noncontiguous(a).to(kGPU), b.to(kGPU)).to(kCPU), add(a, b), 0, eps, "non-contiguous a");
+  require_allclose(add(noncontiguous(a.to(kGPU)), b.to(kGPU)).to(kCPU), add(a, b), 0, eps, "non-contiguous a");
 }
 
 TEMPLATE_TEST_CASE("add kernel: 16-byte path, tails and misaligned pointers", "[gpu]", float, bfloat16) {
