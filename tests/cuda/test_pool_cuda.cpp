@@ -23,7 +23,10 @@ namespace {
 template <class T, class F>
 void check_pool(const Tensor<T>& x, F&& f, uint64_t seed, const std::string& what) {
   INFO(what);
-  Tensor<T> xc = x.clone(), xg = x.to(kGPU);
+  // Tensor::to packs what it copies: a non-contiguous x (transposed last dims) is rebuilt on the device.
+  const bool transposed = x.dim() >= 2 && !x.is_contiguous();
+  Tensor<T> xc = x.clone(), xg = transposed ? x.transpose(-1, -2).contiguous().to(kGPU).transpose(-1, -2) : x.to(kGPU);
+  REQUIRE(xg.is_contiguous() == x.is_contiguous());
   xc.set_requires_grad();
   xg.set_requires_grad();
   const Tensor<T> yc = f(xc), yg = f(xg);

@@ -23,7 +23,10 @@ template <class T>
 void check(const Tensor<T>& x, int64_t dim, bool log, const std::string& what) {
   INFO(what << ", dim " << dim << (log ? ", log_softmax" : ", softmax"));
   const double tol = order_tolerance<T>(x.size(dim), 16, 2);
-  Tensor<T> xc = x.clone(), xg = x.to(kGPU);
+  // Tensor::to packs what it copies: a transposed x is transposed again on the device.
+  const bool transposed = x.dim() >= 2 && !x.is_contiguous();
+  Tensor<T> xc = x.clone(), xg = transposed ? x.transpose(-1, -2).contiguous().to(kGPU).transpose(-1, -2) : x.to(kGPU);
+  REQUIRE(xg.is_contiguous() == x.is_contiguous());
   xc.set_requires_grad();
   xg.set_requires_grad();
   const Tensor<T> yc = log ? log_softmax(xc, dim) : softmax(xc, dim);
