@@ -179,14 +179,12 @@ Tensor<T> matmul_nd(const char* op, const char* node_name, const Tensor<T>& a, c
       });
 }
 
-// The row stride of a [rows, cols] matrix whose rows have unit stride, as a
-// leading dim (>= cols), or 0 when its rows are not laid out that way.
+// The leading dim of a [rows, cols] matrix whose rows have unit stride, or 0
+// when its rows are not laid out that way.
 template <class T>
 int64_t row_major_ld(const Tensor<T>& m) {
-  const int64_t rows = m.size(0), cols = m.size(1);
-  if (cols > 1 && m.stride(1) != 1) return 0;
-  if (rows > 1 && m.stride(0) < cols) return 0;
-  return rows > 1 ? m.stride(0) : cols;
+  const auto l = cpu::mat_layout(m.size(0), m.size(1), m.stride(0), m.stride(1));
+  return l.kind == cpu::MatLayout::row_major ? l.ld : 0;
 }
 
 // y2 = x2 · wᵀ + bias through the device's "linear_bias" kernel; false when
