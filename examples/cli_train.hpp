@@ -30,6 +30,8 @@
 #endif
 #ifdef MAMCLIP_WITH_MPI
 #include "mamclip/dist/mpi.hpp"
+#else
+#include "mamclip/dist/tcp.hpp"
 #endif
 
 namespace {
@@ -187,14 +189,16 @@ std::string f3(double x) {
 
 // ---- pretrain
 
-// The job's communicator: MPI's under mpirun (or srun), else a world of one.
+// The job's communicator: MPI's under mpirun (or srun), TCP's under torchrun
+// (GPU training: NCCL reduces the gradients), else a world of one.
 // Ranks on one machine share its cores: each takes its share of the CPU
 // kernels' threads unless OMP_NUM_THREADS says otherwise.
 std::unique_ptr<dist::Communicator> job_communicator() {
 #ifdef MAMCLIP_WITH_MPI
   std::unique_ptr<dist::Communicator> comm = dist::communicator_from_environment();
 #else
-  std::unique_ptr<dist::Communicator> comm = std::make_unique<dist::LocalCommunicator>();
+  std::unique_ptr<dist::Communicator> comm = dist::tcp_communicator_from_environment();
+  if (!comm) comm = std::make_unique<dist::LocalCommunicator>();
 #endif
 #ifdef _OPENMP
   if (comm->world_size() > 1 && !std::getenv("OMP_NUM_THREADS")) {

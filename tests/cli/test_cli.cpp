@@ -6,13 +6,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
+#include "mamclip/dist/tcp.hpp"
 #include "mamclip/io/safetensors.hpp"
 #if defined(MAMCLIP_CLI_IMAGES)
 #include "mamclip/data/synthetic.hpp"
@@ -608,5 +611,53 @@ TEST_CASE("mpirun -np 2 mamclip finetune scores as one process with the combined
   CHECK(two["best_epoch"] == one["best_epoch"]);
   CHECK(two["test"]["macro_f1"].get<double>() == Approx(one["test"]["macro_f1"].get<double>()).margin(1e-12));
   CHECK(two["val"]["macro_f1"].get<double>() == Approx(one["val"]["macro_f1"].get<double>()).margin(1e-12));
+}
+#endif
+
+#if defined(MAMCLIP_CLI_IMAGES)
+// A torchrun-style launch (no mpirun): the processes meet over TCP, and CPU
+// training stops at start on both, saying to use mpirun (gradients need Open
+// MPI on CPUs, NCCL on GPUs).
+TEST_CASE("a torchrun-style launch of CPU pretraining meets over TCP and stops, pointing to mpirun") {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(tmp().file("torchrun"));
+  const fs::path set = root / "synthetic";
+  data::make_synthetic_set(set, 16, 64, 48, 2);
+  const std::string cfg = (root / "cfg.json").string();
+  write_file(cfg, R"({"model_size": "small", "text_model": {"context_length": 32},
+    "data": {"batch_size": 2, "effective_batch_size": 4, "image_size": [64, 48], "num_workers": 1},
+    "trainparams": {"max_epochs": 1, "checkpoint_dir_path": ")" + root.string() + R"(", "experiment_name": "run"}})");
+  int port = 0;
+  {
+    mamclip::dist::detail::Socket s = mamclip::dist::detail::tcp_listen(0);
+    port = mamclip::dist::detail::bound_port(s);
+  }
+  auto env = [&](int rank) {
+    return std::vector<std::string>{"env", "WORLD_SIZE=2", "RANK=" + std::to_string(rank),
+                                    "LOCAL_RANK=" + std::to_string(rank), "MASTER_ADDR=127.0.0.1",
+                                    "MASTER_PORT=" + std::to_string(port), "MAMCLIP_DIST_TIMEOUT=60",
+                                    "ASAN_OPTIONS=detect_leaks=0"};
+  };
+  // Rank 1 in the background, rank 0 here.
+  std::string rank1 = "(";
+  for (const auto& a : env(1)) rank1 += shell_quote(a) + " ";
+  rank1 += shell_quote(MAMCLIP_CLI_EXE);
+  for (const std::string a : {std::string("pretrain"), std::string("--config"), cfg, std::string("--data"), set.string()})
+    rank1 += " " + shell_quote(a);
+  const std::string rank1_err = (root / "rank1.err").string(), rank1_status = (root / "rank1.status").string();
+  rank1 += " > /dev/null 2> " + shell_quote(rank1_err) + "; echo $? > " + shell_quote(rank1_status) + ") &";
+  REQUIRE(std::system(rank1.c_str()) == 0);
+  Run r = run_cli({"pretrain", "--config", cfg, "--data", set.string()}, "", env(0));
+  INFO("rank 0 stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.status == 1);
+  CHECK(r.err.find("this job was launched torchrun-style (2 ranks, TCP rendezvous)") != std::string::npos);
+  CHECK(r.err.find("launch with `mpirun -np 2 <program> ...`") != std::string::npos);
+  // Rank 1 stops the same way (it had to meet rank 0 to get there).
+  for (int i = 0; i < 600 && !(fs::exists(rank1_status) && fs::file_size(rank1_status) > 0); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const std::string status = read_file(rank1_status), err1 = read_file(rank1_err);
+  INFO("rank 1 stderr: " << err1);
+  CHECK(status == "1\n");
+  CHECK(err1.find("this job was launched torchrun-style") != std::string::npos);
 }
 #endif

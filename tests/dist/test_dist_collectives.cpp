@@ -9,6 +9,7 @@
 
 #include "mamclip/dist/mpi.hpp"
 #include "mamclip/dist/parallel.hpp"
+#include "support/scoped_env.hpp"
 #include "support/test_support.hpp"
 
 using namespace mamclip;
@@ -399,37 +400,35 @@ TEST_CASE("local communicator: a world of one", "[dist]") {
   comm.barrier();
 }
 
-namespace {
-// Sets (or with nullptr unsets) an environment variable for one scope.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    had_ = std::getenv(name) != nullptr;
-    if (value) setenv(name, value, 1);
-    else unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (had_) setenv(name_.c_str(), old_.c_str(), 1);
-    else unsetenv(name_.c_str());
-  }
+using mamclip::test::ScopedEnv;
 
- private:
-  std::string name_, old_;
-  bool had_ = false;
-};
-}  // namespace
-
-TEST_CASE("communicator_from_environment: no launcher gives a world of one, a torchrun launch an error", "[dist]") {
+TEST_CASE("communicator_from_environment: no launcher gives a world of one, a torchrun launch TCP", "[dist]") {
+  MpiCommunicator& comm = world();
+  // Rank 0's free port, shared before the launcher's variables disappear.
+  int64_t port = 0;
+  if (comm.rank() == 0) {
+    dist::detail::Socket s = dist::detail::tcp_listen(0);
+    port = dist::detail::bound_port(s);
+  }
+  comm.broadcast(&port, 1, DType::i64, 0);
   ScopedEnv a("OMPI_COMM_WORLD_SIZE", nullptr), b("PMIX_RANK", nullptr), c("PMI_SIZE", nullptr);
   {
     ScopedEnv w("WORLD_SIZE", nullptr);
     REQUIRE(communicator_from_environment()->backend() == "local");
   }
-  ScopedEnv w("WORLD_SIZE", "4");
-  MAMCLIP_REQUIRE_THROWS_WITH(communicator_from_environment(), dist_error,
-                              "WORLD_SIZE is 4 but this process was not started by mpirun; launch the job as `mpirun "
-                              "-np 4 <program> ...`");
+  {
+    ScopedEnv w("WORLD_SIZE", "4"), r("RANK", nullptr);
+    MAMCLIP_REQUIRE_THROWS_WITH(communicator_from_environment(), dist_error,
+                                "RANK is not set; a torchrun-style launch (WORLD_SIZE > 1) needs this process's rank");
+  }
+  // These processes, started by mpirun, play a torchrun launch.
+  const std::string n = std::to_string(comm.world_size()), r = std::to_string(comm.rank()), p = std::to_string(port);
+  ScopedEnv w("WORLD_SIZE", n.c_str()), rk("RANK", r.c_str()), lr("LOCAL_RANK", r.c_str()),
+      ad("MASTER_ADDR", "127.0.0.1"), po("MASTER_PORT", p.c_str());
+  std::unique_ptr<Communicator> tcp = communicator_from_environment();
+  REQUIRE(tcp->backend() == "tcp");
+  REQUIRE(tcp->rank() == comm.rank());
+  REQUIRE(all_reduce_scalar(*tcp, int64_t{comm.rank() + 1}) == comm.world_size() * (comm.world_size() + 1) / 2);
 }
 
 TEST_CASE("MAMCLIP_DIST_TIMEOUT sets the default timeout in seconds", "[dist]") {

@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -106,6 +107,19 @@ class LocalCommunicator final : public Communicator {
   void barrier() override {}
   std::unique_ptr<Communicator> duplicate() const override { return std::make_unique<LocalCommunicator>(); }
 };
+
+namespace detail {
+// The timeout of a new communicator: MAMCLIP_DIST_TIMEOUT (seconds) when set.
+inline std::chrono::milliseconds timeout_from_environment(std::chrono::milliseconds fallback) {
+  const char* env = std::getenv("MAMCLIP_DIST_TIMEOUT");
+  if (!env || !*env) return fallback;
+  char* end = nullptr;
+  const double s = std::strtod(env, &end);
+  MAMCLIP_CHECK(end != env && *end == '\0' && s > 0, value_error, "MAMCLIP_DIST_TIMEOUT is '", env,
+                "'; expected a positive number of seconds");
+  return std::chrono::milliseconds(static_cast<int64_t>(s * 1000.0 + 0.5));
+}
+}  // namespace detail
 
 // ---- Tensor collectives ----------------------------------------------------
 

@@ -46,6 +46,7 @@
 #include <vector>
 
 #include "mamclip/dist/communicator.hpp"
+#include "mamclip/dist/tcp.hpp"
 
 namespace mamclip::dist {
 
@@ -298,17 +299,6 @@ inline int mpi_count(int64_t count, const char* op, const char* what) {
   return static_cast<int>(count);
 }
 
-// The timeout of a new communicator: MAMCLIP_DIST_TIMEOUT (seconds) when set.
-inline std::chrono::milliseconds timeout_from_environment(std::chrono::milliseconds fallback) {
-  const char* env = std::getenv("MAMCLIP_DIST_TIMEOUT");
-  if (!env || !*env) return fallback;
-  char* end = nullptr;
-  const double s = std::strtod(env, &end);
-  MAMCLIP_CHECK(end != env && *end == '\0' && s > 0, value_error, "MAMCLIP_DIST_TIMEOUT is '", env,
-                "'; expected a positive number of seconds");
-  return std::chrono::milliseconds(static_cast<int64_t>(s * 1000.0 + 0.5));
-}
-
 class MpiWork final : public Work {
  public:
   MpiWork(std::shared_ptr<MpiState> state, MPI_Request request, MpiOp op, std::chrono::milliseconds timeout)
@@ -468,17 +458,15 @@ class MpiCommunicator final : public Communicator {
   std::shared_ptr<detail::MpiState> state_;
 };
 
-// The communicator of this process's job: an MpiCommunicator when started by
-// mpirun (or another PMI/PMIx launcher) with more than one process, else a
-// LocalCommunicator.
-//
-// A torchrun-style launch (RANK / WORLD_SIZE / MASTER_ADDR set, no mpirun) is
-// refused rather than bootstrapped: Open MPI 4.1 processes started without a
-// launcher are singletons, each spawning its own runtime daemon, and
-// singletons can only be joined through MPI_Comm_connect/accept with a name
-// server (ompi-server) or a port name exchanged out of band: a second
-// launcher we would have to ship. mpirun already provides that. Running N
-// unconnected copies of training silently would be worse than an error.
+// The communicator of this process's job:
+//   - started by mpirun (or another PMI/PMIx launcher) with more than one
+//     process: an MpiCommunicator;
+//   - started torchrun-style (WORLD_SIZE > 1, RANK, LOCAL_RANK, MASTER_ADDR,
+//     MASTER_PORT set, no MPI launcher): a TcpCommunicator (dist/tcp.hpp),
+//     which carries control messages and bootstraps NCCL for the gradients.
+//     Open MPI cannot join such processes into one MPI job (each is a
+//     singleton), so CPU gradients need mpirun; DataParallel says so;
+//   - otherwise a LocalCommunicator.
 inline std::unique_ptr<Communicator> communicator_from_environment() {
   auto env_int = [](const char* name) -> int64_t {
     const char* v = std::getenv(name);
@@ -492,10 +480,8 @@ inline std::unique_ptr<Communicator> communicator_from_environment() {
     if (comm->world_size() > 1) return comm;
     return std::make_unique<LocalCommunicator>();
   }
-  const int64_t world = env_int("WORLD_SIZE");
-  MAMCLIP_CHECK(launched || world <= 1, dist_error, "WORLD_SIZE is ", world,
-                " but this process was not started by mpirun; launch the job as `mpirun -np ", world,
-                " <program> ...` (torchrun-style RANK/WORLD_SIZE launches are not supported)");
+  if (!launched)
+    if (std::unique_ptr<Communicator> tcp = tcp_communicator_from_environment()) return tcp;
   return std::make_unique<LocalCommunicator>();
 }
 

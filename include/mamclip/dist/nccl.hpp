@@ -2,8 +2,8 @@
 // NcclCommunicator: the Communicator of CUDA device memory over NCCL. Link
 // mamclip::nccl (cmake/dist.cmake); plain C++ (no CUDA compiler needed).
 //
-//   MpiCommunicator boot;                 // mpirun -np <GPUs> ...
-//   NcclCommunicator comm(boot);          // rank r on GPU local_rank
+//   auto boot = communicator_from_environment();  // mpirun (MPI) or torchrun (TCP)
+//   NcclCommunicator comm(*boot);                  // rank r on GPU local_rank
 //
 // The NCCL unique id travels from rank 0 through the bootstrap communicator;
 // ranks and local ranks are the bootstrap's. Each communicator has its own

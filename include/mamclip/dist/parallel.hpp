@@ -275,7 +275,14 @@ class DataParallel {
     if (options_.nccl && device.type == DeviceType::cuda && comm.memory() != device)
       return std::make_unique<NcclCommunicator>(comm, device.index);
 #endif
-    (void)device;
+    // The TCP rendezvous of a torchrun-style launch carries control messages
+    // through rank 0; gradients need a real transport.
+    MAMCLIP_CHECK(comm.backend() != "tcp", dist_error, "DataParallel: the parameters are on ", device.str(),
+                  " and this job was launched torchrun-style (", comm.world_size(),
+                  " ranks, TCP rendezvous), which reduces gradients only over NCCL on GPUs",
+                  device.type == DeviceType::cuda ? " (this program was built without NCCL, or options.nccl is off)"
+                                                  : "",
+                  "; launch with `mpirun -np ", comm.world_size(), " <program> ...` (Open MPI) instead");
     return comm.duplicate();
   }
 
