@@ -108,7 +108,7 @@ extra_steps() {
   echo "== bench_linear (cuBLASLt bias / bias-gradient epilogues vs bias copy + GEMM + sum)"
   "$build/benchmarks/bench_linear" || bench_rc=1
   if [[ -x $build/benchmarks/bench_conv ]]; then
-    echo "== bench_conv (depthwise 7x7: our kernels vs cuDNN at ConvNeXt's stage shapes)"
+    echo "== bench_conv (depthwise 7x7, NHWC and NCHW: our kernels vs cuDNN at ConvNeXt's stage shapes)"
     "$build/benchmarks/bench_conv" || bench_rc=1
   fi
   if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then

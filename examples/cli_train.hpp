@@ -233,7 +233,9 @@ reference's names), metrics.csv / metrics.jsonl and loss.png.
 
 Data parallel: `mpirun -np N mamclip pretrain ...` trains on N processes (each
 takes data.batch_size pairs of every step; the negatives and the gradients are
-those of one process with N x data.batch_size); see docs/distributed.md.
+those of one process with N x data.batch_size); on GPUs torchrun-style launches
+work too (`torchrun --nproc-per-node N --no-python mamclip pretrain ...`); see
+docs/distributed.md.
 
 options:
   --config FILE     the config (default: the paper's values)

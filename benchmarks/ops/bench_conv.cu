@@ -1,7 +1,9 @@
 // ConvNeXt's 7x7 depthwise convolution on CUDA: our kernels
 // (ops/conv/cuda.cuh: forward, input gradient, weight gradient) against
 // cuDNN 9 in the same process, at the four stage shapes of a 1024 x 768
-// input (N x 96 x 256 x 192 ... N x 768 x 32 x 24), N = 8, bfloat16, NCHW.
+// input (N x 96 x 256 x 192 ... N x 768 x 32 x 24), N = 8, bfloat16, in both
+// layouts: channels last (NHWC: our conv2d_nhwc kernels against cuDNN's NHWC
+// descriptors) and NCHW.
 //
 //   bench_conv            # every stage
 //   bench_conv --n 2      # another batch size
@@ -45,7 +47,7 @@ namespace {
       throw device_error(std::string(#call) + ": " + cudnnGetErrorString(s_));                          \
   } while (0)
 
-// cuDNN's depthwise 7x7 (groups = C), NCHW bfloat16, float accumulation.
+// cuDNN's depthwise 7x7 (groups = C), bfloat16 in `format` (NCHW or NHWC), float accumulation.
 struct Cudnn {
   cudnnHandle_t handle{};
   cudnnTensorDescriptor_t xd{}, yd{};
@@ -57,15 +59,16 @@ struct Cudnn {
   Tensor<uint8_t> workspace;
   size_t ws = 0;
 
-  Cudnn(int n, int c, int h, int w, int k) {
+  Cudnn(int n, int c, int h, int w, int k, cudnnTensorFormat_t format) {
     CUDNN_CHECK(cudnnCreate(&handle));
     CUDNN_CHECK(cudnnCreateTensorDescriptor(&xd));
     CUDNN_CHECK(cudnnCreateTensorDescriptor(&yd));
     CUDNN_CHECK(cudnnCreateFilterDescriptor(&wd));
     CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&cd));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NCHW, CUDNN_DATA_BFLOAT16, n, c, h, w));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NCHW, CUDNN_DATA_BFLOAT16, n, c, h, w));
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(wd, CUDNN_DATA_BFLOAT16, CUDNN_TENSOR_NCHW, c, 1, k, k));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(xd, format, CUDNN_DATA_BFLOAT16, n, c, h, w));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(yd, format, CUDNN_DATA_BFLOAT16, n, c, h, w));
+    // [C, 1, K, K] and [C, K, K, 1] are the same bytes: one input channel per group.
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(wd, CUDNN_DATA_BFLOAT16, format, c, 1, k, k));
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(cd, k / 2, k / 2, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     CUDNN_CHECK(cudnnSetConvolutionGroupCount(cd, c));
     CUDNN_CHECK(cudnnSetConvolutionMathType(cd, CUDNN_TENSOR_OP_MATH));
@@ -107,7 +110,8 @@ struct Cudnn {
   }
 };
 
-int run_stage(int64_t n, int64_t c, int64_t h, int64_t w, const bench::L2Flush& flush) {
+// nhwc: x, y, dy and dx stored [N, H, W, C] (the same element count; only the layout differs).
+int run_stage(int64_t n, int64_t c, int64_t h, int64_t w, bool nhwc, const bench::L2Flush& flush) {
   constexpr int64_t K = 7;
   const Device gpu = Device::cuda(0);
   const auto x = randn<float>({n, c, h, w}).to<bf16>().to(gpu), dy = randn<float>({n, c, h, w}).to<bf16>().to(gpu);
@@ -120,10 +124,28 @@ int run_stage(int64_t n, int64_t c, int64_t h, int64_t w, const bench::L2Flush& 
   g.pad_h = g.pad_w = K / 2, g.groups = c;
   const cudaStream_t s = cuda::current_stream();
   auto dp = [](const Tensor<bf16>& t) { return cuda::device_ptr(t.data_ptr()); };
-  auto ours_fwd = [&] { cuda::detail::launch_depthwise<D>(g, dp(x), dp(wt), nullptr, dp(y_ours), false, s); };
-  auto ours_dx = [&] { cuda::detail::launch_depthwise<D>(g, dp(dy), dp(wt), nullptr, dp(dx_ours), true, s); };
-  auto ours_dw = [&] { cuda::detail::launch_depthwise_wgrad<D>(g, dp(x), dp(dy), dp(dw_ours), s); };
-  Cudnn dnn(static_cast<int>(n), static_cast<int>(c), static_cast<int>(h), static_cast<int>(w), static_cast<int>(K));
+  auto ours_fwd = [&] {
+    if (nhwc)
+      cuda::detail::launch_conv2d_nhwc_forward<bf16>(g, x.data_ptr(), wt.data_ptr(), nullptr, y_ours.data_ptr(), s);
+    else
+      cuda::detail::launch_depthwise<D>(g, dp(x), dp(wt), nullptr, dp(y_ours), false, s);
+  };
+  auto ours_dx = [&] {
+    if (nhwc)
+      cuda::detail::launch_conv2d_nhwc_backward<bf16>(g, nullptr, wt.data_ptr(), dy.data_ptr(), dx_ours.data_ptr(),
+                                                      nullptr, nullptr, s);
+    else
+      cuda::detail::launch_depthwise<D>(g, dp(dy), dp(wt), nullptr, dp(dx_ours), true, s);
+  };
+  auto ours_dw = [&] {
+    if (nhwc)
+      cuda::detail::launch_conv2d_nhwc_backward<bf16>(g, x.data_ptr(), nullptr, dy.data_ptr(), nullptr,
+                                                      dw_ours.data_ptr(), nullptr, s);
+    else
+      cuda::detail::launch_depthwise_wgrad<D>(g, dp(x), dp(dy), dp(dw_ours), s);
+  };
+  Cudnn dnn(static_cast<int>(n), static_cast<int>(c), static_cast<int>(h), static_cast<int>(w), static_cast<int>(K),
+            nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW);
   auto dnn_fwd = [&] { dnn.forward(x.data_ptr(), wt.data_ptr(), y_dnn.data_ptr()); };
   auto dnn_dx = [&] { dnn.input_grad(wt.data_ptr(), dy.data_ptr(), dx_dnn.data_ptr()); };
   auto dnn_dw = [&] { dnn.weight_grad(x.data_ptr(), dy.data_ptr(), dw_dnn.data_ptr()); };
@@ -137,7 +159,8 @@ int run_stage(int64_t n, int64_t c, int64_t h, int64_t w, const bench::L2Flush& 
   const double ey = bench::rel_err(y_ours, y_dnn), edx = bench::rel_err(dx_ours, dx_dnn),
                edw = bench::rel_err(dw_ours, dw_dnn);
   const bool ok = ey < 2e-2 && edx < 2e-2 && edw < 2e-2;
-  std::printf("N=%lld C=%-4lld H=%-4lld W=%-4lld check vs cuDNN: y %.1e dx %.1e dw %.1e: %s\n", (long long)n,
+  const char* layout = nhwc ? "NHWC" : "NCHW";
+  std::printf("%s N=%lld C=%-4lld H=%-4lld W=%-4lld check vs cuDNN: y %.1e dx %.1e dw %.1e: %s\n", layout, (long long)n,
               (long long)c, (long long)h, (long long)w, ey, edx, edw, ok ? "match" : "MISMATCH");
   if (!ok) return 1;
   const double bytes = double(n * c * h * w) * sizeof(bf16);
@@ -155,10 +178,10 @@ int run_stage(int64_t n, int64_t c, int64_t h, int64_t w, const bench::L2Flush& 
                 {"weight grad", bench::best_ms(ours_dw, flush), bench::best_ms(dnn_dw, flush)}};
   for (const Pass& p : passes) {
     const double gbs = 2 * bytes / p.ours * 1e-6;
-    std::printf("N=%lld C=%-4lld H=%-4lld W=%-4lld %-12s ours %8.3f ms %7.1f GB/s (%3.0f%% of copy) | cuDNN %8.3f ms "
-                "%7.1f GB/s | ratio %.2f\n",
-                (long long)n, (long long)c, (long long)h, (long long)w, p.name, p.ours, gbs, 100 * gbs / copy_gbs, p.dnn,
-                2 * bytes / p.dnn * 1e-6, p.ours / p.dnn);
+    std::printf("%s N=%lld C=%-4lld H=%-4lld W=%-4lld %-12s ours %8.3f ms %7.1f GB/s (%3.0f%% of copy) | cuDNN %8.3f "
+                "ms %7.1f GB/s | ratio %.2f\n",
+                layout, (long long)n, (long long)c, (long long)h, (long long)w, p.name, p.ours, gbs, 100 * gbs / copy_gbs,
+                p.dnn, 2 * bytes / p.dnn * 1e-6, p.ours / p.dnn);
   }
   std::printf("N=%lld C=%-4lld H=%-4lld W=%-4lld copy %.3f ms = %.1f GB/s\n", (long long)n, (long long)c, (long long)h,
               (long long)w, t_copy, copy_gbs);
@@ -226,12 +249,13 @@ int main(int argc, char** argv) {
     if (argc == 3 && std::string(argv[1]) == "--n") n = std::atoll(argv[2]);
     cudaDeviceProp prop{};
     MAMCLIP_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    std::printf("depthwise 7x7 conv, bfloat16, NCHW, ours vs cuDNN %d, %s (sm_%d%d); best of 20 runs\n",
+    std::printf("depthwise 7x7 conv, bfloat16, NHWC and NCHW, ours vs cuDNN %d, %s (sm_%d%d); best of 20 runs\n",
                 static_cast<int>(cudnnGetVersion()), prop.name, prop.major, prop.minor);
     const bench::L2Flush flush;
     int rc = 0;
     const int64_t stages[4][3] = {{96, 256, 192}, {192, 128, 96}, {384, 64, 48}, {768, 32, 24}};
-    for (const auto& st : stages) rc |= run_stage(n, st[0], st[1], st[2], flush);
+    for (bool nhwc : {true, false})
+      for (const auto& st : stages) rc |= run_stage(n, st[0], st[1], st[2], nhwc, flush);
 #ifdef MAMCLIP_WITH_CUDNN
     std::printf("\nConvNeXt's patchify convs, bfloat16: the library's cuDNN path vs im2col + cuBLAS (ratio below 1: "
                 "cuDNN faster)\n");

@@ -153,4 +153,16 @@ TEST_CASE("rand, randn and randint give element i of the Philox streams, whateve
   }
 }
 
+TEST_CASE("dense_in_storage: contiguous tensors and permutations of them, not gaps or overlaps") {
+  const Tensor<float> x = zeros<float>({2, 3, 4, 5});
+  CHECK(detail::dense_in_storage(x));
+  CHECK(detail::dense_in_storage(x.permute({0, 2, 3, 1})));               // channels last
+  CHECK(detail::dense_in_storage(x.permute({0, 3, 1, 2})));               // its [N, C, H, W] view
+  CHECK(detail::dense_in_storage(x.transpose(0, 3)));
+  CHECK(detail::dense_in_storage(zeros<float>({3, 1, 4}).permute({2, 1, 0})));  // a size-1 dim's stride is free
+  CHECK_FALSE(detail::dense_in_storage(x.narrow(3, 0, 4)));                  // a gap per row
+  CHECK_FALSE(detail::dense_in_storage(x.narrow(1, 1, 2).permute({0, 2, 3, 1})));
+  CHECK_FALSE(detail::dense_in_storage(zeros<float>({1, 4}).expand({3, 4})));  // overlapping rows
+}
+
 }  // namespace test_tensor

@@ -9,7 +9,9 @@
 // awkward ones (odd H and W, C not a multiple of 8, kernels 3, 5, 7), each
 // also through the im2col path and cuDNN (when the backend has it); the
 // patchify, downsampling, strided, dilated, grouped and 1 x 1 convolutions
-// through every path; float and bfloat16 (and double for the general convs).
+// through every path; float and bfloat16 (and double for the general convs);
+// the channels-last depthwise kernels (float, bfloat16, half) on aligned,
+// scalar-channel and misaligned storage, and their fallback.
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -37,8 +39,15 @@ struct ConvCase {
   Conv2dOptions o;
 };
 
+// A GPU result against the CPU's in double. Tolerance: relative to the
+// result's largest entry, scaled by the terms one output sums.
+template <class T>
+void compare_to_cpu(const Tensor<T>& got, const Tensor<double>& want, int64_t terms, const char* what) {
+  const double tol = order_tolerance<T>(terms, 8, 2) * std::max(1.0, max_abs(want));
+  require_allclose(got.to(kCPU).template to<double>(), want, tol, 0.0, what);
+}
+
 // Every output and gradient of conv2d on the GPU in T against the CPU in double from the same rounded inputs.
-// Tolerance: relative to each result's largest entry, scaled by the terms one output sums.
 template <class T>
 void check_conv(const ConvCase& c) {
   const cuda::ConvPath path = cuda::conv_path();
@@ -56,14 +65,10 @@ void check_conv(const ConvCase& c) {
   yg.backward(g.to(kGPU));
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   const int64_t taps = c.w[1] * c.w[2] * c.w[3], outputs_per_weight = yr.numel() / yr.size(1);
-  auto compare = [&](const Tensor<T>& got, const Tensor<double>& want, int64_t terms, const char* what) {
-    const double tol = order_tolerance<T>(terms, 8, 2) * std::max(1.0, max_abs(want));
-    require_allclose(got.to(kCPU).template to<double>(), want, tol, 0.0, what);
-  };
-  compare(yg.detach(), yr.detach(), taps, "y");
-  compare(xg.grad(), xr.grad(), c.w[0] / c.o.groups * c.w[2] * c.w[3], "dx");
-  compare(wg.grad(), wr.grad(), outputs_per_weight, "dw");
-  compare(bg.grad(), br.grad(), outputs_per_weight, "db");
+  compare_to_cpu<T>(yg.detach(), yr.detach(), taps, "y");
+  compare_to_cpu<T>(xg.grad(), xr.grad(), c.w[0] / c.o.groups * c.w[2] * c.w[3], "dx");
+  compare_to_cpu<T>(wg.grad(), wr.grad(), outputs_per_weight, "dw");
+  compare_to_cpu<T>(bg.grad(), br.grad(), outputs_per_weight, "db");
 }
 
 // Every path the backend has: automatic, im2col + cuBLAS, and cuDNN when built with it.
@@ -103,6 +108,9 @@ TEST_CASE("the CUDA backend registers conv2d and layer_norm2d for the float dtyp
     INFO(dtype_name(d));
     for (const char* op : {"conv2d", "conv2d_backward", "layer_norm2d", "layer_norm2d_backward"})
       CHECK(r.find<void(void*)>(op, d, DeviceType::cuda) != nullptr);
+    // Channels last: the 16- and 32-bit types (double keeps the NCHW kernels).
+    for (const char* op : {"conv2d_nhwc", "conv2d_nhwc_backward"})
+      CHECK((r.find<void(void*)>(op, d, DeviceType::cuda) != nullptr) == (d != DType::f64));
   }
   CHECK(cuda::conv_path() == cuda::ConvPath::automatic);
   cuda::set_conv_path(cuda::ConvPath::im2col);
@@ -147,6 +155,89 @@ TEMPLATE_TEST_CASE("general conv on CUDA (cuDNN, im2col + cuBLAS): patchify, dow
 }
 
 #ifndef MAMCLIP_WITH_CUDNN
+namespace {
+
+// How the channels-last case builds its GPU input and gradient.
+enum class Storage { aligned, offset_by_one };
+
+// x stored [N, H, W, C] on the GPU (a leaf), seen as [N, C, H, W]; with
+// offset_by_one its storage starts one element into a buffer, so no 16-byte
+// loads are possible.
+template <class T>
+Tensor<T> gpu_channels_last_leaf(const Tensor<T>& x_nchw, Storage storage) {
+  const Tensor<T> nhwc = x_nchw.permute({0, 2, 3, 1}).contiguous();
+  if (storage == Storage::aligned) return nhwc.to(kGPU);
+  Tensor<T> buffer = Tensor<T>::empty({nhwc.numel() + 1}, kGPU);
+  Tensor<T> inner = buffer.narrow(0, 1, nhwc.numel()).view(nhwc.shape());
+  inner.copy_(nhwc.to(kGPU));
+  return inner;
+}
+
+// conv2d on a channels-last GPU input (the "conv2d_nhwc" kernels) against
+// the CPU in double: the output keeps the layout, every gradient matches.
+// gy_channels_last: the incoming gradient already channels-last (else NCHW,
+// which the backward re-lays). switch_path_before_backward: the backward
+// runs with ConvPath::im2col, so the NHWC backward declines and the NCHW
+// kernels run on copies.
+template <class T>
+void check_channels_last(const ConvCase& c, Storage storage, bool gy_channels_last,
+                         bool switch_path_before_backward = false) {
+  INFO(c.name << " " << dtype_name(dtype_v<T>) << (storage == Storage::aligned ? " aligned" : " offset by one")
+              << (gy_channels_last ? ", channels-last dy" : ", NCHW dy")
+              << (switch_path_before_backward ? ", im2col backward" : ""));
+  const Tensor<T> x = rnd<T>(c.x, 11), w = rnd<T>(c.w, 12, -0.5, 0.5), b = rnd<T>({c.w[0]}, 13);
+  const auto xr = x.template to<double>().set_requires_grad(), wr = w.template to<double>().set_requires_grad(),
+             br = b.template to<double>().set_requires_grad();
+  const auto yr = conv2d(xr, wr, br, c.o);
+  const Tensor<T> g = rnd<T>(yr.shape(), 14);
+  yr.backward(g.template to<double>());
+
+  Tensor<T> leaf = gpu_channels_last_leaf(x, storage).set_requires_grad();  // [N, H, W, C]
+  auto wg = w.to(kGPU).set_requires_grad(), bg = b.to(kGPU).set_requires_grad();
+  const Tensor<T> xg = leaf.permute({0, 3, 1, 2});
+  const auto yg = conv2d(xg, wg, bg, c.o);
+  REQUIRE(yg.device() == kGPU);
+  REQUIRE(yg.shape() == yr.shape());
+  CHECK(yg.stride(1) == 1);  // the output stays channels-last
+  CHECK(yg.stride(3) == c.x[1]);
+  if (switch_path_before_backward) cuda::set_conv_path(cuda::ConvPath::im2col);
+  const Tensor<T> gg = gy_channels_last ? g.permute({0, 2, 3, 1}).contiguous().to(kGPU).permute({0, 3, 1, 2})
+                                        : g.to(kGPU);
+  yg.backward(gg);
+  cuda::set_conv_path(cuda::ConvPath::automatic);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const int64_t taps = c.w[2] * c.w[3], outputs_per_weight = yr.numel() / yr.size(1);
+  compare_to_cpu<T>(yg.detach(), yr.detach(), taps, "y");
+  compare_to_cpu<T>(leaf.grad().permute({0, 3, 1, 2}), xr.grad(), taps, "dx");
+  compare_to_cpu<T>(wg.grad(), wr.grad(), outputs_per_weight, "dw");
+  compare_to_cpu<T>(bg.grad(), br.grad(), outputs_per_weight, "db");
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("depthwise conv on channels-last CUDA input: ConvNeXt's stages and awkward sizes, every gradient",
+                   "[gpu]", float, bfloat16, half) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  REQUIRE(KernelRegistry::get().find<void(void*)>("conv2d_nhwc", dtype_v<T>, DeviceType::cuda) != nullptr);
+  check_channels_last<T>({"stage 1", {2, 96, 256, 192}, {96, 1, 7, 7}, same(7, 96)}, Storage::aligned, true);
+  check_channels_last<T>({"stage 4", {2, 768, 32, 24}, {768, 1, 7, 7}, same(7, 768)}, Storage::aligned, false);
+  for (int64_t k : {3, 5, 7}) {
+    const std::string ks = " k " + std::to_string(k);
+    // 16 channels: 16-byte vectors; 13: one channel per thread; offset storage: no vectors.
+    check_channels_last<T>({"odd sizes, 16 channels" + ks, {3, 16, 37, 29}, {16, 1, k, k}, same(k, 16)},
+                           Storage::aligned, true);
+    check_channels_last<T>({"odd sizes, 13 channels" + ks, {2, 13, 19, 23}, {13, 1, k, k}, same(k, 13)},
+                           Storage::aligned, false);
+    check_channels_last<T>({"misaligned" + ks, {2, 24, 9, 11}, {24, 1, k, k}, same(k, 24)}, Storage::offset_by_one,
+                           true);
+    check_channels_last<T>({"smaller than the kernel" + ks, {1, 8, 2, 3}, {8, 1, k, k}, same(k, 8)},
+                           Storage::aligned, true);
+  }
+  check_channels_last<T>({"declined backward", {2, 16, 13, 10}, {16, 1, 7, 7}, same(7, 16)}, Storage::aligned, true,
+                         true);
+}
+
 TEST_CASE("ConvPath::cudnn in a backend without cuDNN is a device_error naming the switch", "[gpu]") {
   MAMCLIP_SKIP_WITHOUT_GPU();
   const auto x = rnd<float>({1, 2, 5, 5}, 1).to(kGPU), w = rnd<float>({3, 2, 3, 3}, 2).to(kGPU);
@@ -205,4 +296,25 @@ TEST_CASE("ConvNeXt-T forward and backward on CUDA match the CPU model on the sa
     require_allclose(pg[i].second.grad().to(kCPU).to<double>(), want, 2e-3 * std::max(1e-6, max_abs(want)), 0.0,
                      "grad");
   }
+}
+
+TEST_CASE("a ConvNeXt block on CUDA hands the next one channels-last activations, with the CPU block's values", "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  Generator init(3);
+  models::ConvNeXtBlock cpu_block(24, 96, 7, 0.5, 0.0, 1e-6), gpu_block(24, 96, 7, 0.5, 0.0, 1e-6);
+  for (auto* m : {&cpu_block, &gpu_block})
+    for (auto& [name, p] : m->named_parameters()) {
+      NoGradGuard no_grad;
+      p.copy_(rnd<float>(p.shape(), 40 + name.size(), -0.5, 0.5));
+    }
+  gpu_block.to(kGPU);
+  const Tensor<float> x = rnd<float>({2, 24, 13, 11}, 41);
+  Generator g1(5), g2(5);
+  const Tensor<float> y1c = cpu_block.forward(x, g1), y2c = cpu_block.forward(y1c, g1);
+  const Tensor<float> y1g = gpu_block.forward(x.to(kGPU), g2);  // NCHW in
+  REQUIRE(y1g.stride(1) == 1);                                    // channels last out
+  const Tensor<float> y2g = gpu_block.forward(y1g, g2);           // channels last through
+  REQUIRE(y2g.stride(1) == 1);
+  const auto want = y2c.to<double>();
+  require_allclose(y2g.to(kCPU).to<double>(), want, 1e-4 * std::max(1.0, max_abs(want)), 0.0, "two blocks");
 }

@@ -38,6 +38,14 @@
 #define MAMCLIP_UNROLL(n)
 #endif
 
+// Full unrolling of a constant-trip loop in host/device code (the kernels'
+// register arrays need it); the host compiler decides on its own.
+#if defined(__CUDACC__)
+#define MAMCLIP_HD_UNROLL MAMCLIP_PRAGMA(unroll)
+#else
+#define MAMCLIP_HD_UNROLL
+#endif
+
 namespace mamclip {
 inline bool cpu_has_avx2_fma() {
 #ifdef MAMCLIP_AVX2

@@ -2,6 +2,7 @@
 // Reading, filling and copying tensor data, on any device. These are not ops:
 // they are never recorded by autograd.
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -41,13 +42,38 @@ Tensor<T> contiguous_copy(const Tensor<T>& src) {
   return out;
 }
 
+// Whether t's elements fill one storage range exactly: some order of its dims
+// is row-major (a contiguous tensor, or a permutation of one, such as a
+// channels-last [N, C, H, W] view).
+template <class T>
+bool dense_in_storage(const Tensor<T>& t) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of the dims that are not 1
+  for (int64_t i = 0; i < t.dim(); ++i)
+    if (t.size(i) != 1) dims.emplace_back(t.stride(i), t.size(i));
+  std::sort(dims.begin(), dims.end());
+  int64_t expected = 1;
+  for (const auto& [stride, size] : dims) {
+    if (stride != expected) return false;
+    expected *= size;
+  }
+  return true;
+}
+
 // a + b for two tensors of the same shape (used to accumulate gradients).
+// On a device, two gradients with the same dense layout (e.g. both channels
+// last) are added as flat ranges into a result of that layout: no copies.
 template <class T>
 Tensor<T> add_same_shape(const Tensor<T>& a, const Tensor<T>& b) {
   MAMCLIP_CHECK(a.shape() == b.shape(), shape_error, "gradient accumulation: shapes ", shape_str(a.shape()), " and ",
                 shape_str(b.shape()), " differ");
   MAMCLIP_CHECK(a.device() == b.device(), device_error, "gradient accumulation: gradients on ", a.device().str(),
                 " and ", b.device().str());
+  if (!a.device().is_cpu() && !a.is_contiguous() && a.strides() == b.strides() && dense_in_storage(a)) {
+    Tensor<T> flat = Tensor<T>::empty({a.numel()}, a.device());
+    require_kernel<AddKernel<T>>("add_contiguous", dtype_v<T>, a.device())(flat.data_ptr(), a.data_ptr(), b.data_ptr(),
+                                                                           a.numel());
+    return Tensor<T>::from_storage(flat.storage(), 0, a.shape(), a.strides());
+  }
   Tensor<T> out = Tensor<T>::empty(a.shape(), a.device());
   if (a.device().is_cpu()) {
     T* o = out.data_ptr();

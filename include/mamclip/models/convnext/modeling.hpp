@@ -138,8 +138,13 @@ class ConvNeXtBlock : public nn::Module {
     Tensor<float> y = conv_dw->forward(x).permute({0, 2, 3, 1});  // [N, H, W, C]
     // gamma multiplies each channel once; on the channels-last view it broadcasts along the last dim.
     y = mlp->forward(norm->forward(y)) * gamma;
-    y = y.permute({0, 3, 1, 2});  // [N, C, H, W]
-    return drop_path(y, drop_path_, is_training(), gen) + x;
+    if (x.device().is_cpu()) return drop_path(y.permute({0, 3, 1, 2}), drop_path_, is_training(), gen) + x;
+    // On a device the block keeps its activations channels last ([N, H, W, C]
+    // storage behind the [N, C, H, W] view): the sum is stored that way, conv2d's
+    // NHWC kernels keep it, and the norm and the MLP then read the conv's
+    // output without a copy. The CPU's NCHW convolution would copy instead.
+    // Same values either way.
+    return (drop_path(y, drop_path_, is_training(), gen) + x.permute({0, 2, 3, 1})).permute({0, 3, 1, 2});
   }
 
   Tensor<float> gamma;  // [dim]

@@ -7,6 +7,12 @@
 // in float. Another device calls the kernels registered under "conv2d" and
 // "conv2d_backward" (signatures below, same contract as cpu::conv2d_forward /
 // cpu::conv2d_backward on contiguous device buffers).
+//
+// Channels last: a depthwise conv whose input is stored [N, H, W, C] (the
+// [N, C, H, W] view x.permute({0, 3, 1, 2}) of a contiguous tensor, as
+// PyTorch's channels_last) runs the device's "conv2d_nhwc" kernels when it
+// registers them and they take the geometry: no layout copy in, and the
+// output (and the input gradient) come back channels-last too.
 
 #include <type_traits>
 
@@ -27,6 +33,15 @@ using Conv2dForwardKernel = void(const Conv2dGeometry& geometry, const T* x, con
 template <class T>
 using Conv2dBackwardKernel = void(const Conv2dGeometry& geometry, const T* x, const T* w, const T* gy, T* dx, T* dw,
                                   T* db);
+
+// The same for x, y, gy and dx stored [N, H, W, C] (weights and bias as
+// above). They return false to decline (geometry, dtype or settings they do
+// not cover); conv2d then runs the NCHW kernels on copies.
+template <class T>
+using Conv2dNhwcForwardKernel = bool(const Conv2dGeometry& geometry, const T* x, const T* w, const T* b, T* y);
+template <class T>
+using Conv2dNhwcBackwardKernel = bool(const Conv2dGeometry& geometry, const T* x, const T* w, const T* gy, T* dx,
+                                      T* dw, T* db);
 
 namespace detail {
 
@@ -104,6 +119,65 @@ void conv2d_cpu_backward(const Conv2dGeometry& g, const S* x, const S* w, const 
   if constexpr (std::is_same_v<S, acc_t<S>>) cpu::conv2d_backward(g, x, w, gy, dx, dw, db);
 }
 
+// Whether t [N, C, H, W] is stored densely as [N, H, W, C].
+template <class T>
+bool channels_last_dense(const Tensor<T>& t) {
+  if (t.dim() != 4) return false;
+  const int64_t c = t.size(1), h = t.size(2), w = t.size(3);
+  return t.stride(1) == 1 && t.stride(3) == c && t.stride(2) == w * c && t.stride(0) == h * w * c;
+}
+
+// t's values stored [N, H, W, C] (no copy when t already is), outside the graph.
+template <class T>
+Tensor<T> channels_last_values(const Tensor<T>& t) {
+  if (channels_last_dense(t)) return t.detach();
+  return contiguous_copy(t.permute({0, 2, 3, 1})).permute({0, 3, 1, 2});
+}
+
+// [N, C, H, W] views of fresh [N, H, W, C] storage.
+template <class T>
+Tensor<T> empty_channels_last(int64_t n, int64_t c, int64_t h, int64_t w, Device dev) {
+  return Tensor<T>::empty({n, h, w, c}, dev).permute({0, 3, 1, 2});
+}
+
+// conv2d on channels-last storage through the device's "conv2d_nhwc" kernels;
+// an undefined tensor when the device has none or they decline the call.
+template <class S>
+Tensor<S> conv2d_nhwc(const Tensor<S>& x, const Tensor<S>& weight, const Tensor<S>& bias, const Conv2dGeometry& g,
+                      bool record) {
+  auto* forward = find_kernel<Conv2dNhwcForwardKernel<S>>("conv2d_nhwc", dtype_v<S>, x.device());
+  auto* backward = find_kernel<Conv2dNhwcBackwardKernel<S>>("conv2d_nhwc_backward", dtype_v<S>, x.device());
+  if (!forward || (record && !backward)) return {};
+  const Device dev = x.device();
+  const Tensor<S> xd = x.detach(), wc = contiguous_values(weight);
+  const Tensor<S> bc = bias.defined() ? contiguous_values(bias) : Tensor<S>();
+  Tensor<S> y = empty_channels_last<S>(g.batch, g.c_out, g.oh, g.ow, dev);
+  if (!forward(g, xd.data_ptr(), wc.data_ptr(), data_or_null(bc), y.data_ptr())) return {};
+  if (!record) return y;
+  // The NCHW kernels stand by in case the backward kernel declines after all.
+  auto* fallback = require_kernel<Conv2dBackwardKernel<S>>("conv2d_backward", dtype_v<S>, dev);
+  const Tensor<S> saved_x = weight.requires_grad() ? xd : Tensor<S>();
+  const Tensor<S> saved_w = x.requires_grad() ? wc : Tensor<S>();
+  return autograd::record<S>(
+      "Conv2dBackward", {x, weight, bias}, y,
+      [saved_x, saved_w, g, dev, backward, fallback](const Tensor<S>& gy, const std::vector<bool>& needs) {
+        Tensor<S> dx = needs[0] ? empty_channels_last<S>(g.batch, g.c_in, g.h, g.w, dev) : Tensor<S>();
+        Tensor<S> dw = needs[1] ? Tensor<S>::empty({g.c_out, g.cin_per_group(), g.kh, g.kw}, dev) : Tensor<S>();
+        Tensor<S> db = needs[2] ? Tensor<S>::empty({g.c_out}, dev) : Tensor<S>();
+        const S* pw = needs[0] ? saved_w.data_ptr() : nullptr;
+        const Tensor<S> gl = channels_last_values(gy);
+        const S* px = needs[1] ? saved_x.data_ptr() : nullptr;
+        if (!backward(g, px, pw, gl.data_ptr(), data_or_null(dx), data_or_null(dw), data_or_null(db))) {
+          const Tensor<S> xc = needs[1] ? contiguous_values(saved_x) : Tensor<S>(), gc = contiguous_values(gy);
+          Tensor<S> dxc = needs[0] ? Tensor<S>::empty({g.batch, g.c_in, g.h, g.w}, dev) : Tensor<S>();
+          fallback(g, needs[1] ? xc.data_ptr() : nullptr, pw, gc.data_ptr(), data_or_null(dxc), data_or_null(dw),
+                   data_or_null(db));
+          if (needs[0]) dx.copy_(dxc);
+        }
+        return std::vector<Tensor<S>>{dx, dw, db};
+      });
+}
+
 // Runs on the CPU (S = float or double) or through a device's registered kernels.
 template <class S>
 Tensor<S> conv2d_impl(const Tensor<S>& x, const Tensor<S>& weight, const Tensor<S>& bias, const Conv2dGeometry& g) {
@@ -116,6 +190,8 @@ Tensor<S> conv2d_impl(const Tensor<S>& x, const Tensor<S>& weight, const Tensor<
     forward = require_kernel<Conv2dForwardKernel<S>>("conv2d", dtype_v<S>, dev);
     // Looked up now, so that a missing backward kernel fails at the forward call.
     if (record) backward = require_kernel<Conv2dBackwardKernel<S>>("conv2d_backward", dtype_v<S>, dev);
+    if (g.depthwise() && channels_last_dense(x))
+      if (Tensor<S> y = conv2d_nhwc(x, weight, bias, g, record); y.defined()) return y;
   }
   const Tensor<S> xc = contiguous_values(x), wc = contiguous_values(weight);
   const Tensor<S> bc = bias.defined() ? contiguous_values(bias) : Tensor<S>();

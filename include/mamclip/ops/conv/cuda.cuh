@@ -27,9 +27,21 @@
 //            samples at once (dy permuted to [G, C_out/G, N·OH·OW], the columns
 //            of every sample side by side), so 16-bit weights round once.
 // The bias gradient (bias_grad_kernel) sums dy per channel in a fixed order.
+//
+// Channels last ("conv2d_nhwc", "conv2d_nhwc_backward": x, y, dy, dx stored
+// [N, H, W, C]) for the depthwise geometry above: the strips of
+// ops/conv/depthwise_nhwc.hpp (tested on the CPU thread by thread), one per
+// thread, with 16-byte loads along C when C and the pointers allow:
+//   depthwise_nhwc_kernel<K, V, R, flip>   y, or dx from dy with the taps reversed
+//   depthwise_nhwc_wgrad_kernel<K, V, R>   per (channel group, kernel row, row
+//                                          chunk) partial weight and bias sums
+//   nhwc_finish_kernel                     the chunks added in order (no atomics)
+// The weights are transposed once per call to wt [K·K, C] in float.
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 #include "mamclip/core/cuda/check.cuh"
 #include "mamclip/core/cuda/device.cuh"
@@ -39,6 +51,7 @@
 #include "mamclip/core/cuda/types.cuh"
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/conv/conv.hpp"
+#include "mamclip/ops/conv/depthwise_nhwc.hpp"
 #include "mamclip/ops/matmul/cuda.cuh"
 #ifdef MAMCLIP_WITH_CUDNN
 #include "mamclip/ops/conv/cudnn.cuh"
@@ -248,6 +261,102 @@ __global__ void samples_last_kernel(const D* src, D* dst, int64_t batch, int64_t
   }
 }
 
+// ---- channels last
+
+__host__ __device__ __forceinline__ float nhwc_to_float(float x) { return x; }
+__host__ __device__ __forceinline__ float nhwc_to_float(__half x) { return __half2float(x); }
+__host__ __device__ __forceinline__ float nhwc_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class D>
+__host__ __device__ __forceinline__ D nhwc_from_float(float x) {
+  if constexpr (std::is_same_v<D, __half>) return __float2half_rn(x);
+  else if constexpr (std::is_same_v<D, __nv_bfloat16>) return __float2bfloat16_rn(x);
+  else return x;
+}
+
+// The strips' loads and stores: one 16-byte access for V · sizeof(D) = 16
+// (the launcher checked the alignment), element by element otherwise.
+struct NhwcIo {
+  template <int V, class D>
+  __host__ __device__ __forceinline__ static void load(const D* p, float* out) {
+    if constexpr (V * sizeof(D) == 16) {
+      const uint4 u = *reinterpret_cast<const uint4*>(p);
+      const D* e = reinterpret_cast<const D*>(&u);
+#pragma unroll
+      for (int v = 0; v < V; ++v) out[v] = nhwc_to_float(e[v]);
+    } else {
+#pragma unroll
+      for (int v = 0; v < V; ++v) out[v] = nhwc_to_float(p[v]);
+    }
+  }
+  template <int V, class D>
+  __host__ __device__ __forceinline__ static void store(D* p, const float* in) {
+    if constexpr (V * sizeof(D) == 16) {
+      uint4 u;
+      D* e = reinterpret_cast<D*>(&u);
+#pragma unroll
+      for (int v = 0; v < V; ++v) e[v] = nhwc_from_float<D>(in[v]);
+      *reinterpret_cast<uint4*>(p) = u;
+    } else {
+#pragma unroll
+      for (int v = 0; v < V; ++v) p[v] = nhwc_from_float<D>(in[v]);
+    }
+  }
+};
+
+// Outputs per thread along W (R): 8, or 4 with 8-channel vectors, so that a
+// thread's accumulators, weights and inputs fit 128 registers (two blocks of
+// 256 threads per SM) without spilling.
+template <int V>
+inline constexpr int kNhwcStrip = V >= 8 ? 4 : 8;
+inline constexpr int kNhwcBlock = 256;
+
+// wt[t · C + c] = w[c · K·K + t] in float; c fastest, so the writes coalesce.
+template <class D>
+__global__ void nhwc_transpose_weights_kernel(const D* w, float* wt, int64_t channels, int64_t taps) {
+  const int64_t total = channels * taps;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = e % channels, t = e / channels;
+    wt[e] = nhwc_to_float(w[c * taps + t]);
+  }
+}
+
+// One strip per thread: channel group fastest, then strip, then image row.
+template <int K, int V, int R, bool kFlip, class D>
+__global__ void __launch_bounds__(kNhwcBlock, 2)
+    depthwise_nhwc_kernel(const D* x, const float* wt, const D* bias, D* y, depthwise_nhwc::Shape s, int64_t strips,
+                          int64_t groups, int64_t total) {
+  for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t cg = t % groups, rest = t / groups;
+    depthwise_nhwc::forward_strip<K, V, R, kFlip, NhwcIo>(x, wt, bias, y, s, rest / strips, (rest % strips) * R,
+                                                          cg * V);
+  }
+}
+
+// One (channel group, kernel row, chunk of image rows) per thread; without
+// kWeights only the bias sums, on the centre row.
+template <int K, int V, int R, bool kWeights, class D>
+__global__ void __launch_bounds__(kNhwcBlock, 2)
+    depthwise_nhwc_wgrad_kernel(const D* x, const D* dy, float* partial, float* bias_partial,
+                                depthwise_nhwc::Shape s, int64_t groups, int64_t rows_per_chunk, int64_t total) {
+  constexpr int kRows = kWeights ? K : 1;
+  const int64_t rows = s.n * s.h;
+  for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t cg = t % groups, rest = t / groups, chunk = rest / kRows;
+    const int a = kWeights ? static_cast<int>(rest % kRows) : K / 2;
+    const int64_t begin = chunk * rows_per_chunk, end = begin + rows_per_chunk < rows ? begin + rows_per_chunk : rows;
+    depthwise_nhwc::weight_grad_strip<K, V, R, kWeights, NhwcIo>(x, dy, partial, bias_partial, s, a, begin, end,
+                                                                 chunk, cg * V);
+  }
+}
+
+// out[c · taps + t] = Σ over chunks of partial[chunk, t, c]; c fastest, so the reads coalesce.
+template <class D>
+__global__ void nhwc_finish_kernel(const float* partial, D* out, int64_t chunks, int64_t taps, int64_t channels) {
+  const int64_t total = channels * taps;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)
+    depthwise_nhwc::finish_sum<NhwcIo>(partial, out, chunks, taps, channels, e % channels, e / channels);
+}
+
 }  // namespace conv_kernels
 
 namespace detail {
@@ -447,6 +556,135 @@ void launch_conv2d_backward(const Conv2dGeometry& g, const T* x, const T* w, con
   if (db) launch_bias_grad<D>(g, device_ptr(gy), device_ptr(db), s);
 }
 
+// ---- channels last
+
+// Whether the NHWC kernels take this call: the depthwise geometry, 16- or
+// 32-bit storage, the automatic conv path.
+template <class T>
+bool nhwc_takes(const Conv2dGeometry& g) {
+  return !std::is_same_v<T, double> && conv_path() == ConvPath::automatic && depthwise_fast(g);
+}
+
+// f(V): V = 16-byte vectors when C and every pointer allow them, else 1.
+template <class D, class F>
+void with_nhwc_vector(int64_t channels, std::initializer_list<const void*> pointers, F&& f) {
+  bool vec = channels % kVec16<D> == 0;
+  for (const void* p : pointers) vec = vec && (p == nullptr || aligned16(p));
+  if (vec) return f(std::integral_constant<int, kVec16<D>>{});
+  return f(std::integral_constant<int, 1>{});
+}
+
+template <class D>
+Tensor<float> nhwc_transposed_weights(const Conv2dGeometry& g, const D* w, cudaStream_t s) {
+  const int64_t taps = g.kh * g.kw;
+  Tensor<float> wt = scratch<float>(g.c_in * taps);
+  conv_kernels::nhwc_transpose_weights_kernel<D>
+      <<<grid_for(g.c_in * taps, conv_kernels::kNhwcBlock), conv_kernels::kNhwcBlock, 0, s>>>(w, wt.data_ptr(),
+                                                                                           g.c_in, taps);
+  MAMCLIP_CUDA_CHECK_LAUNCH();
+  return wt;
+}
+
+// y (flip = false, with bias) or dx from dy (flip = true), all [N, H, W, C].
+template <class D>
+void launch_depthwise_nhwc(const Conv2dGeometry& g, const D* x, const float* wt, const D* b, D* y, bool flip,
+                           cudaStream_t s) {
+  const depthwise_nhwc::Shape shape{g.batch, g.h, g.w, g.c_in};
+  with_nhwc_vector<D>(g.c_in, {x, b, y}, [&](auto vec) {
+    constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcStrip<V>;
+    const int64_t strips = depthwise_nhwc::strips<R>(g.w);
+    const int64_t groups = g.c_in / V, total = groups * strips * g.batch * g.h;
+    const unsigned grid = grid_for(total, conv_kernels::kNhwcBlock);
+    with_kernel_size(g.kh, [&](auto k) {
+      constexpr int K = decltype(k)::value;
+      if (flip)
+        conv_kernels::depthwise_nhwc_kernel<K, V, R, true, D>
+            <<<grid, conv_kernels::kNhwcBlock, 0, s>>>(x, wt, nullptr, y, shape, strips, groups, total);
+      else
+        conv_kernels::depthwise_nhwc_kernel<K, V, R, false, D>
+            <<<grid, conv_kernels::kNhwcBlock, 0, s>>>(x, wt, b, y, shape, strips, groups, total);
+    });
+  });
+  MAMCLIP_CUDA_CHECK_LAUNCH();
+}
+
+// dw [C, 1, K, K] (when non-null, from x and dy) and db [C] (when non-null).
+template <class D>
+void launch_depthwise_nhwc_wgrad(const Conv2dGeometry& g, const D* x, const D* dy, D* dw, D* db, cudaStream_t s) {
+  const depthwise_nhwc::Shape shape{g.batch, g.h, g.w, g.c_in};
+  const int64_t rows = g.batch * g.h, taps = g.kh * g.kw, kernel_rows = dw ? g.kh : 1;
+  with_nhwc_vector<D>(g.c_in, {x, dy}, [&](auto vec) {
+    constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcStrip<V>;
+    const int64_t groups = g.c_in / V;
+    // Enough threads to fill a GPU (about 2^17), few enough chunks that the
+    // partial sums stay small next to x (at most 2^22 floats).
+    const int64_t wanted = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, groups * kernel_rows));
+    const int64_t cap = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, taps * g.c_in));
+    const int64_t rows_per_chunk = (rows + std::min({wanted, cap, rows}) - 1) / std::min({wanted, cap, rows});
+    const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+    Tensor<float> partial = dw ? scratch<float>(chunks * taps * g.c_in) : Tensor<float>();
+    Tensor<float> bias_partial = db ? scratch<float>(chunks * g.c_in) : Tensor<float>();
+    float* pp = dw ? partial.data_ptr() : nullptr;
+    float* bp = db ? bias_partial.data_ptr() : nullptr;
+    const int64_t total = groups * kernel_rows * chunks;
+    const unsigned grid = grid_for(total, conv_kernels::kNhwcBlock);
+    with_kernel_size(g.kh, [&](auto k) {
+      constexpr int K = decltype(k)::value;
+      if (dw)
+        conv_kernels::depthwise_nhwc_wgrad_kernel<K, V, R, true, D>
+            <<<grid, conv_kernels::kNhwcBlock, 0, s>>>(x, dy, pp, bp, shape, groups, rows_per_chunk, total);
+      else
+        conv_kernels::depthwise_nhwc_wgrad_kernel<K, V, R, false, D>
+            <<<grid, conv_kernels::kNhwcBlock, 0, s>>>(nullptr, dy, nullptr, bp, shape, groups, rows_per_chunk, total);
+    });
+    MAMCLIP_CUDA_CHECK_LAUNCH();
+    if (dw) {
+      conv_kernels::nhwc_finish_kernel<D><<<grid_for(g.c_in * taps, conv_kernels::kNhwcBlock), conv_kernels::kNhwcBlock,
+                                            0, s>>>(pp, dw, chunks, taps, g.c_in);
+      MAMCLIP_CUDA_CHECK_LAUNCH();
+    }
+    if (db) {
+      conv_kernels::nhwc_finish_kernel<D><<<grid_for(g.c_in, conv_kernels::kNhwcBlock), conv_kernels::kNhwcBlock, 0,
+                                            s>>>(bp, db, chunks, 1, g.c_in);
+      MAMCLIP_CUDA_CHECK_LAUNCH();
+    }
+  });
+}
+
+template <class T>
+bool launch_conv2d_nhwc_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* b, T* y, cudaStream_t s) {
+  using D = device_t<T>;
+  if (!nhwc_takes<T>(g)) return false;
+  if (g.batch == 0 || g.c_in == 0 || g.h == 0 || g.w == 0) return true;
+  const Tensor<float> wt = nhwc_transposed_weights<D>(g, device_ptr(w), s);
+  launch_depthwise_nhwc<D>(g, device_ptr(x), wt.data_ptr(), b ? device_ptr(b) : nullptr, device_ptr(y), false, s);
+  return true;
+}
+
+template <class T>
+bool launch_conv2d_nhwc_backward(const Conv2dGeometry& g, const T* x, const T* w, const T* gy, T* dx, T* dw, T* db,
+                                 cudaStream_t s) {
+  using D = device_t<T>;
+  if (!nhwc_takes<T>(g)) return false;
+  const auto zero = [&](T* p, int64_t count) {
+    if (p && count > 0) MAMCLIP_CUDA_CHECK(cudaMemsetAsync(p, 0, static_cast<size_t>(count) * sizeof(T), s));
+  };
+  if (g.batch == 0 || g.c_in == 0 || g.h == 0 || g.w == 0) {  // nothing flows back
+    zero(dx, g.batch * g.c_in * g.h * g.w);
+    zero(dw, g.c_in * g.kh * g.kw);
+    zero(db, g.c_in);
+    return true;
+  }
+  if (dx) {
+    const Tensor<float> wt = nhwc_transposed_weights<D>(g, device_ptr(w), s);
+    launch_depthwise_nhwc<D>(g, device_ptr(gy), wt.data_ptr(), nullptr, device_ptr(dx), true, s);
+  }
+  if (dw || db)
+    launch_depthwise_nhwc_wgrad<D>(g, dw ? device_ptr(x) : nullptr, device_ptr(gy), dw ? device_ptr(dw) : nullptr,
+                                   db ? device_ptr(db) : nullptr, s);
+  return true;
+}
+
 }  // namespace detail
 
 namespace kernels {
@@ -458,6 +696,14 @@ template <class T>
 void conv2d_backward(const Conv2dGeometry& g, const T* x, const T* w, const T* gy, T* dx, T* dw, T* db) {
   detail::launch_conv2d_backward<T>(g, x, w, gy, dx, dw, db, current_stream());
 }
+template <class T>
+bool conv2d_nhwc_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* b, T* y) {
+  return detail::launch_conv2d_nhwc_forward<T>(g, x, w, b, y, current_stream());
+}
+template <class T>
+bool conv2d_nhwc_backward(const Conv2dGeometry& g, const T* x, const T* w, const T* gy, T* dx, T* dw, T* db) {
+  return detail::launch_conv2d_nhwc_backward<T>(g, x, w, gy, dx, dw, db, current_stream());
+}
 }  // namespace kernels
 
 template <class T>
@@ -465,6 +711,11 @@ void register_conv_kernels_for() {
   auto& r = KernelRegistry::get();
   r.add<Conv2dForwardKernel<T>>("conv2d", dtype_v<T>, DeviceType::cuda, &kernels::conv2d_forward<T>);
   r.add<Conv2dBackwardKernel<T>>("conv2d_backward", dtype_v<T>, DeviceType::cuda, &kernels::conv2d_backward<T>);
+  if constexpr (!std::is_same_v<T, double>) {  // double keeps the NCHW kernels
+    r.add<Conv2dNhwcForwardKernel<T>>("conv2d_nhwc", dtype_v<T>, DeviceType::cuda, &kernels::conv2d_nhwc_forward<T>);
+    r.add<Conv2dNhwcBackwardKernel<T>>("conv2d_nhwc_backward", dtype_v<T>, DeviceType::cuda,
+                                       &kernels::conv2d_nhwc_backward<T>);
+  }
 }
 
 inline void register_conv_kernels() {

@@ -293,8 +293,13 @@ Tensor<U> Tensor<T>::to() const {
   if constexpr (std::is_same_v<T, U>) {
     return *this;
   } else {
-    Tensor<T> src = contiguous().detach();
-    Tensor<U> out = Tensor<U>::empty(shape(), device());
+    // On a device, a dense permuted layout (e.g. channels last) is kept: the
+    // cast runs over the storage range, so autocast does not re-lay it out.
+    const bool keep_layout = !device().is_cpu() && !is_contiguous() && detail::dense_in_storage(*this);
+    Tensor<T> src = keep_layout ? detach() : contiguous().detach();
+    Tensor<U> out = keep_layout
+                        ? Tensor<U>::from_storage(Tensor<U>::empty({numel()}, device()).storage(), 0, shape(), strides())
+                        : Tensor<U>::empty(shape(), device());
     const T* s = src.data_ptr();
     U* d = out.data_ptr();
     if (!device().is_cpu()) {

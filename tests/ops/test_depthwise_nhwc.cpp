@@ -1,0 +1,186 @@
+// The channels-last depthwise kernels' per-thread work (ops/conv/depthwise_nhwc.hpp)
+// run on the CPU over every thread of a launch, as the CUDA kernels run it,
+// against the NCHW CPU reference (cpu::conv2d in double): forward, input
+// gradient (flipped taps on dy), weight and bias gradients (per-chunk partial
+// sums, then the ordered finish), at odd sizes, for every vector width, in
+// float and bfloat16 storage.
+#include "mamclip/ops/conv/cpu.hpp"
+#include "mamclip/ops/conv/depthwise_nhwc.hpp"
+#include "support/test_support.hpp"
+
+namespace test_depthwise_nhwc {
+using namespace mamclip;
+using namespace mamclip::test;
+namespace dn = mamclip::depthwise_nhwc;
+
+namespace {
+
+// What the device's vector loads do, element by element.
+struct HostIo {
+  template <int V, class T>
+  static void load(const T* p, float* out) {
+    for (int v = 0; v < V; ++v) out[v] = static_cast<float>(p[v]);
+  }
+  template <int V, class T>
+  static void store(T* p, const float* in) {
+    for (int v = 0; v < V; ++v) p[v] = static_cast<T>(in[v]);
+  }
+};
+
+double value(uint64_t seed, int64_t i) { return 2 * Philox::uniform(seed, 0, static_cast<uint64_t>(i)) - 1 + 1e-3; }
+
+template <class T>
+struct Case {
+  dn::Shape s;
+  int k = 0;
+  Conv2dGeometry g;
+  // Values as T holds them, in double for the reference.
+  std::vector<double> x, w, b, dy;  // NCHW, [C, 1, K, K], [C], NCHW
+  std::vector<T> x_nhwc, dy_nhwc, b_t;
+  std::vector<float> wt;  // [K·K, C]
+};
+
+template <class T>
+Case<T> make_case(int64_t n, int64_t h, int64_t w, int64_t c, int k, uint64_t seed) {
+  Case<T> p;
+  p.s = {n, h, w, c};
+  p.k = k;
+  p.g.batch = n;
+  p.g.c_in = p.g.c_out = p.g.groups = c;
+  p.g.h = p.g.oh = h;
+  p.g.w = p.g.ow = w;
+  p.g.kh = p.g.kw = k;
+  p.g.pad_h = p.g.pad_w = k / 2;
+  const int64_t plane = h * w, count = n * c * plane;
+  auto rounded = [](double v) { return static_cast<double>(static_cast<float>(static_cast<T>(static_cast<float>(v)))); };
+  p.x.resize(static_cast<size_t>(count));
+  p.dy.resize(static_cast<size_t>(count));
+  p.x_nhwc.resize(static_cast<size_t>(count));
+  p.dy_nhwc.resize(static_cast<size_t>(count));
+  for (int64_t in = 0; in < n; ++in)
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t q = 0; q < plane; ++q) {
+        const int64_t nchw = (in * c + ch) * plane + q, nhwc = (in * plane + q) * c + ch;
+        p.x[nchw] = rounded(value(seed, nchw));
+        p.dy[nchw] = rounded(value(seed + 1, nchw));
+        p.x_nhwc[nhwc] = static_cast<T>(static_cast<float>(p.x[nchw]));
+        p.dy_nhwc[nhwc] = static_cast<T>(static_cast<float>(p.dy[nchw]));
+      }
+  p.w.resize(static_cast<size_t>(c * k * k));
+  p.wt.resize(p.w.size());
+  for (int64_t ch = 0; ch < c; ++ch)
+    for (int t = 0; t < k * k; ++t) {
+      p.w[ch * k * k + t] = static_cast<float>(value(seed + 2, ch * k * k + t));  // float weights, as wt holds them
+      p.wt[t * c + ch] = static_cast<float>(p.w[ch * k * k + t]);
+    }
+  p.b.resize(static_cast<size_t>(c));
+  p.b_t.resize(p.b.size());
+  for (int64_t ch = 0; ch < c; ++ch) {
+    p.b[ch] = rounded(value(seed + 3, ch));
+    p.b_t[ch] = static_cast<T>(static_cast<float>(p.b[ch]));
+  }
+  return p;
+}
+
+// |got − want| within the storage type's rounding of the result plus float
+// accumulation over the taps.
+template <class T>
+void require_close(const std::vector<double>& want, const std::vector<double>& got, double sum_scale, const char* what) {
+  REQUIRE(want.size() == got.size());
+  const double rel = dtype_eps<T>(), acc = 1e-6 * sum_scale;
+  for (size_t i = 0; i < want.size(); ++i) {
+    INFO(what << " element " << i << ": got " << got[i] << ", want " << want[i]);
+    REQUIRE(std::abs(got[i] - want[i]) <= rel * std::abs(want[i]) + acc);
+  }
+}
+
+// NHWC storage of y back to NCHW doubles.
+template <class T>
+std::vector<double> to_nchw(const std::vector<T>& nhwc, const dn::Shape& s) {
+  std::vector<double> out(nhwc.size());
+  const int64_t plane = s.h * s.w;
+  for (int64_t in = 0; in < s.n; ++in)
+    for (int64_t q = 0; q < plane; ++q)
+      for (int64_t ch = 0; ch < s.c; ++ch)
+        out[(in * s.c + ch) * plane + q] = static_cast<double>(static_cast<float>(nhwc[(in * plane + q) * s.c + ch]));
+  return out;
+}
+
+// Every thread of the forward (or, kFlip, input-gradient) launch.
+template <int K, int V, int R, bool kFlip, class T>
+std::vector<T> run_forward(const Case<T>& p, const std::vector<T>& in, bool bias) {
+  std::vector<T> out(in.size(), static_cast<T>(-777.0f));  // every element must be written
+  const int64_t rows = p.s.n * p.s.h;
+  for (int64_t row = 0; row < rows; ++row)
+    for (int64_t strip = 0; strip < dn::strips<R>(p.s.w); ++strip)
+      for (int64_t c0 = 0; c0 < p.s.c; c0 += V)
+        dn::forward_strip<K, V, R, kFlip, HostIo>(in.data(), p.wt.data(), bias ? p.b_t.data() : nullptr, out.data(),
+                                                  p.s, row, strip * R, c0);
+  return out;
+}
+
+template <int K, int V, int R, class T>
+void check_case(const Case<T>& p, int64_t rows_per_chunk) {
+  const int64_t count = static_cast<int64_t>(p.x.size()), c = p.s.c;
+  // Reference in double.
+  std::vector<double> y(p.x.size()), dx(p.x.size()), dw(p.w.size()), db(p.b.size());
+  cpu::conv2d_forward(p.g, p.x.data(), p.w.data(), p.b.data(), y.data());
+  cpu::conv2d_backward(p.g, p.x.data(), p.w.data(), p.dy.data(), dx.data(), dw.data(), db.data());
+  double wsum = 0;  // Σ |w| of one channel, on average: the scale of an output's float sum
+  for (double v : p.w) wsum += std::abs(v) / static_cast<double>(c);
+
+  const std::vector<T> y_nhwc = run_forward<K, V, R, false>(p, p.x_nhwc, true);
+  require_close<T>(y, to_nchw(y_nhwc, p.s), wsum + 1, "forward");
+  const std::vector<T> dx_nhwc = run_forward<K, V, R, true>(p, p.dy_nhwc, false);
+  require_close<T>(dx, to_nchw(dx_nhwc, p.s), wsum, "input gradient");
+
+  // Weight and bias gradients: partial sums per (channel group, kernel row, chunk), then the finish.
+  const int64_t rows = p.s.n * p.s.h, chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+  std::vector<float> partial(static_cast<size_t>(chunks * K * K * c), -777.0f), bias_partial(static_cast<size_t>(chunks * c), -777.0f);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk)
+    for (int a = 0; a < K; ++a)
+      for (int64_t c0 = 0; c0 < c; c0 += V)
+        dn::weight_grad_strip<K, V, R, true, HostIo>(p.x_nhwc.data(), p.dy_nhwc.data(), partial.data(),
+                                                     bias_partial.data(), p.s, a, chunk * rows_per_chunk,
+                                                     std::min(rows, (chunk + 1) * rows_per_chunk), chunk, c0);
+  std::vector<T> dw_t(p.w.size()), db_t(p.b.size());
+  for (int64_t ch = 0; ch < c; ++ch) {
+    for (int t = 0; t < K * K; ++t) dn::finish_sum<HostIo>(partial.data(), dw_t.data(), chunks, K * K, c, ch, t);
+    dn::finish_sum<HostIo>(bias_partial.data(), db_t.data(), chunks, 1, c, ch, 0);
+  }
+  std::vector<double> dw_got(dw_t.begin(), dw_t.end()), db_got(db_t.begin(), db_t.end());
+  for (size_t i = 0; i < dw_t.size(); ++i) dw_got[i] = static_cast<float>(dw_t[i]);
+  for (size_t i = 0; i < db_t.size(); ++i) db_got[i] = static_cast<float>(db_t[i]);
+  const double terms = static_cast<double>(count / c);  // products summed per weight
+  require_close<T>(dw, dw_got, terms, "weight gradient");
+  require_close<T>(db, db_got, terms, "bias gradient");
+
+  // Bias only (frozen weights): the centre row's threads alone.
+  std::vector<float> bias_only(static_cast<size_t>(chunks * c), -777.0f);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk)
+    for (int64_t c0 = 0; c0 < c; c0 += V)
+      dn::weight_grad_strip<K, V, R, false, HostIo>(static_cast<const T*>(nullptr), p.dy_nhwc.data(), nullptr,
+                                                    bias_only.data(), p.s, K / 2, chunk * rows_per_chunk,
+                                                    std::min(rows, (chunk + 1) * rows_per_chunk), chunk, c0);
+  REQUIRE(bias_only == bias_partial);
+}
+
+}  // namespace
+
+TEST_CASE("nhwc depthwise strips: K = 3, 5, 7 at odd sizes, vectors of 8, 4 and 1 channels, float", "[conv]") {
+  // H, W odd and smaller than R or K; chunks of 1 and 3 rows (a ragged last chunk).
+  check_case<7, 8, 8>(make_case<float>(2, 9, 13, 16, 7, 11), 1);
+  check_case<7, 4, 8>(make_case<float>(1, 5, 11, 12, 7, 12), 3);
+  check_case<5, 4, 4>(make_case<float>(2, 7, 9, 8, 5, 13), 2);
+  check_case<3, 8, 8>(make_case<float>(3, 6, 5, 24, 3, 14), 4);
+  check_case<7, 1, 8>(make_case<float>(2, 3, 10, 13, 7, 15), 2);  // C = 13: one channel per thread
+  check_case<3, 1, 4>(make_case<float>(1, 1, 1, 5, 3, 16), 1);    // a single pixel
+}
+
+TEST_CASE("nhwc depthwise strips in bfloat16 storage with float accumulation", "[conv]") {
+  check_case<7, 8, 8>(make_case<bfloat16>(2, 11, 7, 16, 7, 21), 3);
+  check_case<5, 8, 8>(make_case<bfloat16>(1, 6, 17, 8, 5, 22), 1);
+  check_case<7, 1, 8>(make_case<bfloat16>(1, 5, 9, 7, 7, 23), 2);
+}
+
+}  // namespace test_depthwise_nhwc
