@@ -142,9 +142,11 @@ Tensor<T> empty_channels_last(int64_t n, int64_t c, int64_t h, int64_t w, Device
 
 // conv2d on channels-last storage through the device's "conv2d_nhwc" kernels;
 // an undefined tensor when the device has none or they decline the call.
+// `fallback`: the NCHW backward kernel, in case the NHWC one declines later
+// (needed when `record`).
 template <class S>
 Tensor<S> conv2d_nhwc(const Tensor<S>& x, const Tensor<S>& weight, const Tensor<S>& bias, const Conv2dGeometry& g,
-                      bool record) {
+                      bool record, Conv2dBackwardKernel<S>* fallback) {
   auto* forward = find_kernel<Conv2dNhwcForwardKernel<S>>("conv2d_nhwc", dtype_v<S>, x.device());
   auto* backward = find_kernel<Conv2dNhwcBackwardKernel<S>>("conv2d_nhwc_backward", dtype_v<S>, x.device());
   if (!forward || (record && !backward)) return {};
@@ -154,8 +156,6 @@ Tensor<S> conv2d_nhwc(const Tensor<S>& x, const Tensor<S>& weight, const Tensor<
   Tensor<S> y = empty_channels_last<S>(g.batch, g.c_out, g.oh, g.ow, dev);
   if (!forward(g, xd.data_ptr(), wc.data_ptr(), data_or_null(bc), y.data_ptr())) return {};
   if (!record) return y;
-  // The NCHW kernels stand by in case the backward kernel declines after all.
-  auto* fallback = require_kernel<Conv2dBackwardKernel<S>>("conv2d_backward", dtype_v<S>, dev);
   const Tensor<S> saved_x = weight.requires_grad() ? xd : Tensor<S>();
   const Tensor<S> saved_w = x.requires_grad() ? wc : Tensor<S>();
   return autograd::record<S>(
@@ -191,7 +191,7 @@ Tensor<S> conv2d_impl(const Tensor<S>& x, const Tensor<S>& weight, const Tensor<
     // Looked up now, so that a missing backward kernel fails at the forward call.
     if (record) backward = require_kernel<Conv2dBackwardKernel<S>>("conv2d_backward", dtype_v<S>, dev);
     if (g.depthwise() && channels_last_dense(x))
-      if (Tensor<S> y = conv2d_nhwc(x, weight, bias, g, record); y.defined()) return y;
+      if (Tensor<S> y = conv2d_nhwc(x, weight, bias, g, record, backward); y.defined()) return y;
   }
   const Tensor<S> xc = contiguous_values(x), wc = contiguous_values(weight);
   const Tensor<S> bc = bias.defined() ? contiguous_values(bias) : Tensor<S>();

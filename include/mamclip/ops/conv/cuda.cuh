@@ -620,7 +620,8 @@ void launch_depthwise_nhwc_wgrad(const Conv2dGeometry& g, const D* x, const D* d
     // partial sums stay small next to x (at most 2^22 floats).
     const int64_t wanted = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, groups * kernel_rows));
     const int64_t cap = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, taps * g.c_in));
-    const int64_t rows_per_chunk = (rows + std::min({wanted, cap, rows}) - 1) / std::min({wanted, cap, rows});
+    const int64_t target_chunks = std::min({wanted, cap, rows});
+    const int64_t rows_per_chunk = (rows + target_chunks - 1) / target_chunks;
     const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
     Tensor<float> partial = dw ? scratch<float>(chunks * taps * g.c_in) : Tensor<float>();
     Tensor<float> bias_partial = db ? scratch<float>(chunks * g.c_in) : Tensor<float>();
