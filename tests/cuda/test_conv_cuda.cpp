@@ -154,19 +154,18 @@ TEMPLATE_TEST_CASE("general conv on CUDA (cuDNN, im2col + cuBLAS): patchify, dow
   check_both_paths<T>({"depthwise stride 2 (not the fast path)", {2, 8, 15, 14}, {8, 1, 7, 7}, strided(2, 3, 1, 8)});
 }
 
-#ifndef MAMCLIP_WITH_CUDNN
 namespace {
 
 // How the channels-last case builds its GPU input and gradient.
-enum class Storage { aligned, offset_by_one };
+enum class InputStorage { aligned, offset_by_one };
 
 // x stored [N, H, W, C] on the GPU (a leaf), seen as [N, C, H, W]; with
 // offset_by_one its storage starts one element into a buffer, so no 16-byte
 // loads are possible.
 template <class T>
-Tensor<T> gpu_channels_last_leaf(const Tensor<T>& x_nchw, Storage storage) {
+Tensor<T> gpu_channels_last_leaf(const Tensor<T>& x_nchw, InputStorage storage) {
   const Tensor<T> nhwc = x_nchw.permute({0, 2, 3, 1}).contiguous();
-  if (storage == Storage::aligned) return nhwc.to(kGPU);
+  if (storage == InputStorage::aligned) return nhwc.to(kGPU);
   Tensor<T> buffer = Tensor<T>::empty({nhwc.numel() + 1}, kGPU);
   Tensor<T> inner = buffer.narrow(0, 1, nhwc.numel()).view(nhwc.shape());
   inner.copy_(nhwc.to(kGPU));
@@ -180,9 +179,9 @@ Tensor<T> gpu_channels_last_leaf(const Tensor<T>& x_nchw, Storage storage) {
 // runs with ConvPath::im2col, so the NHWC backward declines and the NCHW
 // kernels run on copies.
 template <class T>
-void check_channels_last(const ConvCase& c, Storage storage, bool gy_channels_last,
+void check_channels_last(const ConvCase& c, InputStorage storage, bool gy_channels_last,
                          bool switch_path_before_backward = false) {
-  INFO(c.name << " " << dtype_name(dtype_v<T>) << (storage == Storage::aligned ? " aligned" : " offset by one")
+  INFO(c.name << " " << dtype_name(dtype_v<T>) << (storage == InputStorage::aligned ? " aligned" : " offset by one")
               << (gy_channels_last ? ", channels-last dy" : ", NCHW dy")
               << (switch_path_before_backward ? ", im2col backward" : ""));
   const Tensor<T> x = rnd<T>(c.x, 11), w = rnd<T>(c.w, 12, -0.5, 0.5), b = rnd<T>({c.w[0]}, 13);
@@ -199,16 +198,16 @@ void check_channels_last(const ConvCase& c, Storage storage, bool gy_channels_la
   REQUIRE(yg.device() == kGPU);
   REQUIRE(yg.shape() == yr.shape());
   CHECK(yg.stride(1) == 1);  // the output stays channels-last
-  CHECK(yg.stride(3) == c.x[1]);
+  CHECK(yg.stride(3) == c.w[0]);
   if (switch_path_before_backward) cuda::set_conv_path(cuda::ConvPath::im2col);
   const Tensor<T> gg = gy_channels_last ? g.permute({0, 2, 3, 1}).contiguous().to(kGPU).permute({0, 3, 1, 2})
                                         : g.to(kGPU);
   yg.backward(gg);
   cuda::set_conv_path(cuda::ConvPath::automatic);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-  const int64_t taps = c.w[2] * c.w[3], outputs_per_weight = yr.numel() / yr.size(1);
-  compare_to_cpu<T>(yg.detach(), yr.detach(), taps, "y");
-  compare_to_cpu<T>(leaf.grad().permute({0, 3, 1, 2}), xr.grad(), taps, "dx");
+  const int64_t outputs_per_weight = yr.numel() / yr.size(1);
+  compare_to_cpu<T>(yg.detach(), yr.detach(), c.w[1] * c.w[2] * c.w[3], "y");
+  compare_to_cpu<T>(leaf.grad().permute({0, 3, 1, 2}), xr.grad(), c.w[0] / c.o.groups * c.w[2] * c.w[3], "dx");
   compare_to_cpu<T>(wg.grad(), wr.grad(), outputs_per_weight, "dw");
   compare_to_cpu<T>(bg.grad(), br.grad(), outputs_per_weight, "db");
 }
@@ -220,24 +219,67 @@ TEMPLATE_TEST_CASE("depthwise conv on channels-last CUDA input: ConvNeXt's stage
   MAMCLIP_SKIP_WITHOUT_GPU();
   using T = TestType;
   REQUIRE(KernelRegistry::get().find<void(void*)>("conv2d_nhwc", dtype_v<T>, DeviceType::cuda) != nullptr);
-  check_channels_last<T>({"stage 1", {2, 96, 256, 192}, {96, 1, 7, 7}, same(7, 96)}, Storage::aligned, true);
-  check_channels_last<T>({"stage 4", {2, 768, 32, 24}, {768, 1, 7, 7}, same(7, 768)}, Storage::aligned, false);
+  check_channels_last<T>({"stage 1", {2, 96, 256, 192}, {96, 1, 7, 7}, same(7, 96)}, InputStorage::aligned, true);
+  check_channels_last<T>({"stage 4", {2, 768, 32, 24}, {768, 1, 7, 7}, same(7, 768)}, InputStorage::aligned, false);
   for (int64_t k : {3, 5, 7}) {
     const std::string ks = " k " + std::to_string(k);
     // 16 channels: 16-byte vectors; 13: one channel per thread; offset storage: no vectors.
     check_channels_last<T>({"odd sizes, 16 channels" + ks, {3, 16, 37, 29}, {16, 1, k, k}, same(k, 16)},
-                           Storage::aligned, true);
+                           InputStorage::aligned, true);
     check_channels_last<T>({"odd sizes, 13 channels" + ks, {2, 13, 19, 23}, {13, 1, k, k}, same(k, 13)},
-                           Storage::aligned, false);
-    check_channels_last<T>({"misaligned" + ks, {2, 24, 9, 11}, {24, 1, k, k}, same(k, 24)}, Storage::offset_by_one,
+                           InputStorage::aligned, false);
+    check_channels_last<T>({"misaligned" + ks, {2, 24, 9, 11}, {24, 1, k, k}, same(k, 24)}, InputStorage::offset_by_one,
                            true);
     check_channels_last<T>({"smaller than the kernel" + ks, {1, 8, 2, 3}, {8, 1, k, k}, same(k, 8)},
-                           Storage::aligned, true);
+                           InputStorage::aligned, true);
   }
-  check_channels_last<T>({"declined backward", {2, 16, 13, 10}, {16, 1, 7, 7}, same(7, 16)}, Storage::aligned, true,
+  check_channels_last<T>({"declined backward", {2, 16, 13, 10}, {16, 1, 7, 7}, same(7, 16)}, InputStorage::aligned, true,
                          true);
 }
 
+#ifdef MAMCLIP_WITH_CUDNN
+TEMPLATE_TEST_CASE("general conv on channels-last CUDA input (cuDNN's NHWC convolutions): ConvNeXt's stem and "
+                   "downsampling, strides, groups, every gradient",
+                   "[gpu]", float, bfloat16, half) {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  using T = TestType;
+  check_channels_last<T>({"stem 4x4 / 4", {2, 3, 64, 48}, {96, 3, 4, 4}, strided(4)}, InputStorage::aligned, true);
+  check_channels_last<T>({"downsample 2x2 / 2", {2, 96, 32, 24}, {192, 96, 2, 2}, strided(2)}, InputStorage::aligned,
+                         false);
+  check_channels_last<T>({"3x3 stride 2 pad 1, odd sizes", {3, 5, 17, 11}, {7, 5, 3, 3}, strided(2, 1)},
+                         InputStorage::aligned, true);
+  check_channels_last<T>({"groups 2", {2, 6, 15, 9}, {8, 3, 3, 3}, strided(1, 1, 1, 2)}, InputStorage::aligned, true);
+  check_channels_last<T>({"1x1", {2, 24, 7, 5}, {40, 24, 1, 1}, strided(1)}, InputStorage::aligned, false);
+  check_channels_last<T>({"declined backward (im2col)", {2, 3, 16, 12}, {16, 3, 4, 4}, strided(4)}, InputStorage::aligned,
+                         true, true);
+  // ConvPath::cudnn sends the depthwise geometry to cuDNN's NHWC kernels too.
+  cuda::set_conv_path(cuda::ConvPath::cudnn);
+  check_channels_last<T>({"depthwise on cuDNN", {2, 16, 13, 10}, {16, 1, 7, 7}, same(7, 16)}, InputStorage::aligned, true);
+  cuda::set_conv_path(cuda::ConvPath::automatic);
+}
+#endif
+
+TEST_CASE("declined channels-last CUDA calls (the im2col path; cuDNN on a misaligned input) run the NCHW kernels on "
+          "copies, with the same values",
+          "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  const Tensor<float> x = rnd<float>({2, 3, 16, 12}, 21), w = rnd<float>({8, 3, 4, 4}, 22), b = rnd<float>({8}, 23);
+  const auto want = conv2d(x, w, b, strided(4)).to<double>();
+  auto check = [&](const Tensor<float>& xg, const char* what) {
+    INFO(what);
+    const Tensor<float> got = conv2d(xg.permute({0, 3, 1, 2}), w.to(kGPU), b.to(kGPU), strided(4));
+    CHECK(got.is_contiguous());  // NCHW out
+    require_allclose(got.to(kCPU).to<double>(), want, 1e-5 * std::max(1.0, max_abs(want)), 0.0, "y");
+  };
+  cuda::set_conv_path(cuda::ConvPath::im2col);
+  check(gpu_channels_last_leaf(x, InputStorage::aligned), "im2col path");
+  cuda::set_conv_path(cuda::ConvPath::automatic);
+#ifdef MAMCLIP_WITH_CUDNN
+  check(gpu_channels_last_leaf(x, InputStorage::offset_by_one), "cuDNN, input one element into its buffer");
+#endif
+}
+
+#ifndef MAMCLIP_WITH_CUDNN
 TEST_CASE("ConvPath::cudnn in a backend without cuDNN is a device_error naming the switch", "[gpu]") {
   MAMCLIP_SKIP_WITHOUT_GPU();
   const auto x = rnd<float>({1, 2, 5, 5}, 1).to(kGPU), w = rnd<float>({3, 2, 3, 3}, 2).to(kGPU);
@@ -247,18 +289,21 @@ TEST_CASE("ConvPath::cudnn in a backend without cuDNN is a device_error naming t
 }
 #endif
 
-TEMPLATE_TEST_CASE("layer_norm2d on CUDA equals the CPU, forward and all three gradients", "[gpu]", float, bfloat16) {
+TEMPLATE_TEST_CASE("layer_norm2d on CUDA equals the CPU in both layouts, forward and all three gradients", "[gpu]",
+                   float, bfloat16) {
   MAMCLIP_SKIP_WITHOUT_GPU();
   using T = TestType;
-  for (const Shape& s : {Shape{2, 96, 33, 17}, Shape{1, 3, 5, 7}, Shape{2, 768, 4, 3}}) {
-    INFO(shape_str(s));
+  for (const Shape& s : {Shape{2, 96, 33, 17}, Shape{1, 3, 5, 7}, Shape{2, 768, 4, 3}})
+  for (const bool channels_last : {false, true}) {
+    INFO(shape_str(s) << (channels_last ? " channels last" : " NCHW"));
     const Tensor<T> x = rnd<T>(s, 1), w = rnd<T>({s[1]}, 2), b = rnd<T>({s[1]}, 3), g = rnd<T>(s, 4);
     auto xr = x.template to<double>().set_requires_grad(), wr = w.template to<double>().set_requires_grad(),
          br = b.template to<double>().set_requires_grad();
     auto yr = layer_norm2d(xr, wr, br, 1e-6);
     yr.backward(g.template to<double>());
     auto xg = x.to(kGPU).set_requires_grad(), wg = w.to(kGPU).set_requires_grad(), bg = b.to(kGPU).set_requires_grad();
-    auto yg = layer_norm2d(xg, wg, bg, 1e-6);
+    auto yg = layer_norm2d(channels_last ? contiguous_channels_last(xg) : xg, wg, bg, 1e-6);
+    CHECK(is_channels_last(yg) == channels_last);
     yg.backward(g.to(kGPU));
     const double tol = order_tolerance<T>(s[1], 16, 2);
     auto back = [](const Tensor<T>& t) { return t.to(kCPU).template to<double>(); };
@@ -282,6 +327,13 @@ TEST_CASE("ConvNeXt-T forward and backward on CUDA match the CPU model on the sa
   gpu_model.eval();
   const Tensor<float> x = rnd<float>({2, 3, 96, 64}, 1), r = rnd<float>({2, 5}, 2);
   const Tensor<float> yc = cpu_model(x), yg = gpu_model(x.to(kGPU));
+  {  // the GPU tower runs channels last from the stem on (cuDNN's NHWC patchify convs, LayerNorm2d in place)
+    NoGradGuard no_grad;
+    CHECK(is_channels_last(gpu_model.forward_features(x.to(kGPU))));
+#ifdef MAMCLIP_WITH_CUDNN
+    CHECK(is_channels_last(gpu_model.stem->forward(contiguous_channels_last(x.to(kGPU)))));
+#endif
+  }
   sum(yc * r).backward();
   sum(yg * r.to(kGPU)).backward();
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);

@@ -188,6 +188,28 @@ TEST_CASE("shape ops reject bad arguments with messages that name them") {
   MAMCLIP_REQUIRE_THROWS_WITH(sc.select(0, 0), shape_error, "select: x has shape [] (0-dim); expected at least 1 dim");
 }
 
+TEST_CASE("contiguous_channels_last stores [N, C, H, W] as [N, H, W, C]; is_channels_last tells the layouts apart") {
+  const auto x = rnd({2, 5, 3, 4}, 31);
+  CHECK_FALSE(is_channels_last(x));
+  const auto y = contiguous_channels_last(x);
+  CHECK(is_channels_last(y));
+  CHECK(y.shape() == x.shape());
+  CHECK(y.strides() == Shape{60, 1, 20, 5});
+  require_allclose(y, x, 0.0, 0.0, "values");
+  // Already channels last: the same tensor, no copy.
+  CHECK(contiguous_channels_last(y).data_ptr() == y.data_ptr());
+  // A channels-last view of a strided storage is not dense: it is copied.
+  const auto sliced = y.narrow(1, 0, 4);
+  CHECK_FALSE(is_channels_last(sliced));
+  CHECK(is_channels_last(contiguous_channels_last(sliced)));
+  require_allclose(contiguous_channels_last(sliced), x.narrow(1, 0, 4), 0.0, 0.0, "narrowed");
+  CHECK_FALSE(is_channels_last(rnd({2, 5, 3}, 1)));
+  MAMCLIP_REQUIRE_THROWS_WITH(contiguous_channels_last(rnd({2, 5, 3}, 1)), shape_error,
+                              "contiguous_channels_last: input has shape [2, 5, 3]; expected 4 dims [N, C, H, W]");
+  require_gradcheck([](auto& v) { return contiguous_channels_last(v[0]) * contiguous_channels_last(v[0]); },
+                    {noncontiguous(rnd({2, 3, 4, 5}, 32))});
+}
+
 TEST_CASE("contiguous() of every permutation of a 4-D tensor reads each element from its place") {
   // Odd sizes, the source contiguous along every dim in turn (the 8x8-block transposes and their scalar
   // edges); the 360,000-element one is split over threads.

@@ -46,6 +46,17 @@ TEST_CASE("layer_norm2d gradcheck for x, weight and bias, each optional, non-con
   require_allclose(ba.grad(), bb.grad(), 1e-12, 1e-10, "db");
 }
 
+TEST_CASE("layer_norm2d on channels-last storage: the same values and gradients, the layout kept") {
+  const auto x = rnd({2, 7, 5, 3}, 11, -2, 2), w = rnd({7}, 12, 0.5, 1.5), b = rnd({7}, 13);
+  const auto xl = contiguous_channels_last(x);
+  REQUIRE(is_channels_last(xl));
+  const auto y = layer_norm2d(xl, w, b);
+  CHECK(is_channels_last(y));
+  require_allclose(y, layer_norm2d(x, w, b), 1e-13, 1e-12, "y");
+  require_gradcheck([](auto& v) { return layer_norm2d(contiguous_channels_last(v[0]), v[1], v[2]); }, {x, w, b});
+  require_gradcheck([](auto& v) { return layer_norm2d(contiguous_channels_last(v[0])); }, {x});
+}
+
 TEST_CASE("layer_norm2d matches timm's LayerNorm2d, values and gradients") {
   const auto doc = load_json(fixture_path("conv/layer_norm2d.json"));
   const auto& c = doc.at("cases").at(0);

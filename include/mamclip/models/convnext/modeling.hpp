@@ -140,10 +140,10 @@ class ConvNeXtBlock : public nn::Module {
     y = mlp->forward(norm->forward(y)) * gamma;
     if (x.device().is_cpu()) return drop_path(y.permute({0, 3, 1, 2}), drop_path_, is_training(), gen) + x;
     // On a device the block keeps its activations channels last ([N, H, W, C]
-    // storage behind the [N, C, H, W] view): the sum is stored that way, conv2d's
-    // NHWC kernels keep it, and the norm and the MLP then read the conv's
-    // output without a copy. The CPU's NCHW convolution would copy instead.
-    // Same values either way.
+    // storage behind the [N, C, H, W] view, as forward_features hands them
+    // over): the sum is stored that way, conv2d's NHWC kernels keep it, and the
+    // norm and the MLP then read the conv's output without a copy. The CPU's
+    // NCHW convolution would copy instead. Same values either way.
     return (drop_path(y, drop_path_, is_training(), gen) + x.permute({0, 2, 3, 1})).permute({0, 3, 1, 2});
   }
 
@@ -279,7 +279,11 @@ class ConvNeXt : public nn::Module {
                   shape_error, "ConvNeXt.forward_features: input has shape ", shape_str(x.shape()), "; expected [N, ",
                   config_.in_chans, ", H, W] with N >= 1 and H, W >= ", min_size, " (the stride-", config_.patch_size,
                   " stem and three stride-2 stages need it)");
-    Tensor<float> h = stem->forward(x);
+    // On a device the whole tower runs channels last (PyTorch's
+    // channels_last): the convolutions (cuDNN's NHWC ones for the stem and the
+    // downsampling, ours for the blocks) and LayerNorm2d keep the layout, so
+    // no block, norm or Linear copies its input. The CPU stays NCHW.
+    Tensor<float> h = stem->forward(x.device().is_cpu() ? x : contiguous_channels_last(x));
     for (const auto& s : *stages) h = s->forward(h, generator());
     return h;
   }

@@ -8,11 +8,12 @@
 // "conv2d_backward" (signatures below, same contract as cpu::conv2d_forward /
 // cpu::conv2d_backward on contiguous device buffers).
 //
-// Channels last: a depthwise conv whose input is stored [N, H, W, C] (the
-// [N, C, H, W] view x.permute({0, 3, 1, 2}) of a contiguous tensor, as
-// PyTorch's channels_last) runs the device's "conv2d_nhwc" kernels when it
-// registers them and they take the geometry: no layout copy in, and the
-// output (and the input gradient) come back channels-last too.
+// Channels last: a conv whose input is stored [N, H, W, C] (the [N, C, H, W]
+// view x.permute({0, 3, 1, 2}) of a contiguous tensor, as PyTorch's
+// channels_last; contiguous_channels_last makes one) runs the device's
+// "conv2d_nhwc" kernels when it registers them and they take the geometry: no
+// layout copy in, and the output (and the input gradient) come back
+// channels-last too. The CPU computes in NCHW.
 
 #include <type_traits>
 
@@ -119,18 +120,10 @@ void conv2d_cpu_backward(const Conv2dGeometry& g, const S* x, const S* w, const 
   if constexpr (std::is_same_v<S, acc_t<S>>) cpu::conv2d_backward(g, x, w, gy, dx, dw, db);
 }
 
-// Whether t [N, C, H, W] is stored densely as [N, H, W, C].
-template <class T>
-bool channels_last_dense(const Tensor<T>& t) {
-  if (t.dim() != 4) return false;
-  const int64_t c = t.size(1), h = t.size(2), w = t.size(3);
-  return t.stride(1) == 1 && t.stride(3) == c && t.stride(2) == w * c && t.stride(0) == h * w * c;
-}
-
 // t's values stored [N, H, W, C] (no copy when t already is), outside the graph.
 template <class T>
 Tensor<T> channels_last_values(const Tensor<T>& t) {
-  if (channels_last_dense(t)) return t.detach();
+  if (is_channels_last(t)) return t.detach();
   return contiguous_copy(t.permute({0, 2, 3, 1})).permute({0, 3, 1, 2});
 }
 
@@ -190,7 +183,7 @@ Tensor<S> conv2d_impl(const Tensor<S>& x, const Tensor<S>& weight, const Tensor<
     forward = require_kernel<Conv2dForwardKernel<S>>("conv2d", dtype_v<S>, dev);
     // Looked up now, so that a missing backward kernel fails at the forward call.
     if (record) backward = require_kernel<Conv2dBackwardKernel<S>>("conv2d_backward", dtype_v<S>, dev);
-    if (g.depthwise() && channels_last_dense(x))
+    if (is_channels_last(x))
       if (Tensor<S> y = conv2d_nhwc(x, weight, bias, g, record, backward); y.defined()) return y;
   }
   const Tensor<S> xc = contiguous_values(x), wc = contiguous_values(weight);

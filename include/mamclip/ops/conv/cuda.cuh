@@ -29,14 +29,22 @@
 // The bias gradient (bias_grad_kernel) sums dy per channel in a fixed order.
 //
 // Channels last ("conv2d_nhwc", "conv2d_nhwc_backward": x, y, dy, dx stored
-// [N, H, W, C]) for the depthwise geometry above: the strips of
-// ops/conv/depthwise_nhwc.hpp (tested on the CPU thread by thread), one per
-// thread, with 16-byte loads along C when C and the pointers allow:
+// [N, H, W, C]), by the same routes:
+// depthwise  the strips of ops/conv/depthwise_nhwc.hpp (tested on the CPU
+//            thread by thread), one per thread, with 16-byte loads along C
+//            when C and the pointers allow:
 //   depthwise_nhwc_kernel<K, V, R, flip>   y, or dx from dy with the taps reversed
 //   depthwise_nhwc_wgrad_kernel<K, V, R>   per (channel group, kernel row, row
 //                                          chunk) partial weight and bias sums
 //   nhwc_finish_kernel                     the chunks added in order (no atomics)
-// The weights are transposed once per call to wt [K·K, C] in float.
+//            The weights are transposed once per call to wt [K·K, C] in float.
+// cudnn      everything else (ConvNeXt's stem and downsampling convs) with
+//            cuDNN's NHWC descriptors; the weights (and their gradient) are
+//            swapped to [C_out, kH, kW, C_in / groups] around the call
+//            (swap_inner_kernel), the bias added per channel (add_bias_nhwc_kernel)
+//            and its gradient summed by the depthwise wgrad kernel's bias-only
+//            mode. Misaligned data pointers decline.
+// im2col     declines: conv2d then runs the NCHW kernels on copies.
 
 #include <algorithm>
 #include <cstdint>
@@ -320,6 +328,24 @@ __global__ void nhwc_transpose_weights_kernel(const D* w, float* wt, int64_t cha
   }
 }
 
+// out[o, j, i] = in[o, i, j] for in [outer, a, b]: a weight [C_out, C_in, kH·kW]
+// to cuDNN's NHWC filter [C_out, kH·kW, C_in] and back.
+template <class D>
+__global__ void swap_inner_kernel(const D* in, D* out, int64_t outer, int64_t a, int64_t b) {
+  const int64_t total = outer * a * b;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = e % a, rest = e / a, j = rest % b, o = rest / b;
+    out[e] = in[(o * a + i) * b + j];
+  }
+}
+
+// y[m, c] += b[c] for y [rows, C].
+template <class D>
+__global__ void add_bias_nhwc_kernel(D* y, const D* b, int64_t total, int64_t channels) {
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x)
+    y[e] = nhwc_from_float<D>(nhwc_to_float(y[e]) + nhwc_to_float(b[e % channels]));
+}
+
 // One strip per thread: channel group fastest, then strip, then image row.
 template <int K, int V, int R, bool kFlip, class D>
 __global__ void __launch_bounds__(kNhwcBlock, 2)
@@ -558,11 +584,20 @@ void launch_conv2d_backward(const Conv2dGeometry& g, const T* x, const T* w, con
 
 // ---- channels last
 
-// Whether the NHWC kernels take this call: the depthwise geometry, 16- or
-// 32-bit storage, the automatic conv path.
+// Who takes a channels-last call (16- or 32-bit storage): our depthwise
+// kernels on the automatic path, cuDNN's NHWC convolutions for everything
+// else unless the im2col path is asked for (or cuDNN is absent), which declines.
+enum class NhwcRoute { depthwise, cudnn, decline };
+
 template <class T>
-bool nhwc_takes(const Conv2dGeometry& g) {
-  return !std::is_same_v<T, double> && conv_path() == ConvPath::automatic && depthwise_fast(g);
+NhwcRoute nhwc_route(const Conv2dGeometry& g) {
+  if (std::is_same_v<T, double> || g.c_in == 0) return NhwcRoute::decline;
+  const ConvPath path = conv_path();
+  if (path == ConvPath::automatic && depthwise_fast(g)) return NhwcRoute::depthwise;
+#ifdef MAMCLIP_WITH_CUDNN
+  if (path != ConvPath::im2col) return NhwcRoute::cudnn;
+#endif
+  return NhwcRoute::decline;
 }
 
 // f(V): V = 16-byte vectors when C and every pointer allow them, else 1.
@@ -608,28 +643,31 @@ void launch_depthwise_nhwc(const Conv2dGeometry& g, const D* x, const float* wt,
   MAMCLIP_CUDA_CHECK_LAUNCH();
 }
 
-// dw [C, 1, K, K] (when non-null, from x and dy) and db [C] (when non-null).
+// dw [C, 1, K, K] (when non-null, from x and dy) and db [C] (when non-null)
+// of a depthwise K x K conv over `shape`. Without dw, K does not matter: db
+// is the sum of dy over every position, for any conv whose output dy is.
 template <class D>
-void launch_depthwise_nhwc_wgrad(const Conv2dGeometry& g, const D* x, const D* dy, D* dw, D* db, cudaStream_t s) {
-  const depthwise_nhwc::Shape shape{g.batch, g.h, g.w, g.c_in};
-  const int64_t rows = g.batch * g.h, taps = g.kh * g.kw, kernel_rows = dw ? g.kh : 1;
-  with_nhwc_vector<D>(g.c_in, {x, dy}, [&](auto vec) {
+void launch_depthwise_nhwc_wgrad(const depthwise_nhwc::Shape& shape, int64_t kernel_size, const D* x, const D* dy,
+                                 D* dw, D* db, cudaStream_t s) {
+  const int64_t channels = shape.c, rows = shape.n * shape.h, taps = kernel_size * kernel_size;
+  const int64_t kernel_rows = dw ? kernel_size : 1;
+  with_nhwc_vector<D>(channels, {x, dy}, [&](auto vec) {
     constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcStrip<V>;
-    const int64_t groups = g.c_in / V;
+    const int64_t groups = channels / V;
     // Enough threads to fill a GPU (about 2^17), few enough chunks that the
     // partial sums stay small next to x (at most 2^22 floats).
     const int64_t wanted = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, groups * kernel_rows));
-    const int64_t cap = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, taps * g.c_in));
+    const int64_t cap = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, taps * channels));
     const int64_t target_chunks = std::min({wanted, cap, rows});
     const int64_t rows_per_chunk = (rows + target_chunks - 1) / target_chunks;
     const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
-    Tensor<float> partial = dw ? scratch<float>(chunks * taps * g.c_in) : Tensor<float>();
-    Tensor<float> bias_partial = db ? scratch<float>(chunks * g.c_in) : Tensor<float>();
+    Tensor<float> partial = dw ? scratch<float>(chunks * taps * channels) : Tensor<float>();
+    Tensor<float> bias_partial = db ? scratch<float>(chunks * channels) : Tensor<float>();
     float* pp = dw ? partial.data_ptr() : nullptr;
     float* bp = db ? bias_partial.data_ptr() : nullptr;
     const int64_t total = groups * kernel_rows * chunks;
     const unsigned grid = grid_for(total, conv_kernels::kNhwcBlock);
-    with_kernel_size(g.kh, [&](auto k) {
+    with_kernel_size(kernel_size, [&](auto k) {
       constexpr int K = decltype(k)::value;
       if (dw)
         conv_kernels::depthwise_nhwc_wgrad_kernel<K, V, R, true, D>
@@ -640,23 +678,87 @@ void launch_depthwise_nhwc_wgrad(const Conv2dGeometry& g, const D* x, const D* d
     });
     MAMCLIP_CUDA_CHECK_LAUNCH();
     if (dw) {
-      conv_kernels::nhwc_finish_kernel<D><<<grid_for(g.c_in * taps, conv_kernels::kNhwcBlock), conv_kernels::kNhwcBlock,
-                                            0, s>>>(pp, dw, chunks, taps, g.c_in);
+      conv_kernels::nhwc_finish_kernel<D><<<grid_for(channels * taps, conv_kernels::kNhwcBlock),
+                                            conv_kernels::kNhwcBlock, 0, s>>>(pp, dw, chunks, taps, channels);
       MAMCLIP_CUDA_CHECK_LAUNCH();
     }
     if (db) {
-      conv_kernels::nhwc_finish_kernel<D><<<grid_for(g.c_in, conv_kernels::kNhwcBlock), conv_kernels::kNhwcBlock, 0,
-                                            s>>>(bp, db, chunks, 1, g.c_in);
+      conv_kernels::nhwc_finish_kernel<D><<<grid_for(channels, conv_kernels::kNhwcBlock), conv_kernels::kNhwcBlock, 0,
+                                            s>>>(bp, db, chunks, 1, channels);
       MAMCLIP_CUDA_CHECK_LAUNCH();
     }
   });
 }
 
+#ifdef MAMCLIP_WITH_CUDNN
+// out [outer, b, a] = in [outer, a, b] transposed per outer index.
+template <class D>
+void launch_swap_inner(const D* in, D* out, int64_t outer, int64_t a, int64_t b, cudaStream_t s) {
+  conv_kernels::swap_inner_kernel<D>
+      <<<grid_for(outer * a * b, conv_kernels::kNhwcBlock), conv_kernels::kNhwcBlock, 0, s>>>(in, out, outer, a, b);
+  MAMCLIP_CUDA_CHECK_LAUNCH();
+}
+
+// w [C_out, C_in / groups, kH, kW] as cuDNN's NHWC filter [C_out, kH, kW, C_in / groups].
+template <class T>
+Tensor<T> cudnn_nhwc_filter(const Conv2dGeometry& g, const T* w, cudaStream_t s) {
+  using D = device_t<T>;
+  Tensor<T> out = scratch<T>(g.c_out * g.cin_per_group() * g.kh * g.kw);
+  launch_swap_inner<D>(device_ptr(w), device_ptr(out.data_ptr()), g.c_out, g.cin_per_group(), g.kh * g.kw, s);
+  return out;
+}
+
+// cuDNN's NHWC tensor-core kernels read whole vectors: pointers that are
+// not 16-byte aligned (a view into a buffer) decline to the NCHW path.
+inline bool cudnn_nhwc_aligned(std::initializer_list<const void*> pointers) {
+  for (const void* p : pointers)
+    if (p && !aligned16(p)) return false;
+  return true;
+}
+
+template <class T>
+bool cudnn_nhwc_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* b, T* y, cudaStream_t s) {
+  using D = device_t<T>;
+  if (!cudnn_nhwc_aligned({x, y})) return false;
+  const Tensor<T> filter = cudnn_nhwc_filter<T>(g, w, s);
+  if (!cudnn_conv::try_forward<T>(g, cudnn_conv::Layout::nhwc, x, filter.data_ptr(), y, s)) return false;
+  if (b) {
+    const int64_t total = g.batch * g.oh * g.ow * g.c_out;
+    conv_kernels::add_bias_nhwc_kernel<D><<<grid_for(total, conv_kernels::kNhwcBlock), conv_kernels::kNhwcBlock, 0, s>>>(
+        device_ptr(y), device_ptr(b), total, g.c_out);
+    MAMCLIP_CUDA_CHECK_LAUNCH();
+  }
+  return true;
+}
+
+template <class T>
+bool cudnn_nhwc_backward(const Conv2dGeometry& g, const T* x, const T* w, const T* gy, T* dx, T* dw, T* db,
+                         cudaStream_t s) {
+  using D = device_t<T>;
+  if (!cudnn_nhwc_aligned({x, gy, dx})) return false;
+  const Tensor<T> filter = dx ? cudnn_nhwc_filter<T>(g, w, s) : Tensor<T>();
+  Tensor<T> filter_grad = dw ? scratch<T>(g.c_out * g.cin_per_group() * g.kh * g.kw) : Tensor<T>();
+  if (!cudnn_conv::try_backward<T>(g, cudnn_conv::Layout::nhwc, x, dx ? filter.data_ptr() : nullptr, gy, dx,
+                                   dw ? filter_grad.data_ptr() : nullptr, s))
+    return false;
+  if (dw)
+    launch_swap_inner<D>(device_ptr(filter_grad.data_ptr()), device_ptr(dw), g.c_out, g.kh * g.kw, g.cin_per_group(), s);
+  if (db)
+    launch_depthwise_nhwc_wgrad<D>(depthwise_nhwc::Shape{g.batch, g.oh, g.ow, g.c_out}, 3, nullptr, device_ptr(gy),
+                                   nullptr, device_ptr(db), s);
+  return true;
+}
+#endif
+
 template <class T>
 bool launch_conv2d_nhwc_forward(const Conv2dGeometry& g, const T* x, const T* w, const T* b, T* y, cudaStream_t s) {
   using D = device_t<T>;
-  if (!nhwc_takes<T>(g)) return false;
-  if (g.batch == 0 || g.c_in == 0 || g.h == 0 || g.w == 0) return true;
+  const NhwcRoute route = nhwc_route<T>(g);
+  if (route == NhwcRoute::decline) return false;
+  if (g.batch == 0 || g.c_out == 0 || g.oh == 0 || g.ow == 0) return true;
+#ifdef MAMCLIP_WITH_CUDNN
+  if (route == NhwcRoute::cudnn) return cudnn_nhwc_forward<T>(g, x, w, b, y, s);
+#endif
   const Tensor<float> wt = nhwc_transposed_weights<D>(g, device_ptr(w), s);
   launch_depthwise_nhwc<D>(g, device_ptr(x), wt.data_ptr(), b ? device_ptr(b) : nullptr, device_ptr(y), false, s);
   return true;
@@ -666,22 +768,27 @@ template <class T>
 bool launch_conv2d_nhwc_backward(const Conv2dGeometry& g, const T* x, const T* w, const T* gy, T* dx, T* dw, T* db,
                                  cudaStream_t s) {
   using D = device_t<T>;
-  if (!nhwc_takes<T>(g)) return false;
+  const NhwcRoute route = nhwc_route<T>(g);
+  if (route == NhwcRoute::decline) return false;
   const auto zero = [&](T* p, int64_t count) {
     if (p && count > 0) MAMCLIP_CUDA_CHECK(cudaMemsetAsync(p, 0, static_cast<size_t>(count) * sizeof(T), s));
   };
-  if (g.batch == 0 || g.c_in == 0 || g.h == 0 || g.w == 0) {  // nothing flows back
+  if (g.batch == 0 || g.oh == 0 || g.ow == 0 || g.c_in == 0 || g.c_out == 0) {  // nothing flows back
     zero(dx, g.batch * g.c_in * g.h * g.w);
-    zero(dw, g.c_in * g.kh * g.kw);
-    zero(db, g.c_in);
+    zero(dw, g.c_out * g.cin_per_group() * g.kh * g.kw);
+    zero(db, g.c_out);
     return true;
   }
+#ifdef MAMCLIP_WITH_CUDNN
+  if (route == NhwcRoute::cudnn) return cudnn_nhwc_backward<T>(g, x, w, gy, dx, dw, db, s);
+#endif
   if (dx) {
     const Tensor<float> wt = nhwc_transposed_weights<D>(g, device_ptr(w), s);
     launch_depthwise_nhwc<D>(g, device_ptr(gy), wt.data_ptr(), nullptr, device_ptr(dx), true, s);
   }
   if (dw || db)
-    launch_depthwise_nhwc_wgrad<D>(g, dw ? device_ptr(x) : nullptr, device_ptr(gy), dw ? device_ptr(dw) : nullptr,
+    launch_depthwise_nhwc_wgrad<D>(depthwise_nhwc::Shape{g.batch, g.h, g.w, g.c_in}, g.kh,
+                                   dw ? device_ptr(x) : nullptr, device_ptr(gy), dw ? device_ptr(dw) : nullptr,
                                    db ? device_ptr(db) : nullptr, s);
   return true;
 }

@@ -1,6 +1,8 @@
 #pragma once
 // layer_norm and layer_norm2d (timm's LayerNorm2d: over dim 1 of [N, C, H, W],
-// read in place, no permuted copies), each with a fused analytic backward for
+// read in place, no permuted copies, in either layout: NCHW storage by its own
+// kernels, channels-last storage as layer_norm over the stored last dim, the
+// result in the input's layout), each with a fused analytic backward for
 // x, weight and bias, and normalize (F.normalize: x / max(||x||_p, eps) along
 // a dim). On a device, each through its registered kernels (below).
 
@@ -12,6 +14,7 @@
 #include "mamclip/ops/fwd.hpp"
 #include "mamclip/ops/norm/cpu.hpp"
 #include "mamclip/ops/reduce/reduce.hpp"
+#include "mamclip/ops/shape/shape.hpp"
 
 namespace mamclip {
 
@@ -110,6 +113,8 @@ Tensor<T> layer_norm2d(const Tensor<T>& x, const Tensor<T>& weight, const Tensor
     MAMCLIP_CHECK(t.shape() == Shape{c}, shape_error, "layer_norm2d: ", name, " has shape ", shape_str(t.shape()),
                   " and input has shape ", shape_str(x.shape()), "; expected [C] = [", c, "]");
   }
+  if (is_channels_last(x) && !x.is_contiguous())
+    return layer_norm(x.permute({0, 2, 3, 1}), Shape{c}, weight, bias, eps).permute({0, 3, 1, 2});
   LayerNorm2dKernel<T>* forward = nullptr;
   LayerNorm2dBackwardKernel<T>* backward = nullptr;
   if (!dev.is_cpu()) {

@@ -264,6 +264,29 @@ Tensor<T> Tensor<T>::contiguous() const {
   return is_contiguous() ? *this : clone();
 }
 
+// ---- channels last
+
+// Whether t [N, C, H, W] stores its values densely as [N, H, W, C] (PyTorch's
+// t.is_contiguous(memory_format=torch.channels_last)).
+template <class T>
+bool is_channels_last(const Tensor<T>& t) {
+  if (t.dim() != 4) return false;
+  const int64_t c = t.size(1), h = t.size(2), w = t.size(3);
+  return t.stride(1) == 1 && t.stride(3) == c && t.stride(2) == w * c && t.stride(0) == h * w * c;
+}
+
+// x [N, C, H, W] with its values stored [N, H, W, C] (PyTorch's
+// x.contiguous(memory_format=torch.channels_last)): x itself when it already
+// is, else a copy that the gradient flows through. Convolutions and
+// LayerNorm2d on a device keep this layout.
+template <class T>
+Tensor<T> contiguous_channels_last(const Tensor<T>& x) {
+  MAMCLIP_CHECK(x.dim() == 4, shape_error, "contiguous_channels_last: input has shape ", shape_str(x.shape()),
+                "; expected 4 dims [N, C, H, W]");
+  if (is_channels_last(x)) return x;
+  return x.permute({0, 2, 3, 1}).clone().permute({0, 3, 1, 2});
+}
+
 // ---- casts and device moves
 
 // Device kernel of to<To>() from From, registered as "to<dtype name of To>"
