@@ -17,7 +17,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
 jobs=${JOBS:-$(nproc)}
 # test_dist_nccl (tests/dist, label cuda) exists when MPI and NCCL were found.
-EXTRA_TARGETS=(test_dist_nccl bench_clip_loss bench_attention bench_conv bench_bandwidth bench_linear bench_convnext bench_vlmodel)
+EXTRA_TARGETS=(test_dist_nccl bench_clip_loss bench_attention bench_conv bench_bandwidth bench_linear bench_graph bench_convnext bench_vlmodel)
 
 echo "== device"
 if command -v nvidia-smi >/dev/null; then
@@ -107,6 +107,8 @@ extra_steps() {
   "$build/benchmarks/bench_bandwidth" || bench_rc=1
   echo "== bench_linear (cuBLASLt bias / bias-gradient epilogues vs bias copy + GEMM + sum)"
   "$build/benchmarks/bench_linear" || bench_rc=1
+  echo "== bench_graph (BERT forward + backward: one CUDA graph replay vs eager launches)"
+  "$build/benchmarks/bench_graph" || bench_rc=1
   if [[ -x $build/benchmarks/bench_conv ]]; then
     echo "== bench_conv (depthwise 7x7, NHWC and NCHW: our kernels vs cuDNN at ConvNeXt's stage shapes)"
     "$build/benchmarks/bench_conv" || bench_rc=1

@@ -25,6 +25,7 @@
 //   core/cuda/device.cuh          device_count, DeviceGuard, current_stream, StreamGuard
 //   core/cuda/caching_allocator   MemoryStats, CachingAllocatorCore, empty_cache, memory_stats (plain C++)
 //   core/cuda/allocator.cuh       CudaCachingAllocator (cudaMalloc), copy_device_bytes
+//   core/cuda/graph.cuh           Graph: capture a region's device work once, replay it with one launch
 //   core/cuda/cublas.cuh          cublas_handle
 //   core/cuda/settings.hpp        set_allow_tf32, set_conv_path (plain C++)
 //   core/cuda/types.cuh           device_t (Eigen 16-bit types as __half / __nv_bfloat16), Pack
@@ -68,6 +69,7 @@
 #include "mamclip/core/cuda/check.cuh"
 #include "mamclip/core/cuda/cublas.cuh"
 #include "mamclip/core/cuda/device.cuh"
+#include "mamclip/core/cuda/graph.cuh"
 #include "mamclip/core/cuda/math.cuh"
 #include "mamclip/core/cuda/settings.hpp"
 #include "mamclip/core/cuda/tensor_data.cuh"

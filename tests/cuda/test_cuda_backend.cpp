@@ -220,6 +220,76 @@ TEST_CASE("caching allocator: out of memory frees the cache and retries, then re
   CHECK(c.stats(0).allocated_bytes == 0);
 }
 
+TEST_CASE("caching allocator: a capture pool keeps its blocks to itself until it is released") {
+  Core c;
+  constexpr uintptr_t kMain = 0, kCapture = 7;
+  void* cached = c.allocate(4096, 0, kCapture);  // a general block of the capture stream, cached
+  c.deallocate(cached);
+
+  const uint64_t pool = c.begin_capture_pool(0, kCapture);
+  CHECK(pool != 0);
+  MAMCLIP_REQUIRE_THROWS_WITH(c.begin_capture_pool(0, kCapture), device_error, "is already being captured");
+  // Inside the capture: the general cache is not used; blocks freed in the capture are reused in it.
+  void* a = c.allocate(4096, 0, kCapture);
+  CHECK(a != cached);
+  c.deallocate(a);
+  void* b = c.allocate(4000, 0, kCapture);
+  CHECK(b == a);
+  void* kept = c.allocate(MiB / 2, 0, kCapture);  // outlives the capture, as gradients do
+  void* other_stream = c.allocate(4096, 0, kMain);  // other streams are not captured
+  CHECK(other_stream != a);
+  c.deallocate(b);
+  c.end_capture_pool(0, kCapture);
+  CHECK(c.capture_pool_free_bytes(pool) == 4096);
+
+  // After the capture the pool's free block goes to no one else, on any stream.
+  void* after = c.allocate(4096, 0, kCapture);
+  CHECK(after == cached);
+  void* after2 = c.allocate(4096, 0, kCapture);
+  CHECK(after2 != a);
+  // A live pool block freed after the capture goes back to the pool.
+  c.deallocate(kept);
+  CHECK(c.capture_pool_free_bytes(pool) == 4096 + MiB / 2);
+  const auto before = c.stats(0);
+  c.empty_cache();  // the general cache only
+  CHECK(c.capture_pool_free_bytes(pool) == 4096 + MiB / 2);
+  CHECK(c.stats(0).reserved_bytes == before.reserved_bytes);
+
+  // A second capture of the same stream gets a new, empty pool.
+  const uint64_t pool2 = c.begin_capture_pool(0, kCapture);
+  CHECK(pool2 != pool);
+  void* in2 = c.allocate(4096, 0, kCapture);
+  CHECK(in2 != a);
+  c.end_capture_pool(0, kCapture);
+
+  // Released: the free blocks return to the raw allocator now, the live ones when freed.
+  const int frees = c.raw().frees;
+  c.release_capture_pool(pool);
+  CHECK(c.raw().frees == frees + 2);
+  CHECK(c.capture_pool_free_bytes(pool) == 0);
+  MAMCLIP_REQUIRE_THROWS_WITH(c.release_capture_pool(pool), device_error, "does not exist or was released");
+  c.release_capture_pool(pool2);
+  CHECK(c.raw().frees == frees + 2);  // in2 is still live
+  // While a capture runs, raw frees (a released pool's block, empty_cache) wait for its end.
+  const uint64_t pool3 = c.begin_capture_pool(0, 9);
+  c.deallocate(in2);
+  c.deallocate(after);
+  c.empty_cache();
+  CHECK(c.raw().frees == frees + 2);
+  CHECK(c.deferred_frees() == 2);
+  c.end_capture_pool(0, 9);
+  CHECK(c.deferred_frees() == 0);
+  CHECK(c.raw().frees == frees + 4);
+  c.release_capture_pool(pool3);
+  c.deallocate(after2);
+  c.deallocate(other_stream);
+  const auto st = c.stats(0);
+  CHECK(st.allocated_bytes == 0);
+  c.empty_cache();
+  CHECK(c.stats(0).reserved_bytes == 0);
+  CHECK(c.raw().live.empty());
+}
+
 TEST_CASE("caching allocator rejects pointers it does not own and double frees") {
   Core c;
   int x = 0;

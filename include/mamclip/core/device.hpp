@@ -40,4 +40,18 @@ inline std::optional<Device> parse_device(std::string_view text) {
   return Device::cuda(index);
 }
 
+namespace detail {
+inline int& device_graph_captures() {
+  thread_local int depth = 0;
+  return depth;
+}
+}  // namespace detail
+
+// Whether the calling thread is capturing a device graph (cuda::Graph): the
+// device work queued now is recorded once and replayed later as recorded,
+// while host code in the captured region runs only now. What would bake a
+// value that must change per run into the graph refuses to run: random
+// draws (Generator::next_offset) and optimizer steps.
+inline bool capturing_device_graph() { return detail::device_graph_captures() > 0; }
+
 }  // namespace mamclip

@@ -10,6 +10,8 @@
 #include <cstdint>
 
 #include "mamclip/core/config.hpp"
+#include "mamclip/core/device.hpp"
+#include "mamclip/core/error.hpp"
 
 namespace mamclip {
 
@@ -90,7 +92,12 @@ class Generator {
   uint64_t seed() const { return seed_; }
   uint64_t offset() const { return offset_; }
   // Reserves one stream for a draw and returns its offset.
-  uint64_t next_offset() { return offset_++; }
+  uint64_t next_offset() {
+    MAMCLIP_CHECK(!capturing_device_graph(), device_error,
+                  "Generator: a random draw while this thread captures a CUDA graph; the graph would replay the same "
+                  "draw (the same dropout or drop_path mask) every time. Capture with dropout off (eval mode or p = 0)");
+    return offset_++;
+  }
   // Restores a state read with seed() and offset() (checkpoints, replaying a
   // micro-batch's dropout masks).
   void set_state(uint64_t seed, uint64_t offset) {

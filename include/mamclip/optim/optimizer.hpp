@@ -43,6 +43,9 @@ class Optimizer {
 
   // One update of every parameter that has a gradient (parameters without one are skipped).
   void step() {
+    MAMCLIP_CHECK(!capturing_device_graph(), device_error, type_name(),
+                  ".step inside a CUDA graph capture: its step count and learning rate are host values the graph "
+                  "would replay unchanged; call step() outside, after each replay()");
     for (size_t g = 0; g < num_param_groups(); ++g) {
       const auto& ps = group_params(g);
       for (size_t i = 0; i < ps.size(); ++i) {

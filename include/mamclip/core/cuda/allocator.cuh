@@ -18,7 +18,13 @@ struct CudaRawAllocator {
                   ": no such device (", n, " CUDA device", n == 1 ? "" : "s", " visible)");
     DeviceGuard guard(device);
     void* ptr = nullptr;
+    // Inside a graph capture cudaMalloc is a "potentially unsafe" call that
+    // would invalidate it; the block is not part of the graph (the capture
+    // pool keeps it for the graph's lifetime), so relaxed mode allows it.
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    MAMCLIP_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
     const cudaError_t err = cudaMalloc(&ptr, nbytes);
+    MAMCLIP_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
     if (err == cudaErrorMemoryAllocation) {
       (void)cudaGetLastError();  // not sticky; the caching allocator frees its cache and retries
       return nullptr;
@@ -50,6 +56,11 @@ class CudaCachingAllocator final : public CachingAllocatorInterface {
   void deallocate(void* ptr, size_t, Device) override { core_.deallocate(ptr); }
   void empty_cache() override { core_.empty_cache(); }
   MemoryStats stats(int device) const override { return core_.stats(device); }
+  uint64_t begin_capture_pool(int device, uintptr_t stream) override {
+    return core_.begin_capture_pool(device, stream);
+  }
+  void end_capture_pool(int device, uintptr_t stream) override { core_.end_capture_pool(device, stream); }
+  void release_capture_pool(uint64_t pool) override { core_.release_capture_pool(pool); }
 
  private:
   CachingAllocatorCore<CudaRawAllocator> core_;

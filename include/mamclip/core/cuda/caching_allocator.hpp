@@ -20,6 +20,19 @@
 //   - when the raw allocator runs out of memory, this device's cache is freed
 //     and the allocation tried once more before a device_error is thrown.
 //
+// Capture pools (CUDA graphs, core/cuda/graph.cuh): a graph replays its
+// kernels on the addresses they had when it was captured, so those blocks
+// must stay the graph's. Between begin_capture_pool and end_capture_pool,
+// every allocation for the capturing (device, stream) comes from a private
+// pool: its own free list, else the raw allocator, never the general cache.
+// A pool block goes back to its pool when freed (also after the capture) and
+// is never handed to anyone else; blocks freed and reallocated inside one
+// capture follow the captured stream order, as on a stream. release_capture_pool
+// (the graph is destroyed) returns the pool's free blocks to the raw
+// allocator, and its live ones when they are freed. empty_cache leaves pools alone.
+// While any capture runs, raw frees wait until the last one ends (cudaFree
+// synchronises the device, which a capture does not allow).
+//
 // No CUDA header is included here: plain C++ code may include this file.
 
 #include <algorithm>
@@ -78,13 +91,21 @@ class CachingAllocatorCore {
     MemoryStats& st = stats_[device];
     void* ptr = nullptr;
     size_t got = 0;
-    auto pool = free_.find(PoolKey{device, stream});
-    if (pool != free_.end()) {
-      auto it = pool->second.lower_bound(size);
-      if (it != pool->second.end() && it->first <= 2 * size) {
+    // A capture routes (device, stream) to its pool's free list; else the general one.
+    uint64_t capture_pool = 0;
+    std::multimap<size_t, void*>* blocks = nullptr;
+    if (auto route = routes_.find(PoolKey{device, stream}); route != routes_.end()) {
+      capture_pool = route->second;
+      blocks = &capture_pools_.at(capture_pool).free;
+    } else if (auto pool = free_.find(PoolKey{device, stream}); pool != free_.end()) {
+      blocks = &pool->second;
+    }
+    if (blocks) {
+      auto it = blocks->lower_bound(size);
+      if (it != blocks->end() && it->first <= 2 * size) {
         got = it->first;
         ptr = it->second;
-        pool->second.erase(it);
+        blocks->erase(it);
         ++st.cache_hits;
       }
     }
@@ -101,7 +122,8 @@ class CachingAllocatorCore {
       st.reserved_bytes += size;
       ++st.cache_misses;
     }
-    live_.emplace(ptr, Block{got, device, stream});
+    live_.emplace(ptr, Block{got, device, stream, capture_pool});
+    if (capture_pool) ++capture_pools_.at(capture_pool).live;
     st.allocated_bytes += got;
     st.peak_allocated_bytes = std::max(st.peak_allocated_bytes, st.allocated_bytes);
     return ptr;
@@ -116,8 +138,80 @@ class CachingAllocatorCore {
                   " that it did not allocate or that was already freed");
     const Block b = it->second;
     live_.erase(it);
-    stats_[b.device].allocated_bytes -= b.size;
-    free_[PoolKey{b.device, b.stream}].emplace(b.size, ptr);
+    MemoryStats& st = stats_[b.device];
+    st.allocated_bytes -= b.size;
+    if (!b.capture_pool) {
+      free_[PoolKey{b.device, b.stream}].emplace(b.size, ptr);
+      return;
+    }
+    auto pool = capture_pools_.find(b.capture_pool);
+    --pool->second.live;
+    if (!pool->second.released) {
+      pool->second.free.emplace(b.size, ptr);
+      return;
+    }
+    // Its graph is gone: the block goes back to the raw allocator.
+    if (pool->second.live == 0) capture_pools_.erase(pool);
+    raw_free(ptr, b.device, b.size);
+  }
+
+  // Routes the allocations for (device, stream) to a new capture pool, until
+  // end_capture_pool; returns the pool's id (never 0).
+  uint64_t begin_capture_pool(int device, uintptr_t stream) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const PoolKey key{device, stream};
+    MAMCLIP_CHECK(routes_.find(key) == routes_.end(), device_error, "CUDA caching allocator: stream ", stream,
+                  " on cuda:", device, " is already being captured");
+    const uint64_t id = ++last_capture_pool_;
+    capture_pools_[id].device = device;
+    routes_[key] = id;
+    return id;
+  }
+
+  // Ends the routing of (device, stream); its pool keeps its blocks.
+  void end_capture_pool(int device, uintptr_t stream) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    routes_.erase(PoolKey{device, stream});
+    if (routes_.empty()) {
+      const std::vector<Deferred> waiting = std::move(deferred_);
+      deferred_.clear();
+      for (const Deferred& d : waiting) raw_free(d.ptr, d.device, d.size);
+    }
+  }
+
+  // The pool's graph is gone: its free blocks go back to the raw allocator
+  // now, its live ones when they are freed.
+  void release_capture_pool(uint64_t id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto pool = capture_pools_.find(id);
+    MAMCLIP_CHECK(pool != capture_pools_.end() && !pool->second.released, device_error,
+                  "CUDA caching allocator: release of capture pool ", id, ", which does not exist or was released");
+    for (auto route = routes_.begin(); route != routes_.end();)
+      route = route->second == id ? routes_.erase(route) : std::next(route);
+    CapturePool& p = pool->second;
+    p.released = true;
+    // Out of the pool before the raw frees: if one throws, the rest leak rather than being freed twice later.
+    const std::multimap<size_t, void*> blocks = std::move(p.free);
+    p.free.clear();
+    const int device = p.device;
+    if (p.live == 0) capture_pools_.erase(pool);
+    for (const auto& [size, ptr] : blocks) raw_free(ptr, device, size);
+  }
+
+  // Raw frees waiting for the running captures to end.
+  size_t deferred_frees() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return deferred_.size();
+  }
+
+  // Bytes in a capture pool's free list (0 for one that is gone).
+  size_t capture_pool_free_bytes(uint64_t id) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto pool = capture_pools_.find(id);
+    size_t n = 0;
+    if (pool != capture_pools_.end())
+      for (const auto& [size, ptr] : pool->second.free) n += size;
+    return n;
   }
 
   // Returns every cached (free) block of every device to the raw allocator.
@@ -137,6 +231,18 @@ class CachingAllocatorCore {
     size_t size;
     int device;
     uintptr_t stream;
+    uint64_t capture_pool;  // 0: the general cache
+  };
+  struct Deferred {
+    void* ptr;
+    int device;
+    size_t size;
+  };
+  struct CapturePool {
+    int device = 0;
+    std::multimap<size_t, void*> free;  // size -> block, for best fit
+    int64_t live = 0;                   // blocks handed out and not yet freed
+    bool released = false;              // its graph is gone
   };
   struct PoolKey {
     int device;
@@ -146,9 +252,21 @@ class CachingAllocatorCore {
     }
   };
 
+  // Returns a block to the raw allocator, or queues it while a capture runs.
+  // Caller holds mutex_.
+  void raw_free(void* ptr, int device, size_t size) {
+    if (!routes_.empty()) {
+      deferred_.push_back(Deferred{ptr, device, size});
+      return;
+    }
+    MemoryStats& st = stats_[device];
+    st.reserved_bytes -= size;
+    ++st.raw_frees;
+    raw_.free(ptr, device);
+  }
+
   // Caller holds mutex_.
   void release_cached(int device) {
-    MemoryStats& st = stats_[device];
     for (auto pool = free_.begin(); pool != free_.end();) {
       if (pool->first.device != device) {
         ++pool;
@@ -157,11 +275,7 @@ class CachingAllocatorCore {
       // Out of the map before the raw frees: if one throws, the rest leak rather than being freed twice later.
       const std::multimap<size_t, void*> blocks = std::move(pool->second);
       pool = free_.erase(pool);
-      for (const auto& [size, ptr] : blocks) {
-        st.reserved_bytes -= size;
-        ++st.raw_frees;
-        raw_.free(ptr, device);
-      }
+      for (const auto& [size, ptr] : blocks) raw_free(ptr, device, size);
     }
   }
 
@@ -170,12 +284,20 @@ class CachingAllocatorCore {
   std::map<PoolKey, std::multimap<size_t, void*>> free_;  // size -> block, for best fit
   std::unordered_map<void*, Block> live_;
   std::map<int, MemoryStats> stats_;
+  std::map<PoolKey, uint64_t> routes_;  // (device, stream) being captured -> its pool
+  std::unordered_map<uint64_t, CapturePool> capture_pools_;
+  uint64_t last_capture_pool_ = 0;
+  std::vector<Deferred> deferred_;
 };
 
 // What plain C++ code can ask of the registered CUDA allocator (see cuda.hpp).
 struct CachingAllocatorInterface : Allocator {
   virtual void empty_cache() = 0;
   virtual MemoryStats stats(int device) const = 0;
+  // CachingAllocatorCore's capture pools; streams as a cudaStream_t's bits.
+  virtual uint64_t begin_capture_pool(int device, uintptr_t stream) = 0;
+  virtual void end_capture_pool(int device, uintptr_t stream) = 0;
+  virtual void release_capture_pool(uint64_t pool) = 0;
 };
 
 // The registered CUDA allocator, or a device_error when the backend is not linked.
