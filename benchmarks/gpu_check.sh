@@ -110,7 +110,7 @@ extra_steps() {
   echo "== bench_graph (BERT forward + backward: one CUDA graph replay vs eager launches)"
   "$build/benchmarks/bench_graph" || bench_rc=1
   if [[ -x $build/benchmarks/bench_conv ]]; then
-    echo "== bench_conv (depthwise 7x7, NHWC and NCHW: our kernels vs cuDNN at ConvNeXt's stage shapes)"
+    echo "== bench_conv (depthwise 7x7, NHWC and NCHW: our kernels vs cuDNN at ConvNeXt's stage shapes; patchify convs: cuDNN vs im2col, NHWC vs NCHW)"
     "$build/benchmarks/bench_conv" || bench_rc=1
   fi
   if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then

@@ -16,7 +16,8 @@
 // the ratio ours / cuDNN (below 1: faster). A device-to-device copy of the
 // same tensor gives the bandwidth the floor is compared with. Then the
 // patchify convs (stem, downsamplers) through the library's cuDNN path
-// against its im2col + cuBLAS path.
+// against its im2col + cuBLAS path, and on channels-last storage (cuDNN's
+// NHWC convolutions, ConvNeXt's layout on a GPU) against NCHW.
 #include <cudnn.h>
 
 #include <algorithm>
@@ -190,7 +191,9 @@ int run_stage(int64_t n, int64_t c, int64_t h, int64_t w, bool nhwc, const bench
 
 // ConvNeXt's patchify convs (the 4x4 / 4 stem, the 2x2 / 2 downsamplers)
 // through the library's two general paths: cuDNN (what `automatic` picks in a
-// build with it) against im2col + cuBLAS. Forward, and backward (dx and dw).
+// build with it) against im2col + cuBLAS, and cuDNN on channels-last storage
+// (conv2d's NHWC route, ConvNeXt's layout on a GPU) against NCHW. Forward, and
+// backward (dx and dw).
 int run_general(int64_t n, const char* name, int64_t cin, int64_t h, int64_t w, int64_t cout, int64_t k,
                 const bench::L2Flush& flush) {
   const Device gpu = Device::cuda(0);
@@ -223,6 +226,27 @@ int run_general(int64_t n, const char* name, int64_t cin, int64_t h, int64_t w, 
     return o;
   };
   const Out dnn = run_path(cuda::ConvPath::cudnn), col = run_path(cuda::ConvPath::im2col);
+  // The same conv on [N, H, W, C] storage.
+  const auto x_cl = x.permute({0, 2, 3, 1}).contiguous(), dy_cl = dy.permute({0, 2, 3, 1}).contiguous();
+  Out cl{Tensor<bf16>::empty({n, g.oh, g.ow, cout}, gpu), Tensor<bf16>::empty({n, h, w, cin}, gpu),
+         Tensor<bf16>::empty({cout, cin, k, k}, gpu)};
+  bool took = true;
+  auto fwd_cl = [&] {
+    took = cuda::detail::launch_conv2d_nhwc_forward<bf16>(g, x_cl.data_ptr(), wt.data_ptr(), b.data_ptr(),
+                                                          cl.y.data_ptr(), s) && took;
+  };
+  auto bwd_cl = [&] {
+    took = cuda::detail::launch_conv2d_nhwc_backward<bf16>(g, x_cl.data_ptr(), wt.data_ptr(), dy_cl.data_ptr(),
+                                                           cl.dx.data_ptr(), cl.dw.data_ptr(), nullptr, s) && took;
+  };
+  fwd_cl();
+  bwd_cl();
+  MAMCLIP_CUDA_CHECK(cudaDeviceSynchronize());
+  cl.fwd_ms = bench::best_ms(fwd_cl, flush);
+  cl.bwd_ms = bench::best_ms(bwd_cl, flush);
+  const double cy = bench::rel_err(cl.y.permute({0, 3, 1, 2}), dnn.y),
+               cdx = bench::rel_err(cl.dx.permute({0, 3, 1, 2}), dnn.dx), cdw = bench::rel_err(cl.dw, dnn.dw);
+  const bool cl_ok = took && cy < 2e-2 && cdx < 2e-2 && cdw < 2e-2;
   const double ey = bench::rel_err(dnn.y, col.y), edx = bench::rel_err(dnn.dx, col.dx), edw = bench::rel_err(dnn.dw, col.dw);
   const bool ok = ey < 2e-2 && edx < 2e-2 && edw < 2e-2;
   std::printf("%-22s N=%lld %4lld->%-4lld %4lldx%-4lld check cuDNN vs im2col: y %.1e dx %.1e dw %.1e: %s\n", name,
@@ -233,6 +257,13 @@ int run_general(int64_t n, const char* name, int64_t cin, int64_t h, int64_t w, 
               dnn.fwd_ms / col.fwd_ms);
   std::printf("%-22s backward cuDNN %8.3f ms | im2col %8.3f ms | ratio %.2f\n", name, dnn.bwd_ms, col.bwd_ms,
               dnn.bwd_ms / col.bwd_ms);
+  std::printf("%-22s channels last vs NCHW (cuDNN): y %.1e dx %.1e dw %.1e: %s\n", name, cy, cdx, cdw,
+              cl_ok ? "match" : (took ? "MISMATCH" : "DECLINED (no NHWC algorithm)"));
+  if (!cl_ok) return 1;
+  std::printf("%-22s forward  NHWC %8.3f ms | NCHW %8.3f ms | ratio %.2f\n", name, cl.fwd_ms, dnn.fwd_ms,
+              cl.fwd_ms / dnn.fwd_ms);
+  std::printf("%-22s backward NHWC %8.3f ms | NCHW %8.3f ms | ratio %.2f\n", name, cl.bwd_ms, dnn.bwd_ms,
+              cl.bwd_ms / dnn.bwd_ms);
   return 0;
 }
 
@@ -257,8 +288,8 @@ int main(int argc, char** argv) {
     for (bool nhwc : {true, false})
       for (const auto& st : stages) rc |= run_stage(n, st[0], st[1], st[2], nhwc, flush);
 #ifdef MAMCLIP_WITH_CUDNN
-    std::printf("\nConvNeXt's patchify convs, bfloat16: the library's cuDNN path vs im2col + cuBLAS (ratio below 1: "
-                "cuDNN faster)\n");
+    std::printf("\nConvNeXt's patchify convs, bfloat16: the library's cuDNN path vs im2col + cuBLAS, and cuDNN on "
+                "channels-last storage vs NCHW (ratio below 1: the first faster)\n");
     rc |= run_general(n, "stem 4x4/4", 3, 1024, 768, 96, 4, flush);
     rc |= run_general(n, "downsample 1 2x2/2", 96, 256, 192, 192, 2, flush);
     rc |= run_general(n, "downsample 2 2x2/2", 192, 128, 96, 384, 2, flush);
