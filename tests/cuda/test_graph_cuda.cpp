@@ -10,6 +10,8 @@
 
 #include "cuda/gpu_support.hpp"
 #include "mamclip/core/cuda/graph.cuh"
+#include "mamclip/models/bert.hpp"
+#include "mamclip/models/convnext.hpp"
 
 namespace test_graph_cuda {
 using namespace mamclip;
@@ -44,6 +46,30 @@ void require_close(const Tensor<float>& gpu, const Tensor<float>& cpu, const std
   const auto want = cpu.to<double>();
   const double scale = want.numel() ? amax(abs(want)).item() : 0.0;
   require_allclose(gpu.to(kCPU).to<double>(), want, 1e-5 * std::max(1.0, scale), 0.0, what);
+}
+
+// Captures pass() (a forward and backward of `module`, gradients undefined
+// before) after an eager run, replays it, and requires the replay's output
+// and every gradient to equal the eager run's on the same device.
+template <class Pass>
+void require_replay_matches_eager(nn::Module& module, Pass pass, const std::string& what) {
+  INFO(what);
+  auto params = module.parameters();
+  auto zero_grad = [&] {
+    for (auto& p : params) p.set_grad(Tensor<float>());
+  };
+  zero_grad();
+  const Tensor<float> eager = pass().detach().clone();
+  std::vector<Tensor<float>> eager_grads;
+  for (const auto& p : params) eager_grads.push_back(p.grad().detach().clone());
+  zero_grad();
+  cuda::Graph graph;
+  Tensor<float> out;
+  graph.capture([&] { out = pass(); });
+  graph.replay();
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  require_close(out.detach(), eager.to(kCPU), "output");
+  for (size_t i = 0; i < params.size(); ++i) require_close(params[i].grad(), eager_grads[i].to(kCPU), "grad");
 }
 
 }  // namespace
@@ -143,6 +169,46 @@ TEST_CASE("what a capture refuses is a device_error; the stream, the allocator a
   REQUIRE(cudaGetLastError() == cudaSuccess);
   require_close(sum(x * 3.0), sum(x.to(kCPU) * 3.0), "eager work after the failed capture");
   CHECK(cuda::memory_stats(0).allocated_bytes == before.allocated_bytes);
+}
+
+TEST_CASE("a ConvNeXt block (channels last) and a BERT layer capture and replay their eager forward and backward",
+          "[gpu]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  {
+    models::ConvNeXtBlock block(24, 96, 7, 0.5, 0.0, 1e-6);
+    block.to(kGPU);
+    block.eval();
+    const Tensor<float> x = contiguous_channels_last(rnd<float>({2, 24, 13, 11}, 51).to(kGPU));
+    Generator gen(1);
+    require_replay_matches_eager(block, [&] { return mean(block.forward(x, gen) * x); }, "ConvNeXt block, float");
+    require_replay_matches_eager(
+        block,
+        [&] {
+          AutocastGuard amp(DeviceType::cuda);
+          return mean(block.forward(x, gen) * x);
+        },
+        "ConvNeXt block, bf16 autocast");
+  }
+  {
+    models::BertConfig c;
+    c.hidden_size = 64;
+    c.num_attention_heads = 2;
+    c.intermediate_size = 128;
+    models::BertLayer layer(c);
+    layer.to(kGPU);
+    layer.eval();  // a capture takes no dropout
+    const Tensor<float> h = rnd<float>({3, 17, 64}, 52).to(kGPU);
+    std::vector<bool> attend(3 * 17, true);
+    for (int64_t i = 12; i < 17; ++i) attend[static_cast<size_t>(2 * 17 + i)] = false;
+    const Tensor<bool> mask = from_vector<bool>(attend, {3, 17}, kGPU);
+    require_replay_matches_eager(
+        layer,
+        [&] {
+          AutocastGuard amp(DeviceType::cuda);
+          return mean(layer.forward(h, mask) * h);
+        },
+        "BERT layer, bf16 autocast, padding mask");
+  }
 }
 
 }  // namespace test_graph_cuda
