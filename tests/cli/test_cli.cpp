@@ -530,6 +530,15 @@ TEST_CASE("mamclip pretrain, finetune, convert and zeroshot run end to end on a 
   REQUIRE_RUNTIME_ERROR(run_cli({"pretrain", "--config", (root / "none.yaml").string()}),
                         "cannot open the config file");
   REQUIRE_USAGE_ERROR(run_cli({"pretrain", "--config", cfg, "stray"}), "overrides are KEY=VALUE");
+  // The reference's Lightning .ckpt is read like our safetensors (it holds no mamclip config, so --arch
+  // says the model): the fixture's tiny model is not --arch small, and strict loading names its tensors.
+  r = run_cli({"finetune", "--data", set.string(), "--init", "mamclip:" + fixture_path("vlmodel/vlmodel.ckpt"),
+               "--arch", "small", "--epochs", "1", "--output", (root / "ft_ckpt").string()});
+  INFO("stderr: " << r.err);
+  CHECK(r.status == 1);
+  CHECK(r.err.find("vlmodel.ckpt: ") != std::string::npos);
+  CHECK(r.err.find("shape mismatches") != std::string::npos);
+  CHECK(r.err.find("safetensors") == std::string::npos);
   REQUIRE_USAGE_ERROR(run_cli({"finetune", "--data", set.string(), "--output", "x", "--init", "imagenet"}),
                       "--init expects scratch, mamclip:FILE or timm:FILE, got 'imagenet'");
   REQUIRE_RUNTIME_ERROR(run_cli({"convert", (root / "missing.ckpt").string(), prefixed}), "missing.ckpt");

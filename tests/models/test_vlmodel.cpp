@@ -345,6 +345,12 @@ TEST_CASE("VLModel: save_vlmodel_weights -> load round trip, config in the metad
   REQUIRE(c.has_value());
   CHECK(c->to_json() == tiny_config().to_json());
   CHECK(!read_vlmodel_config(vl_path("reference.safetensors")).has_value());
+  // The reference's Lightning .ckpt and .pth files hold no config; asking is not an error (the
+  // command line asks before it loads the weights of any format).
+  CHECK(!read_vlmodel_config(vl_path("vlmodel.ckpt")).has_value());
+  CHECK(!read_vlmodel_config(vl_path("classifier.pth")).has_value());
+  CHECK(!read_vlmodel_config(dir.path()).has_value());
+  MAMCLIP_REQUIRE_THROWS_WITH(read_vlmodel_config(dir / "absent.safetensors"), io_error, "absent.safetensors");
 }
 
 TEST_CASE("VLModelConfig: JSON round trip and errors naming the key") {

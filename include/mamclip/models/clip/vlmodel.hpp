@@ -445,9 +445,17 @@ inline void save_vlmodel_weights(const VLModel& model, const std::filesystem::pa
   io::save_safetensors(path.string(), tensors, {{"format", "pt"}, {"mamclip_config", model.config().to_json().dump()}});
 }
 
-// The config save_vlmodel_weights stored in a safetensors file, or nullopt when it has none.
+// The config save_vlmodel_weights stored in a safetensors file; nullopt when it has none, and for
+// the other formats load_vlmodel_weights reads (a torch .ckpt / .pth / .bin, a model directory),
+// which never hold one: the reference's checkpoints describe their model in Python.
 inline std::optional<VLModelConfig> read_vlmodel_config(const std::filesystem::path& path) {
-  io::SafetensorsFile f(io::FileBytes::map(path.string()));
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return std::nullopt;
+  auto bytes = io::FileBytes::map(path.string());
+  if (io::TorchCheckpoint::is_zip(bytes->data(), bytes->size()) ||
+      io::TorchCheckpoint::is_legacy(bytes->data(), bytes->size()))
+    return std::nullopt;
+  io::SafetensorsFile f(std::move(bytes));
   const auto& meta = f.metadata();
   auto it = meta.find("mamclip_config");
   if (it == meta.end()) return std::nullopt;
