@@ -15,9 +15,8 @@ THREADS=${THREADS:-1}
 BATCH=${BATCH:-8}
 STEPS=${STEPS:-6}
 RANKS=${RANKS:-"1 2"}
-exe=$BUILD/examples/mamclip
-[ -x "$exe" ] || exe=$BUILD/tests/cli/mamclip  # built by the tests when the examples are off
-[ -x "$exe" ] || { echo "scaling.sh: $exe not found; build the examples first (cmake --build $BUILD)" >&2; exit 1; }
+exe=$BUILD/bin/mamclip
+[ -x "$exe" ] || { echo "scaling.sh: $exe not found; build it first (cmake --build $BUILD --target mamclip_cli)" >&2; exit 1; }
 command -v mpirun >/dev/null || { echo "scaling.sh: mpirun not found (apt install openmpi-bin)" >&2; exit 1; }
 
 tmp=$(mktemp -d)
