@@ -9,6 +9,7 @@
 
 #include "mamclip/dist/mpi.hpp"
 #include "mamclip/dist/parallel.hpp"
+#include "support/dist_errors.hpp"
 #include "support/scoped_env.hpp"
 #include "support/test_support.hpp"
 
@@ -357,15 +358,17 @@ TEST_CASE("mpi kill: rank 1 dies mid-loop", "[.kill]") {
   MpiCommunicator& comm = world();
   comm.set_timeout(std::chrono::seconds(5));
   std::vector<float> buf(1000, 1.0f);
-  for (int i = 0; i < 400; ++i) {
-    if (i == 100 && comm.rank() == 1) {
-      std::printf("rank 1 (pid %d): raising SIGKILL\n", static_cast<int>(getpid()));
-      std::fflush(stdout);
-      std::raise(SIGKILL);
+  test::print_dist_error(comm.rank(), [&] {
+    for (int i = 0; i < 400; ++i) {
+      if (i == 100 && comm.rank() == 1) {
+        std::printf("rank 1 (pid %d): raising SIGKILL\n", static_cast<int>(getpid()));
+        std::fflush(stdout);
+        std::raise(SIGKILL);
+      }
+      comm.all_reduce(buf.data(), 1000, DType::f32, ReduceOp::sum);
+      for (float& v : buf) v = 1.0f;
     }
-    comm.all_reduce(buf.data(), 1000, DType::f32, ReduceOp::sum);
-    for (float& v : buf) v = 1.0f;
-  }
+  });
   FAIL("the loop finished although rank 1 was killed");
 }
 

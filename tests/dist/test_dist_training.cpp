@@ -7,9 +7,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
+#include <cstdio>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <set>
+#include <sstream>
 
 #include "mamclip/data/loader.hpp"
 #include "mamclip/data/synthetic.hpp"
@@ -18,7 +23,10 @@
 #include "mamclip/optim/adamw.hpp"
 #include "mamclip/train/finetune.hpp"
 #include "mamclip/train/pretrain.hpp"
+#include "mamclip/train/pretrain_loop.hpp"
 #include "support/clip_batches.hpp"
+#include "support/dist_errors.hpp"
+#include "support/spelling_tokenizer.hpp"
 
 using namespace mamclip;
 using models::clip::VLModel;
@@ -315,4 +323,190 @@ TEST_CASE("W ranks fine-tune to the weights and scores of one process with the c
   auto spare = classifier(5);
   MAMCLIP_REQUIRE_THROWS_WITH(train::finetune_classifier(*spare, other, val, test, per_rank, classes, &comm),
                               dist::dist_error, "fine-tuning options and data differs across ranks");
+}
+
+namespace {
+
+// A folder all ranks share, named by rank 0's pid; rank 0 removes it.
+class SharedDir {
+ public:
+  SharedDir(dist::Communicator& comm, const std::string& tag) : comm_(comm) {
+    path_ = std::filesystem::temp_directory_path() /
+            ("mamclip_" + tag + "_" + std::to_string(dist::all_gather_scalar(comm, getpid())[0]));
+    if (comm.rank() == 0) {
+      std::filesystem::remove_all(path_);
+      std::filesystem::create_directories(path_);
+    }
+    comm.barrier();
+  }
+  ~SharedDir() {
+    comm_.barrier();
+    std::error_code ec;
+    if (comm_.rank() == 0) std::filesystem::remove_all(path_, ec);
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  dist::Communicator& comm_;
+  std::filesystem::path path_;
+};
+
+// The lines of a run's metrics.jsonl by phase ("train", "val").
+std::map<std::string, int> metric_lines(const std::filesystem::path& run) {
+  std::ifstream in(run / "metrics.jsonl");
+  std::map<std::string, int> n;
+  std::string line;
+  while (std::getline(in, line)) ++n[nlohmann::json::parse(line).at("phase").get<std::string>()];
+  return n;
+}
+
+std::vector<std::string> entries(const std::filesystem::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+// The pretraining loop on W ranks (train/pretrain_loop.hpp): a run stopped
+// mid-epoch and resumed on W ranks repeats the uninterrupted run bit for bit;
+// only rank 0 writes (each metric once); the validation loss is the one
+// process's on the whole validation set with the combined batch.
+TEST_CASE("W ranks pretrain, stop, resume exactly; rank 0 alone writes; validation is over all ranks' pairs",
+          "[dist]") {
+  auto& comm = world();
+  const int W = comm.world_size(), rank = comm.rank();
+  SharedDir dir(comm, "dist_pretrain");
+  if (rank == 0) data::make_synthetic_set(dir.path() / "data", 36, 32, 32, 4);
+  comm.barrier();
+  const std::vector<data::Sample> all = data::read_caption_records(dir.path() / "data" / "captions.jsonl",
+                                                                   dir.path() / "data");
+  REQUIRE(all.size() == 36);
+  // 24 training and 12 validation samples: whole global batches for 2 and 3 ranks.
+  const std::vector<data::Sample> train(all.begin(), all.begin() + 24), val(all.begin() + 24, all.end());
+  auto config = [&](const std::string& name) {
+    train::PretrainConfig c;
+    c.model_size = "small";
+    c.context_length = 24;
+    c.batch_size = 2;
+    c.effective_batch_size = 4 * W;  // two micro-batches per step
+    c.image_height = c.image_width = 32;
+    c.max_epochs = 2;
+    c.num_workers = 1;
+    c.train_transforms = "heavy";
+    c.checkpoint_dir_path = dir.path().string();
+    c.experiment_name = name;
+    c.seed = 9;
+    return c;
+  };
+  const int64_t steps_per_epoch = 24 / (4 * W);
+  std::ostringstream quiet;
+
+  train::Pretrainer whole(config("whole"), test::spelling_tokenizer(), train, val, quiet, &comm);
+  const train::PretrainReport ref = whole.run();
+  REQUIRE(static_cast<int64_t>(ref.step_losses.size()) == 2 * steps_per_epoch);
+  REQUIRE(ref.epochs.size() == 2);
+
+  // Stopped one step into the second epoch, resumed by a new job of W ranks.
+  auto first = config("split");
+  first.max_steps = steps_per_epoch + 1;
+  std::vector<double> losses;
+  {
+    train::Pretrainer part(first, test::spelling_tokenizer(), train, val, quiet, &comm);
+    const auto r = part.run();
+    CHECK(r.stopped_early);
+    losses = r.step_losses;
+  }
+  default_generator().manual_seed(777 + static_cast<uint64_t>(rank));  // whatever the process did meanwhile
+  train::Pretrainer rest(config("split"), test::spelling_tokenizer(), train, val, quiet, &comm);
+  const train::PretrainReport r = rest.run(/*resume=*/true);
+  CHECK(r.global_step == 2 * steps_per_epoch);
+  losses.insert(losses.end(), r.step_losses.begin(), r.step_losses.end());
+  REQUIRE(losses.size() == ref.step_losses.size());
+  for (size_t i = 0; i < losses.size(); ++i) {
+    INFO("step " << i + 1);
+    CHECK(losses[i] == ref.step_losses[i]);  // bit for bit, on every rank
+  }
+  REQUIRE(!r.epochs.empty());
+  CHECK(r.epochs.back().val_loss == ref.epochs.back().val_loss);
+  const auto a = whole.model().state_dict(), b = rest.model().state_dict();
+  for (const auto& [name, t] : a) {
+    INFO(name);
+    CHECK(t.to_vector() == b.at(name).to_vector());
+  }
+  if (rank == 0) CHECK(quiet.str().find("resumed from") != std::string::npos);
+
+  // Rank 0 alone writes: the files of one run, no rank's extras, every metric once.
+  comm.barrier();
+  if (rank == 0) {
+    const std::vector<std::string> expected{"best.safetensors", "last.ckpt.safetensors", "loss.png", "metrics.csv",
+                                            "metrics.jsonl"};
+    for (const std::string run : {"whole", "split"}) {
+      INFO(run);
+      CHECK(entries(dir.path() / run) == expected);
+      const auto lines = metric_lines(dir.path() / run);
+      CHECK(lines.at("train") == 2 * steps_per_epoch);
+      CHECK(lines.at("val") == 2);
+    }
+  }
+
+  // The validation loss: one process, the final weights, the whole
+  // validation set in batches of W x 2 (unmasked captions, no augmentation).
+  data::LoaderOptions lo;
+  lo.batch_size = 2 * W;
+  lo.height = lo.width = 32;
+  lo.seed = 9;
+  lo.workers = 1;
+  lo.shuffle = false;
+  data::Loader loader(val, lo);
+  loader.start_epoch(0);
+  text::MlmOptions mo;
+  mo.ratio = 0;
+  mo.max_length = 24;
+  const auto tokenizer = test::spelling_tokenizer();
+  const text::MlmMasker masker(tokenizer, mo);
+  models::clip::VLLossOptions loss;
+  loss.ignore_index = tokenizer.vocab().pad_id();
+  whole.model().eval();
+  double sum = 0;
+  int batches = 0;
+  while (auto batch = loader.next()) {
+    Generator unused(0);
+    const text::MlmBatch t = masker.encode_batch(batch->captions, unused);
+    const train::ClipMicroBatch pairs{batch->images, t.input_ids, t.labels};
+    sum += train::evaluate_loss(whole.model(), {pairs}, loss).loss;
+    ++batches;
+  }
+  REQUIRE(batches == 12 / (2 * W));
+  CHECK(ref.epochs.back().val_loss == Approx(sum / batches).epsilon(1e-5));
+}
+
+// Run by kill_rank.sh, not by default: rank 1 dies by SIGKILL in the middle
+// of data-parallel pretraining (its third step). The job must end, naming it.
+TEST_CASE("mpi kill: rank 1 dies in the middle of data-parallel pretraining", "[.kill]") {
+  auto& comm = world();
+  comm.set_timeout(std::chrono::seconds(5));
+  const int rank = comm.rank();
+  Generator init(100);
+  VLModel model(test::tiny_config(0.0), init);
+  model.train();
+  auto gen = train::share_generator(model, 1);
+  dist::DataParallel dp(model, comm);
+  optim::AdamW opt(model.parameters(), optim::AdamWOptions{});
+  train::PretrainStepOptions so;
+  so.data_parallel = &dp;
+  Generator data(55 + static_cast<uint64_t>(rank));
+  test::print_dist_error(rank, [&] {
+    for (int step = 0; step < 50; ++step) {
+      if (step == 2 && rank == 1) {
+        std::printf("rank 1 (pid %d): raising SIGKILL at step %d\n", static_cast<int>(getpid()), step);
+        std::fflush(stdout);
+        std::raise(SIGKILL);
+      }
+      const std::vector<train::ClipMicroBatch> micro{test::random_batch(2, data), test::random_batch(2, data)};
+      train::pretrain_step(model, opt, micro, so, *gen, step);
+    }
+  });
+  FAIL("training finished although rank 1 was killed");
 }

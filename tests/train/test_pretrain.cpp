@@ -11,6 +11,7 @@
 #include "mamclip/train/pretrain.hpp"
 #include "mamclip/train/pretrain_loop.hpp"
 #include "support/clip_batches.hpp"
+#include "support/spelling_tokenizer.hpp"
 
 namespace test_pretrain {
 using namespace mamclip;
@@ -304,17 +305,7 @@ TEST_CASE("pretrain config: the reference's cfg.yaml keys, overrides and typed e
 
 namespace {
 
-// Specials, letters, digits and their ## continuations: WordPiece can spell any
-// lowercase ASCII caption with it.
-text::BertTokenizer spelling_tokenizer() {
-  std::vector<std::string> tokens{"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"};
-  for (char c : std::string("abcdefghijklmnopqrstuvwxyz0123456789")) {
-    tokens.push_back(std::string(1, c));
-    tokens.push_back("##" + std::string(1, c));
-  }
-  for (char c : std::string(".,;:-()/%")) tokens.push_back(std::string(1, c));
-  return text::BertTokenizer(std::make_shared<const text::Vocab>(text::Vocab::from_tokens(tokens)));
-}
+using test::spelling_tokenizer;
 
 train::PretrainConfig tiny_run(const std::filesystem::path& dir, const std::string& name) {
   train::PretrainConfig c;
