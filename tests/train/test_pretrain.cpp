@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "mamclip/data/synthetic.hpp"
 #include "mamclip/train/config.hpp"
@@ -25,15 +26,18 @@ using test::require_same_gradients;
 using test::tiny_config;
 
 TEST_CASE("GradCache over k micro-batches gives the gradients of one batch of k*B", "[pretrain]") {
+  // 4 x 2, and the reference's 8 micro-batches of 8 (effective batch 64).
+  const auto [k, b] = GENERATE(std::pair<int, int64_t>{4, 2}, std::pair<int, int64_t>{8, 8});
+  INFO(k << " micro-batches of " << b);
   Generator init(7);
   VLModel model(tiny_config(0.0), init);
   model.train();
   auto gen = train::share_generator(model, 11);
   Generator data(3);
   std::vector<train::ClipMicroBatch> micro;
-  for (int i = 0; i < 4; ++i) micro.push_back(random_batch(2, data));
+  for (int i = 0; i < k; ++i) micro.push_back(random_batch(b, data));
 
-  // One un-accumulated batch of 8: the reference gradients.
+  // One un-accumulated batch of k * b: the reference gradients.
   train::PretrainStepOptions paper;
   model.zero_grad();
   const auto whole = train::accumulate_gradients(model, {concat(micro)}, paper, *gen);
