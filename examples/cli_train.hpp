@@ -9,6 +9,7 @@
 //   *.json / *.jsonl                      MAM-CLIP image-caption records (--image-root; default the file's folder)
 // Labels map to classes with the documented default 3-class grouping.
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <iomanip>
@@ -105,11 +106,42 @@ struct LabelledData {
   std::string description;
 };
 
-LabelledData read_data(const std::string& path, const std::optional<std::string>& image_root) {
+// --birads MAP: "1=normal,2=benign,4=suspicious,5=suspicious" (BI-RADS category =
+// class name; classes numbered in order of first appearance; categories not
+// named have no class and are dropped).
+data::BiradsMapping parse_birads(const std::string& spec) {
+  data::BiradsMapping m;
+  std::stringstream items(spec);
+  std::string item;
+  while (std::getline(items, item, ',')) {
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == item.size())
+      throw UsageError{"--birads expects CATEGORY=CLASS[,...], e.g. 1=normal,2=benign,4=suspicious; got item '" +
+                       item + "'"};
+    const int category = static_cast<int>(parse_int("--birads", item.substr(0, eq), 0, 6));
+    if (m.to_class.count(category)) throw UsageError{"--birads names category " + std::to_string(category) + " twice"};
+    const std::string name = item.substr(eq + 1);
+    const auto it = std::find(m.class_names.begin(), m.class_names.end(), name);
+    m.to_class[category] = static_cast<int>(it - m.class_names.begin());
+    if (it == m.class_names.end()) m.class_names.push_back(name);
+  }
+  if (m.to_class.empty()) throw UsageError{"--birads: no CATEGORY=CLASS item in '" + spec + "'"};
+  return m;
+}
+
+// birads: the classes of TEKNOFEST metadata (default BiradsMapping::default_3class());
+// a usage error for other data, whose classes come with it.
+LabelledData read_data(const std::string& path, const std::optional<std::string>& image_root,
+                       const std::optional<data::BiradsMapping>& birads_option = std::nullopt) {
   namespace fs = std::filesystem;
   LabelledData d;
-  const data::BiradsMapping birads = data::BiradsMapping::default_3class();
+  const data::BiradsMapping birads = birads_option.value_or(data::BiradsMapping::default_3class());
+  const auto not_teknofest = [&] {
+    if (birads_option)
+      throw UsageError{"--birads applies to TEKNOFEST metadata (records with \"birads\"); '" + path + "' has none"};
+  };
   if (fs::is_directory(path) && fs::exists(fs::path(path) / "image_labels.csv")) {
+    not_teknofest();
     d.samples = data::read_mias(path);
     d.class_names = {"normal", "benign", "malignant"};
     d.description = "mini-MIAS at " + path;
@@ -131,6 +163,7 @@ LabelledData read_data(const std::string& path, const std::optional<std::string>
     d.samples = data::read_teknofest_metadata(file, root, birads, &dropped);
     d.description = "TEKNOFEST metadata " + file.string() + " (" + std::to_string(dropped) + " images without a class)";
   } else {
+    not_teknofest();
     d.samples = data::read_caption_records(file, root);
     d.description = "image-caption records " + file.string();
   }
@@ -320,6 +353,8 @@ options:
   --height H --width W input size, default 1024 x 768
   --val F --test F     fractions of patients held out, default 0.15 and 0.25
   --class-weighting    inverse-frequency class weights in the loss
+  --birads MAP         TEKNOFEST metadata: BI-RADS category -> class, e.g. (the default)
+                       1=normal,2=benign,4=suspicious,5=suspicious; unnamed categories are dropped
   --precision P        fp32 (default) | bf16: the training forward in bfloat16 autocast
   --device D           cpu (default) | cuda | cuda:N: where the model trains and is evaluated
                        (cuda needs a build with the CUDA backend; under mpirun, cuda is each
@@ -411,7 +446,7 @@ int run_finetune(const std::vector<std::string>& argv) {
                                     {"--epochs", true}, {"--batch", true},      {"--lr", true},
                                     {"--height", true}, {"--width", true},      {"--val", true},
                                     {"--test", true},   {"--seed", true},       {"--class-weighting", false},
-                                    {"--precision", true},  {"--device", true}});
+                                    {"--precision", true},  {"--device", true},     {"--birads", true}});
   if (a.help) {
     std::cout << kFinetuneHelp;
     return 0;
@@ -447,7 +482,9 @@ int run_finetune(const std::vector<std::string>& argv) {
   if (!(s.init == "scratch" || s.init.rfind("mamclip:", 0) == 0 || s.init.rfind("timm:", 0) == 0))
     throw UsageError{"--init expects scratch, mamclip:FILE or timm:FILE, got '" + s.init + "'"};
 
-  const LabelledData d = read_data(*a.get("--data"), a.get("--image-root"));
+  std::optional<data::BiradsMapping> birads;
+  if (a.has("--birads")) birads = parse_birads(*a.get("--birads"));
+  const LabelledData d = read_data(*a.get("--data"), a.get("--image-root"), birads);
   std::unique_ptr<models::clip::VLModel> pretrained;
   if (s.init.rfind("mamclip:", 0) == 0) pretrained = load_pretrained_vlmodel(s.init.substr(8), s.arch);
   auto model = make_classifier(s, static_cast<int64_t>(d.class_names.size()), pretrained.get());
@@ -760,6 +797,8 @@ options:
   --seed S             default 0
   --batch N            default 8
   --height H --width W input size, default 1024 x 768
+  --birads MAP         TEKNOFEST metadata: BI-RADS category -> class (see finetune --help); e.g. a
+                       5-way head: 0=birads0,1=birads1,2=birads2,4=birads4,5=birads5
   --output DIR         result.json and confusion_matrix.png
   -h, --help           this text
 )";
@@ -768,7 +807,7 @@ int run_evaluate(const std::vector<std::string>& argv) {
   const Args a = parse_flags(argv, {{"--model", true}, {"--data", true},  {"--image-root", true}, {"--arch", true},
                                     {"--head", true},  {"--split", true}, {"--val", true},        {"--test", true},
                                     {"--seed", true},  {"--batch", true}, {"--height", true},     {"--width", true},
-                                    {"--output", true}});
+                                    {"--output", true}, {"--birads", true}});
   if (a.help) {
     std::cout << kEvaluateHelp;
     return 0;
@@ -788,7 +827,9 @@ int run_evaluate(const std::vector<std::string>& argv) {
   const int64_t index = train::head_index(*model, head);
   const int64_t classes = model->heads()[static_cast<size_t>(index)].num_classes;
 
-  const LabelledData d = read_data(*a.get("--data"), a.get("--image-root"));
+  std::optional<data::BiradsMapping> birads;
+  if (a.has("--birads")) birads = parse_birads(*a.get("--birads"));
+  const LabelledData d = read_data(*a.get("--data"), a.get("--image-root"), birads);
   std::vector<data::Sample> samples = d.samples;
   if (split_name != "all") {
     const data::Split split = data::patient_split(d.samples, val, test, seed);

@@ -500,6 +500,34 @@ TEST_CASE("mamclip pretrain, finetune, convert and zeroshot run end to end on a 
   CHECK(scored["macro_f1"].get<double>() == Approx(result["test"]["macro_f1"].get<double>()).margin(1e-9));
   CHECK(scored["accuracy"].get<double>() == Approx(result["test"]["accuracy"].get<double>()).margin(1e-9));
   CHECK(fs::exists(root / "ev" / "confusion_matrix.png"));
+  // TEKNOFEST metadata of the same images, with its BI-RADS categories grouped by --birads.
+  {
+    nlohmann::json records = nlohmann::json::array();
+    const char* categories[] = {"1", "2", "4", "5", "0"};  // 0: no class, dropped
+    for (int i = 0; i < 24; ++i) {
+      char name[32];
+      std::snprintf(name, sizeof(name), "synthetic_%05d.png", i);
+      records.push_back({{"patient_id", "p" + std::to_string(i)}, {"image_filename", name},
+                         {"birads", categories[i % 5]}, {"view", "CC"}, {"laterality", "L"}});
+    }
+    const std::string meta = (root / "metadata_image_level.json").string();
+    write_file(meta, records.dump());
+    r = run_cli({"evaluate", "--model", (root / "ft" / "best.safetensors").string(), "--data", meta, "--image-root",
+                 set.string(), "--arch", "small", "--height", "64", "--width", "48", "--birads",
+                 "1=normal,2=benign,4=malignant,5=malignant", "--output", (root / "ev_tf").string()});
+    INFO("stdout: " << r.out << "\nstderr: " << r.err);
+    REQUIRE(r.status == 0);
+    const auto tf = nlohmann::json::parse(read_file((root / "ev_tf" / "result.json").string()));
+    CHECK(tf["count"].get<int64_t>() == 24 - 24 / 5);  // the category-0 images have no class
+    CHECK(tf["class_names"] == nlohmann::json({"normal", "benign", "malignant"}));
+    const std::string classifier = (root / "ft" / "best.safetensors").string();
+    REQUIRE_USAGE_ERROR(run_cli({"evaluate", "--model", classifier, "--arch", "small", "--data", meta, "--birads", "1normal"}),
+                        "--birads expects CATEGORY=CLASS[,...], e.g. 1=normal,2=benign,4=suspicious; got item '1normal'");
+    REQUIRE_USAGE_ERROR(run_cli({"evaluate", "--model", classifier, "--arch", "small", "--data", meta, "--birads", "1=a,1=b"}),
+                        "--birads names category 1 twice");
+    REQUIRE_USAGE_ERROR(run_cli({"finetune", "--data", set.string(), "--output", "x", "--birads", "1=a"}),
+                        "--birads applies to TEKNOFEST metadata");
+  }
   REQUIRE_USAGE_ERROR(run_cli({"evaluate", "--model", best, "--data", set.string(), "--split", "holdout"}),
                       "--split expects all, train, val or test, got 'holdout'");
   REQUIRE_RUNTIME_ERROR(run_cli({"evaluate", "--model", best, "--data", set.string(), "--arch", "small"}),
