@@ -140,7 +140,9 @@ void check_case(const Case& c) {
       const auto& [name, pr] = parts[x];
       const double ours = max_abs_diff(pr.first, pr.second), base = max_abs_diff(naive_parts[x], pr.second);
       INFO(name << ": error " << ours << ", naive error " << base << ", max |ref| " << max_abs(pr.second));
-      CHECK(ours <= 2 * base + 1e-3 * dtype_eps<T>() * (1 + max_abs(pr.second)));
+      // The floor covers outputs the naive path gets exact (a single key: its softmax backward is
+      // 0), where the kernel's dp (tensor cores) and dsum = dO·O (a butterfly sum) differ by ulps.
+      CHECK(ours <= 2 * base + 1e-2 * dtype_eps<T>() * (1 + max_abs(pr.second)));
     }
   } else {
     // The lse is saved in float (the kernel contract), so double results carry ~1e-7 relative error.
@@ -170,9 +172,13 @@ TEMPLATE_TEST_CASE("flash attention on CUDA: every head dim and length, masks, d
   int variant = 0;
   for (int64_t d : {32, 64, 96, 128})
     for (int64_t l : {1, 17, 100, 102, 128, 257, 512}) {
-      // Rotate the options over the lengths so that every head dim meets each of them.
+      // Rotate the options over the lengths so that every head dim meets each of them. No dropout
+      // with a single key: there the naive gradients of q and k are exactly 0, while the kernel's
+      // dsum = dO·O carries O's 16-bit rounding of the dropout factor (as FlashAttention-2's does),
+      // so "within 2x naive" cannot hold; longer rows test dropout.
       const int v = variant++ % 4;
-      check_case<T>({2, 2, l, l, d, v == 1 || v == 3, v == 2 || v == 3, v == 3 ? 0.1 : 0.0, v == 2});
+      const double p = v == 3 && l > 1 ? 0.1 : 0.0;
+      check_case<T>({2, 2, l, l, d, v == 1 || v == 3, v == 2 || v == 3, p, v == 2});
     }
   check_case<T>({2, 3, 33, 130, 64, true, false, 0.2});  // Lq < Lk
   check_case<T>({1, 2, 130, 33, 96, false, true, 0.0});  // Lq > Lk, causal top-left
@@ -200,6 +206,16 @@ TEST_CASE("attention on CUDA refuses head dims the kernels do not cover, naming 
                               "support head dims D = Dv in {32, 64, 96, 128}; got D = 48, Dv = 48");
   auto f = rnd<float>({1, 1, 4, 300}, 1).to(kGPU);
   MAMCLIP_REQUIRE_THROWS_WITH(scaled_dot_product_attention(f, f, f), device_error, "support head dims up to 256");
+  // Under autocast, float inputs of a head dim the 16-bit kernels lack stay float (reference kernels).
+  const Tensor<float> x = rnd<float>({1, 2, 5, 48}, 1);
+  const Tensor<float> want = scaled_dot_product_attention(x, x, x);
+  Tensor<float> got;
+  {
+    AutocastGuard amp(DeviceType::cuda);
+    const Tensor<float> xg = x.to(kGPU);
+    got = scaled_dot_product_attention(xg, xg, xg);
+  }
+  CHECK(max_abs_diff(got.to(kCPU).to<double>(), want.to<double>()) < 1e-5);
 }
 
 TEST_CASE("BERT-shaped attention on CUDA in bfloat16: a fully padded sequence gives zeros, not NaN", "[gpu]") {

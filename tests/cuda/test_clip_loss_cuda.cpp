@@ -51,10 +51,12 @@ void check_case(const Case& c, double tol) {
   yg.backward();
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   const double loss = static_cast<double>(yg.to(kCPU).item());
-  CHECK(loss == Approx(yr.item()).epsilon(tol));
+  // An absolute floor too: with B = 1 the loss and its gradients are exactly 0, and the GPU's
+  // row and column log-sum-exps round apart from its diagonal by a few float ulps.
+  CHECK(loss == Approx(yr.item()).epsilon(tol).margin(tol));
   const auto di = ig.grad().to(kCPU).template to<double>(), dt = tg.grad().to(kCPU).template to<double>();
-  require_allclose(di, ir.grad(), tol * max_abs(ir.grad()), tol, "d image");
-  require_allclose(dt, tr.grad(), tol * max_abs(tr.grad()), tol, "d text");
+  require_allclose(di, ir.grad(), tol * std::max(max_abs(ir.grad()), 1e-3), tol, "d image");
+  require_allclose(dt, tr.grad(), tol * std::max(max_abs(tr.grad()), 1e-3), tol, "d text");
   const double dls = static_cast<double>(lg.grad().to(kCPU).item());
   CHECK(dls == Approx(lr.grad().item()).epsilon(tol).margin(tol * std::max(1.0, std::abs(lr.grad().item()))));
 }

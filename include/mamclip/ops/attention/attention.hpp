@@ -35,6 +35,7 @@
 #include "mamclip/core/autocast.hpp"
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/attention/cpu.hpp"
+#include "mamclip/ops/attention/tile.hpp"  // flash_head_dim: the shapes the 16-bit kernels take
 #include "mamclip/ops/fwd.hpp"
 #include "mamclip/ops/shape/shape.hpp"  // Tensor::to<U>() for half and bfloat16
 
@@ -224,7 +225,11 @@ Tensor<T> scaled_dot_product_attention(const Tensor<T>& q, const Tensor<T>& k, c
                                        const AttentionOptions& options, Generator& gen) {
   static_assert(is_floating_v<T>, "scaled_dot_product_attention: T must be float, double, half or bfloat16");
   detail::sdpa_check(q, k, v, options);
-  if (autocast_applies<T>(q.device()))
+  // On a device, autocast to 16 bits only where the tensor-core kernels take the head dim; other
+  // shapes stay in T on the reference kernels rather than fail. The CPU computes any shape.
+  const bool half_takes_shape =
+      q.device().is_cpu() || (attention_tile::flash_head_dim(q.size(3)) && v.size(3) == q.size(3));
+  if (autocast_applies<T>(q.device()) && half_takes_shape)
     return autocast_dispatch(q.device(), [&](auto u) {
       using U = decltype(u);
       return scaled_dot_product_attention(q.template to<U>(), k.template to<U>(), v.template to<U>(), options, gen)

@@ -406,7 +406,8 @@ inline ConvRoute conv_route(const Conv2dGeometry& g) {
 #endif
   if (path == ConvPath::automatic && depthwise_fast(g)) return ConvRoute::depthwise;
 #ifdef MAMCLIP_WITH_CUDNN
-  if (path == ConvPath::automatic) return ConvRoute::cudnn;
+  // cuDNN refuses descriptors with no input channels; im2col's GEMM has k = 0 there: y = bias.
+  if (path == ConvPath::automatic && g.c_in > 0) return ConvRoute::cudnn;
 #endif
   return ConvRoute::im2col;
 }

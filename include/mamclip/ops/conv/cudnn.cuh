@@ -13,7 +13,8 @@
 //              convolution shape, dtype, device and TF32 setting, once: the
 //              first that runs, fits the workspace limit and, for the two
 //              gradients, is deterministic (no atomics: two runs give the
-//              same bits, as everywhere in this backend). Cached per shape.
+//              same bits, as everywhere in this backend) when cuDNN ranks
+//              one; otherwise the best of the rest. Cached per shape.
 //   workspace  from our caching allocator, per call (scratch()).
 //   math       half / bfloat16 on tensor cores with float accumulation;
 //              float with TF32 only when cuda::allow_tf32() is on (else FMA
@@ -109,6 +110,23 @@ template <class T>
 class Descriptors {
  public:
   Descriptors(const Conv2dGeometry& g, Layout layout) {
+    try {
+      set(g, layout);
+    } catch (...) {  // a refused geometry (an NHWC call declines on it): no descriptor leaks
+      release();
+      throw;
+    }
+  }
+  ~Descriptors() { release(); }
+  Descriptors(const Descriptors&) = delete;
+  Descriptors& operator=(const Descriptors&) = delete;
+
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+
+ private:
+  void set(const Conv2dGeometry& g, Layout layout) {
     constexpr cudnnDataType_t dt = Types<T>::data;
     const cudnnTensorFormat_t format = layout == Layout::nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
     MAMCLIP_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x));
@@ -129,18 +147,13 @@ class Descriptors {
     MAMCLIP_CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv, as_int(g.groups, "groups")));
     MAMCLIP_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, math_type<T>()));
   }
-  ~Descriptors() {
-    cudnnDestroyConvolutionDescriptor(conv);
-    cudnnDestroyFilterDescriptor(w);
-    cudnnDestroyTensorDescriptor(y);
-    cudnnDestroyTensorDescriptor(x);
+  void release() {
+    if (conv) cudnnDestroyConvolutionDescriptor(conv);
+    if (w) cudnnDestroyFilterDescriptor(w);
+    if (y) cudnnDestroyTensorDescriptor(y);
+    if (x) cudnnDestroyTensorDescriptor(x);
+    conv = nullptr, w = nullptr, y = nullptr, x = nullptr;
   }
-  Descriptors(const Descriptors&) = delete;
-  Descriptors& operator=(const Descriptors&) = delete;
-
-  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
-  cudnnFilterDescriptor_t w = nullptr;
-  cudnnConvolutionDescriptor_t conv = nullptr;
 };
 
 // One algorithm per direction, with its math type and workspace bytes; a
@@ -169,10 +182,18 @@ const Perf* choose(const Perf* perf, int count, cudnnMathType_t requested, bool 
   return nullptr;
 }
 
+// Backward: a deterministic algorithm when cuDNN ranks one (a resumed run repeats its
+// gradients), else the best of the others rather than no cuDNN convolution at all.
+template <class Perf>
+const Perf* choose_backward(const Perf* perf, int count, cudnnMathType_t requested) {
+  if (const Perf* p = choose(perf, count, requested, true)) return p;
+  return choose(perf, count, requested, false);
+}
+
 // The error of a direction without an algorithm (an NCHW call has no other way to go).
-[[noreturn]] inline void throw_no_algorithm(const char* what, bool deterministic, const Conv2dGeometry& g) {
+[[noreturn]] inline void throw_no_algorithm(const char* what, const Conv2dGeometry& g) {
   throw device_error(::mamclip::detail::str_cat(
-      "conv2d on cuDNN: no ", deterministic ? "deterministic " : "", what, " algorithm within ", kMaxWorkspace >> 20,
+      "conv2d on cuDNN: no ", what, " algorithm within ", kMaxWorkspace >> 20,
       " MiB of workspace for x [", g.batch, ", ", g.c_in, ", ", g.h, ", ", g.w, "], weight [", g.c_out, ", ",
       g.cin_per_group(), ", ", g.kh, ", ", g.kw, "], stride ", g.stride_h, "x", g.stride_w, ", groups ", g.groups,
       " (cuda::set_conv_path(ConvPath::im2col) avoids cuDNN)"));
@@ -197,7 +218,7 @@ Plan make_plan(cudnnHandle_t handle, const Descriptors<T>& d) {
   {
     cudnnConvolutionBwdDataAlgoPerf_t perf[kMax];
     MAMCLIP_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, d.w, d.y, d.conv, d.x, kMax, &got, perf));
-    if (const auto* p = choose(perf, got, math, true)) {
+    if (const auto* p = choose_backward(perf, got, math)) {
       plan.input_grad = p->algo;
       plan.input_grad_math = p->mathType;
       plan.input_grad_bytes = p->memory;
@@ -208,7 +229,7 @@ Plan make_plan(cudnnHandle_t handle, const Descriptors<T>& d) {
     cudnnConvolutionBwdFilterAlgoPerf_t perf[kMax];
     MAMCLIP_CUDNN_CHECK(
         cudnnGetConvolutionBackwardFilterAlgorithm_v7(handle, d.x, d.y, d.conv, d.w, kMax, &got, perf));
-    if (const auto* p = choose(perf, got, math, true)) {
+    if (const auto* p = choose_backward(perf, got, math)) {
       plan.weight_grad = p->algo;
       plan.weight_grad_math = p->mathType;
       plan.weight_grad_bytes = p->memory;
@@ -317,12 +338,12 @@ bool try_backward(const Conv2dGeometry& g, Layout layout, const T* x, const T* w
 // when cuDNN has no algorithm.
 template <class T>
 void forward(const Conv2dGeometry& g, const T* x, const T* w, T* y, cudaStream_t stream) {
-  if (!try_forward<T>(g, Layout::nchw, x, w, y, stream)) throw_no_algorithm("forward", false, g);
+  if (!try_forward<T>(g, Layout::nchw, x, w, y, stream)) throw_no_algorithm("forward", g);
 }
 template <class T>
 void backward(const Conv2dGeometry& g, const T* x, const T* w, const T* gy, T* dx, T* dw, cudaStream_t stream) {
   const char* missing = nullptr;
-  if (!try_backward<T>(g, Layout::nchw, x, w, gy, dx, dw, stream, &missing)) throw_no_algorithm(missing, true, g);
+  if (!try_backward<T>(g, Layout::nchw, x, w, gy, dx, dw, stream, &missing)) throw_no_algorithm(missing, g);
 }
 
 }  // namespace cudnn_conv

@@ -338,7 +338,8 @@ __global__ void __launch_bounds__(kBlock)
 
 namespace detail {
 
-inline float clip_max_scale(double m) { return std::isinf(m) ? INFINITY : static_cast<float>(m); }
+// The clamp of logit_scale as a float: ±inf stay (-inf clamps the scale to exp(-inf) = 0, as on the CPU).
+inline float clip_max_scale(double m) { return static_cast<float>(m); }
 
 inline int sm_count() {
   int n = 0;

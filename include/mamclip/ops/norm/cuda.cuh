@@ -9,8 +9,9 @@
 //                                                  the block for rows of kLongRow or more):
 //                                                  mean, variance, y, and the row's mean / rstd
 //   layer_norm_input_grad_kernel<kBlock, kGroup, D> dx per row, the same grouping
-//   layer_norm_param_grad_partial_kernel<D>        dw, db: 32 columns x kParamGradRowsPerChunk
-//                                                  rows per block, partial sums per chunk
+//   layer_norm_param_grad_partial_kernel<D>        dw, db: 32 columns x a chunk of rows
+//                                                  (kParamGradRowsPerChunk, more past 65535
+//                                                  chunks) per block, partial sums per chunk
 //   sum_chunks_kernel<D>                           dw, db: the chunks' partial sums per column
 //
 // The formulas of ops/norm/cpu.hpp in device_acc_t; sums run in another order
@@ -94,12 +95,13 @@ template <class D>
 __global__ void __launch_bounds__(256)
     layer_norm_param_grad_partial_kernel(const D* g, const D* x, const device_acc_t<D>* mean,
                                          const device_acc_t<D>* rstd, int64_t rows, int64_t n,
-                                         device_acc_t<D>* partial_w, device_acc_t<D>* partial_b) {
+                                         int64_t chunk_rows, device_acc_t<D>* partial_w,
+                                         device_acc_t<D>* partial_b) {
   using A = device_acc_t<D>;
   __shared__ A sw[8][33], sb[8][33];
   const int64_t j = int64_t(blockIdx.x) * 32 + threadIdx.x;
-  const int64_t r0 = int64_t(blockIdx.y) * kParamGradRowsPerChunk;
-  const int64_t r1 = r0 + kParamGradRowsPerChunk < rows ? r0 + kParamGradRowsPerChunk : rows;
+  const int64_t r0 = int64_t(blockIdx.y) * chunk_rows;
+  const int64_t r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
   A aw = A(0), ab = A(0);
   if (j < n)
     for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
@@ -295,9 +297,10 @@ void layer_norm_backward(const T* g, const T* x, const T* w, const acc_t<T>* mea
           device_ptr(g), device_ptr(x), device_ptr(w), mean, rstd, rows, n, device_ptr(dx));
     });
   if ((!dw && !db) || n <= 0) return;
-  const int64_t chunks = std::max<int64_t>(1, (rows + kParamGradRowsPerChunk - 1) / kParamGradRowsPerChunk);
-  MAMCLIP_CHECK(chunks <= 65535, value_error, "layer_norm_backward: ", rows, " rows; at most ",
-                int64_t(65535) * kParamGradRowsPerChunk, " are supported on CUDA");
+  // Chunks of kParamGradRowsPerChunk rows; longer ones when grid.y's 65535 would not hold them.
+  constexpr int64_t kMaxChunks = 65535;
+  const int64_t chunk_rows = std::max<int64_t>(kParamGradRowsPerChunk, (rows + kMaxChunks - 1) / kMaxChunks);
+  const int64_t chunks = std::max<int64_t>(1, (rows + chunk_rows - 1) / chunk_rows);
   // Partial sums [2, chunks, n]: dw's, then db's.
   const Tensor<A> partial = scratch<A>(2 * chunks * n);
   A* pw = dw ? partial.data_ptr() : nullptr;
@@ -305,7 +308,7 @@ void layer_norm_backward(const T* g, const T* x, const T* w, const acc_t<T>* mea
   if (rows > 0) {
     const dim3 grid(static_cast<unsigned>((n + 31) / 32), static_cast<unsigned>(chunks)), block(32, 8);
     layer_norm_param_grad_partial_kernel<D><<<grid, block, 0, stream>>>(device_ptr(g), device_ptr(x), mean, rstd, rows,
-                                                                        n, pw, pb);
+                                                                        n, chunk_rows, pw, pb);
     MAMCLIP_CUDA_CHECK_LAUNCH();
   } else {
     MAMCLIP_CUDA_CHECK(cudaMemsetAsync(partial.data_ptr(), 0, sizeof(A) * 2 * chunks * n, stream));
