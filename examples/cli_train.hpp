@@ -257,12 +257,13 @@ trainparams) plus mamclip's own: model_size (full | small), text_model.bert_mode
 vocab_path, trainparams.negatives (paper | full = GradCache over the effective
 batch), precision (fp32 | bf16 | fp16 autocast; fp16 with a dynamic loss scale), device (cpu |
 cuda | cuda:N; cuda needs a build with the CUDA backend), mlm_coeff, max_logit_scale, seed, grad_checkpointing,
-init_checkpoint, max_steps, checkpoint_every_steps. KEY=VALUE arguments override it, e.g.
+init_checkpoint, max_steps, checkpoint_every_steps, data.skip_unreadable (leave out and count
+unreadable images; one process only). KEY=VALUE arguments override it, e.g.
 optimizer.lr=3e-4 data.batch_size=4 "data.image_size=[512,384]".
 
 Writes into trainparams.checkpoint_dir_path/experiment_name: last.ckpt.safetensors
 (the training state, atomic), best.safetensors (the best validation loss, in the
-reference's names), metrics.csv / metrics.jsonl and loss.png.
+reference's names, with the tokenizer's vocabulary), metrics.csv / metrics.jsonl and loss.png.
 
 Data parallel: `mpirun -np N mamclip pretrain ...` trains on N processes (each
 takes data.batch_size pairs of every step; the negatives and the gradients are
@@ -353,6 +354,8 @@ options:
   --height H --width W input size, default 1024 x 768
   --val F --test F     fractions of patients held out, default 0.15 and 0.25
   --class-weighting    inverse-frequency class weights in the loss
+  --skip-unreadable    leave out (and count) images that cannot be read instead of stopping
+                       (one process only)
   --birads MAP         TEKNOFEST metadata: BI-RADS category -> class, e.g. (the default)
                        1=normal,2=benign,4=suspicious,5=suspicious; unnamed categories are dropped
   --precision P        fp32 (default) | bf16: the training forward in bfloat16 autocast
@@ -446,7 +449,8 @@ int run_finetune(const std::vector<std::string>& argv) {
                                     {"--epochs", true}, {"--batch", true},      {"--lr", true},
                                     {"--height", true}, {"--width", true},      {"--val", true},
                                     {"--test", true},   {"--seed", true},       {"--class-weighting", false},
-                                    {"--precision", true},  {"--device", true},     {"--birads", true}});
+                                    {"--precision", true},  {"--device", true},     {"--birads", true},
+                                    {"--skip-unreadable", false}});
   if (a.help) {
     std::cout << kFinetuneHelp;
     return 0;
@@ -469,6 +473,7 @@ int run_finetune(const std::vector<std::string>& argv) {
   if (a.has("--test")) s.test = parse_double("--test", *a.get("--test"));
   if (a.has("--seed")) o.seed = static_cast<uint64_t>(parse_int("--seed", *a.get("--seed"), 0, std::numeric_limits<int64_t>::max()));
   o.class_weighting = a.has("--class-weighting");
+  o.skip_unreadable = a.has("--skip-unreadable");
   o.precision = a.get("--precision").value_or("fp32");
   if (o.precision != "fp32" && o.precision != "bf16")
     throw UsageError{"--precision expects fp32 or bf16, got '" + o.precision + "'"};
@@ -504,6 +509,7 @@ int run_finetune(const std::vector<std::string>& argv) {
   train::print_confusion(out, r.test.confusion, d.class_names);
   out << "finetune: test macro-F1 " << f3(r.test.macro_f1) << ", accuracy " << f3(r.test.accuracy)
       << ", ROC-AUC " << f3(r.test.roc_auc_ovr) << " (best epoch " << r.best_epoch + 1 << ")\n";
+  if (r.skipped_images > 0) out << "finetune: " << r.skipped_images << " unreadable images were skipped\n";
   if (comm->rank() == 0)
     write_result_json(o.output_dir / "result.json", r, d.class_names,
                       {{"data", d.description}, {"init", s.init}, {"arch", s.arch}});
@@ -544,7 +550,7 @@ int run_convert(const std::vector<std::string>& argv) {
 
 // ---- zeroshot
 
-constexpr const char* kZeroshotHelp = R"(usage: mamclip zeroshot --model FILE --data PATH [--vocab FILE] [--height H --width W]
+constexpr const char* kZeroshotHelp = R"(usage: mamclip zeroshot --model FILE --data PATH [--vocab FILE] [--image-root DIR] [--height H --width W]
 
 Zero-shot classification with a pretrained MAM-CLIP model: each class is
 described by a few text prompts ("a mammogram with a malignant mass", ...),
@@ -555,7 +561,9 @@ retrieval recall@1/5/10 over the images' own captions.
 options:
   --model FILE     a MAM-CLIP checkpoint (best.safetensors of `mamclip pretrain`, or a .ckpt)
   --data PATH      labelled image-caption data (see mamclip --help)
-  --vocab FILE     the model's vocab.txt (default: the captions' vocabulary, as the small model's pretraining)
+  --vocab FILE     the model's vocab.txt (default: the vocabulary `mamclip pretrain` stored with the
+                   weights; for weights without one, the captions', as the small model's pretraining)
+  --image-root DIR the folder the records' image paths are relative to
   --height H --width W   input size (default 1024 x 768)
   -h, --help       this text
 )";
@@ -571,8 +579,16 @@ int run_zeroshot(const std::vector<std::string>& argv) {
     if (!a.has(flag)) throw UsageError{std::string(flag) + " is required"};
   const LabelledData d = read_data(*a.get("--data"), a.get("--image-root"));
   auto model = load_pretrained_vlmodel(*a.get("--model"), "convnext_small");
-  const text::BertTokenizer tok =
-      a.has("--vocab") ? text::BertTokenizer::from_file(*a.get("--vocab")) : caption_vocabulary(d.samples);
+  // The model's own vocabulary: --vocab, else the one pretraining stored with the weights, else
+  // (weights from elsewhere) the captions', as the small model's pretraining builds it.
+  std::optional<text::BertTokenizer> stored;
+  if (!a.has("--vocab")) stored = train::tokenizer_from_weights(*a.get("--model"));
+  if (!a.has("--vocab") && !stored)
+    std::cerr << "mamclip zeroshot: " << *a.get("--model")
+              << " holds no vocabulary; using the captions' (pass --vocab for the model's own)\n";
+  const text::BertTokenizer tok = a.has("--vocab") ? text::BertTokenizer::from_file(*a.get("--vocab"))
+                                  : stored         ? *stored
+                                                   : caption_vocabulary(d.samples);
   data::LoaderOptions lo;
   lo.shuffle = false;
   lo.height = a.has("--height") ? parse_int("--height", *a.get("--height"), 32, 16384) : 1024;

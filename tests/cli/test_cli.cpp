@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -549,6 +550,7 @@ TEST_CASE("mamclip pretrain, finetune, convert and zeroshot run end to end on a 
 
   r = run_cli({"zeroshot", "--model", best, "--data", set.string(), "--height", "64", "--width", "48"});
   REQUIRE(r.status == 0);
+  CHECK(r.err.find("holds no vocabulary") == std::string::npos);  // pretrain stored it with the weights
   CHECK(r.out.find("zeroshot: macro-F1") != std::string::npos);
   CHECK(r.out.find("retrieval: recall@1 image->text") != std::string::npos);
 
@@ -585,6 +587,73 @@ TEST_CASE("mamclip pretrain, finetune, convert and zeroshot run end to end on a 
     CHECK(r.err.find("cuda:0") != std::string::npos);
     CHECK(r.out.find("finetune: test macro-F1") == std::string::npos);
   }
+}
+#endif
+
+#if defined(MAMCLIP_CLI_IMAGES)
+// An unreadable image stops training naming it, or is left out and counted when asked.
+TEST_CASE("mamclip finetune and pretrain: an unreadable image is an error naming it, or skipped and counted") {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(tmp().file("unreadable"));
+  const fs::path set = root / "synthetic";
+  data::make_synthetic_set(set, 24, 64, 48, 5);
+  write_file((set / "synthetic_00003.png").string(), "not an image");
+  auto finetune = [&](bool skip) {
+    std::vector<std::string> args{"finetune", "--data", set.string(), "--arch", "small", "--epochs", "1", "--batch",
+                                  "4", "--height", "64", "--width", "48", "--output", (root / "ft").string()};
+    if (skip) args.push_back("--skip-unreadable");
+    return run_cli(args);
+  };
+  REQUIRE_RUNTIME_ERROR(finetune(false), "synthetic_00003.png");
+  Run r = finetune(true);
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("finetune: 1 unreadable images were skipped") != std::string::npos);
+
+  const std::string cfg = (root / "cfg.json").string();
+  write_file(cfg, R"({"model_size": "small", "text_model": {"context_length": 32},
+    "data": {"batch_size": 4, "effective_batch_size": 8, "image_size": [64, 48], "num_workers": 1},
+    "trainparams": {"max_epochs": 1, "checkpoint_dir_path": ")" + root.string() + R"(", "experiment_name": "run"}})");
+  REQUIRE_RUNTIME_ERROR(run_cli({"pretrain", "--config", cfg, "--data", set.string()}), "synthetic_00003.png");
+  r = run_cli({"pretrain", "--config", cfg, "--data", set.string(), "data.skip_unreadable=true"});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("(1 unreadable images skipped so far)") != std::string::npos);
+}
+#endif
+
+#if defined(MAMCLIP_CLI_IMAGES)
+// The main job (README's first command) in its quick form: the synthetic set,
+// pretraining, four fine-tunings, the macro-F1 table and every plot.
+TEST_CASE("mamclip demo --quick runs the whole pipeline and writes the table and the plots") {
+#ifndef NDEBUG
+  std::printf("skipped: mamclip demo --quick takes many minutes unoptimised; the Release build runs it\n");
+#else
+  namespace fs = std::filesystem;
+  const fs::path out = fs::path(tmp().file("demo"));
+  const Run r = run_cli({"demo", "--quick", "--output", out.string()});
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("demo: [1/2] pretraining") != std::string::npos);
+  const std::string table = read_file((out / "results.md").string());
+  CHECK(table.find("| labelled training images | macro-F1, from scratch | macro-F1, MAM-CLIP pretrained |") !=
+        std::string::npos);
+  int rows = 0;
+  for (size_t at = table.find("\n| "); at != std::string::npos; at = table.find("\n| ", at + 1))
+    if (std::isdigit(static_cast<unsigned char>(table[at + 3]))) ++rows;
+  CHECK(rows == 2);  // two label budgets
+  CHECK(fs::exists(out / "pretrain" / "loss.png"));
+  CHECK(fs::exists(out / "pretrain" / "best.safetensors"));
+  int runs = 0;
+  for (const auto& e : fs::directory_iterator(out))
+    if (e.path().filename().string().rfind("finetune_", 0) == 0) {
+      ++runs;
+      INFO(e.path().string());
+      CHECK(fs::exists(e.path() / "confusion_matrix.png"));
+      CHECK(fs::exists(e.path() / "loss.png"));
+    }
+  CHECK(runs == 4);  // scratch and pretrained at each budget
+#endif
 }
 #endif
 

@@ -351,6 +351,13 @@ TEST_CASE("pretraining resumes exactly where it stopped (fp32, and fp16 with its
   CHECK(std::filesystem::exists(whole.best_weights_path()));
   CHECK(std::filesystem::exists(tmp.path() / "whole" / "loss.png"));
   CHECK(std::filesystem::exists(tmp.path() / "whole" / "metrics.csv"));
+  // The best weights carry the run's vocabulary; the reference's files have none.
+  const auto stored = train::tokenizer_from_weights(whole.best_weights_path());
+  REQUIRE(stored.has_value());
+  CHECK(stored->vocab().tokens() == spelling_tokenizer().vocab().tokens());
+  const std::string fixtures = std::string(MAMCLIP_TEST_FIXTURES) + "/vlmodel/";
+  CHECK(!train::tokenizer_from_weights(fixtures + "reference.safetensors").has_value());
+  CHECK(!train::tokenizer_from_weights(fixtures + "vlmodel.ckpt").has_value());
 
   // Stopped after step 3 (in the middle of epoch 2), then resumed by a new run.
   auto first = run_config("split");

@@ -41,6 +41,7 @@ struct PretrainConfig {
   int64_t effective_batch_size = 64, batch_size = 8;
   int64_t image_height = 1024, image_width = 768;  // image_size: [H, W]
   int64_t num_workers = 2;
+  bool skip_unreadable = false;         // mamclip: leave out (and count) images that cannot be read; one process only
   // trainparams
   int64_t n_gpu = 1;
   std::string experiment_name = "mamclip";
@@ -116,7 +117,8 @@ struct PretrainConfig {
                  {"effective_batch_size", effective_batch_size},
                  {"batch_size", batch_size},
                  {"image_size", {image_height, image_width}},
-                 {"num_workers", num_workers}};
+                 {"num_workers", num_workers},
+                 {"skip_unreadable", skip_unreadable}};
     j["trainparams"] = {{"n_gpu", n_gpu},
                         {"experiment_name", experiment_name},
                         {"max_epochs", max_epochs},
@@ -185,6 +187,7 @@ struct PretrainConfig {
       c.image_width = size[1];
     }
     get("data", "num_workers", c.num_workers);
+    get("data", "skip_unreadable", c.skip_unreadable);
     get("trainparams", "n_gpu", c.n_gpu);
     get("trainparams", "experiment_name", c.experiment_name);
     get("trainparams", "max_epochs", c.max_epochs);

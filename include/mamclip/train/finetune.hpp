@@ -105,6 +105,7 @@ struct FinetuneOptions {
   bool quiet = false;                     // no progress bars or epoch lines
   std::string precision = "fp32";         // fp32 | bf16: the training forward in a bfloat16 autocast region
                                           // (weights, gradients, AdamW and evaluation stay float)
+  bool skip_unreadable = false;           // leave out (and count) images that cannot be read; one process only
 
   void validate() const {
     MAMCLIP_CHECK(epochs > 0, value_error, "FinetuneOptions: epochs is ", epochs, "; expected at least 1");
@@ -150,6 +151,7 @@ struct FinetuneResult {
   int64_t best_epoch = -1;
   std::vector<EpochRecord> history;
   std::vector<double> step_losses;  // every optimizer step's training loss
+  int64_t skipped_images = 0;       // skip_unreadable: images left out, all splits and epochs
 };
 
 // ---- loss
@@ -425,6 +427,10 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
                                           dist::Communicator* comm = nullptr) {
   options.validate();
   if (comm && comm->world_size() == 1) comm = nullptr;
+  // A rank whose batch is unreadable as a whole would take one batch more than the others.
+  MAMCLIP_CHECK(!(comm && options.skip_unreadable), value_error,
+                "finetune_classifier: skip_unreadable works in one process only (with ", comm ? comm->world_size() : 1,
+                " ranks a skipped batch would put the ranks out of step); remove the unreadable images instead");
   const int world = comm ? comm->world_size() : 1, rank = comm ? comm->rank() : 0;
   const bool main = rank == 0;  // prints and writes for the job
   if (comm)
@@ -459,6 +465,7 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
     o.seed = options.seed;
     o.workers = options.workers;
     o.augmentation = training ? options.augmentation : "none";
+    o.skip_unreadable = options.skip_unreadable;
     if (training) {
       o.rank = rank;
       o.world_size = world;
@@ -608,6 +615,8 @@ inline FinetuneResult finetune_classifier(models::clip::MamClipClassifier& model
                 {"roc_auc_ovr", result.test.roc_auc_ovr}, {"epoch", static_cast<double>(result.best_epoch)}},
                step, "test");
   }
+  result.skipped_images = train_loader.skipped() + (val_loader ? val_loader->skipped() : 0) +
+                          (test_loader ? test_loader->skipped() : 0);
   if (write) {
     const EvalResult& shown = has_test ? result.test : result.best_val;
     if (shown.count > 0) plot_confusion_matrix(options.output_dir / "confusion_matrix.png", shown.confusion, class_names);

@@ -9,7 +9,8 @@
 //                          and when max_steps stops the run; resume reads it
 //   best.safetensors       the weights with the lowest validation loss (the
 //                          train loss when there is no validation set), in the
-//                          reference's names (load_vlmodel_weights reads it)
+//                          reference's names (load_vlmodel_weights reads it),
+//                          and the tokenizer's vocabulary (tokenizer_from_weights)
 //   metrics.csv, metrics.jsonl, loss.png
 //
 // Determinism: the data order and augmentation depend only on (seed, epoch,
@@ -37,6 +38,7 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -88,6 +90,7 @@ struct PretrainReport {
   std::filesystem::path best_weights, last_state;
   bool stopped_early = false;  // max_steps reached
   int64_t skipped_steps = 0;   // fp16: steps skipped because a gradient overflowed
+  int64_t skipped_images = 0;  // data.skip_unreadable: training and validation images left out
 };
 
 namespace detail {
@@ -118,6 +121,36 @@ inline int64_t saved_world_size(const nlohmann::json& extra, const std::string& 
 
 }  // namespace detail
 
+// The vocabulary is part of a model: best.safetensors keeps the tokens of
+// the run's tokenizer under this metadata key (one per line, in id order), so
+// that a later zero-shot or retrieval run feeds the ids the model learned.
+inline constexpr const char* kVocabMetadataKey = "mamclip_vocab";
+
+inline io::Metadata vocab_metadata(const text::Vocab& vocab) {
+  std::string joined;
+  for (const auto& t : vocab.tokens()) joined += t + "\n";
+  return {{kVocabMetadataKey, joined}};
+}
+
+// The tokenizer stored with weights written by the pretraining loop; nullopt
+// for weights without one (the reference's checkpoints, other formats).
+inline std::optional<text::BertTokenizer> tokenizer_from_weights(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return std::nullopt;
+  auto bytes = io::FileBytes::map(path.string());
+  if (io::TorchCheckpoint::is_zip(bytes->data(), bytes->size()) ||
+      io::TorchCheckpoint::is_legacy(bytes->data(), bytes->size()))
+    return std::nullopt;
+  const io::SafetensorsFile f(std::move(bytes));
+  const auto it = f.metadata().find(kVocabMetadataKey);
+  if (it == f.metadata().end()) return std::nullopt;
+  std::vector<std::string> tokens;
+  std::istringstream lines(it->second);
+  for (std::string line; std::getline(lines, line);) tokens.push_back(line);
+  return text::BertTokenizer(
+      std::make_shared<const text::Vocab>(text::Vocab::from_tokens(std::move(tokens), path.string() + " (metadata)")));
+}
+
 class Pretrainer {
  public:
   // data: the training and validation samples (captions in Sample::caption).
@@ -135,6 +168,11 @@ class Pretrainer {
     config_.validate();
     if (!is_main()) out_ = &null_out_;
     if (comm_) dist::check_same(*comm_, "pretraining configuration", config_.to_json().dump());
+    // A rank whose micro-batch is unreadable as a whole would take one batch more than the others
+    // and fall out of step with them.
+    MAMCLIP_CHECK(!(comm_ && config_.skip_unreadable), value_error,
+                  "pretrain: data.skip_unreadable works in one process only (with ", comm_ ? comm_->world_size() : 1,
+                  " ranks a skipped batch would put the ranks out of step); remove the unreadable images instead");
     MAMCLIP_CHECK(!train_.empty(), value_error, "Pretrainer: the training set is empty");
     Generator init(config_.seed);
     model_ = std::make_shared<models::clip::VLModel>(vlmodel_config_for(config_, tokenizer_), init);
@@ -217,6 +255,7 @@ class Pretrainer {
     lo.seed = config_.seed;
     lo.workers = static_cast<int>(config_.num_workers);
     lo.augmentation = config_.train_transforms;
+    lo.skip_unreadable = config_.skip_unreadable;
     lo.rank = rank();
     lo.world_size = world_size();
     data::Loader train_loader(train_, lo);
@@ -331,9 +370,11 @@ class Pretrainer {
       }
       if (criterion < best) {
         best = criterion;
-        if (is_main()) models::clip::save_vlmodel_weights(*model_, best_weights_path());
+        if (is_main()) models::clip::save_vlmodel_weights(*model_, best_weights_path(), vocab_metadata(tokenizer_.vocab()));
         *out_ << "  (best, saved)";
       }
+      report.skipped_images = train_loader.skipped() + (val_loader ? val_loader->skipped() : 0);
+      if (report.skipped_images > 0) *out_ << "  (" << report.skipped_images << " unreadable images skipped so far)";
       *out_ << "\n";
       report.epochs.push_back(row);
       meta.epoch = epoch + 1;

@@ -32,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -437,12 +438,17 @@ inline void load_vlmodel_weights(VLModel& model, const std::filesystem::path& pa
 }
 
 // Writes the state dict (reference names, no prefix) as safetensors, atomically; the metadata hold
-// "format": "pt" and "mamclip_config": the config's JSON (read_vlmodel_config).
-inline void save_vlmodel_weights(const VLModel& model, const std::filesystem::path& path) {
+// "format": "pt", "mamclip_config": the config's JSON (read_vlmodel_config) and `extra` (e.g. the
+// vocabulary the pretraining loop stores, train::tokenizer_from_weights).
+inline void save_vlmodel_weights(const VLModel& model, const std::filesystem::path& path,
+                                 const io::Metadata& extra = {}) {
   io::NamedTensors tensors;
   for (const auto& [name, t] : model.state_dict()) tensors.emplace_back(name, t.contiguous());
   io::sort_like_safetensors(tensors);
-  io::save_safetensors(path.string(), tensors, {{"format", "pt"}, {"mamclip_config", model.config().to_json().dump()}});
+  io::Metadata metadata = extra;
+  metadata["format"] = "pt";
+  metadata["mamclip_config"] = model.config().to_json().dump();
+  io::save_safetensors(path.string(), tensors, metadata);
 }
 
 // The config save_vlmodel_weights stored in a safetensors file; nullopt when it has none, and for
