@@ -7,7 +7,8 @@
 //   a directory with captions.jsonl       a set written by `mamclip demo` / make_synthetic_set
 //   *.json holding "birads" records       TEKNOFEST metadata_image_level.json (--image-root: the image folder)
 //   *.json / *.jsonl                      MAM-CLIP image-caption records (--image-root; default the file's folder)
-// Labels map to classes with the documented default 3-class grouping.
+// Labels map to classes with the documented default 3-class grouping (--birads changes
+// TEKNOFEST's).
 
 #include <algorithm>
 #include <cstdlib>

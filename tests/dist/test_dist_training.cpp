@@ -482,6 +482,48 @@ TEST_CASE("W ranks pretrain, stop, resume exactly; rank 0 alone writes; validati
   CHECK(ref.epochs.back().val_loss == Approx(sum / batches).epsilon(1e-5));
 }
 
+// Resume on another world size: one process saves after a step, W ranks
+// continue from the same sample count and finish the run.
+TEST_CASE("a pretraining state saved by one process resumes on W ranks", "[dist]") {
+  auto& comm = world();
+  const int W = comm.world_size(), rank = comm.rank();
+  SharedDir dir(comm, "dist_resume_world");
+  if (rank == 0) data::make_synthetic_set(dir.path() / "data", 24, 32, 32, 6);
+  comm.barrier();
+  const std::vector<data::Sample> train =
+      data::read_caption_records(dir.path() / "data" / "captions.jsonl", dir.path() / "data");
+  train::PretrainConfig c;
+  c.model_size = "small";
+  c.context_length = 24;
+  c.batch_size = 2;
+  c.effective_batch_size = 4 * W;
+  c.image_height = c.image_width = 32;
+  c.max_epochs = 2;
+  c.num_workers = 1;
+  c.checkpoint_dir_path = dir.path().string();
+  c.experiment_name = "run";
+  const int64_t steps_per_epoch = 24 / (4 * W);  // one process accumulates 2W micro-batches of 2
+  std::ostringstream out;
+  if (rank == 0) {
+    train::PretrainConfig first = c;
+    first.max_steps = 1;
+    train::Pretrainer one(first, test::spelling_tokenizer(), train, {}, out);
+    CHECK(one.run().global_step == 1);
+  }
+  comm.barrier();
+  train::Pretrainer job(c, test::spelling_tokenizer(), train, {}, out, &comm);
+  const train::PretrainReport r = job.run(/*resume=*/true);
+  CHECK(r.global_step == 2 * steps_per_epoch);
+  for (double loss : r.step_losses) CHECK(std::isfinite(loss));
+  if (rank == 0) {
+    // One step of 4W pairs seen: 2 of the job's global batches of 2W.
+    CHECK(out.str().find("the state was saved by 1 rank(s), this job has " + std::to_string(W) +
+                         ": the epoch continues at batch 2 (" + std::to_string(4 * W) + " samples seen)") !=
+          std::string::npos);
+  }
+  dist::check_same(comm, "parameters after the resumed run", std::to_string(job.model().parameters()[0].to_vector()[3]));
+}
+
 // Run by kill_rank.sh, not by default: rank 1 dies by SIGKILL in the middle
 // of data-parallel pretraining (its third step). The job must end, naming it.
 TEST_CASE("mpi kill: rank 1 dies in the middle of data-parallel pretraining", "[.kill]") {

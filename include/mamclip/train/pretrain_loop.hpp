@@ -132,8 +132,10 @@ inline io::Metadata vocab_metadata(const text::Vocab& vocab) {
   return {{kVocabMetadataKey, joined}};
 }
 
-// The tokenizer stored with weights written by the pretraining loop; nullopt
-// for weights without one (the reference's checkpoints, other formats).
+// The tokenizer stored with weights written by the pretraining loop (its
+// tokens, with BertTokenizer's default options: lower-casing, as PubMedBERT's
+// and the caption vocabularies use); nullopt for weights without one (the
+// reference's checkpoints, other formats).
 inline std::optional<text::BertTokenizer> tokenizer_from_weights(const std::filesystem::path& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) return std::nullopt;
@@ -370,7 +372,8 @@ class Pretrainer {
       }
       if (criterion < best) {
         best = criterion;
-        if (is_main()) models::clip::save_vlmodel_weights(*model_, best_weights_path(), vocab_metadata(tokenizer_.vocab()));
+        if (is_main())
+          models::clip::save_vlmodel_weights(*model_, best_weights_path(), vocab_metadata(tokenizer_.vocab()));
         *out_ << "  (best, saved)";
       }
       report.skipped_images = train_loader.skipped() + (val_loader ? val_loader->skipped() : 0);
