@@ -12,9 +12,10 @@
 //                            .ckpt: see TorchCheckpoint::state_dict for which dict)
 //     legacy torch.save      io_error: re-save with torch >= 1.6
 //     anything else          safetensors (its reader says what is wrong)
+//   safetensors_metadata    a safetensors file's metadata (nullopt for the other formats)
 //   KeyMapping, map_keys    strip / rename / add prefixes, ignore keys, refuse collisions
 //
-// defines: load_state_dict, KeyMapping, map_keys, glob_match
+// defines: load_state_dict, safetensors_metadata, KeyMapping, map_keys, glob_match
 
 #include <filesystem>
 #include <map>
@@ -89,6 +90,18 @@ inline TensorMap load_state_dict(const std::string& path) {
   TensorMap out;
   for (const auto& name : f.names()) out.emplace(name, f.get_any(name));
   return out;
+}
+
+// The string metadata of a checkpoint when it is a safetensors file; nullopt
+// for the other formats load_state_dict reads (a torch zip or legacy file, a
+// directory), which carry none. A missing or unreadable file is io_error.
+inline std::optional<Metadata> safetensors_metadata(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return std::nullopt;
+  auto bytes = FileBytes::map(path);
+  if (TorchCheckpoint::is_zip(bytes->data(), bytes->size()) || TorchCheckpoint::is_legacy(bytes->data(), bytes->size()))
+    return std::nullopt;
+  return SafetensorsFile(std::move(bytes)).metadata();
 }
 
 // Whether `name` matches a glob `pattern`: '*' any run of characters (dots

@@ -137,15 +137,10 @@ inline io::Metadata vocab_metadata(const text::Vocab& vocab) {
 // and the caption vocabularies use); nullopt for weights without one (the
 // reference's checkpoints, other formats).
 inline std::optional<text::BertTokenizer> tokenizer_from_weights(const std::filesystem::path& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) return std::nullopt;
-  auto bytes = io::FileBytes::map(path.string());
-  if (io::TorchCheckpoint::is_zip(bytes->data(), bytes->size()) ||
-      io::TorchCheckpoint::is_legacy(bytes->data(), bytes->size()))
-    return std::nullopt;
-  const io::SafetensorsFile f(std::move(bytes));
-  const auto it = f.metadata().find(kVocabMetadataKey);
-  if (it == f.metadata().end()) return std::nullopt;
+  const std::optional<io::Metadata> meta = io::safetensors_metadata(path.string());
+  if (!meta) return std::nullopt;
+  const auto it = meta->find(kVocabMetadataKey);
+  if (it == meta->end()) return std::nullopt;
   std::vector<std::string> tokens;
   std::istringstream lines(it->second);
   for (std::string line; std::getline(lines, line);) tokens.push_back(line);

@@ -455,16 +455,10 @@ inline void save_vlmodel_weights(const VLModel& model, const std::filesystem::pa
 // the other formats load_vlmodel_weights reads (a torch .ckpt / .pth / .bin, a model directory),
 // which never hold one: the reference's checkpoints describe their model in Python.
 inline std::optional<VLModelConfig> read_vlmodel_config(const std::filesystem::path& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) return std::nullopt;
-  auto bytes = io::FileBytes::map(path.string());
-  if (io::TorchCheckpoint::is_zip(bytes->data(), bytes->size()) ||
-      io::TorchCheckpoint::is_legacy(bytes->data(), bytes->size()))
-    return std::nullopt;
-  io::SafetensorsFile f(std::move(bytes));
-  const auto& meta = f.metadata();
-  auto it = meta.find("mamclip_config");
-  if (it == meta.end()) return std::nullopt;
+  const std::optional<io::Metadata> meta = io::safetensors_metadata(path.string());
+  if (!meta) return std::nullopt;
+  const auto it = meta->find("mamclip_config");
+  if (it == meta->end()) return std::nullopt;
   const nlohmann::json j = nlohmann::json::parse(it->second, nullptr, /*allow_exceptions=*/false);
   MAMCLIP_CHECK(!j.is_discarded(), io_error, path.string(), ": metadata 'mamclip_config' is not valid JSON");
   return VLModelConfig::from_json(j);
