@@ -25,13 +25,19 @@
 // Precision: tiles of S for bfloat16 and half inputs use tensor cores (WMMA
 // m16n16k16, float accumulation); float inputs use float FMA tiles (full fp32
 // precision: TF32 would put ~1e-3 relative error on logits that are then
-// multiplied by a scale up to 100). The online softmax, dS, the dA
-// accumulator and all reductions are float; the loss and d logit_scale sums
-// over the batch are double.
+// multiplied by a scale up to 100). The online softmax, dS and all reductions
+// are float; the loss and d logit_scale sums over the batch are double. The
+// backward's dA += dS · Bm runs on tensor cores too for 16-bit inputs: dS
+// without its factor g / 2B (values in [-2, 2], safe in half's range) is
+// rounded once to the input type, as FlashAttention rounds P and dS, and
+// accumulated in float; the factor and s are applied to the float sum. The
+// error this adds is of the size of the output's own 16-bit rounding
+// (tests/ops/test_clip_loss.cpp emulates it on the host). Float inputs
+// accumulate dA with float FMAs.
 //
 // Sizes: rows are int64 throughout (B up to 2^31 / kBM blocks); offsets into
 // the features are int64 products. The backward's shared accumulator needs
-// kBM · D · 4 bytes (96 KiB at D = 768): D is limited by the device's
+// kBM · D · 4 bytes (96 KiB at D = 768; D rounded up to 16 for 16-bit inputs): D is limited by the device's
 // opt-in shared memory per block (about D <= 1200 on sm_80, 1700 on sm_90);
 // a larger D throws device_error saying so.
 
@@ -74,9 +80,26 @@ struct TileSmem {
 };
 
 // sm[r, k] = x[r0 + r, k0 + k] for r < ROWS, k < BK; zero outside [r0, r_end) x [0, dim).
+// 16-bit inputs whose rows are 16-byte aligned load 8 elements per instruction where the chunk
+// lies inside D (the shared rows, kChunkLd = BK + 8 elements, are 16-byte aligned too).
 template <int ROWS, int BK, int LD, int THREADS, class D>
 __device__ __forceinline__ void load_chunk(D* sm, const D* x, int64_t ld, int64_t r0, int64_t r_end, int64_t k0,
                                            int64_t dim) {
+  if constexpr (kTensorCores<D>) {
+    constexpr int V = 16 / sizeof(D), kVecs = BK / V;
+    static_assert(BK % V == 0 && (LD * sizeof(D)) % 16 == 0, "16-byte rows in the chunk");
+    const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && ld % V == 0;  // k0 is a multiple of BK
+    if (aligned && k0 + BK <= dim) {
+      for (int e = threadIdx.x; e < ROWS * kVecs; e += THREADS) {
+        const int r = e / kVecs, v = e % kVecs;
+        const int64_t gr = r0 + r;
+        uint4 val = make_uint4(0u, 0u, 0u, 0u);  // all-zero bits: +0 in half and bfloat16
+        if (gr < r_end) val = *reinterpret_cast<const uint4*>(x + gr * ld + k0 + v * V);
+        *reinterpret_cast<uint4*>(sm + r * LD + v * V) = val;
+      }
+      return;
+    }
+  }
   for (int e = threadIdx.x; e < ROWS * BK; e += THREADS) {
     const int r = e / BK, k = e % BK;
     const int64_t gr = r0 + r, gk = k0 + k;
@@ -256,21 +279,76 @@ __global__ void __launch_bounds__(kBlock)
   if (threadIdx.x == 0) *loss = from_acc<D>(static_cast<float>(total / (2.0 * double(batch))));
 }
 
+// Row stride of the backward's [kBM, D] float accumulator: a multiple of 16 for the tensor-core
+// path, whose 16 x 16 fragments cover D rounded up (the extra columns see zeros of Bm's chunks).
+template <class D>
+__host__ __device__ constexpr int64_t grad_acc_ld(int64_t dim) {
+  return kTensorCores<D> ? (dim + 15) / 16 * 16 : dim;
+}
+
+// The backward's static shared memory: the S tile's buffers and, for 16-bit inputs, dS rounded to D.
+template <class D>
+struct GradSmem : TileSmem<D, clip_tile::BackwardTiling::kBM, clip_tile::BackwardTiling::kBN,
+                           clip_tile::BackwardTiling::kBK> {
+  static constexpr int kLdDs = clip_tile::BackwardTiling::kBN + 8;  // WMMA: a multiple of 8 elements
+  alignas(32) D ds[kTensorCores<D> ? clip_tile::BackwardTiling::kBM * kLdDs : 1];
+};
+
+// acc[kBM, ld_acc] += dS [kBM, kBN] · Bm rows [c0, c0 + cols) on tensor cores, D in chunks of kBK.
+// Warp w owns one 16 x 16 fragment of each chunk of acc (row fr, column fc); its dS fragments are
+// the same for every chunk and stay in registers. Bm's chunk is a [kBN, kBK] row-major matrix_b.
+template <class D>
+__device__ void accumulate_tile_tensor_cores(GradSmem<D>& sm, float* acc, int64_t ld_acc, const D* b, int64_t ldb,
+                                             int64_t c0, int cols, int64_t dim) {
+  namespace wmma = nvcuda::wmma;
+  using Sm = GradSmem<D>;
+  constexpr int kLd = Sm::kLd, kLdDs = Sm::kLdDs;
+  constexpr int kFragCols = BT::kBK / 16, kSteps = BT::kBN / 16;
+  static_assert((BT::kBM / 16) * kFragCols == BT::kThreads / 32, "one fragment of each chunk of d A per warp");
+  static_assert(BT::kBN % 16 == 0 && BT::kBK % 16 == 0, "WMMA tiles are 16 x 16 x 16");
+  const int warp = threadIdx.x / 32, fr = warp / kFragCols, fc = warp % kFragCols;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, D, wmma::row_major> fa[kSteps];
+#pragma unroll
+  for (int ks = 0; ks < kSteps; ++ks) wmma::load_matrix_sync(fa[ks], sm.ds + fr * 16 * kLdDs + ks * 16, kLdDs);
+  for (int64_t k0 = 0; k0 < dim; k0 += BT::kBK) {
+    load_chunk<BT::kBN, BT::kBK, kLd, BT::kThreads>(sm.b, b, ldb, c0, c0 + cols, k0, dim);
+    __syncthreads();
+    const int64_t col = k0 + fc * 16;
+    if (col < ld_acc) {  // warp-uniform: the last chunk may end inside the rounded D
+      float* out = acc + fr * 16 * ld_acc + col;
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+      wmma::load_matrix_sync(c, out, static_cast<unsigned>(ld_acc), wmma::mem_row_major);
+#pragma unroll
+      for (int ks = 0; ks < kSteps; ++ks) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, D, wmma::row_major> fb;
+        wmma::load_matrix_sync(fb, sm.b + ks * 16 * kLd + fc * 16, kLd);
+        wmma::mma_sync(c, fa[ks], fb, c);
+      }
+      wmma::store_matrix_sync(out, c, static_cast<unsigned>(ld_acc), wmma::mem_row_major);
+    }
+    __syncthreads();  // the next chunk overwrites sm.b
+  }
+}
+
 // d a[a0 .. a0 + kBM) = s · Σ_b dS[a, b] · b_row (see clip_tile.hpp), and the CTA's Σ dS ⊙ S in
-// dot_partial[blockIdx.x] (when not null). Dynamic shared memory: kBM · dim floats.
+// dot_partial[blockIdx.x] (when not null). Dynamic shared memory: kBM · grad_acc_ld(dim) floats and
+// 32 bytes to align them for WMMA.
 template <class D>
 __global__ void __launch_bounds__(BT::kThreads)
     clip_grad_kernel(const D* a, int64_t lda, int64_t na, int64_t a_off, const float* own_lse, const D* b, int64_t ldb,
                      int64_t nb, int64_t b_off, const float* other_lse, int64_t batch, int64_t dim, const D* log_scale,
                      float max_log_scale, const D* grad_loss, D* da, double* dot_partial) {
-  using Sm = TileSmem<D, BT::kBM, BT::kBN, BT::kBK>;
+  using Sm = GradSmem<D>;
   constexpr int kLd = Sm::kLd, kLdS = Sm::kLdS;
+  constexpr bool kTc = kTensorCores<D>;
   __shared__ Sm sm;
-  extern __shared__ float acc[];  // [kBM, dim]
+  extern __shared__ float clip_grad_dynamic_smem[];
+  float* acc = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(clip_grad_dynamic_smem) + 31) & ~uintptr_t(31));
+  const int64_t ld_acc = grad_acc_ld<D>(dim);
   const float s = read_scale(log_scale, max_log_scale);
   const float coef = static_cast<float>(double(to_acc(*grad_loss)) / (2.0 * double(batch)));
   const int64_t a0 = int64_t(blockIdx.x) * BT::kBM;
-  for (int64_t e = threadIdx.x; e < BT::kBM * dim; e += BT::kThreads) acc[e] = 0.0f;
+  for (int64_t e = threadIdx.x; e < BT::kBM * ld_acc; e += BT::kThreads) acc[e] = 0.0f;
   // Rows outside A's band see only Bm's band (dS is zero elsewhere on them).
   const bool meets = clip_tile::meets_band(a0, BT::kBM, a_off, batch);
   const int64_t c_begin = meets ? 0 : b_off, c_end = meets ? nb : b_off + batch;
@@ -281,37 +359,46 @@ __global__ void __launch_bounds__(BT::kThreads)
     for (int e = threadIdx.x; e < BT::kBM * BT::kBN; e += BT::kThreads) {
       const int r = e / BT::kBN, c = e % BT::kBN;
       const int64_t row = a0 + r, ai = row - a_off, bi = c0 + c - b_off;
-      float g = 0.0f;
+      float dl = 0.0f;  // d loss / d S per unit of g / 2B
       if (row < na && c < cols) {
         const float sv = sm.s[r * kLdS + c];
         const bool a_in = ai >= 0 && ai < batch, b_in = bi >= 0 && bi < batch;
-        g = coef * clip_tile::clip_dlogit<float>(sv, a_in, a_in ? own_lse[ai] : 0.0f, b_in,
-                                                 b_in ? other_lse[bi] : 0.0f, a_in && b_in && ai == bi);
-        my_dot += double(g) * double(sv);
+        dl = clip_tile::clip_dlogit<float>(sv, a_in, a_in ? own_lse[ai] : 0.0f, b_in, b_in ? other_lse[bi] : 0.0f,
+                                           a_in && b_in && ai == bi);
+        my_dot += double(coef * dl) * double(sv);
       }
-      sm.s[r * kLdS + c] = g;
+      if constexpr (kTc)
+        sm.ds[r * Sm::kLdDs + c] = from_acc<D>(dl);
+      else
+        sm.s[r * kLdS + c] = coef * dl;
     }
     __syncthreads();
-    // acc += dS [kBM, kBN] · Bm tile [kBN, dim], dim in chunks of kBK.
-    for (int64_t k0 = 0; k0 < dim; k0 += BT::kBK) {
-      load_chunk<BT::kBN, BT::kBK, kLd, BT::kThreads>(sm.b, b, ldb, c0, c0 + cols, k0, dim);
-      __syncthreads();
-      for (int e = threadIdx.x; e < BT::kBM * BT::kBK; e += BT::kThreads) {
-        const int r = e / BT::kBK, kk = e % BT::kBK;
-        if (k0 + kk >= dim) continue;
-        float& out = acc[r * dim + k0 + kk];
-        float v = out;
+    if constexpr (kTc) {
+      accumulate_tile_tensor_cores<D>(sm, acc, ld_acc, b, ldb, c0, cols, dim);
+    } else {
+      // acc += dS [kBM, kBN] · Bm tile [kBN, dim], dim in chunks of kBK.
+      for (int64_t k0 = 0; k0 < dim; k0 += BT::kBK) {
+        load_chunk<BT::kBN, BT::kBK, kLd, BT::kThreads>(sm.b, b, ldb, c0, c0 + cols, k0, dim);
+        __syncthreads();
+        for (int e = threadIdx.x; e < BT::kBM * BT::kBK; e += BT::kThreads) {
+          const int r = e / BT::kBK, kk = e % BT::kBK;
+          if (k0 + kk >= dim) continue;
+          float& out = acc[r * ld_acc + k0 + kk];
+          float v = out;
 #pragma unroll 8
-        for (int c = 0; c < BT::kBN; ++c) v = fmaf(sm.s[r * kLdS + c], to_acc(sm.b[c * kLd + kk]), v);
-        out = v;
+          for (int c = 0; c < BT::kBN; ++c) v = fmaf(sm.s[r * kLdS + c], to_acc(sm.b[c * kLd + kk]), v);
+          out = v;
+        }
+        __syncthreads();
       }
-      __syncthreads();
     }
   }
+  // The float path folded g / 2B into dS already.
+  const float out_scale = kTc ? s * coef : s;
   if (da)
     for (int64_t e = threadIdx.x; e < BT::kBM * dim; e += BT::kThreads) {
-      const int64_t row = a0 + e / dim;
-      if (row < na) da[row * dim + e % dim] = from_acc<D>(s * acc[e]);
+      const int64_t r = e / dim, k = e % dim, row = a0 + r;
+      if (row < na) da[row * dim + k] = from_acc<D>(out_scale * acc[r * ld_acc + k]);
     }
   if (dot_partial) {
     const double t = block_sum<BT::kThreads>(my_dot);
@@ -397,15 +484,17 @@ void launch_clip_grad_side(const D* a, int64_t lda, int64_t na, int64_t a_off, c
                            const D* ls, float max_ls, const D* grad, D* da, double* dot_partial, cudaStream_t stream) {
   using BT = clip_tile::BackwardTiling;
   const int64_t blocks = (na + BT::kBM - 1) / BT::kBM;
-  const size_t smem = sizeof(float) * static_cast<size_t>(BT::kBM * dim);
+  auto kernel = &clip_kernels::clip_grad_kernel<D>;
+  const size_t smem = sizeof(float) * static_cast<size_t>(BT::kBM * clip_kernels::grad_acc_ld<D>(dim)) + 32;
   int optin = 0;
   MAMCLIP_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, current_device()));
-  const size_t fixed = sizeof(clip_kernels::TileSmem<D, BT::kBM, BT::kBN, BT::kBK>) + 64 * sizeof(double);
+  cudaFuncAttributes attr{};
+  MAMCLIP_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  const size_t fixed = attr.sharedSizeBytes;  // the tile buffers and block_sum's partials
   MAMCLIP_CHECK(smem + fixed <= static_cast<size_t>(optin), device_error, "clip_loss: feature dim D = ", dim,
                 " needs ", smem + fixed, " bytes of shared memory per block in the CUDA backward (", BT::kBM,
                 " rows x D floats), but this device allows ", optin,
                 "; use a smaller D or compose matmul and cross_entropy instead");
-  auto kernel = &clip_kernels::clip_grad_kernel<D>;
   MAMCLIP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   kernel<<<static_cast<unsigned>(blocks), BT::kThreads, smem, stream>>>(a, lda, na, a_off, own_lse, b, ldb, nb, b_off,
                                                                         other_lse, batch, dim, ls, max_ls, grad, da,
