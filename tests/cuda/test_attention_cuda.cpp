@@ -184,6 +184,8 @@ TEMPLATE_TEST_CASE("flash attention on CUDA: every head dim and length, masks, d
   check_case<T>({1, 2, 130, 33, 96, false, true, 0.0});  // Lq > Lk, causal top-left
   check_case<T>({3, 12, 128, 128, 64, true, false, 0.0, true});  // PubMedBERT's shape, interleaved heads
   check_case<T>({2, 8, 102, 102, 96, false, false, 0.0, true});  // the fusion block
+  // B · H = 132000 (batch, head) pairs: more than grid.y's 65535, spread over grid.z.
+  check_case<T>({66000, 2, 3, 5, 32, true, false, 0.0});
   // Heads one element into rows of D + 1: the 16-bit load path (the cases above take 16-byte loads).
   check_case<T>({2, 3, 100, 67, 64, true, false, 0.0, false, true});
   check_case<T>({1, 2, 33, 33, 128, false, true, 0.1, false, true});
@@ -195,7 +197,7 @@ TEMPLATE_TEST_CASE("attention on CUDA in float and double: the reference kernels
   using T = TestType;
   for (const Case& c : {Case{2, 2, 17, 17, 6, true, false, 0.0}, Case{1, 3, 100, 100, 64, false, true, 0.1},
                         Case{2, 2, 33, 130, 96, true, false, 0.0, true}, Case{1, 1, 257, 257, 200, false, false, 0.0},
-                        Case{2, 1, 1, 1, 32, false, false, 0.0}})
+                        Case{2, 1, 1, 1, 32, false, false, 0.0}, Case{1, 70000, 2, 3, 8, false, true, 0.0}})
     check_case<T>(c);
 }
 

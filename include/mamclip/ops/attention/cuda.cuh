@@ -206,7 +206,21 @@ __device__ __forceinline__ float row_max4(float x) {
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
-// grid (ceil(Lq / kBM), H, B), Tr::kThreads threads, dynamic shared memory 3 · kBM · kLd · sizeof(D).
+// The (batch, head) pair of this block. grid.y · grid.z blocks cover the B · H pairs (head_grid on the
+// host), so neither B nor H is limited to gridDim's 65535; false for the padding blocks at the end of
+// the last grid.z row (the whole block returns, before any barrier).
+// 32-bit arithmetic: the pair index is below 65535 · 65536 (and 64-bit division costs the
+// tensor-core kernels registers they do not have to spare).
+__device__ __forceinline__ bool block_head(const AttentionDims& n, int& b, int& h) {
+  const uint32_t bh = blockIdx.y + blockIdx.z * gridDim.y, heads = static_cast<uint32_t>(n.heads);
+  if (bh >= static_cast<uint64_t>(n.batch) * heads) return false;
+  const uint32_t q = bh / heads;
+  b = static_cast<int>(q);
+  h = static_cast<int>(bh - q * heads);
+  return true;
+}
+
+// grid (ceil(Lq / kBM), head_grid), Tr::kThreads threads, dynamic shared memory 3 · kBM · kLd · sizeof(D).
 template <class D, class Tr>
 __global__ void __launch_bounds__(Tr::kThreads) flash_forward_kernel(const FlashForwardParams<D> p) {
   static_assert(Tr::kBN == Tr::kBM, "the forward stages Q, K and V tiles of one size");
@@ -216,7 +230,9 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_forward_kernel(const Flash
   D* sk = sq + Tr::kBM * kLd;
   D* sv = sk + Tr::kBN * kLd;
   const AttentionDims& n = p.n;
-  const int64_t b = blockIdx.z, h = blockIdx.y, i0 = int64_t(blockIdx.x) * Tr::kBM;
+  int b = 0, h = 0;  // each below 2^31: 65535 · 65536 pairs at most
+  if (!block_head(n, b, h)) return;
+  const int64_t i0 = int64_t(blockIdx.x) * Tr::kBM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t rows[2] = {i0 + warp * 16 + g, i0 + warp * 16 + g + 8};
   load_rows<Tr::kBM, kD, kLd, Tr::kThreads>(sq, p.q.head(b, h), p.q.sl, i0, n.lq, p.vec16);
@@ -325,7 +341,9 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_dq_kernel(const FlashBackw
   D* sk = sdo + Tr::kBM * kLd;
   D* sv = sk + Tr::kBN * kLd;
   const AttentionDims& n = p.n;
-  const int64_t b = blockIdx.z, h = blockIdx.y, i0 = int64_t(blockIdx.x) * Tr::kBM;
+  int b = 0, h = 0;  // each below 2^31: 65535 · 65536 pairs at most
+  if (!block_head(n, b, h)) return;
+  const int64_t i0 = int64_t(blockIdx.x) * Tr::kBM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t rows[2] = {i0 + warp * 16 + g, i0 + warp * 16 + g + 8};
   load_rows<Tr::kBM, kD, kLd, Tr::kThreads>(sq, p.q.head(b, h), p.q.sl, i0, n.lq, p.vec16);
@@ -391,7 +409,9 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_dkdv_kernel(const FlashBac
   float* slse = reinterpret_cast<float*>(sdo + Tr::kBN * kLd);
   float* sdsum = slse + Tr::kBN;
   const AttentionDims& n = p.n;
-  const int64_t b = blockIdx.z, h = blockIdx.y, j0 = int64_t(blockIdx.x) * Tr::kBM;
+  int b = 0, h = 0;  // each below 2^31: 65535 · 65536 pairs at most
+  if (!block_head(n, b, h)) return;
+  const int64_t j0 = int64_t(blockIdx.x) * Tr::kBM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t keys[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
   load_rows<Tr::kBM, kD, kLd, Tr::kThreads>(sk, p.k.head(b, h), p.k.sl, j0, n.lk, p.vec16);
@@ -464,11 +484,13 @@ __device__ __forceinline__ D warp_sum(D x) {
   return warp_reduce(x, Sum{});
 }
 
-// grid (ceil(Lq / 4), H, B), 128 threads.
+// grid (ceil(Lq / 4), head_grid), 128 threads.
 template <class D>
 __global__ void __launch_bounds__(128) reference_forward_kernel(const FlashForwardParams<D> p) {
   const AttentionDims& n = p.n;
-  const int64_t b = blockIdx.z, h = blockIdx.y, i = int64_t(blockIdx.x) * 4 + threadIdx.x / 32;
+  int b = 0, h = 0;  // each below 2^31: 65535 · 65536 pairs at most
+  if (!block_head(n, b, h)) return;
+  const int64_t i = int64_t(blockIdx.x) * 4 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (i >= n.lq) return;
   const D scale = static_cast<D>(p.c.scale);
@@ -508,11 +530,13 @@ __global__ void __launch_bounds__(128) reference_forward_kernel(const FlashForwa
 }
 
 // dQ (keys_side = false: one warp per query row) or dK and dV (true: one warp per key row).
-// grid (ceil(rows / 4), H, B), 128 threads.
+// grid (ceil(rows / 4), head_grid), 128 threads.
 template <class D, bool kKeysSide>
 __global__ void __launch_bounds__(128) reference_backward_kernel(const FlashBackwardParams<D> p) {
   const AttentionDims& n = p.n;
-  const int64_t b = blockIdx.z, h = blockIdx.y, row = int64_t(blockIdx.x) * 4 + threadIdx.x / 32;
+  int b = 0, h = 0;  // each below 2^31: 65535 · 65536 pairs at most
+  if (!block_head(n, b, h)) return;
+  const int64_t row = int64_t(blockIdx.x) * 4 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= (kKeysSide ? n.lk : n.lq)) return;
   const D scale = static_cast<D>(p.c.scale);
@@ -583,10 +607,15 @@ HeadsView<device_t<T>> device_heads(const HeadsView<T>& v) {
   return {device_ptr(v.data), v.sb, v.sh, v.sl};
 }
 
-inline void attention_check_grid(const AttentionDims& n) {
-  MAMCLIP_CHECK(n.heads <= 65535 && n.batch <= 65535, device_error,
-                "scaled_dot_product_attention: the CUDA kernels take at most 65535 heads and 65535 batches, got B = ",
-                n.batch, ", H = ", n.heads);
+// The launch grid of the attention kernels: x_blocks blocks of rows along x, the B · H (batch, head)
+// pairs over y and z (attention_kernels::block_head), up to 65535 x 65535 pairs.
+inline dim3 attention_grid(int64_t rows, int64_t rows_per_block, const AttentionDims& n) {
+  const int64_t x = (rows + rows_per_block - 1) / rows_per_block, bh = n.batch * n.heads;
+  const int64_t y = std::clamp<int64_t>(bh, 1, 65535), z = (bh + y - 1) / y;
+  MAMCLIP_CHECK(x <= INT32_MAX && z <= 65535, device_error,
+                "scaled_dot_product_attention: the CUDA kernels take at most 65535 x 65535 (batch, head) pairs and ",
+                int64_t(INT32_MAX) * rows_per_block, " rows; got B = ", n.batch, ", H = ", n.heads, ", ", rows, " rows");
+  return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y), static_cast<unsigned>(z));
 }
 
 // Which kernels serve (T, D, Dv): tensor cores for 16-bit types at D = Dv in {32, 64, 96, 128}, the
@@ -608,7 +637,6 @@ void attention_check_dims(const AttentionDims& n) {
                   "scaled_dot_product_attention: the ", dtype_name(dtype_v<T>), " CUDA kernels support head dims up to ",
                   attention_kernels::kRefMaxDim, "; got D = ", n.d, ", Dv = ", n.dv);
   }
-  attention_check_grid(n);
 }
 
 template <class Kernel>
@@ -629,8 +657,7 @@ void launch_flash_forward(const attention_kernels::FlashForwardParams<D>& p, cud
   const size_t smem = sizeof(D) * static_cast<size_t>(3 * Tr::kBM * Tr::kLd);
   auto kernel = &attention_kernels::flash_forward_kernel<D, Tr>;
   attention_smem(kernel, smem);
-  const dim3 grid(static_cast<unsigned>((p.n.lq + Tr::kBM - 1) / Tr::kBM), static_cast<unsigned>(p.n.heads),
-                  static_cast<unsigned>(p.n.batch));
+  const dim3 grid = attention_grid(p.n.lq, Tr::kBM, p.n);
   kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
   MAMCLIP_CUDA_CHECK_LAUNCH();
 }
@@ -642,8 +669,7 @@ void launch_flash_backward(const attention_kernels::FlashBackwardParams<D>& p, c
     const size_t smem = sizeof(D) * static_cast<size_t>((2 * Tr::kBM + 2 * Tr::kBN) * Tr::kLd);
     auto kernel = &attention_kernels::flash_dq_kernel<D, Tr>;
     attention_smem(kernel, smem);
-    const dim3 grid(static_cast<unsigned>((p.n.lq + Tr::kBM - 1) / Tr::kBM), static_cast<unsigned>(p.n.heads),
-                    static_cast<unsigned>(p.n.batch));
+    const dim3 grid = attention_grid(p.n.lq, Tr::kBM, p.n);
     kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
     MAMCLIP_CUDA_CHECK_LAUNCH();
   }
@@ -653,8 +679,7 @@ void launch_flash_backward(const attention_kernels::FlashBackwardParams<D>& p, c
         sizeof(D) * static_cast<size_t>((2 * Tr::kBM + 2 * Tr::kBN) * Tr::kLd) + sizeof(float) * 2 * Tr::kBN;
     auto kernel = &attention_kernels::flash_dkdv_kernel<D, Tr>;
     attention_smem(kernel, smem);
-    const dim3 grid(static_cast<unsigned>((p.n.lk + Tr::kBM - 1) / Tr::kBM), static_cast<unsigned>(p.n.heads),
-                    static_cast<unsigned>(p.n.batch));
+    const dim3 grid = attention_grid(p.n.lk, Tr::kBM, p.n);
     kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
     MAMCLIP_CUDA_CHECK_LAUNCH();
   }
@@ -691,8 +716,7 @@ void launch_attention_forward(const AttentionForwardArgs<T>& a, cudaStream_t str
     p.vec16 = attention_kernels::loads16(p.q) && attention_kernels::loads16(p.k) && attention_kernels::loads16(p.v);
     with_head_dim(n.d, [&](auto kd) { launch_flash_forward<D, decltype(kd)::value>(p, stream); });
   } else {
-    const dim3 grid(static_cast<unsigned>((n.lq + 3) / 4), static_cast<unsigned>(n.heads),
-                    static_cast<unsigned>(n.batch));
+    const dim3 grid = attention_grid(n.lq, 4, n);
     attention_kernels::reference_forward_kernel<D><<<grid, 128, 0, stream>>>(p);
     MAMCLIP_CUDA_CHECK_LAUNCH();
   }
@@ -742,14 +766,12 @@ void launch_attention_backward(const AttentionBackwardArgs<T>& a, cudaStream_t s
     with_head_dim(n.d, [&](auto kd) { launch_flash_backward<D, decltype(kd)::value>(p, stream); });
   } else {
     if (p.dq.data) {
-      const dim3 grid(static_cast<unsigned>((n.lq + 3) / 4), static_cast<unsigned>(n.heads),
-                      static_cast<unsigned>(n.batch));
+      const dim3 grid = attention_grid(n.lq, 4, n);
       attention_kernels::reference_backward_kernel<D, false><<<grid, 128, 0, stream>>>(p);
       MAMCLIP_CUDA_CHECK_LAUNCH();
     }
     if (p.dk.data || p.dv.data) {
-      const dim3 grid(static_cast<unsigned>((n.lk + 3) / 4), static_cast<unsigned>(n.heads),
-                      static_cast<unsigned>(n.batch));
+      const dim3 grid = attention_grid(n.lk, 4, n);
       attention_kernels::reference_backward_kernel<D, true><<<grid, 128, 0, stream>>>(p);
       MAMCLIP_CUDA_CHECK_LAUNCH();
     }
