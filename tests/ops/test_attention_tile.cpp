@@ -1,7 +1,8 @@
 // The tile math of the fused attention kernels (ops/attention/tile.hpp),
 // on the CPU: the online softmax and the lse-recompute backward, run the way
 // the kernels tile them, against the CPU reference (ops/attention/cpu.hpp);
-// and the mma.sync fragment layouts the kernels' register reuse rests on.
+// and the mma.sync fragment layouts the kernels' register reuse and ldmatrix loads rest on.
+#include <array>
 #include <set>
 
 #include "mamclip/ops/attention/tile.hpp"
@@ -282,6 +283,52 @@ TEST_CASE("mma.sync m16n8k16 fragments: each layout covers its tile once; S's ac
       CHECK(at::frag::c_row(lane, ce) == at::frag::a_row(lane, e));
       CHECK(tile * 8 + at::frag::c_col(lane, ce) == at::frag::a_col(lane, e));
     }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4 as the PTX ISA defines it, on a row-major buffer m(row, col): lane
+// l gives the address (row, col) of row l % 8 of matrix l / 8; register k of lane l receives two
+// elements of matrix k: row l / 4, cols 2 (l % 4) and + 1, or with .trans rows 2 (l % 4) and + 1 of
+// column l / 4.
+using Ldm = std::array<std::array<std::array<int, 2>, 4>, 32>;  // [lane][register][low, high]
+template <class M, class Row, class Col>
+Ldm emulate_ldmatrix_x4(const M& m, Row row, Col col, bool trans) {
+  Ldm out{};
+  for (int lane = 0; lane < 32; ++lane)
+    for (int k = 0; k < 4; ++k)
+      for (int half = 0; half < 2; ++half) {
+        const int r = trans ? 2 * (lane % 4) + half : lane / 4;  // within matrix k
+        const int c = trans ? lane / 4 : 2 * (lane % 4) + half;
+        const int src = 8 * k + r;  // the lane whose address is matrix k's row r
+        out[lane][k][half] = m(row(src), col(src) + c);
+      }
+  return out;
+}
+
+TEST_CASE("ldmatrix lane addresses give the mma fragments the kernels' old 32- and 16-bit loads gave") {
+  // Distinct values: entry (r, c) of a shared buffer with rows of 40 elements.
+  const auto m = [](int r, int c) { return r * 40 + c; };
+  // A: one k-step of a 16 x 16 tile; register k holds elements 2k, 2k + 1 of the A fragment.
+  const Ldm a = emulate_ldmatrix_x4(m, at::frag::ldm_a_row, at::frag::ldm_a_col, false);
+  // Bt: B[k][n] = X[n][k] from X's rows, n-tiles 0 and 1; registers (b0, b1) of n-tile 0, then 1.
+  const Ldm bt = emulate_ldmatrix_x4(m, at::frag::ldm_bt_row, at::frag::ldm_bt_col, false);
+  // B with .trans: B[k][n] = X[k][n] from X's rows (V), d-tiles 0 and 1.
+  const Ldm b = emulate_ldmatrix_x4(m, at::frag::ldm_b_row, at::frag::ldm_b_col, true);
+  for (int lane = 0; lane < 32; ++lane) {
+    INFO("lane " << lane);
+    for (int e = 0; e < 8; ++e) CHECK(a[lane][e / 2][e % 2] == m(at::frag::a_row(lane, e), at::frag::a_col(lane, e)));
+    for (int tile = 0; tile < 2; ++tile)
+      for (int e = 0; e < 4; ++e) {
+        const int k = at::frag::b_row(lane, e), n = tile * 8 + at::frag::b_col(lane, e);
+        CHECK(bt[lane][2 * tile + e / 2][e % 2] == m(n, k));
+        CHECK(b[lane][2 * tile + e / 2][e % 2] == m(k, n));
+      }
+  }
+  // Each lane's address is the start of a 16-byte row segment: 8-element aligned columns.
+  for (int lane = 0; lane < 32; ++lane) {
+    CHECK(at::frag::ldm_a_col(lane) % 8 == 0);
+    CHECK(at::frag::ldm_bt_col(lane) % 8 == 0);
+    CHECK(at::frag::ldm_b_col(lane) % 8 == 0);
+  }
 }
 
 }  // namespace test_attention_tile

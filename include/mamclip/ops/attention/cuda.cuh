@@ -36,7 +36,12 @@
 // device_error. Operand rows are read with 16-byte loads when every operand
 // allows it (16-byte aligned heads, strides in multiples of 8 elements: what
 // contiguous and [B, L, H, D] layouts give), else with 16-bit loads (any
-// strides and offsets); tiles are staged through shared memory with kLd = D + 8.
+// strides and offsets); tiles are staged through shared memory with kLd = D + 8
+// (rows 16 bytes apart mod 128: the 8 rows of an ldmatrix phase hit distinct
+// banks). mma operands come from shared memory by ldmatrix (.trans for the
+// right-hand operand of P V, dS K, Pᵀ dO and dSᵀ Q); the lane addresses are
+// attention_tile::frag::ldm_*, checked on the host against the fragment
+// layouts in tests/ops/test_attention_tile.cpp.
 
 #include <algorithm>
 #include <cstdint>
@@ -73,10 +78,6 @@ template <class D>
 __device__ __forceinline__ uint32_t pack_floats(float lo, float hi) {
   return pack2<D>(from_acc<D>(lo), from_acc<D>(hi));
 }
-template <class D>
-__device__ __forceinline__ uint32_t load32(const D* p) {  // p 4-byte aligned (shared memory)
-  return *reinterpret_cast<const uint32_t*>(p);
-}
 
 // c += a · b for one m16n8k16 tile (layouts: attention_tile::frag).
 template <class D>
@@ -99,19 +100,46 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
 #endif
 }
 
+// Four 8 x 8 matrices of 16-bit values from shared memory into mma fragments; smem is this lane's
+// row address (16 bytes, 16-byte aligned), as attention_tile::frag::ldm_* place it.
+template <bool kTrans>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  if constexpr (kTrans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+#else
+  r[0] = r[1] = r[2] = r[3] = 0u;
+  __trap();  // the launchers refuse devices below sm_80
+#endif
+}
+
 // acc [16 x 8·kNTiles] += A [16 x 16·kKSteps] · Bᵀ, A's and B's rows in shared memory (stride ld):
-// the warp's share of S = Q Kᵀ (A = its 16 query rows, B = the key tile).
+// the warp's share of S = Q Kᵀ (A = its 16 query rows, B = the key tile). One ldmatrix per A
+// k-step and per two n-tiles of B (each was 4 and 2 32-bit shared loads per lane before).
 template <int kNTiles, int kKSteps, class D>
 __device__ __forceinline__ void warp_mma_abt(float (&acc)[kNTiles][4], const D* a, const D* b, int ld) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  static_assert(kNTiles % 2 == 0, "B fragments are loaded two n-tiles at a time");
+  namespace fr = attention_tile::frag;
+  const int lane = threadIdx.x % 32;
+  const D* a_lane = a + fr::ldm_a_row(lane) * ld + fr::ldm_a_col(lane);
+  const D* b_lane = b + fr::ldm_bt_row(lane) * ld + fr::ldm_bt_col(lane);
 #pragma unroll
   for (int ks = 0; ks < kKSteps; ++ks) {
-    const D* ap = a + g * ld + ks * 16 + 2 * t;
-    const uint32_t ra[4] = {load32(ap), load32(ap + 8 * ld), load32(ap + 8), load32(ap + 8 * ld + 8)};
+    uint32_t ra[4];
+    ldmatrix_x4<false>(ra, a_lane + ks * 16);
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
-      const D* bp = b + (nt * 8 + g) * ld + ks * 16 + 2 * t;
-      mma16816<D>(acc[nt], ra, load32(bp), load32(bp + 8));
+    for (int nt = 0; nt < kNTiles; nt += 2) {
+      uint32_t rb[4];
+      ldmatrix_x4<false>(rb, b_lane + nt * 8 * ld + ks * 16);
+      mma16816<D>(acc[nt], ra, rb[0], rb[1]);
+      mma16816<D>(acc[nt + 1], ra, rb[2], rb[3]);
     }
   }
 }
@@ -129,17 +157,23 @@ __device__ __forceinline__ void to_a_fragments(const float (&c)[2 * kKSteps][4],
 }
 
 // acc [16 x 8·kDTiles] += P [16 x 16·kKSteps] (A fragments) · V [16·kKSteps x 8·kDTiles], V's rows in
-// shared memory (stride ld): O += P V, dQ += dS K, dV += Pᵀ dO, dK += dSᵀ Q.
+// shared memory (stride ld): O += P V, dQ += dS K, dV += Pᵀ dO, dK += dSᵀ Q. V's column pairs come
+// transposed by ldmatrix .trans, two d-tiles per load (each was 4 16-bit loads per lane per d-tile).
 template <int kDTiles, int kKSteps, class D>
 __device__ __forceinline__ void warp_mma_pv(float (&acc)[kDTiles][4], const uint32_t (&pa)[kKSteps][4], const D* v,
                                             int ld) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  static_assert(kDTiles % 2 == 0, "B fragments are loaded two d-tiles at a time");
+  namespace fr = attention_tile::frag;
+  const int lane = threadIdx.x % 32;
+  const D* v_lane = v + fr::ldm_b_row(lane) * ld + fr::ldm_b_col(lane);
 #pragma unroll
   for (int ks = 0; ks < kKSteps; ++ks) {
 #pragma unroll
-    for (int dt = 0; dt < kDTiles; ++dt) {
-      const D* vp = v + (ks * 16 + 2 * t) * ld + dt * 8 + g;
-      mma16816<D>(acc[dt], pa[ks], pack2(vp[0], vp[ld]), pack2(vp[8 * ld], vp[9 * ld]));
+    for (int dt = 0; dt < kDTiles; dt += 2) {
+      uint32_t rb[4];
+      ldmatrix_x4<true>(rb, v_lane + ks * 16 * ld + dt * 8);
+      mma16816<D>(acc[dt], pa[ks], rb[0], rb[1]);
+      mma16816<D>(acc[dt + 1], pa[ks], rb[2], rb[3]);
     }
   }
 }

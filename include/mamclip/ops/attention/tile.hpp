@@ -135,6 +135,21 @@ MAMCLIP_HOST_DEVICE int c_col(int lane, int e) { return 2 * (lane % 4) + e % 2; 
 // k-step s is taken from, and the element in it: the register reuse of P.
 MAMCLIP_HOST_DEVICE int a_from_c_tile(int e) { return e / 4; }
 MAMCLIP_HOST_DEVICE int a_from_c_elem(int e) { return e % 4; }
+
+// ldmatrix.sync.aligned.m8n8.x4 (.b16) loads four 8 x 8 matrices: lane l gives the address of row
+// l % 8 of matrix l / 8 (16 bytes), and register m of every lane receives matrix m in the
+// fragment layout above: row lane / 4, cols 2t, 2t + 1 (with .trans, of the transposed matrix:
+// rows 2t, 2t + 1 of column lane / 4). Where lane l points, as (row, col) offsets from a tile's
+// origin in a row-major shared buffer, for the kernels' three uses:
+//   A     a 16 x 16 A tile (Q, dO, K, V rows): registers a0..a3 of one k-step
+MAMCLIP_HOST_DEVICE int ldm_a_row(int lane) { return lane % 16; }
+MAMCLIP_HOST_DEVICE int ldm_a_col(int lane) { return (lane / 16) * 8; }
+//   Bt    B = Xᵀ from X's rows (S = Q Kᵀ: key rows), two n-tiles: b0, b1 of n-tile 0, then of n-tile 1
+MAMCLIP_HOST_DEVICE int ldm_bt_row(int lane) { return (lane / 16) * 8 + lane % 8; }
+MAMCLIP_HOST_DEVICE int ldm_bt_col(int lane) { return ((lane / 8) % 2) * 8; }
+//   B     B = X from X's rows with .trans (O += P V: V rows are k), two n-tiles: the same order
+MAMCLIP_HOST_DEVICE int ldm_b_row(int lane) { return lane % 16; }
+MAMCLIP_HOST_DEVICE int ldm_b_col(int lane) { return (lane / 16) * 8; }
 }  // namespace frag
 
 }  // namespace mamclip::attention_tile
