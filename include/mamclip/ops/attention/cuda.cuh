@@ -9,7 +9,9 @@
 // FlashAttention-2 style. mma.sync.m16n8k16 with float accumulators; a CTA of
 // 4 warps owns 64 rows, each warp 16, and walks the other side in tiles held
 // in shared memory:
-//   flash_forward_kernel   rows = queries; per key tile S = Q Kᵀ in registers,
+//   flash_forward_kernel   rows = queries; K and V tiles arrive by cp.async
+//                          (V_j during S_j, K_j+1 during P_j V_j when rows are
+//                          16-byte aligned); per key tile S = Q Kᵀ in registers,
 //                          online softmax (row max and sum shared by the 4
 //                          lanes of a row through two shuffles), O rescaled
 //                          in registers, P reused from S's accumulators as
@@ -199,6 +201,41 @@ __device__ __forceinline__ void load_rows(D* sm, const D* head, int64_t sl, int6
   }
 }
 
+// Asynchronous 16-byte copies global -> shared (cp.async, sm_80+), bypassing registers and L1: the
+// forward's K / V tiles load while the tensor cores work on the other one. valid false: the 16
+// bytes are zero-filled and nothing is read (src-size 0).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most kPending of this thread's committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
+}
+
+// load_rows' vec16 layout through cp.async: issues the copies, returns at once (commit and wait
+// are the caller's).
+template <int kRows, int kD, int kLd, int kThreads, class D>
+__device__ __forceinline__ void load_rows_async(D* sm, const D* head, int64_t sl, int64_t r0, int64_t rows) {
+  static_assert(sizeof(D) == 2 && kD % 8 == 0 && kLd % 8 == 0, "16-byte chunks of 16-bit rows");
+  constexpr int kChunks = kD / 8;
+  for (int e = threadIdx.x; e < kRows * kChunks; e += kThreads) {
+    const int r = e / kChunks, c = (e % kChunks) * 8;
+    const bool valid = r0 + r < rows;
+    cp_async16(sm + r * kLd + c, valid ? head + (r0 + r) * sl + c : head, valid);
+  }
+}
+
 // Whether every head of v can be read in 16-byte chunks (load_rows' vec16).
 template <class S>
 bool loads16(const HeadsView<S>& v) {
@@ -275,11 +312,25 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_forward_kernel(const Flash
   for (int dt = 0; dt < Tr::kDTiles; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
   at::RowState<float> st[2];  // l: this lane's share of the row sum, until the end
   const int64_t k_end = p.c.causal ? (n.lk < i0 + Tr::kBM ? n.lk : i0 + Tr::kBM) : n.lk;
+  // With 16-byte rows (vec16, uniform over the CTA) K and V load asynchronously, as in
+  // FlashAttention-2: V_j while S_j = Q K_jᵀ is computed, K_j+1 while O += P_j V_j is. Groups
+  // are committed in the order K_0, V_0, K_1, V_1, ... (an empty group after the last tile), so
+  // "at most one pending" always means the older of the two has landed.
+  const bool pipelined = p.vec16;
+  if (pipelined) {
+    load_rows_async<Tr::kBN, kD, kLd, Tr::kThreads>(sk, p.k.head(b, h), p.k.sl, 0, n.lk);
+    cp_async_commit();
+  }
   for (int64_t j0 = 0; j0 < k_end; j0 += Tr::kBN) {
-    __syncthreads();  // the previous tiles are read
-    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sk, p.k.head(b, h), p.k.sl, j0, n.lk, p.vec16);
-    load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sv, p.v.head(b, h), p.v.sl, j0, n.lk, p.vec16);
-    __syncthreads();
+    if (pipelined) {
+      load_rows_async<Tr::kBN, kD, kLd, Tr::kThreads>(sv, p.v.head(b, h), p.v.sl, j0, n.lk);
+      cp_async_commit();
+      cp_async_wait<1>();  // K_j (this thread's part)
+    } else {
+      load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sk, p.k.head(b, h), p.k.sl, j0, n.lk, false);
+      load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sv, p.v.head(b, h), p.v.sl, j0, n.lk, false);
+    }
+    __syncthreads();  // Q (first pass), K_j, and V_j when not pipelined, visible to every warp
     float s[Tr::kNTiles][4];
 #pragma unroll
     for (int nt = 0; nt < Tr::kNTiles; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
@@ -318,8 +369,18 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_forward_kernel(const Flash
       }
     uint32_t pa[Tr::kNSteps][4];
     to_a_fragments<D, Tr::kNSteps>(s, pa);
+    if (pipelined) {
+      __syncthreads();  // every warp is done with K_j: K_j+1 may overwrite it
+      if (j0 + Tr::kBN < k_end)
+        load_rows_async<Tr::kBN, kD, kLd, Tr::kThreads>(sk, p.k.head(b, h), p.k.sl, j0 + Tr::kBN, n.lk);
+      cp_async_commit();
+      cp_async_wait<1>();  // V_j (this thread's part)
+      __syncthreads();     // V_j visible to every warp
+    }
     warp_mma_pv<Tr::kDTiles, Tr::kNSteps>(o, pa, sv, kLd);
+    __syncthreads();  // every warp is done with the tiles before the next ones land
   }
+  if (pipelined) cp_async_wait<0>();  // only the empty last group can be pending; leave nothing in flight
 #pragma unroll
   for (int r = 0; r < 2; ++r) st[r].l = row_sum4(st[r].l);
   const float inv[2] = {at::row_inv_sum(st[0]), at::row_inv_sum(st[1])};
