@@ -181,6 +181,12 @@ __device__ void score_tile(TileSmem<D, BM, BN, BK>& sm, const D* a, int64_t lda,
   __syncthreads();
 }
 
+// The forward's chunk of D: 64 for 16-bit inputs (half the chunk loop's barriers and exposed load
+// latencies of 32; 36 KiB of static shared memory), FT::kBK for float (its odd-stride chunks
+// would pass the 48 KiB static limit at 64).
+template <class D>
+inline constexpr int kForwardBK = kTensorCores<D> ? 64 : FT::kBK;
+
 template <class D>
 __device__ __forceinline__ float read_scale(const D* log_scale, float max_log_scale) {
   return clip_tile::clip_scale<float>(to_acc(*log_scale), max_log_scale).s;
@@ -193,8 +199,8 @@ __global__ void __launch_bounds__(FT::kThreads)
     clip_lse_partial_kernel(const D* a, int64_t lda, int64_t a_off, int64_t batch, const D* b, int64_t ldb, int64_t nb,
                             int64_t dim, const D* log_scale, float max_log_scale, int64_t tiles_per_split,
                             float2* partial) {
-  __shared__ TileSmem<D, FT::kBM, FT::kBN, FT::kBK> sm;
-  constexpr int kLdS = TileSmem<D, FT::kBM, FT::kBN, FT::kBK>::kLdS;
+  __shared__ TileSmem<D, FT::kBM, FT::kBN, kForwardBK<D>> sm;
+  constexpr int kLdS = TileSmem<D, FT::kBM, FT::kBN, kForwardBK<D>>::kLdS;
   const float s = read_scale(log_scale, max_log_scale);
   const int64_t r0 = int64_t(blockIdx.x) * FT::kBM;  // band-relative
   const int64_t col_tiles = (nb + FT::kBN - 1) / FT::kBN;
@@ -205,7 +211,8 @@ __global__ void __launch_bounds__(FT::kThreads)
   for (int64_t t = t_begin; t < t_end; ++t) {
     const int64_t c0 = t * FT::kBN;
     const int cols = static_cast<int>(imin(FT::kBN, nb - c0));
-    score_tile<FT::kBM, FT::kBN, FT::kBK, FT::kThreads>(sm, a, lda, a_off + r0, a_off + batch, b, ldb, c0, nb, dim, s);
+    score_tile<FT::kBM, FT::kBN, kForwardBK<D>, FT::kThreads>(sm, a, lda, a_off + r0, a_off + batch, b, ldb, c0, nb, dim,
+                                                               s);
     const int n = cols > q ? (cols - q + FT::kLanes - 1) / FT::kLanes : 0;
     clip_tile::lse_update(st, sm.s + r * kLdS + q, n, FT::kLanes);
     __syncthreads();  // the next tile overwrites sm.s
