@@ -102,12 +102,17 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
 #endif
 }
 
-// Four 8 x 8 matrices of 16-bit values from shared memory into mma fragments; smem is this lane's
+// The 32-bit shared-memory address of p (what ldmatrix and cp.async take; one register, where a
+// generic pointer takes two).
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Four 8 x 8 matrices of 16-bit values from shared memory into mma fragments; addr is this lane's
 // row address (16 bytes, 16-byte aligned), as attention_tile::frag::ldm_* place it.
 template <bool kTrans>
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   if constexpr (kTrans)
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -117,7 +122,7 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) 
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
 #else
-  r[0] = r[1] = r[2] = r[3] = 0u;
+  r[0] = r[1] = r[2] = r[3] = addr * 0u;
   __trap();  // the launchers refuse devices below sm_80
 #endif
 }
@@ -129,17 +134,19 @@ template <int kNTiles, int kKSteps, class D>
 __device__ __forceinline__ void warp_mma_abt(float (&acc)[kNTiles][4], const D* a, const D* b, int ld) {
   static_assert(kNTiles % 2 == 0, "B fragments are loaded two n-tiles at a time");
   namespace fr = attention_tile::frag;
+  constexpr uint32_t kE = sizeof(D);
   const int lane = threadIdx.x % 32;
-  const D* a_lane = a + fr::ldm_a_row(lane) * ld + fr::ldm_a_col(lane);
-  const D* b_lane = b + fr::ldm_bt_row(lane) * ld + fr::ldm_bt_col(lane);
+  const uint32_t a_lane = smem_addr(a + fr::ldm_a_row(lane) * ld + fr::ldm_a_col(lane));
+  const uint32_t b_lane = smem_addr(b + fr::ldm_bt_row(lane) * ld + fr::ldm_bt_col(lane));
+  const uint32_t b_ntile = 8 * static_cast<uint32_t>(ld) * kE;  // bytes from one n-tile's rows to the next
 #pragma unroll
   for (int ks = 0; ks < kKSteps; ++ks) {
     uint32_t ra[4];
-    ldmatrix_x4<false>(ra, a_lane + ks * 16);
+    ldmatrix_x4<false>(ra, a_lane + ks * 16 * kE);
 #pragma unroll
     for (int nt = 0; nt < kNTiles; nt += 2) {
       uint32_t rb[4];
-      ldmatrix_x4<false>(rb, b_lane + nt * 8 * ld + ks * 16);
+      ldmatrix_x4<false>(rb, b_lane + nt * b_ntile + ks * 16 * kE);
       mma16816<D>(acc[nt], ra, rb[0], rb[1]);
       mma16816<D>(acc[nt + 1], ra, rb[2], rb[3]);
     }
@@ -166,14 +173,16 @@ __device__ __forceinline__ void warp_mma_pv(float (&acc)[kDTiles][4], const uint
                                             int ld) {
   static_assert(kDTiles % 2 == 0, "B fragments are loaded two d-tiles at a time");
   namespace fr = attention_tile::frag;
+  constexpr uint32_t kE = sizeof(D);
   const int lane = threadIdx.x % 32;
-  const D* v_lane = v + fr::ldm_b_row(lane) * ld + fr::ldm_b_col(lane);
+  const uint32_t v_lane = smem_addr(v + fr::ldm_b_row(lane) * ld + fr::ldm_b_col(lane));
+  const uint32_t v_kstep = 16 * static_cast<uint32_t>(ld) * kE;  // bytes from one k-step's rows to the next
 #pragma unroll
   for (int ks = 0; ks < kKSteps; ++ks) {
 #pragma unroll
     for (int dt = 0; dt < kDTiles; dt += 2) {
       uint32_t rb[4];
-      ldmatrix_x4<true>(rb, v_lane + ks * 16 * ld + dt * 8);
+      ldmatrix_x4<true>(rb, v_lane + ks * v_kstep + dt * 8 * kE);
       mma16816<D>(acc[dt], pa[ks], rb[0], rb[1]);
       mma16816<D>(acc[dt + 1], pa[ks], rb[2], rb[3]);
     }
@@ -206,7 +215,7 @@ __device__ __forceinline__ void load_rows(D* sm, const D* head, int64_t sl, int6
 // bytes are zero-filled and nothing is read (src-size 0).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t dst = smem_addr(smem);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
 #endif
 }
@@ -317,7 +326,7 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_forward_kernel(const Flash
   // are committed in the order K_0, V_0, K_1, V_1, ... (an empty group after the last tile), so
   // "at most one pending" always means the older of the two has landed.
   const bool pipelined = p.vec16;
-  if (pipelined) {
+  if (pipelined && k_end > 0) {  // Lk = 0: no copy from an empty K (its head pointer may be null)
     load_rows_async<Tr::kBN, kD, kLd, Tr::kThreads>(sk, p.k.head(b, h), p.k.sl, 0, n.lk);
     cp_async_commit();
   }

@@ -286,11 +286,13 @@ __global__ void __launch_bounds__(kBlock)
   if (threadIdx.x == 0) *loss = from_acc<D>(static_cast<float>(total / (2.0 * double(batch))));
 }
 
-// Row stride of the backward's [kBM, D] float accumulator: a multiple of 16 for the tensor-core
-// path, whose 16 x 16 fragments cover D rounded up (the extra columns see zeros of Bm's chunks).
+// Row stride of the backward's [kBM, D] float accumulator. Tensor-core path: D rounded up to 16
+// (the fragments cover it; the extra columns see zeros of Bm's chunks), plus 8 floats so that
+// the 8 rows a fragment access spans fall 8 banks apart (2-way conflicts, not 8-way when D is a
+// multiple of 32); fragment pointers stay 32-byte aligned (rows are 64·ld bytes apart per 16).
 template <class D>
 __host__ __device__ constexpr int64_t grad_acc_ld(int64_t dim) {
-  return kTensorCores<D> ? (dim + 15) / 16 * 16 : dim;
+  return kTensorCores<D> ? (dim + 15) / 16 * 16 + 8 : dim;
 }
 
 // The backward's static shared memory: the S tile's buffers and, for 16-bit inputs, dS rounded to D.
@@ -321,7 +323,7 @@ __device__ void accumulate_tile_tensor_cores(GradSmem<D>& sm, float* acc, int64_
     load_chunk<BT::kBN, BT::kBK, kLd, BT::kThreads>(sm.b, b, ldb, c0, c0 + cols, k0, dim);
     __syncthreads();
     const int64_t col = k0 + fc * 16;
-    if (col < ld_acc) {  // warp-uniform: the last chunk may end inside the rounded D
+    if (col < dim) {  // warp-uniform: a fragment starting at or past D holds no column of D
       float* out = acc + fr * 16 * ld_acc + col;
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
       wmma::load_matrix_sync(c, out, static_cast<unsigned>(ld_acc), wmma::mem_row_major);
