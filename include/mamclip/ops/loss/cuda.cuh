@@ -37,9 +37,10 @@
 //
 // Sizes: rows are int64 throughout (B up to 2^31 / kBM blocks); offsets into
 // the features are int64 products. The backward's shared accumulator needs
-// kBM · D · 4 bytes (96 KiB at D = 768; D rounded up to 16 for 16-bit inputs): D is limited by the device's
-// opt-in shared memory per block (about D <= 1200 on sm_80, 1700 on sm_90);
-// a larger D throws device_error saying so.
+// kBM · D · 4 bytes (96 KiB at D = 768; rows padded for 16-bit inputs, see
+// grad_acc_ld): D is limited by the device's opt-in shared memory per block
+// (about D <= 1200 on sm_80, 1700 on sm_90); a larger D throws device_error
+// saying so.
 
 #include <mma.h>
 
