@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA check for a machine with a GPU: configure and build with the CUDA
 # backend, run every CUDA test (CTest label "cuda"), their GPU cases again
-# under compute-sanitizer memcheck (when the toolkit has it), the kernel
+# under compute-sanitizer memcheck (when the toolkit has it) and the small
+# "[race]" cases of the tiled kernels under its racecheck, the kernel
 # benchmarks, and print a short table. Logs stay in the build dir (gpu_check.*.log).
 # Exits non-zero if a build step or a test fails, or if the GPU tests were
 # skipped (no device found on a machine that is meant to have one).
@@ -93,8 +94,25 @@ if [[ -n $sanitizer ]]; then
       tail -n 30 "$build/gpu_check.memcheck.$t.log"
     fi
   done
+  # racecheck (shared-memory hazards between threads) on the small "[race]" cases of the kernels
+  # that stage tiles through shared memory: the fused attention (cp.async pipeline) and the fused
+  # contrastive loss (tensor-core accumulation).
+  echo "== racecheck"
+  for t in test_attention_cuda test_clip_loss_cuda; do
+    exe="$build/tests/cuda/$t"
+    [[ -x $exe ]] || continue
+    t0=$SECONDS
+    if "$sanitizer" --tool racecheck --error-exitcode 99 "$exe" "[race]" \
+      >"$build/gpu_check.racecheck.$t.log" 2>&1; then
+      memcheck_rows+=("$(printf '%-28s %-10s %8s' "racecheck $t" passed $((SECONDS - t0)))")
+    else
+      memcheck_rc=1
+      memcheck_rows+=("$(printf '%-28s %-10s %8s' "racecheck $t" FAILED $((SECONDS - t0)))")
+      tail -n 30 "$build/gpu_check.racecheck.$t.log"
+    fi
+  done
 else
-  memcheck_rows+=("compute-sanitizer not found: memcheck not run")
+  memcheck_rows+=("compute-sanitizer not found: memcheck and racecheck not run")
 fi
 
 # Hook for kernel work: benchmarks that validate against the CPU, then time.

@@ -191,6 +191,18 @@ TEMPLATE_TEST_CASE("flash attention on CUDA: every head dim and length, masks, d
   check_case<T>({1, 2, 33, 33, 128, false, true, 0.1, false, true});
 }
 
+// Small shapes that take every shared-memory path of the tensor-core kernels (cp.async pipeline
+// over one and several key tiles, causal tile skips, the synchronous loads of misaligned heads,
+// dK/dV over several query tiles), cheap enough for compute-sanitizer's racecheck, which
+// benchmarks/gpu_check.sh runs on the "[race]" cases.
+TEST_CASE("flash attention on CUDA: small shapes for racecheck", "[gpu][race]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  check_case<bfloat16>({1, 2, 17, 17, 64, true, false, 0.0});
+  check_case<bfloat16>({1, 1, 130, 33, 96, false, true, 0.0});
+  check_case<f16>({1, 2, 33, 130, 64, true, false, 0.2});
+  check_case<bfloat16>({1, 1, 70, 67, 32, true, false, 0.0, false, true});
+}
+
 TEMPLATE_TEST_CASE("attention on CUDA in float and double: the reference kernels at any head dim", "[gpu]", float,
                    double) {
   MAMCLIP_SKIP_WITHOUT_GPU();

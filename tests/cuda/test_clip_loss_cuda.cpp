@@ -101,6 +101,16 @@ TEST_CASE("clip_loss on CUDA in bfloat16 and half (tensor-core tiles) matches th
   for (const auto& c : {kCases[2], kCases[5]}) check_case<f16>(c, 4e-3);
 }
 
+// Small shapes through every shared-memory path (16-byte and scalar chunk loads, tensor-core and
+// FMA accumulation, gathered bands), cheap enough for compute-sanitizer's racecheck, which
+// benchmarks/gpu_check.sh runs on the "[race]" cases.
+TEST_CASE("clip_loss on CUDA: small shapes for racecheck", "[gpu][race]") {
+  MAMCLIP_SKIP_WITHOUT_GPU();
+  check_case<bfloat16>(kCases[6], 2e-2);  // B = 33, gathered images and texts
+  check_case<f16>(kCases[9], 4e-3);       // D = 13
+  check_case<float>(kCases[5], 2e-5);     // B = 65, gathered texts
+}
+
 TEST_CASE("clip_loss on CUDA: only the wanted gradients, and the limit on D", "[gpu]") {
   MAMCLIP_SKIP_WITHOUT_GPU();
   const auto img = features(50, 24, 3).to<float>(), txt = features(50, 24, 4).to<float>();
