@@ -73,44 +73,38 @@ bench_rc=0
 test_s=$((SECONDS - t0))
 cat "$build/gpu_check.ctest.log"
 
-# Every CUDA test's [gpu] cases under compute-sanitizer's memcheck (out-of-bounds
-# and misaligned accesses, leaks of device memory are not checked: the caching
-# allocator keeps blocks by design).
+# compute-sanitizer runs: sanitize TOOL FILTER TEST... runs each test's FILTER cases under TOOL and
+# adds a row per test to the summary; a finding fails the script (exit 3) and prints the log's tail.
 memcheck_rows=()
 memcheck_rc=0
 sanitizer=$(command -v compute-sanitizer || true)
 [[ -z $sanitizer && -x /usr/local/cuda/bin/compute-sanitizer ]] && sanitizer=/usr/local/cuda/bin/compute-sanitizer
-if [[ -n $sanitizer ]]; then
-  echo "== memcheck"
-  for t in "${targets[@]}"; do
+sanitize() {
+  local tool=$1 filter=$2 t exe log t0
+  shift 2
+  echo "== $tool"
+  for t in "$@"; do
     exe="$build/tests/cuda/$t"
     [[ -x $exe ]] || continue
+    log="$build/gpu_check.$tool.$t.log"
     t0=$SECONDS
-    if "$sanitizer" --tool memcheck --error-exitcode 99 "$exe" "[gpu]" >"$build/gpu_check.memcheck.$t.log" 2>&1; then
-      memcheck_rows+=("$(printf '%-28s %-10s %8s' "memcheck $t" passed $((SECONDS - t0)))")
+    if "$sanitizer" --tool "$tool" --error-exitcode 99 "$exe" "$filter" >"$log" 2>&1; then
+      memcheck_rows+=("$(printf '%-28s %-10s %8s' "$tool $t" passed $((SECONDS - t0)))")
     else
       memcheck_rc=1
-      memcheck_rows+=("$(printf '%-28s %-10s %8s' "memcheck $t" FAILED $((SECONDS - t0)))")
-      tail -n 30 "$build/gpu_check.memcheck.$t.log"
+      memcheck_rows+=("$(printf '%-28s %-10s %8s' "$tool $t" FAILED $((SECONDS - t0)))")
+      tail -n 30 "$log"
     fi
   done
+}
+if [[ -n $sanitizer ]]; then
+  # Every CUDA test's [gpu] cases under memcheck (out-of-bounds and misaligned accesses; leaks of
+  # device memory are not checked: the caching allocator keeps blocks by design).
+  sanitize memcheck "[gpu]" "${targets[@]}"
   # racecheck (shared-memory hazards between threads) on the small "[race]" cases of the kernels
   # that stage tiles through shared memory: the fused attention (cp.async pipeline) and the fused
   # contrastive loss (tensor-core accumulation).
-  echo "== racecheck"
-  for t in test_attention_cuda test_clip_loss_cuda; do
-    exe="$build/tests/cuda/$t"
-    [[ -x $exe ]] || continue
-    t0=$SECONDS
-    if "$sanitizer" --tool racecheck --error-exitcode 99 "$exe" "[race]" \
-      >"$build/gpu_check.racecheck.$t.log" 2>&1; then
-      memcheck_rows+=("$(printf '%-28s %-10s %8s' "racecheck $t" passed $((SECONDS - t0)))")
-    else
-      memcheck_rc=1
-      memcheck_rows+=("$(printf '%-28s %-10s %8s' "racecheck $t" FAILED $((SECONDS - t0)))")
-      tail -n 30 "$build/gpu_check.racecheck.$t.log"
-    fi
-  done
+  sanitize racecheck "[race]" test_attention_cuda test_clip_loss_cuda
 else
   memcheck_rows+=("compute-sanitizer not found: memcheck and racecheck not run")
 fi
