@@ -286,11 +286,11 @@ __device__ __forceinline__ float row_max4(float x) {
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
-// The (batch, head) pair of this block. grid.y · grid.z blocks cover the B · H pairs (head_grid on the
-// host), so neither B nor H is limited to gridDim's 65535; false for the padding blocks at the end of
-// the last grid.z row (the whole block returns, before any barrier).
-// 32-bit arithmetic: the pair index is below 65535 · 65536 (and 64-bit division costs the
-// tensor-core kernels registers they do not have to spare).
+// The (batch, head) pair of this block. grid.y · grid.z blocks cover the B · H pairs (attention_grid
+// on the host), so neither B nor H is limited to gridDim's 65535; false for the padding blocks at the
+// end of the last grid.z row (the whole block returns, before any barrier). 32-bit arithmetic: the
+// pair index is below 65535 · 65536, and 64-bit division costs registers the tensor-core kernels
+// do not have to spare.
 __device__ __forceinline__ bool block_head(const AttentionDims& n, int& b, int& h) {
   const uint32_t bh = blockIdx.y + blockIdx.z * gridDim.y, heads = static_cast<uint32_t>(n.heads);
   if (bh >= static_cast<uint64_t>(n.batch) * heads) return false;
@@ -300,7 +300,7 @@ __device__ __forceinline__ bool block_head(const AttentionDims& n, int& b, int& 
   return true;
 }
 
-// grid (ceil(Lq / kBM), head_grid), Tr::kThreads threads, dynamic shared memory 3 · kBM · kLd · sizeof(D).
+// grid (ceil(Lq / kBM), attention_grid), Tr::kThreads threads, dynamic shared memory 3 · kBM · kLd · sizeof(D).
 template <class D, class Tr>
 __global__ void __launch_bounds__(Tr::kThreads) flash_forward_kernel(const FlashForwardParams<D> p) {
   static_assert(Tr::kBN == Tr::kBM, "the forward stages Q, K and V tiles of one size");
@@ -588,7 +588,7 @@ __device__ __forceinline__ D warp_sum(D x) {
   return warp_reduce(x, Sum{});
 }
 
-// grid (ceil(Lq / 4), head_grid), 128 threads.
+// grid (ceil(Lq / 4), attention_grid), 128 threads.
 template <class D>
 __global__ void __launch_bounds__(128) reference_forward_kernel(const FlashForwardParams<D> p) {
   const AttentionDims& n = p.n;
@@ -634,7 +634,7 @@ __global__ void __launch_bounds__(128) reference_forward_kernel(const FlashForwa
 }
 
 // dQ (keys_side = false: one warp per query row) or dK and dV (true: one warp per key row).
-// grid (ceil(rows / 4), head_grid), 128 threads.
+// grid (ceil(rows / 4), attention_grid), 128 threads.
 template <class D, bool kKeysSide>
 __global__ void __launch_bounds__(128) reference_backward_kernel(const FlashBackwardParams<D> p) {
   const AttentionDims& n = p.n;
