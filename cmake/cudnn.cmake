@@ -4,7 +4,8 @@
 #                         (cudnn.h and libcudnn) when cuDNN is found and sets
 #                         MAMCLIP_CUDNN_FOUND. Looks beside the CUDA toolkit
 #                         (call find_package(CUDAToolkit) first) and under
-#                         CUDNN_ROOT; cuDNN ships no CMake config of its own.
+#                         CUDNN_ROOT (e.g. a Python wheel's nvidia/cudnn);
+#                         cuDNN ships no CMake config of its own.
 #
 # Used by cmake/cuda_targets.cmake and, installed as mamclipCudnn.cmake, by
 # the installed package config, so an install finds cuDNN where its user has it.
@@ -15,7 +16,9 @@ function(mamclip_find_cudnn)
     return()
   endif()
   find_path(MAMCLIP_CUDNN_INCLUDE_DIR cudnn.h HINTS ${CUDNN_ROOT}/include ${CUDAToolkit_INCLUDE_DIRS})
-  find_library(MAMCLIP_CUDNN_LIBRARY NAMES cudnn HINTS ${CUDNN_ROOT}/lib ${CUDNN_ROOT}/lib64 ${CUDAToolkit_LIBRARY_DIR})
+  # libcudnn.so.9: the Python wheels (nvidia-cudnn-cu*) ship no unversioned name.
+  find_library(MAMCLIP_CUDNN_LIBRARY NAMES cudnn libcudnn.so.9
+               HINTS ${CUDNN_ROOT}/lib ${CUDNN_ROOT}/lib64 ${CUDAToolkit_LIBRARY_DIR} ${CUDAToolkit_LIBRARY_ROOT}/lib)
   mark_as_advanced(MAMCLIP_CUDNN_INCLUDE_DIR MAMCLIP_CUDNN_LIBRARY)
   if(MAMCLIP_CUDNN_INCLUDE_DIR AND MAMCLIP_CUDNN_LIBRARY)
     add_library(mamclip::cudnn_library UNKNOWN IMPORTED GLOBAL)

@@ -4,6 +4,7 @@
 // the expected result of the others' contributions itself.
 
 #include <csignal>
+#include <cstdio>
 #include <thread>
 #include <unistd.h>
 

@@ -3,6 +3,7 @@
 // the fixtures in tests/fixtures/tokenizer (written by
 // tools/make_tokenizer_fixture.py with HuggingFace's Python BertTokenizer).
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
