@@ -4,6 +4,9 @@
 // gradient (flipped taps on dy), weight and bias gradients (per-chunk partial
 // sums, then the ordered finish), at odd sizes, for every vector width, in
 // float and bfloat16 storage.
+#include <algorithm>
+#include <cmath>
+
 #include "mamclip/ops/conv/cpu.hpp"
 #include "mamclip/ops/conv/depthwise_nhwc.hpp"
 #include "support/test_support.hpp"
@@ -37,7 +40,6 @@ struct Case {
   // Values as T holds them, in double for the reference.
   std::vector<double> x, w, b, dy;  // NCHW, [C, 1, K, K], [C], NCHW
   std::vector<T> x_nhwc, dy_nhwc, b_t;
-  std::vector<float> wt;  // [K·K, C]
 };
 
 template <class T>
@@ -67,12 +69,9 @@ Case<T> make_case(int64_t n, int64_t h, int64_t w, int64_t c, int k, uint64_t se
         p.dy_nhwc[nhwc] = static_cast<T>(static_cast<float>(p.dy[nchw]));
       }
   p.w.resize(static_cast<size_t>(c * k * k));
-  p.wt.resize(p.w.size());
   for (int64_t ch = 0; ch < c; ++ch)
-    for (int t = 0; t < k * k; ++t) {
+    for (int t = 0; t < k * k; ++t)
       p.w[ch * k * k + t] = static_cast<float>(value(seed + 2, ch * k * k + t));  // float weights, as wt holds them
-      p.wt[t * c + ch] = static_cast<float>(p.w[ch * k * k + t]);
-    }
   p.b.resize(static_cast<size_t>(c));
   p.b_t.resize(p.b.size());
   for (int64_t ch = 0; ch < c; ++ch) {
@@ -109,12 +108,17 @@ std::vector<double> to_nchw(const std::vector<T>& nhwc, const dn::Shape& s) {
 // Every thread of the forward (or, kFlip, input-gradient) launch.
 template <int K, int V, int R, bool kFlip, class T>
 std::vector<T> run_forward(const Case<T>& p, const std::vector<T>& in, bool bias) {
+  // The weights as the transposition kernel lays them out for V-channel threads.
+  const int64_t c = p.s.c;
+  std::vector<float> wt(p.w.size(), std::nanf(""));
+  for (int64_t ch = 0; ch < c; ++ch)
+    for (int t = 0; t < K * K; ++t) wt[dn::weight_index(t, ch, c, V)] = static_cast<float>(p.w[ch * K * K + t]);
   std::vector<T> out(in.size(), static_cast<T>(-777.0f));  // every element must be written
   const int64_t rows = p.s.n * p.s.h;
   for (int64_t row = 0; row < rows; ++row)
     for (int64_t strip = 0; strip < dn::strips<R>(p.s.w); ++strip)
-      for (int64_t c0 = 0; c0 < p.s.c; c0 += V)
-        dn::forward_strip<K, V, R, kFlip, HostIo>(in.data(), p.wt.data(), bias ? p.b_t.data() : nullptr, out.data(),
+      for (int64_t c0 = 0; c0 < c; c0 += V)
+        dn::forward_strip<K, V, R, kFlip, HostIo>(in.data(), wt.data(), bias ? p.b_t.data() : nullptr, out.data(),
                                                   p.s, row, strip * R, c0);
   return out;
 }
@@ -175,6 +179,33 @@ TEST_CASE("nhwc depthwise strips: K = 3, 5, 7 at odd sizes, vectors of 8, 4 and 
   check_case<3, 8, 8>(make_case<float>(3, 6, 5, 24, 3, 14), 4);
   check_case<7, 1, 8>(make_case<float>(2, 3, 10, 13, 7, 15), 2);  // C = 13: one channel per thread
   check_case<3, 1, 4>(make_case<float>(1, 1, 1, 5, 3, 16), 1);    // a single pixel
+}
+
+TEST_CASE("nhwc depthwise weights: every tap of every channel has its own slot, and a warp's loads are contiguous",
+          "[conv]") {
+  for (const int v_width : {1, 4, 8}) {
+    const int64_t c = 96, taps = 49, groups = c / v_width;
+    std::vector<int> hits(static_cast<size_t>(c * taps), 0);
+    for (int64_t t = 0; t < taps; ++t)
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const int64_t i = dn::weight_index(t, ch, c, v_width);
+        REQUIRE(i >= 0);
+        REQUIRE(i < c * taps);
+        ++hits[static_cast<size_t>(i)];
+      }
+    CHECK(std::count(hits.begin(), hits.end(), 1) == c * taps);
+    // A thread's lanes come in runs of 4 consecutive floats (16-byte loads), and threads of
+    // neighbouring channel groups loading the same run of one tap read neighbouring runs.
+    const int run = v_width % 4 == 0 ? 4 : v_width;
+    for (int64_t t : {0, 24, 48})
+      for (int v = 0; v < v_width; ++v)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t i = dn::weight_index(t, g * v_width + v, c, v_width);
+          if (v % run == 0) REQUIRE(i % run == 0);
+          if (v % run != 0) REQUIRE(i == dn::weight_index(t, g * v_width + v - 1, c, v_width) + 1);
+          if (g + 1 < groups) REQUIRE(dn::weight_index(t, (g + 1) * v_width + v, c, v_width) == i + run);
+        }
+  }
 }
 
 TEST_CASE("nhwc depthwise strips in bfloat16 storage with float accumulation", "[conv]") {

@@ -318,13 +318,13 @@ template <int V>
 inline constexpr int kNhwcStrip = V >= 8 ? 4 : 8;
 inline constexpr int kNhwcBlock = 256;
 
-// wt[t · C + c] = w[c · K·K + t] in float; c fastest, so the writes coalesce.
+// wt[weight_index(t, c)] = w[c · K·K + t] in float (depthwise_nhwc.hpp's [K·K, V, C / V] order).
 template <class D>
-__global__ void nhwc_transpose_weights_kernel(const D* w, float* wt, int64_t channels, int64_t taps) {
+__global__ void nhwc_transpose_weights_kernel(const D* w, float* wt, int64_t channels, int64_t taps, int v_width) {
   const int64_t total = channels * taps;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = e % channels, t = e / channels;
-    wt[e] = nhwc_to_float(w[c * taps + t]);
+    wt[depthwise_nhwc::weight_index(t, c, channels, v_width)] = nhwc_to_float(w[c * taps + t]);
   }
 }
 
@@ -611,23 +611,25 @@ void with_nhwc_vector(int64_t channels, std::initializer_list<const void*> point
 }
 
 template <class D>
-Tensor<float> nhwc_transposed_weights(const Conv2dGeometry& g, const D* w, cudaStream_t s) {
+Tensor<float> nhwc_transposed_weights(const Conv2dGeometry& g, const D* w, int v_width, cudaStream_t s) {
   const int64_t taps = g.kh * g.kw;
   Tensor<float> wt = scratch<float>(g.c_in * taps);
-  conv_kernels::nhwc_transpose_weights_kernel<D>
-      <<<grid_for(g.c_in * taps, conv_kernels::kNhwcBlock), conv_kernels::kNhwcBlock, 0, s>>>(w, wt.data_ptr(),
-                                                                                           g.c_in, taps);
+  conv_kernels::nhwc_transpose_weights_kernel<D><<<grid_for(g.c_in * taps, conv_kernels::kNhwcBlock),
+                                                   conv_kernels::kNhwcBlock, 0, s>>>(w, wt.data_ptr(), g.c_in, taps,
+                                                                                     v_width);
   MAMCLIP_CUDA_CHECK_LAUNCH();
   return wt;
 }
 
-// y (flip = false, with bias) or dx from dy (flip = true), all [N, H, W, C].
+// y (flip = false, with bias) or dx from dy (flip = true), all [N, H, W, C]; w is the [C, 1, K, K] weight.
 template <class D>
-void launch_depthwise_nhwc(const Conv2dGeometry& g, const D* x, const float* wt, const D* b, D* y, bool flip,
+void launch_depthwise_nhwc(const Conv2dGeometry& g, const D* x, const D* w, const D* b, D* y, bool flip,
                            cudaStream_t s) {
   const depthwise_nhwc::Shape shape{g.batch, g.h, g.w, g.c_in};
   with_nhwc_vector<D>(g.c_in, {x, b, y}, [&](auto vec) {
     constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcStrip<V>;
+    const Tensor<float> transposed = nhwc_transposed_weights<D>(g, w, V, s);
+    const float* wt = transposed.data_ptr();
     const int64_t strips = depthwise_nhwc::strips<R>(g.w);
     const int64_t groups = g.c_in / V, total = groups * strips * g.batch * g.h;
     const unsigned grid = grid_for(total, conv_kernels::kNhwcBlock);
@@ -760,8 +762,7 @@ bool launch_conv2d_nhwc_forward(const Conv2dGeometry& g, const T* x, const T* w,
 #ifdef MAMCLIP_WITH_CUDNN
   if (route == NhwcRoute::cudnn) return cudnn_nhwc_forward<T>(g, x, w, b, y, s);
 #endif
-  const Tensor<float> wt = nhwc_transposed_weights<D>(g, device_ptr(w), s);
-  launch_depthwise_nhwc<D>(g, device_ptr(x), wt.data_ptr(), b ? device_ptr(b) : nullptr, device_ptr(y), false, s);
+  launch_depthwise_nhwc<D>(g, device_ptr(x), device_ptr(w), b ? device_ptr(b) : nullptr, device_ptr(y), false, s);
   return true;
 }
 
@@ -783,10 +784,7 @@ bool launch_conv2d_nhwc_backward(const Conv2dGeometry& g, const T* x, const T* w
 #ifdef MAMCLIP_WITH_CUDNN
   if (route == NhwcRoute::cudnn) return cudnn_nhwc_backward<T>(g, x, w, gy, dx, dw, db, s);
 #endif
-  if (dx) {
-    const Tensor<float> wt = nhwc_transposed_weights<D>(g, device_ptr(w), s);
-    launch_depthwise_nhwc<D>(g, device_ptr(gy), wt.data_ptr(), nullptr, device_ptr(dx), true, s);
-  }
+  if (dx) launch_depthwise_nhwc<D>(g, device_ptr(gy), device_ptr(w), nullptr, device_ptr(dx), true, s);
   if (dw || db)
     launch_depthwise_nhwc_wgrad<D>(depthwise_nhwc::Shape{g.batch, g.h, g.w, g.c_in}, g.kh,
                                    dw ? device_ptr(x) : nullptr, device_ptr(gy), dw ? device_ptr(dw) : nullptr,

@@ -5,10 +5,16 @@
 //
 // Depthwise, square odd kernel K, stride 1, "same" padding P = K / 2:
 //   y[n, i, j, c] = b[c] + Σ_{a,b < K} w[c, a, b] · x[n, i + a − P, j + b − P, c]   (x = 0 outside)
-// with x, y stored [N, H, W, C] (C fastest) and the weights transposed to
-// wt[a·K + b, c] in float, so that a thread reads V neighbouring channels with
-// one vector load (16 bytes: V = 8 for 16-bit types, 4 for float; V = 1 when
-// C is not a multiple of V or the base is misaligned).
+// with x, y stored [N, H, W, C] (C fastest), so that a thread reads V
+// neighbouring channels with one vector load (16 bytes: V = 8 for 16-bit
+// types, 4 for float; V = 1 when C is not a multiple of V or the base is
+// misaligned). The weights are transposed once per call to float, in
+// weight_index's order: for one tap, lanes v of neighbouring channel groups
+// sit next to each other in runs of 4 (one 16-byte load per thread per run),
+// so that the threads of a warp, which own neighbouring groups, read one
+// contiguous span. In plain [K·K, C] order with V = 8 a warp's weight load
+// would touch twice the cache lines it uses; the K·K·V weight loads per strip
+// outnumber its input loads (K · (R + K − 1) vectors), so their cost decides.
 //
 // A forward thread owns V channels of R consecutive outputs of one image row;
 // it walks the K input rows, each read once as R + K − 1 vectors, and keeps
@@ -35,6 +41,42 @@ namespace mamclip::depthwise_nhwc {
 struct Shape {
   int64_t n = 0, h = 0, w = 0, c = 0;
 };
+
+// Where tap t (= a·K + b) of channel c sits in the transposed weights wt (K·K·C floats) for
+// threads of v_width channels: [K·K, v_width / q, C / v_width, q] with q = 4 when v_width is a
+// multiple of 4, else v_width (v_width = 1: plain [K·K, C]; v_width = 4: also [K·K, C]).
+MAMCLIP_HOST_DEVICE int64_t weight_index(int64_t tap, int64_t c, int64_t channels, int v_width) {
+  const int q = v_width % 4 == 0 ? 4 : v_width, v = static_cast<int>(c % v_width);
+  return ((tap * (v_width / q) + v / q) * (channels / v_width) + c / v_width) * q + v % q;
+}
+
+// wv[0 .. V) = the weights of tap t for channels c0 .. c0 + V − 1 (c0 a multiple of V) from
+// wt in weight_index's order. On the device, runs of 4 are one 16-byte load (wt is
+// 16-byte aligned and every run starts at a multiple of 4 floats).
+template <int V>
+MAMCLIP_HOST_DEVICE void load_tap_weights(const float* wt, int tap, int64_t c0, int64_t channels, float* wv) {
+  if constexpr (V % 4 == 0) {
+    // 32-bit offsets (wt holds K·K·C floats): 64-bit ones cost registers the 16-bit K = 7 strips spill for.
+    const int groups = static_cast<int>(channels / V);
+    const float* base = wt + (c0 / V) * 4;
+MAMCLIP_HD_UNROLL
+    for (int j = 0; j < V / 4; ++j) {
+      const float* p = base + (tap * (V / 4) + j) * groups * 4;
+#ifdef __CUDA_ARCH__
+      const float4 w4 = *reinterpret_cast<const float4*>(p);
+      wv[4 * j] = w4.x;
+      wv[4 * j + 1] = w4.y;
+      wv[4 * j + 2] = w4.z;
+      wv[4 * j + 3] = w4.w;
+#else
+      for (int k = 0; k < 4; ++k) wv[4 * j + k] = p[k];
+#endif
+    }
+  } else {
+MAMCLIP_HD_UNROLL
+    for (int v = 0; v < V; ++v) wv[v] = wt[weight_index(tap, c0 + v, channels, V)];
+  }
+}
 
 // Output strips of R columns per image row.
 template <int R>
@@ -88,8 +130,7 @@ MAMCLIP_HD_UNROLL
 MAMCLIP_HD_UNROLL
     for (int b = 0; b < K; ++b) {
       const int tap = kFlip ? (K - 1 - a) * K + (K - 1 - b) : a * K + b;
-MAMCLIP_HD_UNROLL
-      for (int v = 0; v < V; ++v) wv[b][v] = wt[tap * s.c + c0 + v];
+      load_tap_weights<V>(wt, tap, c0, s.c, wv[b]);
     }
     row_taps<K, V, R, Io>(x + ((image * s.h + ii) * s.w) * s.c + c0, j0, s, [&](int r, int b, const float* xv) {
 MAMCLIP_HD_UNROLL
