@@ -105,38 +105,52 @@ std::vector<double> to_nchw(const std::vector<T>& nhwc, const dn::Shape& s) {
   return out;
 }
 
-// Every thread of the forward (or, kFlip, input-gradient) launch.
+// Every thread of the forward (or, kFlip, input-gradient) launch: one column walk
+// of rows_per_thread rows (the last run of an image shorter) per channel group and strip.
 template <int K, int V, int R, bool kFlip, class T>
-std::vector<T> run_forward(const Case<T>& p, const std::vector<T>& in, bool bias) {
-  // The weights as the transposition kernel lays them out for V-channel threads.
+std::vector<T> run_forward(const Case<T>& p, const std::vector<T>& in, bool bias, int64_t rows_per_thread) {
   const int64_t c = p.s.c;
-  std::vector<float> wt(p.w.size(), std::nanf(""));
+  std::vector<float> wt(p.w.size());  // [K·K, C]
   for (int64_t ch = 0; ch < c; ++ch)
-    for (int t = 0; t < K * K; ++t) wt[dn::weight_index(t, ch, c, V)] = static_cast<float>(p.w[ch * K * K + t]);
+    for (int t = 0; t < K * K; ++t) wt[t * c + ch] = static_cast<float>(p.w[ch * K * K + t]);
   std::vector<T> out(in.size(), static_cast<T>(-777.0f));  // every element must be written
-  const int64_t rows = p.s.n * p.s.h;
-  for (int64_t row = 0; row < rows; ++row)
-    for (int64_t strip = 0; strip < dn::strips<R>(p.s.w); ++strip)
-      for (int64_t c0 = 0; c0 < c; c0 += V)
-        dn::forward_strip<K, V, R, kFlip, HostIo>(in.data(), wt.data(), bias ? p.b_t.data() : nullptr, out.data(),
-                                                  p.s, row, strip * R, c0);
+  for (int64_t image = 0; image < p.s.n; ++image)
+    for (int64_t i0 = 0; i0 < p.s.h; i0 += rows_per_thread)
+      for (int64_t strip = 0; strip < dn::strips<R>(p.s.w); ++strip)
+        for (int64_t c0 = 0; c0 < c; c0 += V)
+          dn::forward_column<K, V, R, kFlip, HostIo>(in.data(), wt.data(), bias ? p.b_t.data() : nullptr,
+                                                     out.data(), p.s, image, i0,
+                                                     std::min(p.s.h, i0 + rows_per_thread), strip * R, c0);
   return out;
 }
 
+// Σ |w| of one channel, on average: the scale of an output's float sum.
+template <class T>
+double weight_scale(const Case<T>& p) {
+  double wsum = 0;
+  for (double v : p.w) wsum += std::abs(v) / static_cast<double>(p.s.c);
+  return wsum;
+}
+
+// The forward and input-gradient walks against the double reference.
 template <int K, int V, int R, class T>
-void check_case(const Case<T>& p, int64_t rows_per_chunk) {
-  const int64_t count = static_cast<int64_t>(p.x.size()), c = p.s.c;
-  // Reference in double.
+void check_forward(const Case<T>& p, int64_t rows_per_thread) {
   std::vector<double> y(p.x.size()), dx(p.x.size()), dw(p.w.size()), db(p.b.size());
   cpu::conv2d_forward(p.g, p.x.data(), p.w.data(), p.b.data(), y.data());
   cpu::conv2d_backward(p.g, p.x.data(), p.w.data(), p.dy.data(), dx.data(), dw.data(), db.data());
-  double wsum = 0;  // Σ |w| of one channel, on average: the scale of an output's float sum
-  for (double v : p.w) wsum += std::abs(v) / static_cast<double>(c);
-
-  const std::vector<T> y_nhwc = run_forward<K, V, R, false>(p, p.x_nhwc, true);
+  const double wsum = weight_scale(p);
+  const std::vector<T> y_nhwc = run_forward<K, V, R, false>(p, p.x_nhwc, true, rows_per_thread);
   require_close<T>(y, to_nchw(y_nhwc, p.s), wsum + 1, "forward");
-  const std::vector<T> dx_nhwc = run_forward<K, V, R, true>(p, p.dy_nhwc, false);
+  const std::vector<T> dx_nhwc = run_forward<K, V, R, true>(p, p.dy_nhwc, false, rows_per_thread);
   require_close<T>(dx, to_nchw(dx_nhwc, p.s), wsum, "input gradient");
+}
+
+// The weight- and bias-gradient strips and their finish against the double reference.
+template <int K, int V, int R, class T>
+void check_case(const Case<T>& p, int64_t rows_per_chunk) {
+  const int64_t count = static_cast<int64_t>(p.x.size()), c = p.s.c;
+  std::vector<double> dx(p.x.size()), dw(p.w.size()), db(p.b.size());
+  cpu::conv2d_backward(p.g, p.x.data(), p.w.data(), p.dy.data(), dx.data(), dw.data(), db.data());
 
   // Weight and bias gradients: partial sums per (channel group, kernel row, chunk), then the finish.
   const int64_t rows = p.s.n * p.s.h, chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
@@ -171,8 +185,25 @@ void check_case(const Case<T>& p, int64_t rows_per_chunk) {
 
 }  // namespace
 
-TEST_CASE("nhwc depthwise strips: K = 3, 5, 7 at odd sizes, vectors of 8, 4 and 1 channels, float", "[conv]") {
-  // H, W odd and smaller than R or K; chunks of 1 and 3 rows (a ragged last chunk).
+TEST_CASE("nhwc depthwise forward and input-gradient walks: K = 3, 5, 7 at odd sizes, 2 and 1 channels per thread",
+          "[conv]") {
+  // H, W odd and smaller than R or K; runs of 1, 2, 3 and all rows (a ragged last run).
+  check_forward<7, 1, 8>(make_case<float>(2, 9, 13, 16, 7, 11), 1);
+  check_forward<7, 1, 8>(make_case<float>(2, 9, 13, 16, 7, 11), 4);
+  check_forward<5, 1, 8>(make_case<float>(2, 7, 9, 8, 5, 13), 7);
+  check_forward<3, 1, 8>(make_case<float>(3, 6, 5, 24, 3, 14), 3);
+  check_forward<7, 1, 8>(make_case<float>(2, 3, 10, 13, 7, 15), 2);  // C = 13
+  check_forward<3, 1, 8>(make_case<float>(1, 1, 1, 5, 3, 16), 1);    // a single pixel
+  check_forward<7, 2, 4>(make_case<bfloat16>(2, 11, 7, 16, 7, 21), 3);
+  check_forward<7, 2, 4>(make_case<bfloat16>(1, 12, 9, 6, 7, 24), 12);
+  check_forward<5, 2, 4>(make_case<bfloat16>(1, 6, 17, 8, 5, 22), 1);
+  check_forward<3, 2, 4>(make_case<bfloat16>(2, 5, 3, 2, 3, 25), 2);
+  check_forward<7, 1, 8>(make_case<bfloat16>(1, 5, 9, 7, 7, 23), 2);  // C = 7: one channel per thread
+}
+
+TEST_CASE("nhwc depthwise weight-gradient strips: K = 3, 5, 7 at odd sizes, vectors of 8, 4 and 1 channels, float",
+          "[conv]") {
+  // Chunks of 1 to 4 rows (a ragged last chunk).
   check_case<7, 8, 8>(make_case<float>(2, 9, 13, 16, 7, 11), 1);
   check_case<7, 4, 8>(make_case<float>(1, 5, 11, 12, 7, 12), 3);
   check_case<5, 4, 4>(make_case<float>(2, 7, 9, 8, 5, 13), 2);
@@ -181,34 +212,7 @@ TEST_CASE("nhwc depthwise strips: K = 3, 5, 7 at odd sizes, vectors of 8, 4 and 
   check_case<3, 1, 4>(make_case<float>(1, 1, 1, 5, 3, 16), 1);    // a single pixel
 }
 
-TEST_CASE("nhwc depthwise weights: every tap of every channel has its own slot, and a warp's loads are contiguous",
-          "[conv]") {
-  for (const int v_width : {1, 4, 8}) {
-    const int64_t c = 96, taps = 49, groups = c / v_width;
-    std::vector<int> hits(static_cast<size_t>(c * taps), 0);
-    for (int64_t t = 0; t < taps; ++t)
-      for (int64_t ch = 0; ch < c; ++ch) {
-        const int64_t i = dn::weight_index(t, ch, c, v_width);
-        REQUIRE(i >= 0);
-        REQUIRE(i < c * taps);
-        ++hits[static_cast<size_t>(i)];
-      }
-    CHECK(std::count(hits.begin(), hits.end(), 1) == c * taps);
-    // A thread's lanes come in runs of 4 consecutive floats (16-byte loads), and threads of
-    // neighbouring channel groups loading the same run of one tap read neighbouring runs.
-    const int run = v_width % 4 == 0 ? 4 : v_width;
-    for (int64_t t : {0, 24, 48})
-      for (int v = 0; v < v_width; ++v)
-        for (int64_t g = 0; g < groups; ++g) {
-          const int64_t i = dn::weight_index(t, g * v_width + v, c, v_width);
-          if (v % run == 0) REQUIRE(i % run == 0);
-          if (v % run != 0) REQUIRE(i == dn::weight_index(t, g * v_width + v - 1, c, v_width) + 1);
-          if (g + 1 < groups) REQUIRE(dn::weight_index(t, (g + 1) * v_width + v, c, v_width) == i + run);
-        }
-  }
-}
-
-TEST_CASE("nhwc depthwise strips in bfloat16 storage with float accumulation", "[conv]") {
+TEST_CASE("nhwc depthwise weight-gradient strips in bfloat16 storage with float accumulation", "[conv]") {
   check_case<7, 8, 8>(make_case<bfloat16>(2, 11, 7, 16, 7, 21), 3);
   check_case<5, 8, 8>(make_case<bfloat16>(1, 6, 17, 8, 5, 22), 1);
   check_case<7, 1, 8>(make_case<bfloat16>(1, 5, 9, 7, 7, 23), 2);

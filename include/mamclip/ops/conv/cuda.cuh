@@ -30,12 +30,15 @@
 //
 // Channels last ("conv2d_nhwc", "conv2d_nhwc_backward": x, y, dy, dx stored
 // [N, H, W, C]), by the same routes:
-// depthwise  the strips of ops/conv/depthwise_nhwc.hpp (tested on the CPU
-//            thread by thread), one per thread, with 16-byte loads along C
-//            when C and the pointers allow:
-//   depthwise_nhwc_kernel<K, V, R, flip>   y, or dx from dy with the taps reversed
+// depthwise  the per-thread work of ops/conv/depthwise_nhwc.hpp (tested on
+//            the CPU thread by thread):
+//   depthwise_nhwc_kernel<K, V, R, flip>   y, or dx from dy with the taps reversed:
+//                                          column walks, weights in registers, 2
+//                                          channels (32-bit loads) per 16-bit thread
 //   depthwise_nhwc_wgrad_kernel<K, V, R>   per (channel group, kernel row, row
-//                                          chunk) partial weight and bias sums
+//                                          chunk) partial weight and bias sums,
+//                                          16-byte loads along C when C and the
+//                                          pointers allow
 //   nhwc_finish_kernel                     the chunks added in order (no atomics)
 //            The weights are transposed once per call to wt [K·K, C] in float.
 // cudnn      everything else (ConvNeXt's stem and downsampling convs) with
@@ -291,6 +294,11 @@ struct NhwcIo {
       const D* e = reinterpret_cast<const D*>(&u);
 #pragma unroll
       for (int v = 0; v < V; ++v) out[v] = nhwc_to_float(e[v]);
+    } else if constexpr (V * sizeof(D) == 4 && V == 2) {
+      const uint32_t u = *reinterpret_cast<const uint32_t*>(p);
+      const D* e = reinterpret_cast<const D*>(&u);
+      out[0] = nhwc_to_float(e[0]);
+      out[1] = nhwc_to_float(e[1]);
     } else {
 #pragma unroll
       for (int v = 0; v < V; ++v) out[v] = nhwc_to_float(p[v]);
@@ -304,6 +312,12 @@ struct NhwcIo {
 #pragma unroll
       for (int v = 0; v < V; ++v) e[v] = nhwc_from_float<D>(in[v]);
       *reinterpret_cast<uint4*>(p) = u;
+    } else if constexpr (V * sizeof(D) == 4 && V == 2) {
+      uint32_t u;
+      D* e = reinterpret_cast<D*>(&u);
+      e[0] = nhwc_from_float<D>(in[0]);
+      e[1] = nhwc_from_float<D>(in[1]);
+      *reinterpret_cast<uint32_t*>(p) = u;
     } else {
 #pragma unroll
       for (int v = 0; v < V; ++v) p[v] = nhwc_from_float<D>(in[v]);
@@ -311,20 +325,26 @@ struct NhwcIo {
   }
 };
 
-// Outputs per thread along W (R): 8, or 4 with 8-channel vectors, so that a
-// thread's accumulators, weights and inputs fit 128 registers (two blocks of
-// 256 threads per SM) without spilling.
+// Outputs per thread along W (R) of the weight-gradient strips: 8, or 4 with
+// 8-channel vectors, so that a thread's accumulators and inputs fit 128
+// registers (two blocks of 256 threads per SM) without spilling.
 template <int V>
 inline constexpr int kNhwcStrip = V >= 8 ? 4 : 8;
+// The forward walk's: 4 with 2-channel threads, else 8. Its 7x7 threads hold 49·V weights
+// and R·V accumulators: 2-channel ones need more than 128 registers (256-thread blocks
+// spilled 56 bytes), so it runs 3 blocks of 128 threads per SM (up to 168 registers).
+template <int V>
+inline constexpr int kNhwcForwardStrip = V >= 2 ? 4 : 8;
+inline constexpr int kNhwcForwardBlock = 128;
 inline constexpr int kNhwcBlock = 256;
 
-// wt[weight_index(t, c)] = w[c · K·K + t] in float (depthwise_nhwc.hpp's [K·K, V, C / V] order).
+// wt[t · C + c] = w[c · K·K + t] in float; c fastest, so the writes coalesce.
 template <class D>
-__global__ void nhwc_transpose_weights_kernel(const D* w, float* wt, int64_t channels, int64_t taps, int v_width) {
+__global__ void nhwc_transpose_weights_kernel(const D* w, float* wt, int64_t channels, int64_t taps) {
   const int64_t total = channels * taps;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = e % channels, t = e / channels;
-    wt[depthwise_nhwc::weight_index(t, c, channels, v_width)] = nhwc_to_float(w[c * taps + t]);
+    wt[e] = nhwc_to_float(w[c * taps + t]);
   }
 }
 
@@ -346,15 +366,19 @@ __global__ void add_bias_nhwc_kernel(D* y, const D* b, int64_t total, int64_t ch
     y[e] = nhwc_from_float<D>(nhwc_to_float(y[e]) + nhwc_to_float(b[e % channels]));
 }
 
-// One strip per thread: channel group fastest, then strip, then image row.
+// One column walk per thread: channel group fastest, then strip, then run of
+// rows_per_thread rows, then image.
 template <int K, int V, int R, bool kFlip, class D>
-__global__ void __launch_bounds__(kNhwcBlock, 2)
+__global__ void __launch_bounds__(kNhwcForwardBlock, 3)
     depthwise_nhwc_kernel(const D* x, const float* wt, const D* bias, D* y, depthwise_nhwc::Shape s, int64_t strips,
-                          int64_t groups, int64_t total) {
+                          int64_t groups, int64_t runs, int64_t rows_per_thread, int64_t total) {
   for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t cg = t % groups, rest = t / groups;
-    depthwise_nhwc::forward_strip<K, V, R, kFlip, NhwcIo>(x, wt, bias, y, s, rest / strips, (rest % strips) * R,
-                                                          cg * V);
+    const int64_t cg = t % groups, strip = (t / groups) % strips, rest = t / groups / strips;
+    const int64_t run = rest % runs, image = rest / runs;
+    const int64_t i_begin = run * rows_per_thread, i_end = i_begin + rows_per_thread < s.h ? i_begin + rows_per_thread
+                                                                                            : s.h;
+    depthwise_nhwc::forward_column<K, V, R, kFlip, NhwcIo>(x, wt, bias, y, s, image, i_begin, i_end, strip * R,
+                                                           cg * V);
   }
 }
 
@@ -611,12 +635,12 @@ void with_nhwc_vector(int64_t channels, std::initializer_list<const void*> point
 }
 
 template <class D>
-Tensor<float> nhwc_transposed_weights(const Conv2dGeometry& g, const D* w, int v_width, cudaStream_t s) {
+Tensor<float> nhwc_transposed_weights(const Conv2dGeometry& g, const D* w, cudaStream_t s) {
   const int64_t taps = g.kh * g.kw;
   Tensor<float> wt = scratch<float>(g.c_in * taps);
-  conv_kernels::nhwc_transpose_weights_kernel<D><<<grid_for(g.c_in * taps, conv_kernels::kNhwcBlock),
-                                                   conv_kernels::kNhwcBlock, 0, s>>>(w, wt.data_ptr(), g.c_in, taps,
-                                                                                     v_width);
+  conv_kernels::nhwc_transpose_weights_kernel<D>
+      <<<grid_for(g.c_in * taps, conv_kernels::kNhwcBlock), conv_kernels::kNhwcBlock, 0, s>>>(w, wt.data_ptr(),
+                                                                                           g.c_in, taps);
   MAMCLIP_CUDA_CHECK_LAUNCH();
   return wt;
 }
@@ -626,23 +650,36 @@ template <class D>
 void launch_depthwise_nhwc(const Conv2dGeometry& g, const D* x, const D* w, const D* b, D* y, bool flip,
                            cudaStream_t s) {
   const depthwise_nhwc::Shape shape{g.batch, g.h, g.w, g.c_in};
-  with_nhwc_vector<D>(g.c_in, {x, b, y}, [&](auto vec) {
-    constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcStrip<V>;
-    const Tensor<float> transposed = nhwc_transposed_weights<D>(g, w, V, s);
-    const float* wt = transposed.data_ptr();
-    const int64_t strips = depthwise_nhwc::strips<R>(g.w);
-    const int64_t groups = g.c_in / V, total = groups * strips * g.batch * g.h;
-    const unsigned grid = grid_for(total, conv_kernels::kNhwcBlock);
+  const Tensor<float> transposed = nhwc_transposed_weights<D>(g, w, s);
+  const float* wt = transposed.data_ptr();
+  // Two channels per thread (one 32-bit load) for 16-bit types when C and the pointers allow it.
+  bool pairs = sizeof(D) == 2 && g.c_in % 2 == 0;
+  for (const void* p : {static_cast<const void*>(x), static_cast<const void*>(b), static_cast<const void*>(y)})
+    pairs = pairs && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 4 == 0);
+  const auto launch = [&](auto vec) {
+    constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcForwardStrip<V>;
+    const int64_t strips = depthwise_nhwc::strips<R>(g.w), groups = g.c_in / V;
+    // Runs of rows long enough to amortise the K·K·V weight loads, short enough to leave
+    // about 2^17 threads (two waves of 16 warps per SM on 132 SMs).
+    const int64_t per_row = groups * strips;
+    const int64_t rows_per_thread = std::clamp<int64_t>(g.batch * g.h * per_row >> 17, 1, std::max<int64_t>(1, g.h));
+    const int64_t runs = (g.h + rows_per_thread - 1) / rows_per_thread, total = per_row * runs * g.batch;
+    constexpr int kBlock = conv_kernels::kNhwcForwardBlock;
+    const unsigned grid = grid_for(total, kBlock);
     with_kernel_size(g.kh, [&](auto k) {
       constexpr int K = decltype(k)::value;
       if (flip)
         conv_kernels::depthwise_nhwc_kernel<K, V, R, true, D>
-            <<<grid, conv_kernels::kNhwcBlock, 0, s>>>(x, wt, nullptr, y, shape, strips, groups, total);
+            <<<grid, kBlock, 0, s>>>(x, wt, nullptr, y, shape, strips, groups, runs, rows_per_thread, total);
       else
         conv_kernels::depthwise_nhwc_kernel<K, V, R, false, D>
-            <<<grid, conv_kernels::kNhwcBlock, 0, s>>>(x, wt, b, y, shape, strips, groups, total);
+            <<<grid, kBlock, 0, s>>>(x, wt, b, y, shape, strips, groups, runs, rows_per_thread, total);
     });
-  });
+  };
+  if constexpr (sizeof(D) == 2) {
+    if (pairs) return launch(std::integral_constant<int, 2>{});
+  }
+  launch(std::integral_constant<int, 1>{});
   MAMCLIP_CUDA_CHECK_LAUNCH();
 }
 

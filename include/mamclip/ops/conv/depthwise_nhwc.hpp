@@ -5,22 +5,24 @@
 //
 // Depthwise, square odd kernel K, stride 1, "same" padding P = K / 2:
 //   y[n, i, j, c] = b[c] + Σ_{a,b < K} w[c, a, b] · x[n, i + a − P, j + b − P, c]   (x = 0 outside)
-// with x, y stored [N, H, W, C] (C fastest), so that a thread reads V
-// neighbouring channels with one vector load (16 bytes: V = 8 for 16-bit
-// types, 4 for float; V = 1 when C is not a multiple of V or the base is
-// misaligned). The weights are transposed once per call to float, in
-// weight_index's order: for one tap, lanes v of neighbouring channel groups
-// sit next to each other in runs of 4 (one 16-byte load per thread per run),
-// so that the threads of a warp, which own neighbouring groups, read one
-// contiguous span. In plain [K·K, C] order with V = 8 a warp's weight load
-// would touch twice the cache lines it uses; the K·K·V weight loads per strip
-// outnumber its input loads (K · (R + K − 1) vectors), so their cost decides.
+// with x, y stored [N, H, W, C] (C fastest) and the weights transposed once
+// per call to wt[a·K + b, c] in float.
 //
-// A forward thread owns V channels of R consecutive outputs of one image row;
-// it walks the K input rows, each read once as R + K − 1 vectors, and keeps
-// R·V accumulators and the row's K·V weights in registers. Neighbouring
-// threads own neighbouring channel groups, so a warp's loads are contiguous.
-// The input gradient is the same strip on dy with the taps reversed.
+// A forward thread owns V channels (2 for 16-bit types when C is even, else
+// 1) of R consecutive outputs along W, and walks down a run of output rows
+// of one image. It loads its K·K·V weights into registers once; per output
+// row it reads the K input rows as R + K − 1 vectors each and keeps R·V
+// accumulators. Why this shape: a 7x7 depthwise conv is 49 FMAs per output,
+// more than the SM's FP32 units can do in the time HBM moves a 16-bit input
+// and output (about 98 FLOP per 4 bytes against 67 TFLOP/s and 4.3 TB/s on
+// an H100 / H200), so the kernel must not also be bound by L1 traffic. Per
+// output row a warp issues K · (R + K − 1) loads of 32 · V neighbouring
+// channels (128 bytes at V = 2) for 32 · R · V · K·K FMAs, about 0.27 L1
+// wavefronts per output against 0.38 FMA cycles; weights reloaded per
+// kernel row, as 16-byte-per-thread strips of 8 channels did, cost another
+// 0.4-3 wavefronts per output. Neighbouring threads own neighbouring channel
+// groups, so a warp's loads are contiguous. The input gradient is the same
+// walk on dy with the taps reversed.
 //
 // A weight-gradient thread owns V channels, one kernel row a and a chunk of
 // image rows; for every strip of R outputs it multiplies dy by the R + K − 1
@@ -41,42 +43,6 @@ namespace mamclip::depthwise_nhwc {
 struct Shape {
   int64_t n = 0, h = 0, w = 0, c = 0;
 };
-
-// Where tap t (= a·K + b) of channel c sits in the transposed weights wt (K·K·C floats) for
-// threads of v_width channels: [K·K, v_width / q, C / v_width, q] with q = 4 when v_width is a
-// multiple of 4, else v_width (v_width = 1: plain [K·K, C]; v_width = 4: also [K·K, C]).
-MAMCLIP_HOST_DEVICE int64_t weight_index(int64_t tap, int64_t c, int64_t channels, int v_width) {
-  const int q = v_width % 4 == 0 ? 4 : v_width, v = static_cast<int>(c % v_width);
-  return ((tap * (v_width / q) + v / q) * (channels / v_width) + c / v_width) * q + v % q;
-}
-
-// wv[0 .. V) = the weights of tap t for channels c0 .. c0 + V − 1 (c0 a multiple of V) from
-// wt in weight_index's order. On the device, runs of 4 are one 16-byte load (wt is
-// 16-byte aligned and every run starts at a multiple of 4 floats).
-template <int V>
-MAMCLIP_HOST_DEVICE void load_tap_weights(const float* wt, int tap, int64_t c0, int64_t channels, float* wv) {
-  if constexpr (V % 4 == 0) {
-    // 32-bit offsets (wt holds K·K·C floats): 64-bit ones cost registers the 16-bit K = 7 strips spill for.
-    const int groups = static_cast<int>(channels / V);
-    const float* base = wt + (c0 / V) * 4;
-MAMCLIP_HD_UNROLL
-    for (int j = 0; j < V / 4; ++j) {
-      const float* p = base + (tap * (V / 4) + j) * groups * 4;
-#ifdef __CUDA_ARCH__
-      const float4 w4 = *reinterpret_cast<const float4*>(p);
-      wv[4 * j] = w4.x;
-      wv[4 * j + 1] = w4.y;
-      wv[4 * j + 2] = w4.z;
-      wv[4 * j + 3] = w4.w;
-#else
-      for (int k = 0; k < 4; ++k) wv[4 * j + k] = p[k];
-#endif
-    }
-  } else {
-MAMCLIP_HD_UNROLL
-    for (int v = 0; v < V; ++v) wv[v] = wt[weight_index(tap, c0 + v, channels, V)];
-  }
-}
 
 // Output strips of R columns per image row.
 template <int R>
@@ -104,13 +70,20 @@ MAMCLIP_HD_UNROLL
   }
 }
 
-// y (or dx, with kFlip) for V channels from c0, R columns from j0, image row `row` = n·H + i.
+// y (or dx, with kFlip) for V channels from c0 and R columns from j0, output rows
+// [i_begin, i_end) of image `image`.
 template <int K, int V, int R, bool kFlip, class Io, class T>
-MAMCLIP_HOST_DEVICE void forward_strip(const T* x, const float* wt, const T* bias, T* y, const Shape& s, int64_t row,
-                                       int64_t j0, int64_t c0) {
+MAMCLIP_HOST_DEVICE void forward_column(const T* x, const float* wt, const T* bias, T* y, const Shape& s,
+                                        int64_t image, int64_t i_begin, int64_t i_end, int64_t j0, int64_t c0) {
   constexpr int P = K / 2;
-  const int64_t i = row % s.h, image = row / s.h;
-  float acc[R][V];
+  // wv[a·K + b]: the tap that multiplies input row i + a − P, column j + b − P.
+  float wv[K * K][V];
+MAMCLIP_HD_UNROLL
+  for (int t = 0; t < K * K; ++t) {
+    const int tap = kFlip ? K * K - 1 - t : t;
+MAMCLIP_HD_UNROLL
+    for (int v = 0; v < V; ++v) wv[t][v] = wt[tap * s.c + c0 + v];
+  }
   float b0[V];
   if (bias) {
     Io::template load<V>(bias + c0, b0);
@@ -118,28 +91,27 @@ MAMCLIP_HOST_DEVICE void forward_strip(const T* x, const float* wt, const T* bia
 MAMCLIP_HD_UNROLL
     for (int v = 0; v < V; ++v) b0[v] = 0.0f;
   }
+  const T* ximage = x + image * s.h * s.w * s.c + c0;
+  for (int64_t i = i_begin; i < i_end; ++i) {
+    float acc[R][V];
 MAMCLIP_HD_UNROLL
-  for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r)
 MAMCLIP_HD_UNROLL
-    for (int v = 0; v < V; ++v) acc[r][v] = b0[v];
+      for (int v = 0; v < V; ++v) acc[r][v] = b0[v];
 MAMCLIP_HD_UNROLL
-  for (int a = 0; a < K; ++a) {
-    const int64_t ii = i + a - P;
-    if (ii < 0 || ii >= s.h) continue;
-    float wv[K][V];
+    for (int a = 0; a < K; ++a) {
+      const int64_t ii = i + a - P;
+      if (ii < 0 || ii >= s.h) continue;
+      row_taps<K, V, R, Io>(ximage + ii * s.w * s.c, j0, s, [&](int r, int b, const float* xv) {
 MAMCLIP_HD_UNROLL
-    for (int b = 0; b < K; ++b) {
-      const int tap = kFlip ? (K - 1 - a) * K + (K - 1 - b) : a * K + b;
-      load_tap_weights<V>(wt, tap, c0, s.c, wv[b]);
+        for (int v = 0; v < V; ++v) acc[r][v] += wv[a * K + b][v] * xv[v];
+      });
     }
-    row_taps<K, V, R, Io>(x + ((image * s.h + ii) * s.w) * s.c + c0, j0, s, [&](int r, int b, const float* xv) {
+    T* yrow = y + ((image * s.h + i) * s.w + j0) * s.c + c0;
 MAMCLIP_HD_UNROLL
-      for (int v = 0; v < V; ++v) acc[r][v] += wv[b][v] * xv[v];
-    });
+    for (int r = 0; r < R; ++r)
+      if (j0 + r < s.w) Io::template store<V>(yrow + r * s.c, acc[r]);
   }
-MAMCLIP_HD_UNROLL
-  for (int r = 0; r < R; ++r)
-    if (j0 + r < s.w) Io::template store<V>(y + (row * s.w + j0 + r) * s.c + c0, acc[r]);
 }
 
 // Partial weight (and, on a = P, bias) gradients of V channels from c0 for
