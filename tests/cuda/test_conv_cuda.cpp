@@ -223,7 +223,9 @@ TEMPLATE_TEST_CASE("depthwise conv on channels-last CUDA input: ConvNeXt's stage
   check_channels_last<T>({"stage 4", {2, 768, 32, 24}, {768, 1, 7, 7}, same(7, 768)}, InputStorage::aligned, false);
   for (int64_t k : {3, 5, 7}) {
     const std::string ks = " k " + std::to_string(k);
-    // 16 channels: 16-byte vectors; 13: one channel per thread; offset storage: no vectors.
+    // 16 channels: 2-channel forward threads, 16-byte weight-gradient vectors; 13: one channel
+    // per thread; offset storage: one channel per forward thread (dx, into a fresh buffer, two),
+    // no weight-gradient vectors.
     check_channels_last<T>({"odd sizes, 16 channels" + ks, {3, 16, 37, 29}, {16, 1, k, k}, same(k, 16)},
                            InputStorage::aligned, true);
     check_channels_last<T>({"odd sizes, 13 channels" + ks, {2, 13, 19, 23}, {13, 1, k, k}, same(k, 13)},

@@ -660,10 +660,11 @@ void launch_depthwise_nhwc(const Conv2dGeometry& g, const D* x, const D* w, cons
     constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcForwardStrip<V>;
     const int64_t strips = depthwise_nhwc::strips<R>(g.w), groups = g.c_in / V;
     // Runs of rows long enough to amortise the K·K·V weight loads, short enough to leave
-    // about 2^17 threads (two waves of 16 warps per SM on 132 SMs).
+    // about 2^17 threads (2.6 waves of 12 warps per SM on 132 SMs), evened out over H.
     const int64_t per_row = groups * strips;
-    const int64_t rows_per_thread = std::clamp<int64_t>(g.batch * g.h * per_row >> 17, 1, std::max<int64_t>(1, g.h));
-    const int64_t runs = (g.h + rows_per_thread - 1) / rows_per_thread, total = per_row * runs * g.batch;
+    const int64_t longest = std::clamp<int64_t>(g.batch * g.h * per_row >> 17, 1, std::max<int64_t>(1, g.h));
+    const int64_t runs = (g.h + longest - 1) / longest, rows_per_thread = (g.h + runs - 1) / runs;
+    const int64_t total = per_row * runs * g.batch;
     constexpr int kBlock = conv_kernels::kNhwcForwardBlock;
     const unsigned grid = grid_for(total, kBlock);
     with_kernel_size(g.kh, [&](auto k) {
@@ -675,12 +676,12 @@ void launch_depthwise_nhwc(const Conv2dGeometry& g, const D* x, const D* w, cons
         conv_kernels::depthwise_nhwc_kernel<K, V, R, false, D>
             <<<grid, kBlock, 0, s>>>(x, wt, b, y, shape, strips, groups, runs, rows_per_thread, total);
     });
+    MAMCLIP_CUDA_CHECK_LAUNCH();
   };
-  if constexpr (sizeof(D) == 2) {
+  if constexpr (sizeof(D) == 2) {  // (float never instantiates the 2-channel kernels)
     if (pairs) return launch(std::integral_constant<int, 2>{});
   }
   launch(std::integral_constant<int, 1>{});
-  MAMCLIP_CUDA_CHECK_LAUNCH();
 }
 
 // dw [C, 1, K, K] (when non-null, from x and dy) and db [C] (when non-null)

@@ -8,17 +8,19 @@
 // with x, y stored [N, H, W, C] (C fastest) and the weights transposed once
 // per call to wt[a·K + b, c] in float.
 //
-// A forward thread owns V channels (2 for 16-bit types when C is even, else
-// 1) of R consecutive outputs along W, and walks down a run of output rows
+// A forward thread owns V channels (2 for 16-bit types when C is even and
+// the pointers 4-byte aligned, else 1) of R consecutive outputs along W, and
+// walks down a run of output rows
 // of one image. It loads its K·K·V weights into registers once; per output
 // row it reads the K input rows as R + K − 1 vectors each and keeps R·V
 // accumulators. Why this shape: a 7x7 depthwise conv is 49 FMAs per output,
 // more than the SM's FP32 units can do in the time HBM moves a 16-bit input
-// and output (about 98 FLOP per 4 bytes against 67 TFLOP/s and 4.3 TB/s on
-// an H100 / H200), so the kernel must not also be bound by L1 traffic. Per
-// output row a warp issues K · (R + K − 1) loads of 32 · V neighbouring
-// channels (128 bytes at V = 2) for 32 · R · V · K·K FMAs, about 0.27 L1
-// wavefronts per output against 0.38 FMA cycles; weights reloaded per
+// and output (about 98 FLOP per 4 bytes against 67 TFLOP/s of FP32 FMA and
+// the 4.3 TB/s an H200 copies at), so the kernel must not also be bound by
+// L1 traffic. Per output row a warp issues K · (R + K − 1) loads of 32 · V
+// neighbouring channels (128 bytes at V = 2; two pieces when C is not a
+// multiple of 64) for 32 · R · V · K·K FMAs, about 0.27 L1 wavefronts per
+// output against 0.38 FMA cycles; weights reloaded per
 // kernel row, as 16-byte-per-thread strips of 8 channels did, cost another
 // 0.4-3 wavefronts per output. Neighbouring threads own neighbouring channel
 // groups, so a warp's loads are contiguous. The input gradient is the same
