@@ -18,8 +18,8 @@
 #   MAMCLIP_CUDA_ARCHITECTURES  default: the GPU's compute capability from nvidia-smi
 #   GPU_CHECK_STEPS             space-separated step groups to run (default: all of
 #                               "tests bench torch race memcheck")
-#   GPU_CHECK_TESTS             ctest -R regex of the test step (default "_gpu": every GPU entry;
-#                               e.g. "test_attention_cuda_gpu" to rerun one)
+#   GPU_CHECK_TESTS             ctest -R regex of the test step (default "_gpu$|^test_dist_nccl":
+#                               every GPU entry; e.g. "test_attention_cuda_gpu" to rerun one)
 #   CONVNEXT_CASES, VLMODEL_CASES  the model-step cases (defaults: the issues' 1024 x 768, batch 8)
 #   GPU_CHECK_CMAKE_ARGS        more configure arguments (split at spaces)
 #
@@ -30,8 +30,8 @@
 # PyTorch's Python wheels (nvidia.cudnn, nvidia.nccl) when python3 has them.
 #
 # Exit status: 0 when everything ran and passed; 1 a build, test or benchmark
-# failed or ran out of time; 2 the GPU tests were skipped (no device visible);
-# 3 only a sanitizer found something.
+# failed or ran out of time; else 2 the GPU tests were skipped (no device
+# visible); else 3 a sanitizer found something.
 #
 # Kernel work extends it: a new test under tests/cuda/ is picked up by its file
 # name; a GPU benchmark goes into BENCH_TARGETS and bench_steps below.
@@ -60,14 +60,20 @@ failed=0          # a build, test or benchmark step failed or ran out of time
 sanitizer_failed=0
 row() { printf '%-34s %-10s %8s  %s\n' "$1" "$2" "$3" "${4:-}" >>"$summary"; }
 
+# Output line by line, so that a step stopped at its cap leaves what it printed.
+export PYTHONUNBUFFERED=1
+linebuf=()
+command -v stdbuf >/dev/null && linebuf=(stdbuf -oL -eL)
+
 # step NAME CAP_S COMMAND...: runs COMMAND under a time cap (the smaller of CAP_S and what the
 # budget has left), records the result. Returns the command's status (124 when out of time).
+# A step is not started with less than 20 s, or less than a third of its cap, left.
 step() {
   local name=$1 cap=$2 left t0 rc
   shift 2
   left=$((deadline - SECONDS))
-  if ((left < 20)); then
-    row "$name" "no time" 0 "budget of ${budget} s spent"
+  if ((left < 20 || left < cap / 3)); then
+    row "$name" "no time" 0 "${left} s of the ${budget} s budget left"
     failed=1
     return 124
   fi
@@ -75,7 +81,7 @@ step() {
   echo
   echo "== $name (at most ${cap} s)"
   t0=$SECONDS
-  timeout -k 10 "$cap" "$@"
+  timeout -k 10 "$cap" "${linebuf[@]}" "$@"
   rc=$?
   case $rc in
     0) row "$name" passed $((SECONDS - t0)) ;;
@@ -102,6 +108,8 @@ arch=${MAMCLIP_CUDA_ARCHITECTURES:-}
 if [[ -z $arch ]] && command -v nvidia-smi >/dev/null; then
   arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d ' .')
 fi
+[[ -z $arch || $arch =~ ^[0-9]+[a-z]?(\;[0-9]+[a-z]?)*$ || $arch == native ]] \
+  || { echo "architectures: '$arch' is not a CUDA architecture list; using 90"; arch=90; }
 arch=${arch:-80;90}
 echo "architectures: $arch"
 
@@ -111,14 +119,15 @@ if [[ -d $root/build-deps/include ]]; then
   prefix_path=("-DCMAKE_PREFIX_PATH=$root/build-deps")
   echo "dependencies: $root/build-deps ($(sed 1d "$root/build-deps/PACKAGES" 2>/dev/null | paste -sd, -))"
 fi
-# cuDNN and NCCL from PyTorch's wheels when the toolkit has none (their libraries carry only
-# versioned names, which cmake/cudnn.cmake and cmake/nccl.cmake look for too).
+# cuDNN and NCCL from PyTorch's wheels when the toolkit has no library of them (the wheels'
+# libraries carry only versioned names, which cmake/cudnn.cmake and cmake/nccl.cmake look for too).
 wheel_roots=()
-toolkit_include=$(dirname "$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)")/../include
+toolkit=$(dirname "$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)")/..
 for lib in cudnn nccl; do
-  [[ -e $toolkit_include/$lib.h || -e /usr/include/$lib.h || -e /usr/local/include/$lib.h ]] && continue
-  dir=$(python3 -c "import nvidia.$lib as m; print(list(m.__path__)[0])" 2>/dev/null) || continue
-  [[ -e $dir/include/$lib.h ]] || continue
+  compgen -G "$toolkit/lib*/lib$lib.so*" >/dev/null || compgen -G "$toolkit/targets/*/lib/lib$lib.so*" >/dev/null \
+    || compgen -G "/usr/lib/x86_64-linux-gnu/lib$lib.so*" >/dev/null && continue
+  dir=$(timeout 60 python3 -c "import nvidia.$lib as m; print(list(m.__path__)[0])" 2>/dev/null) || continue
+  [[ -e $dir/include/$lib.h ]] && compgen -G "$dir/lib/lib$lib.so*" >/dev/null || continue
   echo "$lib: $dir (Python wheel)"
   wheel_roots+=("-D${lib^^}_ROOT=$dir")
   export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"  # for what they dlopen
@@ -143,22 +152,34 @@ for src in "$root"/tests/cuda/*.cpp "$root"/tests/cuda/*.cu; do
   [[ -e $src ]] && tests+=("$(basename "${src%.*}")")
 done
 available=$(cmake --build "$build" --target help 2>/dev/null || true)
+# (test_train_cuda exists only when stb was found; an unknown target would stop the whole build.)
+all_tests=("${tests[@]}")
+tests=()
+for t in "${all_tests[@]}"; do
+  if grep -qw "$t" <<<"$available"; then tests+=("$t"); else echo "($t is not a target of this build: not built)"; fi
+done
 benches=()
 for t in "${BENCH_TARGETS[@]}"; do
   if grep -qw "$t" <<<"$available"; then benches+=("$t"); else echo "($t is not a target of this build: not built)"; fi
 done
+# test_dist_nccl (tests/dist, label cuda) exists when MPI and NCCL were found.
+dist=()
+grep -qw test_dist_nccl <<<"$available" && dist=(test_dist_nccl)
 # A target that fails to compile does not stop the others (keep going); what was built runs.
-step build 300 cmake --build "$build" -j "$jobs" --target mamclip_cuda "${tests[@]}" "${benches[@]}" "${keep_going[@]}"
+step build 300 cmake --build "$build" -j "$jobs" --target mamclip_cuda "${tests[@]}" "${dist[@]}" "${benches[@]}" \
+  "${keep_going[@]}"
 for t in "${tests[@]}"; do [[ -x $build/tests/cuda/$t ]] || row "build $t" MISSING 0; done
 for t in "${benches[@]}"; do [[ -x $build/benchmarks/$t ]] || row "build $t" MISSING 0; done
 
 skipped=0
 if want tests; then
-  # The GPU cases only (the "_gpu" entries; the host cases ran on CPU machines). Several programs at
+  # The GPU cases only (the "_gpu" entries; the host cases ran on CPU machines) and the NCCL
+  # data-parallel tests when they were built. Several programs at
   # once: each is mostly waiting on its CPU reference, so they share the cores.
-  test_regex=${GPU_CHECK_TESTS:-_gpu}
-  OMP_NUM_THREADS=$(((jobs + 3) / 4)) step "tests (ctest -R $test_regex)" 200 \
-    ctest --test-dir "$build" -L cuda -R "$test_regex" -j 4 --timeout 150 --output-on-failure \
+  test_regex=${GPU_CHECK_TESTS:-_gpu\$|^test_dist_nccl}
+  rm -f "$build/gpu_check.ctest.log"
+  OMP_NUM_THREADS=$(((jobs + 3) / 4)) step "GPU tests (ctest)" 150 \
+    ctest --test-dir "$build" -L cuda -R "$test_regex" -j 4 --timeout 120 --output-on-failure \
     --output-log "$build/gpu_check.ctest.log"
   # ctest lines look like: " 1/2 Test #13: test_cuda_backend_gpu ....   Passed    0.52 sec"
   if [[ -f $build/gpu_check.ctest.log ]]; then
@@ -167,8 +188,10 @@ if want tests; then
            res = ($0 ~ /Passed/) ? "passed" : ($0 ~ /Skipped|Not Run/) ? "SKIPPED" : ($0 ~ /Timeout/) ? "TIMEOUT" : "FAILED";
            printf "  %-32s %-10s %8s\n", name, res, $(NF - 1)
          }' "$build/gpu_check.ctest.log" >>"$summary"
-    # test_dist_nccl_np2 needs two GPUs and skips, saying so, on one.
-    grep -E "Skipped|Not Run" "$build/gpu_check.ctest.log" | grep -qv "test_dist_nccl_np2" && skipped=1
+    # Skipped = the test found no device ("Not Run" is a missing executable: a failure). test_dist_nccl_np2
+    # needs two GPUs and skips, saying so, on one.
+    grep -E "Test +#[0-9]+:.*Skipped" "$build/gpu_check.ctest.log" | grep -qv "test_dist_nccl_np2" && skipped=1
+    grep -qE "Test +#[0-9]+:.*Not Run" "$build/gpu_check.ctest.log" && failed=1
   fi
 fi
 
@@ -188,8 +211,23 @@ if want bench; then
   bench bench_graph 40           # BERT forward + backward: one CUDA graph replay vs eager launches
 fi
 
-if want torch; then
-  if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+if want torch && ((deadline - SECONDS >= 40)); then
+  # Which baselines python3 can run, in one probe: "torch timm transformers" or a prefix of it.
+  python_has=$(timeout 60 python3 -c '
+import importlib
+have = []
+try:
+    import torch
+    assert torch.cuda.is_available()
+    have.append("torch")
+    for name in ("timm", "transformers"):
+        importlib.import_module(name)
+        have.append(name)
+except Exception:
+    pass
+print(" ".join(have))' 2>/dev/null || true)
+  echo "python3 baselines: ${python_has:-none}"
+  if [[ " $python_has " == *" torch "* ]]; then
     step "attention_torch.py (SDPA)" 60 python3 "$root/benchmarks/ops/attention_torch.py"
   else
     row "attention_torch.py (SDPA)" "not run" 0 "PyTorch with CUDA not importable"
@@ -198,7 +236,7 @@ if want torch; then
   # autocast) when it imports; then a MAM-CLIP pretraining step (ConvNeXt-S + BERT-base + fusion)
   # against PyTorch + timm + transformers.
   convnext_cases=${CONVNEXT_CASES:-train:8x1024x768}
-  if python3 -c "import torch, timm; assert torch.cuda.is_available()" 2>/dev/null; then
+  if [[ " $python_has " == *" timm "* ]]; then
     DEVICE=cuda PRECISION=bf16 MODEL=convnext_small CASES=$convnext_cases ITERS=5 ROUNDS=1 \
       step "ConvNeXt-S step vs timm" 120 "$root/benchmarks/models/convnext_vs_torch.sh" "$build" python3
   elif [[ -x $build/benchmarks/bench_convnext ]]; then
@@ -206,7 +244,7 @@ if want torch; then
       --device cuda --precision bf16 --cases "$convnext_cases" --iters 5
   fi
   step_cases=${VLMODEL_CASES:-full:8x1024x768}
-  if python3 -c "import torch, timm, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
+  if [[ " $python_has " == *" transformers "* ]]; then
     DEVICE=cuda PRECISION=bf16 CASES=$step_cases ITERS=5 \
       step "MAM-CLIP step vs PyTorch" 120 "$root/benchmarks/models/vlmodel_vs_torch.sh" "$build" python3
   elif [[ -x $build/benchmarks/bench_vlmodel ]]; then
@@ -218,18 +256,27 @@ fi
 # compute-sanitizer: sanitize TOOL FILTER CAP TEST... runs each test's FILTER cases under TOOL.
 sanitizer=$(command -v compute-sanitizer || true)
 [[ -z $sanitizer && -x /usr/local/cuda/bin/compute-sanitizer ]] && sanitizer=/usr/local/cuda/bin/compute-sanitizer
+sanitizer_usable=1
 sanitize() {
-  local tool=$1 filter=$2 cap=$3 t exe rc
+  local tool=$1 filter=$2 cap=$3 t exe rc log before
   shift 3
   for t in "$@"; do
     exe=$build/tests/cuda/$t
-    [[ -x $exe ]] || continue
-    # A finding is exit 99; the step's own failure flag is for tests and benchmarks.
-    local before=$failed
-    step "$tool $t" "$cap" "$sanitizer" --tool "$tool" --error-exitcode 99 "$exe" "$filter"
+    [[ -x $exe && $sanitizer_usable -eq 1 ]] || continue
+    log=$build/gpu_check.$tool.$t.log
+    rm -f "$log"
+    # A finding is exit 99 (the tool's report in $log); the step's own failure flag is for tests
+    # and benchmarks (a test failing under the tool shows in the tests step as well).
+    before=$failed
+    step "$tool $t" "$cap" "$sanitizer" --tool "$tool" --error-exitcode 99 --log-file "$log" "$exe" "$filter"
     rc=$?
     failed=$before
-    [[ $rc -eq 0 || $rc -eq 124 || $rc -eq 137 ]] || sanitizer_failed=1
+    [[ -f $log ]] && ((rc != 0)) && tail -n 30 "$log"
+    if [[ -f $log ]] && grep -q "Device not supported\|Target application terminated before first instrumented API call" "$log"; then
+      row "$tool" "not run" 0 "compute-sanitizer cannot instrument this device (see $log)"
+      sanitizer_usable=0
+    fi
+    ((rc == 99)) && sanitizer_failed=1
   done
 }
 if want race || want memcheck; then
@@ -254,10 +301,10 @@ fi
 echo
 echo "== summary ($gpu; budget ${budget} s, used $((budget - deadline + SECONDS)) s)"
 cat "$summary"
+((failed)) && exit 1
 if ((skipped)); then
   echo "GPU tests were skipped: no CUDA device was visible to them"
   exit 2
 fi
-((failed)) && exit 1
 ((sanitizer_failed)) && exit 3
 exit 0

@@ -17,7 +17,7 @@ function(mamclip_find_cudnn)
   endif()
   find_path(MAMCLIP_CUDNN_INCLUDE_DIR cudnn.h HINTS ${CUDNN_ROOT}/include ${CUDAToolkit_INCLUDE_DIRS})
   # libcudnn.so.9: the Python wheels (nvidia-cudnn-cu*) ship no unversioned name.
-  find_library(MAMCLIP_CUDNN_LIBRARY NAMES cudnn libcudnn.so.9
+  find_library(MAMCLIP_CUDNN_LIBRARY NAMES cudnn libcudnn.so.9 NAMES_PER_DIR
                HINTS ${CUDNN_ROOT}/lib ${CUDNN_ROOT}/lib64 ${CUDAToolkit_LIBRARY_DIR} ${CUDAToolkit_LIBRARY_ROOT}/lib)
   mark_as_advanced(MAMCLIP_CUDNN_INCLUDE_DIR MAMCLIP_CUDNN_LIBRARY)
   if(MAMCLIP_CUDNN_INCLUDE_DIR AND MAMCLIP_CUDNN_LIBRARY)

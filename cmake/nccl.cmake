@@ -16,7 +16,7 @@ function(mamclip_find_nccl)
   endif()
   find_path(MAMCLIP_NCCL_INCLUDE_DIR nccl.h HINTS ${NCCL_ROOT}/include ${CUDAToolkit_INCLUDE_DIRS})
   # libnccl.so.2: the Python wheels (nvidia-nccl-cu*) ship no unversioned name.
-  find_library(MAMCLIP_NCCL_LIBRARY NAMES nccl libnccl.so.2
+  find_library(MAMCLIP_NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
                HINTS ${NCCL_ROOT}/lib ${NCCL_ROOT}/lib64 ${CUDAToolkit_LIBRARY_DIR} ${CUDAToolkit_LIBRARY_ROOT}/lib)
   mark_as_advanced(MAMCLIP_NCCL_INCLUDE_DIR MAMCLIP_NCCL_LIBRARY)
   if(MAMCLIP_NCCL_INCLUDE_DIR AND MAMCLIP_NCCL_LIBRARY)

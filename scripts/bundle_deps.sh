@@ -46,6 +46,11 @@ rm -rf "$stage/usr/share/doc" "$stage/usr/share/man" "$stage/usr/share/lintian"
 find "$stage" -name '*.pc' -delete
 find "$stage" -depth -type d -empty -delete
 
+# Replace only an earlier bundle (or nothing): never a folder that holds something else.
+if [[ -e $prefix && ! -f $prefix/PACKAGES ]] && [[ -n $(ls -A "$prefix" 2>/dev/null) ]]; then
+  echo "bundle_deps: $prefix exists and is not a bundle made by this script: not replacing it" >&2
+  exit 1
+fi
 rm -rf "$prefix"
 mkdir -p "$(dirname "$prefix")"
 mv "$stage/usr" "$prefix"
