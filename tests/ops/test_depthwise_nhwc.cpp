@@ -194,11 +194,16 @@ TEST_CASE("nhwc depthwise forward and input-gradient walks: K = 3, 5, 7 at odd s
   check_forward<3, 1, 8>(make_case<float>(3, 6, 5, 24, 3, 14), 3);
   check_forward<7, 1, 8>(make_case<float>(2, 3, 10, 13, 7, 15), 2);  // C = 13
   check_forward<3, 1, 8>(make_case<float>(1, 1, 1, 5, 3, 16), 1);    // a single pixel
-  check_forward<7, 2, 4>(make_case<bfloat16>(2, 11, 7, 16, 7, 21), 3);
-  check_forward<7, 2, 4>(make_case<bfloat16>(1, 12, 9, 6, 7, 24), 12);
-  check_forward<5, 2, 4>(make_case<bfloat16>(1, 6, 17, 8, 5, 22), 1);
-  check_forward<3, 2, 4>(make_case<bfloat16>(2, 5, 3, 2, 3, 25), 2);
+  check_forward<7, 2, 8>(make_case<bfloat16>(2, 11, 7, 16, 7, 21), 3);
+  check_forward<7, 2, 8>(make_case<bfloat16>(1, 12, 9, 6, 7, 24), 12);
+  check_forward<5, 2, 8>(make_case<bfloat16>(1, 6, 17, 8, 5, 22), 1);
+  check_forward<3, 2, 8>(make_case<bfloat16>(2, 5, 3, 2, 3, 25), 2);
   check_forward<7, 1, 8>(make_case<bfloat16>(1, 5, 9, 7, 7, 23), 2);  // C = 7: one channel per thread
+  // Wide enough for interior strips (no column checks) between the edge ones.
+  check_forward<7, 2, 8>(make_case<bfloat16>(1, 9, 37, 6, 7, 26), 4);
+  check_forward<5, 2, 8>(make_case<bfloat16>(2, 4, 26, 4, 5, 27), 3);
+  check_forward<3, 2, 8>(make_case<bfloat16>(1, 3, 20, 2, 3, 28), 1);
+  check_forward<7, 1, 8>(make_case<float>(1, 8, 29, 5, 7, 29), 8);
 }
 
 TEST_CASE("nhwc depthwise weight-gradient strips: K = 3, 5, 7 at odd sizes, vectors of 8, 4 and 1 channels, float",

@@ -52,6 +52,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <cstring>
 #include <type_traits>
 
 #include "mamclip/core/cuda/check.cuh"
@@ -274,6 +275,15 @@ __global__ void samples_last_kernel(const D* src, D* dst, int64_t batch, int64_t
 
 // ---- channels last
 
+__host__ __device__ __forceinline__ float float_from_bits(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+#endif
+}
 __host__ __device__ __forceinline__ float nhwc_to_float(float x) { return x; }
 __host__ __device__ __forceinline__ float nhwc_to_float(__half x) { return __half2float(x); }
 __host__ __device__ __forceinline__ float nhwc_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -296,9 +306,16 @@ struct NhwcIo {
       for (int v = 0; v < V; ++v) out[v] = nhwc_to_float(e[v]);
     } else if constexpr (V * sizeof(D) == 4 && V == 2) {
       const uint32_t u = *reinterpret_cast<const uint32_t*>(p);
-      const D* e = reinterpret_cast<const D*>(&u);
-      out[0] = nhwc_to_float(e[0]);
-      out[1] = nhwc_to_float(e[1]);
+      if constexpr (std::is_same_v<D, __nv_bfloat16>) {
+        // A bfloat16 is the top half of a float: one shift and one mask (the generic
+        // conversion took three instructions per pair).
+        out[0] = float_from_bits(u << 16);
+        out[1] = float_from_bits(u & 0xffff0000u);
+      } else {
+        const D* e = reinterpret_cast<const D*>(&u);
+        out[0] = nhwc_to_float(e[0]);
+        out[1] = nhwc_to_float(e[1]);
+      }
     } else {
 #pragma unroll
       for (int v = 0; v < V; ++v) out[v] = nhwc_to_float(p[v]);
@@ -330,11 +347,11 @@ struct NhwcIo {
 // registers (two blocks of 256 threads per SM) without spilling.
 template <int V>
 inline constexpr int kNhwcStrip = V >= 8 ? 4 : 8;
-// The forward walk's: 4 with 2-channel threads, else 8. Its 7x7 threads hold 49·V weights
-// and R·V accumulators: 2-channel ones need more than 128 registers (256-thread blocks
-// spilled 56 bytes), so it runs 3 blocks of 128 threads per SM (up to 168 registers).
-template <int V>
-inline constexpr int kNhwcForwardStrip = V >= 2 ? 4 : 8;
+// The forward walk's outputs per thread along W. Its 7x7 threads hold 49·V weights and
+// 8·V accumulators: more than 128 registers (256-thread blocks spilled), so it runs 3
+// blocks of 128 threads per SM (up to 168 registers; the 16-bit 7x7 ones use all of them,
+// one-channel ones spill 12 bytes).
+inline constexpr int kNhwcForwardStrip = 8;
 inline constexpr int kNhwcForwardBlock = 128;
 inline constexpr int kNhwcBlock = 256;
 
@@ -618,7 +635,9 @@ template <class T>
 NhwcRoute nhwc_route(const Conv2dGeometry& g) {
   if (std::is_same_v<T, double> || g.c_in == 0) return NhwcRoute::decline;
   const ConvPath path = conv_path();
-  if (path == ConvPath::automatic && depthwise_fast(g)) return NhwcRoute::depthwise;
+  // (The depthwise walks index within an image in 32 bits.)
+  if (path == ConvPath::automatic && depthwise_fast(g) && g.h * g.w * g.c_in < (int64_t(1) << 31))
+    return NhwcRoute::depthwise;
 #ifdef MAMCLIP_WITH_CUDNN
   if (path != ConvPath::im2col) return NhwcRoute::cudnn;
 #endif
@@ -657,7 +676,7 @@ void launch_depthwise_nhwc(const Conv2dGeometry& g, const D* x, const D* w, cons
   for (const void* p : {static_cast<const void*>(x), static_cast<const void*>(b), static_cast<const void*>(y)})
     pairs = pairs && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 4 == 0);
   const auto launch = [&](auto vec) {
-    constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcForwardStrip<V>;
+    constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcForwardStrip;
     const int64_t strips = depthwise_nhwc::strips<R>(g.w), groups = g.c_in / V;
     // Runs of rows long enough to amortise the K·K·V weight loads, short enough to leave
     // about 2^17 threads (2.6 waves of 12 warps per SM on 132 SMs), evened out over H.

@@ -9,22 +9,25 @@
 // per call to wt[a·K + b, c] in float.
 //
 // A forward thread owns V channels (2 for 16-bit types when C is even and
-// the pointers 4-byte aligned, else 1) of R consecutive outputs along W, and
-// walks down a run of output rows
-// of one image. It loads its K·K·V weights into registers once; per output
-// row it reads the K input rows as R + K − 1 vectors each and keeps R·V
-// accumulators. Why this shape: a 7x7 depthwise conv is 49 FMAs per output,
-// more than the SM's FP32 units can do in the time HBM moves a 16-bit input
-// and output (about 98 FLOP per 4 bytes against 67 TFLOP/s of FP32 FMA and
-// the 4.3 TB/s an H200 copies at), so the kernel must not also be bound by
-// L1 traffic. Per output row a warp issues K · (R + K − 1) loads of 32 · V
-// neighbouring channels (128 bytes at V = 2; two pieces when C is not a
-// multiple of 64) for 32 · R · V · K·K FMAs, about 0.27 L1 wavefronts per
-// output against 0.38 FMA cycles; weights reloaded per
-// kernel row, as 16-byte-per-thread strips of 8 channels did, cost another
-// 0.4-3 wavefronts per output. Neighbouring threads own neighbouring channel
-// groups, so a warp's loads are contiguous. The input gradient is the same
-// walk on dy with the taps reversed.
+// the pointers 4-byte aligned, else 1) of R = 8 consecutive outputs along W,
+// and walks down a run of output rows of one image. It loads its K·K·V
+// weights into registers once; per output row it reads the K input rows as
+// R + K − 1 vectors each and keeps R·V accumulators. Why this shape: a 7x7
+// depthwise conv is 49 FMAs per output, more than the SM's FP32 units can do
+// in the time HBM moves a 16-bit input and output (about 98 FLOP per 4 bytes
+// against 67 TFLOP/s of FP32 FMA and the 4.3 TB/s an H200 copies at), so the
+// FMAs must dominate what the SM issues and L1 must keep up. Row strips of 8
+// channels per thread that reloaded their weights every kernel row spent
+// 0.4-3 L1 wavefronts per output on weights alone, against 0.38 FMA cycles;
+// here a warp issues K · (R + K − 1) loads of 32 · V neighbouring channels
+// (128 bytes at V = 2; two pieces when C is not a multiple of 64) per
+// 32 · R · V outputs, about 0.19 wavefronts per output. Instructions (sm_90
+// SASS of the bf16 7x7 row loop on interior strips): 1416 per row, 784 of
+// them FFMA; the rest are the loads, their addresses and the bf16 unpacking.
+// The edge strips take a copy of the loop with per-column bounds checks.
+// Neighbouring threads own neighbouring channel groups, so a warp's loads
+// are contiguous. The input gradient is the same walk on dy with the taps
+// reversed.
 //
 // A weight-gradient thread owns V channels, one kernel row a and a chunk of
 // image rows; for every strip of R outputs it multiplies dy by the R + K − 1
@@ -37,6 +40,7 @@
 //              template <int V> store(T* p, const float* in)  (p holds V elements).
 
 #include <cstdint>
+#include <type_traits>
 
 #include "mamclip/core/config.hpp"
 
@@ -73,11 +77,13 @@ MAMCLIP_HD_UNROLL
 }
 
 // y (or dx, with kFlip) for V channels from c0 and R columns from j0, output rows
-// [i_begin, i_end) of image `image`.
+// [i_begin, i_end) of image `image`. Offsets inside one image are 32-bit: the caller
+// guarantees H·W·C < 2^31 (64-bit index math per load was most of the kernel's
+// instructions: 877 IMAD and 427 IADD3 against 392 FFMA in the 7x7 SASS).
 template <int K, int V, int R, bool kFlip, class Io, class T>
 MAMCLIP_HOST_DEVICE void forward_column(const T* x, const float* wt, const T* bias, T* y, const Shape& s,
                                         int64_t image, int64_t i_begin, int64_t i_end, int64_t j0, int64_t c0) {
-  constexpr int P = K / 2;
+  constexpr int P = K / 2, Q = R + K - 1;
   // wv[a·K + b]: the tap that multiplies input row i + a − P, column j + b − P.
   float wv[K * K][V];
 MAMCLIP_HD_UNROLL
@@ -93,27 +99,63 @@ MAMCLIP_HD_UNROLL
 MAMCLIP_HD_UNROLL
     for (int v = 0; v < V; ++v) b0[v] = 0.0f;
   }
-  const T* ximage = x + image * s.h * s.w * s.c + c0;
-  for (int64_t i = i_begin; i < i_end; ++i) {
-    float acc[R][V];
+  const int channels = static_cast<int>(s.c), row_stride = static_cast<int>(s.w * s.c);
+  // Offsets of the Q input columns this strip reads; -1 outside the image (read as 0).
+  int col[Q];
 MAMCLIP_HD_UNROLL
-    for (int r = 0; r < R; ++r)
-MAMCLIP_HD_UNROLL
-      for (int v = 0; v < V; ++v) acc[r][v] = b0[v];
-MAMCLIP_HD_UNROLL
-    for (int a = 0; a < K; ++a) {
-      const int64_t ii = i + a - P;
-      if (ii < 0 || ii >= s.h) continue;
-      row_taps<K, V, R, Io>(ximage + ii * s.w * s.c, j0, s, [&](int r, int b, const float* xv) {
-MAMCLIP_HD_UNROLL
-        for (int v = 0; v < V; ++v) acc[r][v] += wv[a * K + b][v] * xv[v];
-      });
-    }
-    T* yrow = y + ((image * s.h + i) * s.w + j0) * s.c + c0;
-MAMCLIP_HD_UNROLL
-    for (int r = 0; r < R; ++r)
-      if (j0 + r < s.w) Io::template store<V>(yrow + r * s.c, acc[r]);
+  for (int q = 0; q < Q; ++q) {
+    const int64_t jj = j0 - P + q;
+    col[q] = jj >= 0 && jj < s.w ? static_cast<int>(jj) * channels : -1;
   }
+  const T* ximage = x + image * s.h * s.w * s.c + c0;
+  T* yimage = y + image * s.h * s.w * s.c + c0;
+  // Strips away from the left and right edges (all but two per row at ConvNeXt's widths)
+  // read every column: their walk has no per-load check.
+  const auto walk = [&](auto checked) {
+    constexpr bool kChecked = decltype(checked)::value;
+    for (int i = static_cast<int>(i_begin); i < static_cast<int>(i_end); ++i) {
+      float acc[R][V];
+MAMCLIP_HD_UNROLL
+      for (int r = 0; r < R; ++r)
+MAMCLIP_HD_UNROLL
+        for (int v = 0; v < V; ++v) acc[r][v] = b0[v];
+MAMCLIP_HD_UNROLL
+      for (int a = 0; a < K; ++a) {
+        const int ii = i + a - P;
+        if (ii < 0 || ii >= s.h) continue;
+        const T* xrow = ximage + ii * row_stride;
+        // Interior strips address column q from the strip's first column (one multiply-add per load).
+        const T* xstrip = xrow + (static_cast<int>(j0) - P) * channels;
+MAMCLIP_HD_UNROLL
+        for (int q = 0; q < Q; ++q) {
+          float xv[V];
+          if (!kChecked) {
+            Io::template load<V>(xstrip + q * channels, xv);
+          } else if (col[q] >= 0) {
+            Io::template load<V>(xrow + col[q], xv);
+          } else {
+MAMCLIP_HD_UNROLL
+            for (int v = 0; v < V; ++v) xv[v] = 0.0f;
+          }
+MAMCLIP_HD_UNROLL
+          for (int b = 0; b < K; ++b) {
+            const int r = q - b;
+            if (r < 0 || r >= R) continue;
+MAMCLIP_HD_UNROLL
+            for (int v = 0; v < V; ++v) acc[r][v] += wv[a * K + b][v] * xv[v];
+          }
+        }
+      }
+      T* yrow = yimage + i * row_stride + static_cast<int>(j0) * channels;
+MAMCLIP_HD_UNROLL
+      for (int r = 0; r < R; ++r)
+        if (!kChecked || j0 + r < s.w) Io::template store<V>(yrow + r * channels, acc[r]);
+    }
+  };
+  if (j0 - P >= 0 && j0 + R - 1 + P < s.w)
+    walk(std::false_type{});
+  else
+    walk(std::true_type{});
 }
 
 // Partial weight (and, on a = P, bias) gradients of V channels from c0 for
