@@ -13,8 +13,8 @@
 # Environment:
 #   BUILD_DIR                   build folder (default build-gpu in the checkout; kept, so a rerun
 #                               rebuilds only what changed)
-#   GPU_CHECK_BUDGET_S          seconds for the whole script (default 480); steps that would start
-#                               with less than 20 s left are recorded as "no time"
+#   GPU_CHECK_BUDGET_S          seconds for the whole script (default 480); a step that would start
+#                               with less than 20 s, or a third of its cap, left is "no time"
 #   MAMCLIP_CUDA_ARCHITECTURES  default: the GPU's compute capability from nvidia-smi
 #   GPU_CHECK_STEPS             space-separated step groups to run (default: all of
 #                               "tests bench torch race memcheck")
@@ -34,7 +34,7 @@
 # visible); else 3 a sanitizer found something.
 #
 # Kernel work extends it: a new test under tests/cuda/ is picked up by its file
-# name; a GPU benchmark goes into BENCH_TARGETS and bench_steps below.
+# name; a GPU benchmark goes into BENCH_TARGETS and gets a `bench` line below.
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
