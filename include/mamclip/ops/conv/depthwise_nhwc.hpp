@@ -124,8 +124,9 @@ MAMCLIP_HD_UNROLL
         const int ii = i + a - P;
         if (ii < 0 || ii >= s.h) continue;
         const T* xrow = ximage + ii * row_stride;
-        // Interior strips address column q from the strip's first column (one multiply-add per load).
-        const T* xstrip = xrow + (static_cast<int>(j0) - P) * channels;
+        // Interior strips address column q from the strip's first column (one multiply-add per
+        // load); edge strips, whose first column may lie outside the image, use col[].
+        const T* xstrip = kChecked ? xrow : xrow + (static_cast<int>(j0) - P) * channels;
 MAMCLIP_HD_UNROLL
         for (int q = 0; q < Q; ++q) {
           float xv[V];
