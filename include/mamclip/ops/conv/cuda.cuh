@@ -299,16 +299,24 @@ __host__ __device__ __forceinline__ D nhwc_from_float(float x) {
 struct NhwcIo {
   template <int V, class D>
   __host__ __device__ __forceinline__ static void load(const D* p, float* out) {
-    if constexpr (V * sizeof(D) == 16) {
+    if constexpr (V * sizeof(D) == 16 && std::is_same_v<D, __nv_bfloat16>) {
+      // A bfloat16 is the top half of a float: a shift and a mask per pair (the generic
+      // conversion took three instructions per pair).
+      const uint4 u = *reinterpret_cast<const uint4*>(p);
+      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        out[2 * k] = float_from_bits(w[k] << 16);
+        out[2 * k + 1] = float_from_bits(w[k] & 0xffff0000u);
+      }
+    } else if constexpr (V * sizeof(D) == 16) {
       const uint4 u = *reinterpret_cast<const uint4*>(p);
       const D* e = reinterpret_cast<const D*>(&u);
 #pragma unroll
       for (int v = 0; v < V; ++v) out[v] = nhwc_to_float(e[v]);
     } else if constexpr (V * sizeof(D) == 4 && V == 2) {
       const uint32_t u = *reinterpret_cast<const uint32_t*>(p);
-      if constexpr (std::is_same_v<D, __nv_bfloat16>) {
-        // A bfloat16 is the top half of a float: one shift and one mask (the generic
-        // conversion took three instructions per pair).
+      if constexpr (std::is_same_v<D, __nv_bfloat16>) {  // as above
         out[0] = float_from_bits(u << 16);
         out[1] = float_from_bits(u & 0xffff0000u);
       } else {
@@ -711,6 +719,8 @@ void launch_depthwise_nhwc_wgrad(const depthwise_nhwc::Shape& shape, int64_t ker
                                  D* dw, D* db, cudaStream_t s) {
   const int64_t channels = shape.c, rows = shape.n * shape.h, taps = kernel_size * kernel_size;
   const int64_t kernel_rows = dw ? kernel_size : 1;
+  MAMCLIP_CHECK(shape.w * shape.c < (int64_t(1) << 31), shape_error, "conv2d (channels last): a row of ", shape.w,
+                " x ", shape.c, " elements is past the weight-gradient kernels' 32-bit row offsets (2^31)");
   with_nhwc_vector<D>(channels, {x, dy}, [&](auto vec) {
     constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcStrip<V>;
     const int64_t groups = channels / V;

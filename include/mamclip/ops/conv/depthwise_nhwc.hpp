@@ -59,15 +59,16 @@ MAMCLIP_HOST_DEVICE int64_t strips(int64_t w) {
 // The R + K − 1 input columns that output columns j0 .. j0 + R − 1 read from
 // one input row (from its channel c0 on), each loaded once: f(r, b, x) for
 // every output r and tap b, where x holds the V channels of column j0 + r + b − P.
+// Column offsets are 32-bit (the caller guarantees W·C < 2^31).
 template <int K, int V, int R, class Io, class T, class F>
-MAMCLIP_HOST_DEVICE void row_taps(const T* xrow, int64_t j0, const Shape& s, F&& f) {
+MAMCLIP_HOST_DEVICE void row_taps(const T* xrow, int j0, int width, int channels, F&& f) {
   constexpr int P = K / 2;
 MAMCLIP_HD_UNROLL
   for (int q = 0; q < R + K - 1; ++q) {
-    const int64_t jj = j0 - P + q;
-    if (jj < 0 || jj >= s.w) continue;
+    const int jj = j0 - P + q;
+    if (jj < 0 || jj >= width) continue;
     float xv[V];
-    Io::template load<V>(xrow + jj * s.c, xv);
+    Io::template load<V>(xrow + jj * channels, xv);
 MAMCLIP_HD_UNROLL
     for (int b = 0; b < K; ++b) {
       const int r = q - b;
@@ -178,18 +179,20 @@ MAMCLIP_HD_UNROLL
     for (int b = 0; b < K; ++b) acc[b][v] = 0.0f;
   }
   const bool want_bias = bias_partial != nullptr && a == P;
+  // 32-bit offsets within a row (W·C < 2^31): 64-bit index math per load dominated the SASS.
+  const int width = static_cast<int>(s.w), channels = static_cast<int>(s.c);
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t i = row % s.h, image = row / s.h, ii = i + a - P;
     const bool x_row = kWeights && ii >= 0 && ii < s.h;
     if (!x_row && !want_bias) continue;
     const T* dyrow = dy + row * s.w * s.c + c0;
     const T* xrow = x_row ? x + ((image * s.h + ii) * s.w) * s.c + c0 : nullptr;
-    for (int64_t j0 = 0; j0 < s.w; j0 += R) {
+    for (int j0 = 0; j0 < width; j0 += R) {
       float g[R][V];
 MAMCLIP_HD_UNROLL
       for (int r = 0; r < R; ++r) {
-        if (j0 + r < s.w) {
-          Io::template load<V>(dyrow + (j0 + r) * s.c, g[r]);
+        if (j0 + r < width) {
+          Io::template load<V>(dyrow + (j0 + r) * channels, g[r]);
         } else {
 MAMCLIP_HD_UNROLL
           for (int v = 0; v < V; ++v) g[r][v] = 0.0f;
@@ -201,7 +204,7 @@ MAMCLIP_HD_UNROLL
       }
       if constexpr (kWeights) {
         if (!x_row) continue;
-        row_taps<K, V, R, Io>(xrow, j0, s, [&](int r, int b, const float* xv) {
+        row_taps<K, V, R, Io>(xrow, j0, width, channels, [&](int r, int b, const float* xv) {
 MAMCLIP_HD_UNROLL
           for (int v = 0; v < V; ++v) acc[b][v] += g[r][v] * xv[v];
         });
