@@ -206,20 +206,23 @@ TEST_CASE("nhwc depthwise forward and input-gradient walks: K = 3, 5, 7 at odd s
   check_forward<7, 1, 8>(make_case<float>(1, 8, 29, 5, 7, 29), 8);
 }
 
-TEST_CASE("nhwc depthwise weight-gradient strips: K = 3, 5, 7 at odd sizes, vectors of 8, 4 and 1 channels, float",
+// The weight-gradient kernels run (V, R) = (4, 8) for float, (8, 4) for 16-bit types and (1, 8)
+// when C or a pointer allows no vectors (kNhwcStrip in ops/conv/cuda.cuh).
+TEST_CASE("nhwc depthwise weight-gradient strips: K = 3, 5, 7 at odd sizes, vectors of 4 and 1 channels, float",
           "[conv]") {
   // Chunks of 1 to 4 rows (a ragged last chunk).
-  check_case<7, 8, 8>(make_case<float>(2, 9, 13, 16, 7, 11), 1);
+  check_case<7, 4, 8>(make_case<float>(2, 9, 13, 16, 7, 11), 1);
   check_case<7, 4, 8>(make_case<float>(1, 5, 11, 12, 7, 12), 3);
-  check_case<5, 4, 4>(make_case<float>(2, 7, 9, 8, 5, 13), 2);
-  check_case<3, 8, 8>(make_case<float>(3, 6, 5, 24, 3, 14), 4);
+  check_case<5, 4, 8>(make_case<float>(2, 7, 9, 8, 5, 13), 2);
+  check_case<3, 4, 8>(make_case<float>(3, 6, 5, 24, 3, 14), 4);
   check_case<7, 1, 8>(make_case<float>(2, 3, 10, 13, 7, 15), 2);  // C = 13: one channel per thread
-  check_case<3, 1, 4>(make_case<float>(1, 1, 1, 5, 3, 16), 1);    // a single pixel
+  check_case<3, 1, 8>(make_case<float>(1, 1, 1, 5, 3, 16), 1);    // a single pixel
 }
 
 TEST_CASE("nhwc depthwise weight-gradient strips in bfloat16 storage with float accumulation", "[conv]") {
-  check_case<7, 8, 8>(make_case<bfloat16>(2, 11, 7, 16, 7, 21), 3);
-  check_case<5, 8, 8>(make_case<bfloat16>(1, 6, 17, 8, 5, 22), 1);
+  check_case<7, 8, 4>(make_case<bfloat16>(2, 11, 7, 16, 7, 21), 3);
+  check_case<5, 8, 4>(make_case<bfloat16>(1, 6, 17, 8, 5, 22), 1);
+  check_case<3, 8, 4>(make_case<bfloat16>(2, 5, 9, 24, 3, 25), 2);
   check_case<7, 1, 8>(make_case<bfloat16>(1, 5, 9, 7, 7, 23), 2);
 }
 

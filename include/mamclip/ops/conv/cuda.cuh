@@ -643,8 +643,8 @@ template <class T>
 NhwcRoute nhwc_route(const Conv2dGeometry& g) {
   if (std::is_same_v<T, double> || g.c_in == 0) return NhwcRoute::decline;
   const ConvPath path = conv_path();
-  // (The depthwise walks index within an image in 32 bits.)
-  if (path == ConvPath::automatic && depthwise_fast(g) && g.h * g.w * g.c_in < (int64_t(1) << 31))
+  // (The depthwise walks index within an image in 32 bits; 2^30 leaves room for their sums.)
+  if (path == ConvPath::automatic && depthwise_fast(g) && g.h * g.w * g.c_in < (int64_t(1) << 30))
     return NhwcRoute::depthwise;
 #ifdef MAMCLIP_WITH_CUDNN
   if (path != ConvPath::im2col) return NhwcRoute::cudnn;
@@ -719,8 +719,8 @@ void launch_depthwise_nhwc_wgrad(const depthwise_nhwc::Shape& shape, int64_t ker
                                  D* dw, D* db, cudaStream_t s) {
   const int64_t channels = shape.c, rows = shape.n * shape.h, taps = kernel_size * kernel_size;
   const int64_t kernel_rows = dw ? kernel_size : 1;
-  MAMCLIP_CHECK(shape.w * shape.c < (int64_t(1) << 31), shape_error, "conv2d (channels last): a row of ", shape.w,
-                " x ", shape.c, " elements is past the weight-gradient kernels' 32-bit row offsets (2^31)");
+  MAMCLIP_CHECK(shape.w * shape.c < (int64_t(1) << 30), shape_error, "conv2d (channels last): a row of ", shape.w,
+                " x ", shape.c, " elements is past the weight-gradient kernels' 32-bit row offsets (2^30)");
   with_nhwc_vector<D>(channels, {x, dy}, [&](auto vec) {
     constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcStrip<V>;
     const int64_t groups = channels / V;

@@ -59,7 +59,7 @@ MAMCLIP_HOST_DEVICE int64_t strips(int64_t w) {
 // The R + K − 1 input columns that output columns j0 .. j0 + R − 1 read from
 // one input row (from its channel c0 on), each loaded once: f(r, b, x) for
 // every output r and tap b, where x holds the V channels of column j0 + r + b − P.
-// Column offsets are 32-bit (the caller guarantees W·C < 2^31).
+// Column offsets are 32-bit (the caller guarantees W·C < 2^30).
 template <int K, int V, int R, class Io, class T, class F>
 MAMCLIP_HOST_DEVICE void row_taps(const T* xrow, int j0, int width, int channels, F&& f) {
   constexpr int P = K / 2;
@@ -79,7 +79,7 @@ MAMCLIP_HD_UNROLL
 
 // y (or dx, with kFlip) for V channels from c0 and R columns from j0, output rows
 // [i_begin, i_end) of image `image`. Offsets inside one image are 32-bit: the caller
-// guarantees H·W·C < 2^31 (64-bit index math per load was most of the kernel's
+// guarantees H·W·C < 2^30 (64-bit index math per load was most of the kernel's
 // instructions: 877 IMAD and 427 IADD3 against 392 FFMA in the 7x7 SASS).
 template <int K, int V, int R, bool kFlip, class Io, class T>
 MAMCLIP_HOST_DEVICE void forward_column(const T* x, const float* wt, const T* bias, T* y, const Shape& s,
@@ -179,7 +179,7 @@ MAMCLIP_HD_UNROLL
     for (int b = 0; b < K; ++b) acc[b][v] = 0.0f;
   }
   const bool want_bias = bias_partial != nullptr && a == P;
-  // 32-bit offsets within a row (W·C < 2^31): 64-bit index math per load dominated the SASS.
+  // 32-bit offsets within a row (W·C < 2^30): 64-bit index math per load dominated the SASS.
   const int width = static_cast<int>(s.w), channels = static_cast<int>(s.c);
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t i = row % s.h, image = row / s.h, ii = i + a - P;
