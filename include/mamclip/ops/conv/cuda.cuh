@@ -284,6 +284,12 @@ __host__ __device__ __forceinline__ float float_from_bits(uint32_t u) {
   return f;
 #endif
 }
+// The two bfloat16 of a 32-bit word (low half first) as floats: a bfloat16 is the top half of
+// a float, so a shift and a mask (the generic conversion took three instructions per pair).
+__host__ __device__ __forceinline__ void bf16_pair_to_float(uint32_t u, float* out) {
+  out[0] = float_from_bits(u << 16);
+  out[1] = float_from_bits(u & 0xffff0000u);
+}
 __host__ __device__ __forceinline__ float nhwc_to_float(float x) { return x; }
 __host__ __device__ __forceinline__ float nhwc_to_float(__half x) { return __half2float(x); }
 __host__ __device__ __forceinline__ float nhwc_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -300,15 +306,11 @@ struct NhwcIo {
   template <int V, class D>
   __host__ __device__ __forceinline__ static void load(const D* p, float* out) {
     if constexpr (V * sizeof(D) == 16 && std::is_same_v<D, __nv_bfloat16>) {
-      // A bfloat16 is the top half of a float: a shift and a mask per pair (the generic
-      // conversion took three instructions per pair).
       const uint4 u = *reinterpret_cast<const uint4*>(p);
-      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        out[2 * k] = float_from_bits(w[k] << 16);
-        out[2 * k + 1] = float_from_bits(w[k] & 0xffff0000u);
-      }
+      bf16_pair_to_float(u.x, out);
+      bf16_pair_to_float(u.y, out + 2);
+      bf16_pair_to_float(u.z, out + 4);
+      bf16_pair_to_float(u.w, out + 6);
     } else if constexpr (V * sizeof(D) == 16) {
       const uint4 u = *reinterpret_cast<const uint4*>(p);
       const D* e = reinterpret_cast<const D*>(&u);
@@ -316,9 +318,8 @@ struct NhwcIo {
       for (int v = 0; v < V; ++v) out[v] = nhwc_to_float(e[v]);
     } else if constexpr (V * sizeof(D) == 4 && V == 2) {
       const uint32_t u = *reinterpret_cast<const uint32_t*>(p);
-      if constexpr (std::is_same_v<D, __nv_bfloat16>) {  // as above
-        out[0] = float_from_bits(u << 16);
-        out[1] = float_from_bits(u & 0xffff0000u);
+      if constexpr (std::is_same_v<D, __nv_bfloat16>) {
+        bf16_pair_to_float(u, out);
       } else {
         const D* e = reinterpret_cast<const D*>(&u);
         out[0] = nhwc_to_float(e[0]);
@@ -652,12 +653,19 @@ NhwcRoute nhwc_route(const Conv2dGeometry& g) {
   return NhwcRoute::decline;
 }
 
+// Whether threads of v channels can load them as one vector of v elements: C a multiple of v
+// and every (non-null) pointer aligned to the vector's size.
+template <class D>
+bool nhwc_vectors_fit(int64_t channels, int v, std::initializer_list<const void*> pointers) {
+  bool fit = channels % v == 0;
+  for (const void* p : pointers) fit = fit && (p == nullptr || reinterpret_cast<uintptr_t>(p) % (v * sizeof(D)) == 0);
+  return fit;
+}
+
 // f(V): V = 16-byte vectors when C and every pointer allow them, else 1.
 template <class D, class F>
 void with_nhwc_vector(int64_t channels, std::initializer_list<const void*> pointers, F&& f) {
-  bool vec = channels % kVec16<D> == 0;
-  for (const void* p : pointers) vec = vec && (p == nullptr || aligned16(p));
-  if (vec) return f(std::integral_constant<int, kVec16<D>>{});
+  if (nhwc_vectors_fit<D>(channels, kVec16<D>, pointers)) return f(std::integral_constant<int, kVec16<D>>{});
   return f(std::integral_constant<int, 1>{});
 }
 
@@ -680,9 +688,7 @@ void launch_depthwise_nhwc(const Conv2dGeometry& g, const D* x, const D* w, cons
   const Tensor<float> transposed = nhwc_transposed_weights<D>(g, w, s);
   const float* wt = transposed.data_ptr();
   // Two channels per thread (one 32-bit load) for 16-bit types when C and the pointers allow it.
-  bool pairs = sizeof(D) == 2 && g.c_in % 2 == 0;
-  for (const void* p : {static_cast<const void*>(x), static_cast<const void*>(b), static_cast<const void*>(y)})
-    pairs = pairs && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 4 == 0);
+  const bool pairs = sizeof(D) == 2 && nhwc_vectors_fit<D>(g.c_in, 2, {x, b, y});
   const auto launch = [&](auto vec) {
     constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcForwardStrip;
     const int64_t strips = depthwise_nhwc::strips<R>(g.w), groups = g.c_in / V;
