@@ -812,6 +812,8 @@ bool cudnn_nhwc_backward(const Conv2dGeometry& g, const T* x, const T* w, const 
                          cudaStream_t s) {
   using D = device_t<T>;
   if (!cudnn_nhwc_aligned({x, gy, dx})) return false;
+  // db comes from our weight-gradient strips, whose rows index in 32 bits: decline before cuDNN writes anything.
+  if (db && g.ow * g.c_out >= (int64_t(1) << 30)) return false;
   const Tensor<T> filter = dx ? cudnn_nhwc_filter<T>(g, w, s) : Tensor<T>();
   Tensor<T> filter_grad = dw ? scratch<T>(g.c_out * g.cin_per_group() * g.kh * g.kw) : Tensor<T>();
   if (!cudnn_conv::try_backward<T>(g, cudnn_conv::Layout::nhwc, x, dx ? filter.data_ptr() : nullptr, gy, dx,
