@@ -3,7 +3,8 @@
 // whole ConvNeXt-T forward + backward on CUDA against the CPU model.
 //
 // Without a GPU: the kernels are registered for float, double, half and
-// bfloat16, and the path switch reads back. With a GPU (cases tagged [gpu];
+// bfloat16, the path switch reads back, and the channels-last kernels' vector
+// loads and stores (NhwcIo) convert as Eigen does. With a GPU (cases tagged [gpu];
 // without one each prints "skipped: no CUDA device"): the depthwise kernels
 // at ConvNeXt's four stage shapes (at MAM-CLIP's 1024 x 768 input) and at
 // awkward ones (odd H and W, C not a multiple of 8, kernels 3, 5, 7), each
@@ -15,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #ifdef MAMCLIP_WITH_CUDNN
@@ -24,6 +26,7 @@
 #include "cuda/gpu_support.hpp"
 #include "mamclip/core/cuda/settings.hpp"
 #include "mamclip/models/convnext.hpp"
+#include "mamclip/ops/conv/nhwc_io.cuh"  // (cuda_fp16.h: a global `half`, hence mamclip::half below)
 #include "support/test_support.hpp"
 
 using namespace mamclip;
@@ -125,6 +128,57 @@ TEST_CASE("the CUDA backend registers conv2d and layer_norm2d for the float dtyp
 #endif
 }
 
+namespace {
+
+// NhwcIo's load<V> and store<V> of V elements of D (device type; H the host type with the
+// same bits) at an offset of V elements from a 16-byte boundary, as the launchers align them:
+// every value as Eigen converts it, the neighbours untouched.
+template <class D, class H, int V>
+void check_nhwc_io(uint64_t seed) {
+  namespace ck = cuda::conv_kernels;
+  constexpr int kCount = 3 * V;
+  alignas(16) H host[kCount];
+  for (int i = 0; i < kCount; ++i)  // non-zero, with low mantissa bits set
+    host[i] = static_cast<H>(static_cast<float>(6 * Philox::uniform(seed, 0, static_cast<uint64_t>(i)) - 3 + 1e-3));
+  alignas(16) D dev[kCount];
+  std::memcpy(dev, host, sizeof dev);
+  float loaded[V];
+  ck::NhwcIo::load<V>(dev + V, loaded);
+  for (int v = 0; v < V; ++v) {
+    INFO("load<" << V << "> element " << v);
+    CHECK(loaded[v] == static_cast<float>(host[V + v]));
+  }
+  float values[V];
+  for (int v = 0; v < V; ++v)  // not representable in 16 bits: the store rounds (to nearest even, as Eigen)
+    values[v] = static_cast<float>(0.7 * Philox::uniform(seed, 1, static_cast<uint64_t>(v)) + 0.1 + 1e-5 * v);
+  ck::NhwcIo::store<V>(dev + V, values);
+  H stored[kCount];
+  std::memcpy(stored, dev, sizeof stored);
+  for (int i = 0; i < kCount; ++i) {
+    INFO("store<" << V << "> element " << i);
+    const H want = i >= V && i < 2 * V ? static_cast<H>(values[i - V]) : host[i];
+    CHECK(std::memcmp(&stored[i], &want, sizeof(H)) == 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("the channels-last depthwise kernels' vector loads and stores convert as Eigen does (on the CPU)") {
+  check_nhwc_io<float, float, 1>(31);
+  check_nhwc_io<float, float, 4>(32);
+  check_nhwc_io<__half, mamclip::half, 1>(33);
+  check_nhwc_io<__half, mamclip::half, 2>(34);
+  check_nhwc_io<__half, mamclip::half, 8>(35);
+  check_nhwc_io<__nv_bfloat16, mamclip::bfloat16, 1>(36);
+  check_nhwc_io<__nv_bfloat16, mamclip::bfloat16, 2>(37);  // shift and mask of one 32-bit word
+  check_nhwc_io<__nv_bfloat16, mamclip::bfloat16, 8>(38);  // of a 16-byte vector
+  // The pair's low half is the element at the lower address (little endian).
+  float pair[2];
+  cuda::conv_kernels::bf16_pair_to_float(0x40490000u | 0x3f80u, pair);  // bf16 1.0 at the lower address, 3.140625 above
+  CHECK(pair[0] == 1.0f);
+  CHECK(pair[1] == 3.140625f);
+}
+
 TEMPLATE_TEST_CASE("depthwise conv on CUDA at ConvNeXt's stage shapes and awkward ones, forward and gradients", "[gpu]",
                    float, bfloat16) {
   MAMCLIP_SKIP_WITHOUT_GPU();
@@ -215,7 +269,7 @@ void check_channels_last(const ConvCase& c, InputStorage storage, bool gy_channe
 }  // namespace
 
 TEMPLATE_TEST_CASE("depthwise conv on channels-last CUDA input: ConvNeXt's stages and awkward sizes, every gradient",
-                   "[gpu]", float, bfloat16, half) {
+                   "[gpu]", float, bfloat16, mamclip::half) {
   MAMCLIP_SKIP_WITHOUT_GPU();
   using T = TestType;
   REQUIRE(KernelRegistry::get().find<void(void*)>("conv2d_nhwc", dtype_v<T>, DeviceType::cuda) != nullptr);
@@ -242,7 +296,7 @@ TEMPLATE_TEST_CASE("depthwise conv on channels-last CUDA input: ConvNeXt's stage
 #ifdef MAMCLIP_WITH_CUDNN
 TEMPLATE_TEST_CASE("general conv on channels-last CUDA input (cuDNN's NHWC convolutions): ConvNeXt's stem and "
                    "downsampling, strides, groups, every gradient",
-                   "[gpu]", float, bfloat16, half) {
+                   "[gpu]", float, bfloat16, mamclip::half) {
   MAMCLIP_SKIP_WITHOUT_GPU();
   using T = TestType;
   check_channels_last<T>({"stem 4x4 / 4", {2, 3, 64, 48}, {96, 3, 4, 4}, strided(4)}, InputStorage::aligned, true);

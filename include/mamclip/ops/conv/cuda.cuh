@@ -64,6 +64,7 @@
 #include "mamclip/core/dispatch.hpp"
 #include "mamclip/ops/conv/conv.hpp"
 #include "mamclip/ops/conv/depthwise_nhwc.hpp"
+#include "mamclip/ops/conv/nhwc_io.cuh"
 #include "mamclip/ops/matmul/cuda.cuh"
 #ifdef MAMCLIP_WITH_CUDNN
 #include "mamclip/ops/conv/cudnn.cuh"
@@ -273,83 +274,7 @@ __global__ void samples_last_kernel(const D* src, D* dst, int64_t batch, int64_t
   }
 }
 
-// ---- channels last
-
-__host__ __device__ __forceinline__ float float_from_bits(uint32_t u) {
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-#endif
-}
-// The two bfloat16 of a 32-bit word (low half first) as floats: a bfloat16 is the top half of
-// a float, so a shift and a mask (the generic conversion took three instructions per pair).
-__host__ __device__ __forceinline__ void bf16_pair_to_float(uint32_t u, float* out) {
-  out[0] = float_from_bits(u << 16);
-  out[1] = float_from_bits(u & 0xffff0000u);
-}
-__host__ __device__ __forceinline__ float nhwc_to_float(float x) { return x; }
-__host__ __device__ __forceinline__ float nhwc_to_float(__half x) { return __half2float(x); }
-__host__ __device__ __forceinline__ float nhwc_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <class D>
-__host__ __device__ __forceinline__ D nhwc_from_float(float x) {
-  if constexpr (std::is_same_v<D, __half>) return __float2half_rn(x);
-  else if constexpr (std::is_same_v<D, __nv_bfloat16>) return __float2bfloat16_rn(x);
-  else return x;
-}
-
-// The strips' loads and stores: one 16-byte access for V · sizeof(D) = 16
-// (the launcher checked the alignment), element by element otherwise.
-struct NhwcIo {
-  template <int V, class D>
-  __host__ __device__ __forceinline__ static void load(const D* p, float* out) {
-    if constexpr (V * sizeof(D) == 16 && std::is_same_v<D, __nv_bfloat16>) {
-      const uint4 u = *reinterpret_cast<const uint4*>(p);
-      bf16_pair_to_float(u.x, out);
-      bf16_pair_to_float(u.y, out + 2);
-      bf16_pair_to_float(u.z, out + 4);
-      bf16_pair_to_float(u.w, out + 6);
-    } else if constexpr (V * sizeof(D) == 16) {
-      const uint4 u = *reinterpret_cast<const uint4*>(p);
-      const D* e = reinterpret_cast<const D*>(&u);
-#pragma unroll
-      for (int v = 0; v < V; ++v) out[v] = nhwc_to_float(e[v]);
-    } else if constexpr (V * sizeof(D) == 4 && V == 2) {
-      const uint32_t u = *reinterpret_cast<const uint32_t*>(p);
-      if constexpr (std::is_same_v<D, __nv_bfloat16>) {
-        bf16_pair_to_float(u, out);
-      } else {
-        const D* e = reinterpret_cast<const D*>(&u);
-        out[0] = nhwc_to_float(e[0]);
-        out[1] = nhwc_to_float(e[1]);
-      }
-    } else {
-#pragma unroll
-      for (int v = 0; v < V; ++v) out[v] = nhwc_to_float(p[v]);
-    }
-  }
-  template <int V, class D>
-  __host__ __device__ __forceinline__ static void store(D* p, const float* in) {
-    if constexpr (V * sizeof(D) == 16) {
-      uint4 u;
-      D* e = reinterpret_cast<D*>(&u);
-#pragma unroll
-      for (int v = 0; v < V; ++v) e[v] = nhwc_from_float<D>(in[v]);
-      *reinterpret_cast<uint4*>(p) = u;
-    } else if constexpr (V * sizeof(D) == 4 && V == 2) {
-      uint32_t u;
-      D* e = reinterpret_cast<D*>(&u);
-      e[0] = nhwc_from_float<D>(in[0]);
-      e[1] = nhwc_from_float<D>(in[1]);
-      *reinterpret_cast<uint32_t*>(p) = u;
-    } else {
-#pragma unroll
-      for (int v = 0; v < V; ++v) p[v] = nhwc_from_float<D>(in[v]);
-    }
-  }
-};
+// ---- channels last (loads and stores: NhwcIo, nhwc_io.cuh)
 
 // Outputs per thread along W (R) of the weight-gradient strips: 8, or 4 with
 // 8-channel vectors, so that a thread's accumulators and inputs fit 128
