@@ -1,5 +1,6 @@
 // The channels-last depthwise kernels' per-thread work (ops/conv/depthwise_nhwc.hpp)
-// run on the CPU over every thread of a launch, as the CUDA kernels run it,
+// run on the CPU over every thread of a launch, as the CUDA kernels run it (the
+// launchers' plans, the kernels' thread-to-work maps; each output written once),
 // against the NCHW CPU reference (cpu::conv2d in double): forward, input
 // gradient (flipped taps on dy), weight and bias gradients (per-chunk partial
 // sums, then the ordered finish), at odd sizes, for every vector width, in
@@ -87,10 +88,18 @@ template <class T>
 void require_close(const std::vector<double>& want, const std::vector<double>& got, double sum_scale, const char* what) {
   REQUIRE(want.size() == got.size());
   const double rel = dtype_eps<T>(), acc = 1e-6 * sum_scale;
+  const auto bound = [&](size_t i) { return rel * std::abs(want[i]) + acc; };
+  // The element furthest past its bound (a NaN counts as furthest), checked once.
+  size_t worst = 0;
+  double worst_excess = -HUGE_VAL;
   for (size_t i = 0; i < want.size(); ++i) {
-    INFO(what << " element " << i << ": got " << got[i] << ", want " << want[i]);
-    REQUIRE(std::abs(got[i] - want[i]) <= rel * std::abs(want[i]) + acc);
+    const double excess = std::abs(got[i] - want[i]) - bound(i);
+    if (!(excess <= worst_excess)) worst = i, worst_excess = excess;
   }
+  if (want.empty()) return;
+  INFO(what << ", the worst of " << want.size() << " elements, " << worst << ": got " << got[worst] << ", want "
+            << want[worst]);
+  REQUIRE(std::abs(got[worst] - want[worst]) <= bound(worst));
 }
 
 // NHWC storage of y back to NCHW doubles.
@@ -105,22 +114,49 @@ std::vector<double> to_nchw(const std::vector<T>& nhwc, const dn::Shape& s) {
   return out;
 }
 
-// Every thread of the forward (or, kFlip, input-gradient) launch: one column walk
-// of rows_per_thread rows (the last run of an image shorter) per channel group and strip.
+// What the device's stores would count: how often each element is written.
+struct CountIo {
+  template <int V, class T>
+  static void load(const T*, float* out) {
+    for (int v = 0; v < V; ++v) out[v] = 0.0f;
+  }
+  template <int V, class T>
+  static void store(T* p, const float*) {
+    for (int v = 0; v < V; ++v) p[v] += 1;
+  }
+};
+
+// The thread counts that make the plans give runs (chunks) of about `rows` image rows
+// per thread; 0: the kernels' own target (kLaunchThreads).
+template <int V, int R>
+int64_t forward_threads(const dn::Shape& s, int64_t rows) {
+  return rows == 0 ? dn::kLaunchThreads : std::max<int64_t>(1, s.n * s.h * (s.c / V) * dn::strips<R>(s.w) / rows);
+}
+template <int V>
+int64_t weight_grad_threads(const dn::Shape& s, int k, int64_t rows) {
+  return rows == 0 ? dn::kLaunchThreads : (s.n * s.h + rows - 1) / rows * (s.c / V) * k;
+}
+
+// Every thread of the forward (or, kFlip, input-gradient) launch the kernels' plan makes
+// when it aims for `threads` threads (fewer: longer runs of rows per thread).
 template <int K, int V, int R, bool kFlip, class T>
-std::vector<T> run_forward(const Case<T>& p, const std::vector<T>& in, bool bias, int64_t rows_per_thread) {
+std::vector<T> run_forward(const Case<T>& p, const std::vector<T>& in, bool bias, int64_t threads) {
   const int64_t c = p.s.c;
   std::vector<float> wt(p.w.size());  // [K·K, C]
   for (int64_t ch = 0; ch < c; ++ch)
     for (int t = 0; t < K * K; ++t) wt[t * c + ch] = static_cast<float>(p.w[ch * K * K + t]);
-  std::vector<T> out(in.size(), static_cast<T>(-777.0f));  // every element must be written
-  for (int64_t image = 0; image < p.s.n; ++image)
-    for (int64_t i0 = 0; i0 < p.s.h; i0 += rows_per_thread)
-      for (int64_t strip = 0; strip < dn::strips<R>(p.s.w); ++strip)
-        for (int64_t c0 = 0; c0 < c; c0 += V)
-          dn::forward_column<K, V, R, kFlip, HostIo>(in.data(), wt.data(), bias ? p.b_t.data() : nullptr,
-                                                     out.data(), p.s, image, i0,
-                                                     std::min(p.s.h, i0 + rows_per_thread), strip * R, c0);
+  const dn::ForwardPlan plan = dn::forward_plan<V, R>(p.s, threads);
+  std::vector<T> out(in.size(), static_cast<T>(-777.0f));
+  std::vector<float> writes(in.size(), 0.0f);
+  for (int64_t t = 0; t < plan.total; ++t) {
+    const dn::ColumnWork w = dn::forward_work<V, R>(plan, p.s, t);
+    dn::forward_column<K, V, R, kFlip, HostIo>(in.data(), wt.data(), bias ? p.b_t.data() : nullptr, out.data(), p.s,
+                                               w.image, w.i_begin, w.i_end, w.j0, w.c0);
+    dn::forward_column<K, V, R, kFlip, CountIo>(writes.data(), wt.data(), bias ? writes.data() : nullptr,
+                                                writes.data(), p.s, w.image, w.i_begin, w.i_end, w.j0, w.c0);
+  }
+  INFO("forward plan: " << plan.runs << " runs of " << plan.rows_per_thread << " rows, " << plan.total << " threads");
+  REQUIRE(std::count(writes.begin(), writes.end(), 1.0f) == static_cast<std::ptrdiff_t>(writes.size()));
   return out;
 }
 
@@ -132,35 +168,42 @@ double weight_scale(const Case<T>& p) {
   return wsum;
 }
 
-// The forward and input-gradient walks against the double reference.
+// The forward and input-gradient walks of every thread of the kernels' plan (runs of about
+// `rows` rows; 0: the kernels' own plan) against the double reference.
 template <int K, int V, int R, class T>
-void check_forward(const Case<T>& p, int64_t rows_per_thread) {
+void check_forward(const Case<T>& p, int64_t rows) {
+  const int64_t threads = forward_threads<V, R>(p.s, rows);
   std::vector<double> y(p.x.size()), dx(p.x.size()), dw(p.w.size()), db(p.b.size());
   cpu::conv2d_forward(p.g, p.x.data(), p.w.data(), p.b.data(), y.data());
   cpu::conv2d_backward(p.g, p.x.data(), p.w.data(), p.dy.data(), dx.data(), dw.data(), db.data());
   const double wsum = weight_scale(p);
-  const std::vector<T> y_nhwc = run_forward<K, V, R, false>(p, p.x_nhwc, true, rows_per_thread);
+  const std::vector<T> y_nhwc = run_forward<K, V, R, false>(p, p.x_nhwc, true, threads);
   require_close<T>(y, to_nchw(y_nhwc, p.s), wsum + 1, "forward");
-  const std::vector<T> dx_nhwc = run_forward<K, V, R, true>(p, p.dy_nhwc, false, rows_per_thread);
+  const std::vector<T> dx_nhwc = run_forward<K, V, R, true>(p, p.dy_nhwc, false, threads);
   require_close<T>(dx, to_nchw(dx_nhwc, p.s), wsum, "input gradient");
 }
 
-// The weight- and bias-gradient strips and their finish against the double reference.
+// The weight- and bias-gradient strips of every thread of the kernels' plan (chunks of about
+// `rows` rows; 0: the kernels' own plan), and their finish, against the double reference.
 template <int K, int V, int R, class T>
-void check_case(const Case<T>& p, int64_t rows_per_chunk) {
+void check_case(const Case<T>& p, int64_t rows) {
+  const int64_t threads = weight_grad_threads<V>(p.s, K, rows);
   const int64_t count = static_cast<int64_t>(p.x.size()), c = p.s.c;
   std::vector<double> dx(p.x.size()), dw(p.w.size()), db(p.b.size());
   cpu::conv2d_backward(p.g, p.x.data(), p.w.data(), p.dy.data(), dx.data(), dw.data(), db.data());
 
   // Weight and bias gradients: partial sums per (channel group, kernel row, chunk), then the finish.
-  const int64_t rows = p.s.n * p.s.h, chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+  const dn::WeightGradPlan plan = dn::weight_grad_plan<V>(p.s, K, true, threads);
+  INFO("weight-gradient plan: " << plan.chunks << " chunks of " << plan.rows_per_chunk << " rows, " << plan.total
+                                << " threads");
+  REQUIRE(plan.kernel_rows == K);
+  const int64_t chunks = plan.chunks;
   std::vector<float> partial(static_cast<size_t>(chunks * K * K * c), -777.0f), bias_partial(static_cast<size_t>(chunks * c), -777.0f);
-  for (int64_t chunk = 0; chunk < chunks; ++chunk)
-    for (int a = 0; a < K; ++a)
-      for (int64_t c0 = 0; c0 < c; c0 += V)
-        dn::weight_grad_strip<K, V, R, true, HostIo>(p.x_nhwc.data(), p.dy_nhwc.data(), partial.data(),
-                                                     bias_partial.data(), p.s, a, chunk * rows_per_chunk,
-                                                     std::min(rows, (chunk + 1) * rows_per_chunk), chunk, c0);
+  for (int64_t t = 0; t < plan.total; ++t) {
+    const dn::StripWork w = dn::weight_grad_work<K, V, true>(plan, p.s, t);
+    dn::weight_grad_strip<K, V, R, true, HostIo>(p.x_nhwc.data(), p.dy_nhwc.data(), partial.data(), bias_partial.data(),
+                                                 p.s, w.a, w.row_begin, w.row_end, w.chunk, w.c0);
+  }
   std::vector<T> dw_t(p.w.size()), db_t(p.b.size());
   for (int64_t ch = 0; ch < c; ++ch) {
     for (int t = 0; t < K * K; ++t) dn::finish_sum<HostIo>(partial.data(), dw_t.data(), chunks, K * K, c, ch, t);
@@ -173,13 +216,18 @@ void check_case(const Case<T>& p, int64_t rows_per_chunk) {
   require_close<T>(dw, dw_got, terms, "weight gradient");
   require_close<T>(db, db_got, terms, "bias gradient");
 
-  // Bias only (frozen weights): the centre row's threads alone.
+  // Bias only (frozen weights): the centre row's threads alone, in the same chunks when the
+  // plan's partial-sum cap does not bind (it counts K·K taps either way).
+  const dn::WeightGradPlan bias_plan = dn::weight_grad_plan<V>(p.s, K, false, threads / K);
+  REQUIRE(bias_plan.kernel_rows == 1);
+  REQUIRE(bias_plan.chunks == chunks);
   std::vector<float> bias_only(static_cast<size_t>(chunks * c), -777.0f);
-  for (int64_t chunk = 0; chunk < chunks; ++chunk)
-    for (int64_t c0 = 0; c0 < c; c0 += V)
-      dn::weight_grad_strip<K, V, R, false, HostIo>(static_cast<const T*>(nullptr), p.dy_nhwc.data(), nullptr,
-                                                    bias_only.data(), p.s, K / 2, chunk * rows_per_chunk,
-                                                    std::min(rows, (chunk + 1) * rows_per_chunk), chunk, c0);
+  for (int64_t t = 0; t < bias_plan.total; ++t) {
+    const dn::StripWork w = dn::weight_grad_work<K, V, false>(bias_plan, p.s, t);
+    REQUIRE(w.a == K / 2);
+    dn::weight_grad_strip<K, V, R, false, HostIo>(static_cast<const T*>(nullptr), p.dy_nhwc.data(), nullptr,
+                                                  bias_only.data(), p.s, w.a, w.row_begin, w.row_end, w.chunk, w.c0);
+  }
   REQUIRE(bias_only == bias_partial);
 }
 
@@ -204,6 +252,8 @@ TEST_CASE("nhwc depthwise forward and input-gradient walks: K = 3, 5, 7 at odd s
   check_forward<5, 2, 8>(make_case<bfloat16>(2, 4, 26, 4, 5, 27), 3);
   check_forward<3, 2, 8>(make_case<bfloat16>(1, 3, 20, 2, 3, 28), 1);
   check_forward<7, 1, 8>(make_case<float>(1, 8, 29, 5, 7, 29), 8);
+  // The kernels' own plan, large enough for runs of 2 rows (2^18 column walks of one row).
+  check_forward<3, 2, 8>(make_case<bfloat16>(1, 64, 64, 1024, 3, 30), 0);
 }
 
 // The weight-gradient kernels run (V, R) = (4, 8) for float, (8, 4) for 16-bit types and (1, 8)
@@ -224,6 +274,8 @@ TEST_CASE("nhwc depthwise weight-gradient strips in bfloat16 storage with float 
   check_case<5, 8, 4>(make_case<bfloat16>(1, 6, 17, 8, 5, 22), 1);
   check_case<3, 8, 4>(make_case<bfloat16>(2, 5, 9, 24, 3, 25), 2);
   check_case<7, 1, 8>(make_case<bfloat16>(1, 5, 9, 7, 7, 23), 2);
+  // The kernels' own plan: 100 chunks of 6 rows, where the cap on partial sums (2^22 floats) binds.
+  check_case<7, 8, 4>(make_case<bfloat16>(2, 300, 5, 768, 7, 31), 0);
 }
 
 }  // namespace test_depthwise_nhwc

@@ -317,36 +317,28 @@ __global__ void add_bias_nhwc_kernel(D* y, const D* b, int64_t total, int64_t ch
     y[e] = nhwc_from_float<D>(nhwc_to_float(y[e]) + nhwc_to_float(b[e % channels]));
 }
 
-// One column walk per thread: channel group fastest, then strip, then run of
-// rows_per_thread rows, then image.
+// One column walk per thread (depthwise_nhwc::forward_work).
 template <int K, int V, int R, bool kFlip, class D>
 __global__ void __launch_bounds__(kNhwcForwardBlock, 3)
-    depthwise_nhwc_kernel(const D* x, const float* wt, const D* bias, D* y, depthwise_nhwc::Shape s, int64_t strips,
-                          int64_t groups, int64_t runs, int64_t rows_per_thread, int64_t total) {
-  for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t cg = t % groups, strip = (t / groups) % strips, rest = t / groups / strips;
-    const int64_t run = rest % runs, image = rest / runs;
-    const int64_t i_begin = run * rows_per_thread, i_end = i_begin + rows_per_thread < s.h ? i_begin + rows_per_thread
-                                                                                            : s.h;
-    depthwise_nhwc::forward_column<K, V, R, kFlip, NhwcIo>(x, wt, bias, y, s, image, i_begin, i_end, strip * R,
-                                                           cg * V);
+    depthwise_nhwc_kernel(const D* x, const float* wt, const D* bias, D* y, depthwise_nhwc::Shape s,
+                          depthwise_nhwc::ForwardPlan plan) {
+  for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < plan.total; t += int64_t(gridDim.x) * blockDim.x) {
+    const depthwise_nhwc::ColumnWork w = depthwise_nhwc::forward_work<V, R>(plan, s, t);
+    depthwise_nhwc::forward_column<K, V, R, kFlip, NhwcIo>(x, wt, bias, y, s, w.image, w.i_begin, w.i_end, w.j0,
+                                                           w.c0);
   }
 }
 
-// One (channel group, kernel row, chunk of image rows) per thread; without
-// kWeights only the bias sums, on the centre row.
+// One (channel group, kernel row, chunk of image rows) per thread
+// (depthwise_nhwc::weight_grad_work); without kWeights only the bias sums, on the centre row.
 template <int K, int V, int R, bool kWeights, class D>
 __global__ void __launch_bounds__(kNhwcBlock, 2)
     depthwise_nhwc_wgrad_kernel(const D* x, const D* dy, float* partial, float* bias_partial,
-                                depthwise_nhwc::Shape s, int64_t groups, int64_t rows_per_chunk, int64_t total) {
-  constexpr int kRows = kWeights ? K : 1;
-  const int64_t rows = s.n * s.h;
-  for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t cg = t % groups, rest = t / groups, chunk = rest / kRows;
-    const int a = kWeights ? static_cast<int>(rest % kRows) : K / 2;
-    const int64_t begin = chunk * rows_per_chunk, end = begin + rows_per_chunk < rows ? begin + rows_per_chunk : rows;
-    depthwise_nhwc::weight_grad_strip<K, V, R, kWeights, NhwcIo>(x, dy, partial, bias_partial, s, a, begin, end,
-                                                                 chunk, cg * V);
+                                depthwise_nhwc::Shape s, depthwise_nhwc::WeightGradPlan plan) {
+  for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < plan.total; t += int64_t(gridDim.x) * blockDim.x) {
+    const depthwise_nhwc::StripWork w = depthwise_nhwc::weight_grad_work<K, V, kWeights>(plan, s, t);
+    depthwise_nhwc::weight_grad_strip<K, V, R, kWeights, NhwcIo>(x, dy, partial, bias_partial, s, w.a, w.row_begin,
+                                                                 w.row_end, w.chunk, w.c0);
   }
 }
 
@@ -616,23 +608,15 @@ void launch_depthwise_nhwc(const Conv2dGeometry& g, const D* x, const D* w, cons
   const bool pairs = sizeof(D) == 2 && nhwc_vectors_fit<D>(g.c_in, 2, {x, b, y});
   const auto launch = [&](auto vec) {
     constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcForwardStrip;
-    const int64_t strips = depthwise_nhwc::strips<R>(g.w), groups = g.c_in / V;
-    // Runs of rows long enough to amortise the K·K·V weight loads, short enough to leave
-    // about 2^17 threads (2.6 waves of 12 warps per SM on 132 SMs), evened out over H.
-    const int64_t per_row = groups * strips;
-    const int64_t longest = std::clamp<int64_t>(g.batch * g.h * per_row >> 17, 1, std::max<int64_t>(1, g.h));
-    const int64_t runs = (g.h + longest - 1) / longest, rows_per_thread = (g.h + runs - 1) / runs;
-    const int64_t total = per_row * runs * g.batch;
+    const depthwise_nhwc::ForwardPlan plan = depthwise_nhwc::forward_plan<V, R>(shape);
     constexpr int kBlock = conv_kernels::kNhwcForwardBlock;
-    const unsigned grid = grid_for(total, kBlock);
+    const unsigned grid = grid_for(plan.total, kBlock);
     with_kernel_size(g.kh, [&](auto k) {
       constexpr int K = decltype(k)::value;
       if (flip)
-        conv_kernels::depthwise_nhwc_kernel<K, V, R, true, D>
-            <<<grid, kBlock, 0, s>>>(x, wt, nullptr, y, shape, strips, groups, runs, rows_per_thread, total);
+        conv_kernels::depthwise_nhwc_kernel<K, V, R, true, D><<<grid, kBlock, 0, s>>>(x, wt, nullptr, y, shape, plan);
       else
-        conv_kernels::depthwise_nhwc_kernel<K, V, R, false, D>
-            <<<grid, kBlock, 0, s>>>(x, wt, b, y, shape, strips, groups, runs, rows_per_thread, total);
+        conv_kernels::depthwise_nhwc_kernel<K, V, R, false, D><<<grid, kBlock, 0, s>>>(x, wt, b, y, shape, plan);
     });
     MAMCLIP_CUDA_CHECK_LAUNCH();
   };
@@ -648,34 +632,26 @@ void launch_depthwise_nhwc(const Conv2dGeometry& g, const D* x, const D* w, cons
 template <class D>
 void launch_depthwise_nhwc_wgrad(const depthwise_nhwc::Shape& shape, int64_t kernel_size, const D* x, const D* dy,
                                  D* dw, D* db, cudaStream_t s) {
-  const int64_t channels = shape.c, rows = shape.n * shape.h, taps = kernel_size * kernel_size;
-  const int64_t kernel_rows = dw ? kernel_size : 1;
+  const int64_t channels = shape.c, taps = kernel_size * kernel_size;
   MAMCLIP_CHECK(shape.w * shape.c < (int64_t(1) << 30), shape_error, "conv2d (channels last): a row of ", shape.w,
                 " x ", shape.c, " elements is past the weight-gradient kernels' 32-bit row offsets (2^30)");
   with_nhwc_vector<D>(channels, {x, dy}, [&](auto vec) {
     constexpr int V = decltype(vec)::value, R = conv_kernels::kNhwcStrip<V>;
-    const int64_t groups = channels / V;
-    // Enough threads to fill a GPU (about 2^17), few enough chunks that the
-    // partial sums stay small next to x (at most 2^22 floats).
-    const int64_t wanted = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, groups * kernel_rows));
-    const int64_t cap = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, taps * channels));
-    const int64_t target_chunks = std::min({wanted, cap, rows});
-    const int64_t rows_per_chunk = (rows + target_chunks - 1) / target_chunks;
-    const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+    const depthwise_nhwc::WeightGradPlan plan = depthwise_nhwc::weight_grad_plan<V>(shape, kernel_size, dw != nullptr);
+    const int64_t chunks = plan.chunks;
     Tensor<float> partial = dw ? scratch<float>(chunks * taps * channels) : Tensor<float>();
     Tensor<float> bias_partial = db ? scratch<float>(chunks * channels) : Tensor<float>();
     float* pp = dw ? partial.data_ptr() : nullptr;
     float* bp = db ? bias_partial.data_ptr() : nullptr;
-    const int64_t total = groups * kernel_rows * chunks;
-    const unsigned grid = grid_for(total, conv_kernels::kNhwcBlock);
+    const unsigned grid = grid_for(plan.total, conv_kernels::kNhwcBlock);
     with_kernel_size(kernel_size, [&](auto k) {
       constexpr int K = decltype(k)::value;
       if (dw)
         conv_kernels::depthwise_nhwc_wgrad_kernel<K, V, R, true, D>
-            <<<grid, conv_kernels::kNhwcBlock, 0, s>>>(x, dy, pp, bp, shape, groups, rows_per_chunk, total);
+            <<<grid, conv_kernels::kNhwcBlock, 0, s>>>(x, dy, pp, bp, shape, plan);
       else
         conv_kernels::depthwise_nhwc_wgrad_kernel<K, V, R, false, D>
-            <<<grid, conv_kernels::kNhwcBlock, 0, s>>>(nullptr, dy, nullptr, bp, shape, groups, rows_per_chunk, total);
+            <<<grid, conv_kernels::kNhwcBlock, 0, s>>>(nullptr, dy, nullptr, bp, shape, plan);
     });
     MAMCLIP_CUDA_CHECK_LAUNCH();
     if (dw) {

@@ -38,7 +38,13 @@
 //
 // Io supplies  template <int V> load(const T* p, float* out)  and
 //              template <int V> store(T* p, const float* in)  (p holds V elements).
+//
+// How a launch divides the work is here too (forward_plan / forward_work,
+// weight_grad_plan / weight_grad_work): the launchers size their grids with
+// the plans, the kernels map a thread to its work with the *_work functions,
+// and the CPU tests run the same two.
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -54,6 +60,88 @@ struct Shape {
 template <int R>
 MAMCLIP_HOST_DEVICE int64_t strips(int64_t w) {
   return (w + R - 1) / R;
+}
+
+// Threads a launch aims for: about 2.6 waves of 12 warps per SM on 132 SMs.
+inline constexpr int64_t kLaunchThreads = int64_t(1) << 17;
+
+// The forward (and input-gradient) launch: thread t < total owns channel group
+// t % groups, then strip, then run of rows_per_thread output rows (the image's
+// last run shorter), then image.
+struct ForwardPlan {
+  int64_t groups = 0, strips = 0, runs = 0, rows_per_thread = 0, total = 0;
+};
+
+// Runs long enough to amortise a thread's K·K·V weight loads, short enough to
+// leave about `threads` threads, evened out over H. V divides C.
+template <int V, int R>
+inline ForwardPlan forward_plan(const Shape& s, int64_t threads = kLaunchThreads) {
+  ForwardPlan p;
+  p.groups = s.c / V;
+  p.strips = strips<R>(s.w);
+  const int64_t per_row = p.groups * p.strips;
+  const int64_t longest = std::clamp<int64_t>(s.n * s.h * per_row / std::max<int64_t>(1, threads), 1,
+                                              std::max<int64_t>(1, s.h));
+  p.runs = std::max<int64_t>(1, (s.h + longest - 1) / longest);
+  p.rows_per_thread = (s.h + p.runs - 1) / p.runs;
+  p.total = per_row * p.runs * s.n;
+  return p;
+}
+
+// What forward_column is called with for thread t of a ForwardPlan.
+struct ColumnWork {
+  int64_t image, i_begin, i_end, j0, c0;
+};
+template <int V, int R>
+MAMCLIP_HOST_DEVICE ColumnWork forward_work(const ForwardPlan& p, const Shape& s, int64_t t) {
+  const int64_t cg = t % p.groups, strip = (t / p.groups) % p.strips, rest = t / p.groups / p.strips;
+  const int64_t run = rest % p.runs, image = rest / p.runs;
+  const int64_t i_begin = run * p.rows_per_thread;
+  const int64_t i_end = i_begin + p.rows_per_thread < s.h ? i_begin + p.rows_per_thread : s.h;
+  return {image, i_begin, i_end, strip * R, cg * V};
+}
+
+// The weight-gradient launch: thread t < total owns channel group t % groups,
+// then kernel row (K of them with weights, only the centre row for the bias
+// alone), then chunk of rows_per_chunk image rows (of N·H; the last shorter).
+struct WeightGradPlan {
+  int64_t groups = 0, kernel_rows = 0, rows_per_chunk = 0, chunks = 0, total = 0;
+};
+
+// Enough threads to fill a GPU (about `threads`), few enough chunks that the
+// partial sums (chunks x K·K x C floats) stay small next to x (at most
+// `partial_floats`). V divides C.
+template <int V>
+inline WeightGradPlan weight_grad_plan(const Shape& s, int64_t kernel_size, bool weights,
+                                       int64_t threads = kLaunchThreads, int64_t partial_floats = int64_t(1) << 22) {
+  WeightGradPlan p;
+  p.groups = s.c / V;
+  p.kernel_rows = weights ? kernel_size : 1;
+  const int64_t rows = s.n * s.h, taps = kernel_size * kernel_size;
+  const int64_t wanted = std::max<int64_t>(1, threads / std::max<int64_t>(1, p.groups * p.kernel_rows));
+  const int64_t cap = std::max<int64_t>(1, partial_floats / std::max<int64_t>(1, taps * s.c));
+  const int64_t target = std::max<int64_t>(1, std::min({wanted, cap, rows}));
+  p.rows_per_chunk = std::max<int64_t>(1, (rows + target - 1) / target);
+  p.chunks = (rows + p.rows_per_chunk - 1) / p.rows_per_chunk;
+  p.total = p.groups * p.kernel_rows * p.chunks;
+  return p;
+}
+
+// What weight_grad_strip is called with for thread t of a WeightGradPlan
+// (kWeights: the plan's kernel_rows is K, else 1).
+struct StripWork {
+  int a;
+  int64_t row_begin, row_end, chunk, c0;
+};
+template <int K, int V, bool kWeights>
+MAMCLIP_HOST_DEVICE StripWork weight_grad_work(const WeightGradPlan& p, const Shape& s, int64_t t) {
+  constexpr int kRows = kWeights ? K : 1;  // a constant divisor
+  const int64_t rows = s.n * s.h;
+  const int64_t cg = t % p.groups, rest = t / p.groups, chunk = rest / kRows;
+  const int a = kWeights ? static_cast<int>(rest % kRows) : K / 2;
+  const int64_t begin = chunk * p.rows_per_chunk;
+  const int64_t end = begin + p.rows_per_chunk < rows ? begin + p.rows_per_chunk : rows;
+  return {a, begin, end, chunk, cg * V};
 }
 
 // The R + K − 1 input columns that output columns j0 .. j0 + R − 1 read from
