@@ -73,6 +73,9 @@ const std::vector<Case> kCases = {
     {"D = 768", 300, 300, 768, {}},
     // Rows of 13 elements: no 16-byte loads; the 16-bit accumulator's last fragment half outside D.
     {"D = 13", 37, 37, 13, {}},
+    // 93 column tiles in splits of 2 on a 132-SM device (47 splits, the last one tile): lse carried
+    // across tiles within a split and a ragged last split.
+    {"ragged splits, gathered texts", 130, 5950, 16, {.label_offset = 100}},
 };
 
 }  // namespace

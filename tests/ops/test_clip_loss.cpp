@@ -219,15 +219,16 @@ std::vector<A> emulate_forward_lse(const A* a, int64_t a_off, int64_t batch, con
                                    int64_t sms) {
   using St = clip_tile::LseState<A>;
   const int64_t row_blocks = (batch + FT::kBM - 1) / FT::kBM, col_tiles = (nb + FT::kBN - 1) / FT::kBN;
-  const int64_t splits = clip_tile::forward_splits(row_blocks, col_tiles, sms);
-  const int64_t tiles_per_split = (col_tiles + splits - 1) / splits;
+  const clip_tile::ForwardSplits f = clip_tile::forward_splits(row_blocks, col_tiles, sms);
+  const int64_t splits = f.splits;
   std::vector<St> partial(static_cast<size_t>(splits * batch));
   std::vector<A> tile(FT::kBM * FT::kBN);
   for (int64_t rb = 0; rb < row_blocks; ++rb) {
     for (int64_t sp = 0; sp < splits; ++sp) {
       std::vector<St> lane(FT::kThreads, clip_tile::lse_empty<A>());
-      const int64_t t_end = std::min(col_tiles, (sp + 1) * tiles_per_split);
-      for (int64_t t = sp * tiles_per_split; t < t_end; ++t) {
+      const clip_tile::Range tiles = clip_tile::split_tiles(f, col_tiles, sp);
+      REQUIRE((tiles.begin < tiles.end || col_tiles == 0));  // no split without work
+      for (int64_t t = tiles.begin; t < tiles.end; ++t) {
         const int64_t c0 = t * FT::kBN, cols = std::min<int64_t>(FT::kBN, nb - c0);
         for (int r = 0; r < FT::kBM; ++r) {
           const int64_t row = rb * FT::kBM + r;
@@ -263,10 +264,11 @@ std::vector<A> emulate_backward_side(const A* a, int64_t na, int64_t a_off, cons
                                      double* dot) {
   std::vector<A> da(static_cast<size_t>(na * dim));
   std::vector<A> acc(BT::kBM * dim), g(BT::kBM * BT::kBN);
-  for (int64_t a0 = 0; a0 < na; a0 += BT::kBM) {
+  for (int64_t block = 0; block < clip_tile::grad_blocks(na); ++block) {
+    const int64_t a0 = block * BT::kBM;
     std::fill(acc.begin(), acc.end(), A(0));
-    const bool meets = clip_tile::meets_band(a0, BT::kBM, a_off, batch);
-    const int64_t c_begin = meets ? 0 : b_off, c_end = meets ? nb : b_off + batch;
+    const clip_tile::Range columns = clip_tile::grad_columns(a0, BT::kBM, a_off, b_off, batch, nb);
+    const int64_t c_begin = columns.begin, c_end = columns.end;
     A block_dot = 0;
     for (int64_t c0 = c_begin; c0 < c_end; c0 += BT::kBN) {
       const int64_t cols = std::min<int64_t>(BT::kBN, c_end - c0);
@@ -359,9 +361,26 @@ TEST_CASE("the tile math of the CUDA kernels, emulated on the host, matches the 
   CHECK(clip_tile::clip_scale(2.0, 1.0).passes == false);
   CHECK(clip_tile::clip_scale(1.0, 1.0).passes == true);
   CHECK(clip_tile::clip_scale(2.0, 1.0).s == Approx(std::exp(1.0)));
-  CHECK(clip_tile::forward_splits(1, 100, 132) == 100);
-  CHECK(clip_tile::forward_splits(1, 2000, 132) == 264);
-  CHECK(clip_tile::forward_splits(4096, 4096, 132) == 1);
+  // Splits: every one has work, together they cover the tiles once, in order.
+  const auto check_splits = [](int64_t row_blocks, int64_t col_tiles, int64_t sms, int64_t want_splits) {
+    INFO(row_blocks << " row blocks, " << col_tiles << " column tiles, " << sms << " SMs");
+    const clip_tile::ForwardSplits f = clip_tile::forward_splits(row_blocks, col_tiles, sms);
+    CHECK(f.splits == want_splits);
+    int64_t next = 0;
+    for (int64_t sp = 0; sp < f.splits; ++sp) {
+      const clip_tile::Range t = clip_tile::split_tiles(f, col_tiles, sp);
+      CHECK(t.begin == next);
+      CHECK(t.end > t.begin);
+      next = t.end;
+    }
+    CHECK(next == col_tiles);
+  };
+  check_splits(1, 100, 132, 100);
+  check_splits(1, 2000, 132, 250);  // 264 wanted; 8 tiles each leave 250 with work
+  check_splits(3, 93, 132, 47);     // 130 images against 5950 texts: 88 wanted, of which only 47 had tiles
+  check_splits(4096, 4096, 132, 1);
+  check_splits(1, 200000, 16, 32);
+  check_splits(1, 1, 132, 1);
 
   // Square batches of awkward sizes around the tile sizes, gathered layouts, several split counts.
   const std::vector<Layout> layouts = {

@@ -120,8 +120,8 @@ double grad_side(const Side<S>& a, const S* own_lse, const Side<S>& b, const S* 
   for (int64_t a0 = 0; a0 < a.rows; a0 += kRowBlock) {
     const int64_t m = std::min(kRowBlock, a.rows - a0);
     // Rows outside A's band see only Bm's band (dS is zero elsewhere on them).
-    const bool meets = clip_tile::meets_band(a0, m, a.off, batch);
-    const int64_t c_begin = meets ? 0 : b.off, c_end = meets ? b.rows : b.off + batch;
+    const clip_tile::Range columns = clip_tile::grad_columns(a0, m, a.off, b.off, batch, b.rows);
+    const int64_t c_begin = columns.begin, c_end = columns.end;
     acc.setZero(m, dim);
     for (int64_t j0 = c_begin; j0 < c_end; j0 += kColChunk) {
       const int64_t n = std::min(kColChunk, c_end - j0);

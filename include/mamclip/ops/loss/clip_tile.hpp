@@ -129,15 +129,43 @@ struct BackwardTiling {
   static constexpr int kBM = 32, kBN = 32, kBK = 32, kThreads = 128;
 };
 
-// How many splits of Bm's rows the forward uses: enough CTAs to fill the
-// device twice over, at most one split per tile of Bm.
-inline int64_t forward_splits(int64_t row_blocks, int64_t col_tiles, int64_t sms) {
+// Rows (or tiles) [begin, end).
+struct Range {
+  int64_t begin = 0, end = 0;
+};
+
+// How the forward divides Bm's column tiles: `splits` splits of
+// tiles_per_split consecutive tiles (the last may have fewer, none is
+// empty); enough CTAs (row blocks x splits) to fill the device twice over.
+struct ForwardSplits {
+  int64_t splits = 1, tiles_per_split = 0;
+};
+inline ForwardSplits forward_splits(int64_t row_blocks, int64_t col_tiles, int64_t sms) {
+  ForwardSplits f;
+  if (col_tiles < 1) return f;  // one empty split: every lse is -inf
   const int64_t want = (2 * sms + row_blocks - 1) / (row_blocks > 0 ? row_blocks : 1);
   int64_t splits = want < 1 ? 1 : want;
-  if (splits > col_tiles) splits = col_tiles < 1 ? 1 : col_tiles;
+  if (splits > col_tiles) splits = col_tiles;
   if (splits > 65535) splits = 65535;  // gridDim.y
-  return splits;
+  f.tiles_per_split = (col_tiles + splits - 1) / splits;
+  f.splits = (col_tiles + f.tiles_per_split - 1) / f.tiles_per_split;  // drop the splits rounding left empty
+  return f;
 }
+// The column tiles of split sp.
+MAMCLIP_HOST_DEVICE Range split_tiles(const ForwardSplits& f, int64_t col_tiles, int64_t sp) {
+  const int64_t begin = sp * f.tiles_per_split, end = begin + f.tiles_per_split;
+  return {begin, end < col_tiles ? end : col_tiles};
+}
+
+// Backward: the rows of Bm that rows [a0, a0 + n) of A pair with, all nb of
+// them when they meet A's band [a_off, a_off + batch), else only Bm's band
+// [b_off, b_off + batch) (dS is zero elsewhere on those rows).
+MAMCLIP_HOST_DEVICE Range grad_columns(int64_t a0, int64_t n, int64_t a_off, int64_t b_off, int64_t batch,
+                                       int64_t nb) {
+  return meets_band(a0, n, a_off, batch) ? Range{0, nb} : Range{b_off, b_off + batch};
+}
+// Backward CTAs for na rows of A.
+MAMCLIP_HOST_DEVICE int64_t grad_blocks(int64_t na) { return (na + BackwardTiling::kBM - 1) / BackwardTiling::kBM; }
 
 }  // namespace clip_tile
 }  // namespace mamclip

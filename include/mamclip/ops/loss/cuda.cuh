@@ -198,18 +198,17 @@ __device__ __forceinline__ float read_scale(const D* log_scale, float max_log_sc
 template <class D>
 __global__ void __launch_bounds__(FT::kThreads)
     clip_lse_partial_kernel(const D* a, int64_t lda, int64_t a_off, int64_t batch, const D* b, int64_t ldb, int64_t nb,
-                            int64_t dim, const D* log_scale, float max_log_scale, int64_t tiles_per_split,
+                            int64_t dim, const D* log_scale, float max_log_scale, clip_tile::ForwardSplits splits,
                             float2* partial) {
   __shared__ TileSmem<D, FT::kBM, FT::kBN, kForwardBK<D>> sm;
   constexpr int kLdS = TileSmem<D, FT::kBM, FT::kBN, kForwardBK<D>>::kLdS;
   const float s = read_scale(log_scale, max_log_scale);
   const int64_t r0 = int64_t(blockIdx.x) * FT::kBM;  // band-relative
   const int64_t col_tiles = (nb + FT::kBN - 1) / FT::kBN;
-  const int64_t t_begin = int64_t(blockIdx.y) * tiles_per_split;
-  const int64_t t_end = imin(col_tiles, t_begin + tiles_per_split);
+  const clip_tile::Range tiles = clip_tile::split_tiles(splits, col_tiles, blockIdx.y);
   const int r = threadIdx.x / FT::kLanes, q = threadIdx.x % FT::kLanes;
   clip_tile::LseState<float> st = clip_tile::lse_empty<float>();
-  for (int64_t t = t_begin; t < t_end; ++t) {
+  for (int64_t t = tiles.begin; t < tiles.end; ++t) {
     const int64_t c0 = t * FT::kBN;
     const int cols = static_cast<int>(imin(FT::kBN, nb - c0));
     score_tile<FT::kBM, FT::kBN, kForwardBK<D>, FT::kThreads>(sm, a, lda, a_off + r0, a_off + batch, b, ldb, c0, nb, dim,
@@ -360,8 +359,8 @@ __global__ void __launch_bounds__(BT::kThreads)
   const int64_t a0 = int64_t(blockIdx.x) * BT::kBM;
   for (int64_t e = threadIdx.x; e < BT::kBM * ld_acc; e += BT::kThreads) acc[e] = 0.0f;
   // Rows outside A's band see only Bm's band (dS is zero elsewhere on them).
-  const bool meets = clip_tile::meets_band(a0, BT::kBM, a_off, batch);
-  const int64_t c_begin = meets ? 0 : b_off, c_end = meets ? nb : b_off + batch;
+  const clip_tile::Range columns = clip_tile::grad_columns(a0, BT::kBM, a_off, b_off, batch, nb);
+  const int64_t c_begin = columns.begin, c_end = columns.end;
   double my_dot = 0;
   for (int64_t c0 = c_begin; c0 < c_end; c0 += BT::kBN) {
     const int cols = static_cast<int>(imin(BT::kBN, c_end - c0));
@@ -450,18 +449,17 @@ void launch_clip_band_lse(const D* a, int64_t lda, int64_t a_off, int64_t batch,
                           int64_t dim, const D* log_scale, float max_ls, float* lse, cudaStream_t stream) {
   using FT = clip_tile::ForwardTiling;
   const int64_t row_blocks = (batch + FT::kBM - 1) / FT::kBM, col_tiles = (nb + FT::kBN - 1) / FT::kBN;
-  const int64_t splits = clip_tile::forward_splits(row_blocks, col_tiles, sm_count());
-  const int64_t tiles_per_split = (col_tiles + splits - 1) / splits;
+  const clip_tile::ForwardSplits splits = clip_tile::forward_splits(row_blocks, col_tiles, sm_count());
   MAMCLIP_CHECK(row_blocks <= INT32_MAX, value_error, "clip_loss: batch = ", batch, " needs ", row_blocks,
                 " row blocks; the CUDA kernel supports at most ", INT32_MAX);
-  Tensor<float> partial = scratch<float>(2 * splits * batch);
+  Tensor<float> partial = scratch<float>(2 * splits.splits * batch);
   clip_kernels::clip_lse_partial_kernel<D>
-      <<<dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits)), FT::kThreads, 0, stream>>>(
-          a, lda, a_off, batch, b, ldb, nb, dim, log_scale, max_ls, tiles_per_split,
+      <<<dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits.splits)), FT::kThreads, 0, stream>>>(
+          a, lda, a_off, batch, b, ldb, nb, dim, log_scale, max_ls, splits,
           reinterpret_cast<float2*>(partial.data_ptr()));
   MAMCLIP_CUDA_CHECK_LAUNCH();
   clip_kernels::clip_lse_finish_kernel<256><<<grid_for(batch, 256), 256, 0, stream>>>(
-      reinterpret_cast<const float2*>(partial.data_ptr()), splits, batch, lse);
+      reinterpret_cast<const float2*>(partial.data_ptr()), splits.splits, batch, lse);
   MAMCLIP_CUDA_CHECK_LAUNCH();
 }
 
@@ -493,7 +491,7 @@ void launch_clip_grad_side(const D* a, int64_t lda, int64_t na, int64_t a_off, c
                            int64_t ldb, int64_t nb, int64_t b_off, const float* other_lse, int64_t batch, int64_t dim,
                            const D* ls, float max_ls, const D* grad, D* da, double* dot_partial, cudaStream_t stream) {
   using BT = clip_tile::BackwardTiling;
-  const int64_t blocks = (na + BT::kBM - 1) / BT::kBM;
+  const int64_t blocks = clip_tile::grad_blocks(na);
   auto kernel = &clip_kernels::clip_grad_kernel<D>;
   const size_t smem = sizeof(float) * static_cast<size_t>(BT::kBM * clip_kernels::grad_acc_ld<D>(dim)) + 32;
   int optin = 0;
@@ -523,7 +521,7 @@ void launch_clip_loss_backward(const ClipLossBackwardArgs<T>& p, cudaStream_t st
   const D* ls = device_ptr(p.logit_scale);
   const D* grad = device_ptr(p.grad_loss);
   if (p.d_image || p.d_logit_scale) {
-    const int64_t blocks = (n.images + BT::kBM - 1) / BT::kBM;
+    const int64_t blocks = clip_tile::grad_blocks(n.images);  // launch_clip_grad_side's CTAs, one dot each
     Tensor<double> dots = p.d_logit_scale ? scratch<double>(blocks) : Tensor<double>();
     launch_clip_grad_side<D>(img, p.image_ld, n.images, n.image_offset, p.row_lse, txt, p.text_ld, n.texts,
                              n.text_offset, p.col_lse, n.batch, n.dim, ls, max_ls, grad, device_ptr(p.d_image),
