@@ -3,6 +3,7 @@
 // the kernels tile them, against the CPU reference (ops/attention/cpu.hpp);
 // and the mma.sync fragment layouts the kernels' register reuse and ldmatrix loads rest on.
 #include <array>
+#include <memory>
 #include <set>
 
 #include "mamclip/ops/attention/tile.hpp"
@@ -19,8 +20,7 @@ struct Problem {
   AttentionDims n;
   AttentionConfig c;
   std::vector<double> q, k, v, dout;
-  std::vector<char> mask;  // bool storage for config.key_padding_mask
-  bool* mask_ptr = nullptr;
+  std::unique_ptr<bool[]> mask;  // config.key_padding_mask (bool objects: read through bool*)
 };
 
 std::vector<double> random_values(int64_t count, uint64_t seed) {
@@ -43,12 +43,11 @@ Problem problem(int64_t b, int64_t h, int64_t lq, int64_t lk, int64_t d, bool pa
   x.c.offset = 5;
   if (pad) {
     // Batch 0 keeps roughly two thirds of its keys; the last batch sees none (a fully masked row).
-    x.mask.resize(static_cast<size_t>(b * lk));
+    x.mask = std::make_unique<bool[]>(static_cast<size_t>(b * lk));
     for (int64_t i = 0; i < b; ++i)
       for (int64_t j = 0; j < lk; ++j)
-        x.mask[i * lk + j] = i == b - 1 && b > 1 ? 0 : (j == 0 || Philox::uniform(9, 0, static_cast<uint64_t>(i * lk + j)) > 0.35);
-    x.mask_ptr = reinterpret_cast<bool*>(x.mask.data());
-    x.c.key_padding_mask = x.mask_ptr;
+        x.mask[i * lk + j] = i == b - 1 && b > 1 ? false : (j == 0 || Philox::uniform(9, 0, static_cast<uint64_t>(i * lk + j)) > 0.35);
+    x.c.key_padding_mask = x.mask.get();
   }
   return x;
 }

@@ -310,7 +310,7 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_forward_kernel(const Flash
   D* sk = sq + Tr::kBM * kLd;
   D* sv = sk + Tr::kBN * kLd;
   const AttentionDims& n = p.n;
-  int b = 0, h = 0;  // each below 2^31: 65535 · 65536 pairs at most
+  int b = 0, h = 0;  // B, H < 2^31 (attention_grid checks)
   if (!block_head(n, b, h)) return;
   const int64_t i0 = int64_t(blockIdx.x) * Tr::kBM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -445,7 +445,7 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_dq_kernel(const FlashBackw
   D* sk = sdo + Tr::kBM * kLd;
   D* sv = sk + Tr::kBN * kLd;
   const AttentionDims& n = p.n;
-  int b = 0, h = 0;  // each below 2^31: 65535 · 65536 pairs at most
+  int b = 0, h = 0;  // B, H < 2^31 (attention_grid checks)
   if (!block_head(n, b, h)) return;
   const int64_t i0 = int64_t(blockIdx.x) * Tr::kBM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -513,7 +513,7 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_dkdv_kernel(const FlashBac
   float* slse = reinterpret_cast<float*>(sdo + Tr::kBN * kLd);
   float* sdsum = slse + Tr::kBN;
   const AttentionDims& n = p.n;
-  int b = 0, h = 0;  // each below 2^31: 65535 · 65536 pairs at most
+  int b = 0, h = 0;  // B, H < 2^31 (attention_grid checks)
   if (!block_head(n, b, h)) return;
   const int64_t j0 = int64_t(blockIdx.x) * Tr::kBM;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -592,7 +592,7 @@ __device__ __forceinline__ D warp_sum(D x) {
 template <class D>
 __global__ void __launch_bounds__(128) reference_forward_kernel(const FlashForwardParams<D> p) {
   const AttentionDims& n = p.n;
-  int b = 0, h = 0;  // each below 2^31: 65535 · 65536 pairs at most
+  int b = 0, h = 0;  // B, H < 2^31 (attention_grid checks)
   if (!block_head(n, b, h)) return;
   const int64_t i = int64_t(blockIdx.x) * 4 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -638,7 +638,7 @@ __global__ void __launch_bounds__(128) reference_forward_kernel(const FlashForwa
 template <class D, bool kKeysSide>
 __global__ void __launch_bounds__(128) reference_backward_kernel(const FlashBackwardParams<D> p) {
   const AttentionDims& n = p.n;
-  int b = 0, h = 0;  // each below 2^31: 65535 · 65536 pairs at most
+  int b = 0, h = 0;  // B, H < 2^31 (attention_grid checks)
   if (!block_head(n, b, h)) return;
   const int64_t row = int64_t(blockIdx.x) * 4 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -716,8 +716,10 @@ HeadsView<device_t<T>> device_heads(const HeadsView<T>& v) {
 inline dim3 attention_grid(int64_t rows, int64_t rows_per_block, const AttentionDims& n) {
   const int64_t x = (rows + rows_per_block - 1) / rows_per_block, bh = n.batch * n.heads;
   const int64_t y = std::clamp<int64_t>(bh, 1, 65535), z = (bh + y - 1) / y;
-  MAMCLIP_CHECK(x <= INT32_MAX && z <= 65535, device_error,
-                "scaled_dot_product_attention: the CUDA kernels take at most 65535 x 65535 (batch, head) pairs and ",
+  // (block_head gives the kernels b and h as int: B and H below 2^31 too.)
+  MAMCLIP_CHECK(x <= INT32_MAX && z <= 65535 && n.batch <= INT32_MAX && n.heads <= INT32_MAX, device_error,
+                "scaled_dot_product_attention: the CUDA kernels take at most 65535 x 65535 (batch, head) pairs, B and "
+                "H below 2^31, and ",
                 int64_t(INT32_MAX) * rows_per_block, " rows; got B = ", n.batch, ", H = ", n.heads, ", ", rows, " rows");
   return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y), static_cast<unsigned>(z));
 }
@@ -848,7 +850,9 @@ void launch_attention_backward(const AttentionBackwardArgs<T>& a, cudaStream_t s
   }
   using A = device_acc_t<D>;
   Tensor<A> dsum = scratch<A>(n.batch * n.heads * n.lq);
-  const int64_t rows = n.batch * n.heads * n.lq;
+  const int64_t rows = n.batch * n.heads * n.lq;  // one warp each, 8 per block
+  MAMCLIP_CHECK((rows + 7) / 8 <= INT32_MAX, device_error, "scaled_dot_product_attention backward: B·H·Lq = ", rows,
+                " query rows; the CUDA kernels take at most ", int64_t(INT32_MAX) * 8);
   attention_kernels::attention_dsum_kernel<D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(
       n, device_heads(a.dout), device_heads(a.out), dsum.data_ptr());
   MAMCLIP_CUDA_CHECK_LAUNCH();
