@@ -2,6 +2,7 @@
 // on the CPU: the online softmax and the lse-recompute backward, run the way
 // the kernels tile them, against the CPU reference (ops/attention/cpu.hpp);
 // and the mma.sync fragment layouts the kernels' register reuse and ldmatrix loads rest on.
+#include <algorithm>
 #include <array>
 #include <memory>
 #include <set>
@@ -327,6 +328,62 @@ TEST_CASE("ldmatrix lane addresses give the mma fragments the kernels' old 32- a
     CHECK(at::frag::ldm_a_col(lane) % 8 == 0);
     CHECK(at::frag::ldm_bt_col(lane) % 8 == 0);
     CHECK(at::frag::ldm_b_col(lane) % 8 == 0);
+  }
+}
+
+// The launch geometry the kernels share with the launchers (attention_grid, block_head).
+TEST_CASE("the (batch, head) grid gives every pair exactly one block; causal tile bounds hold every visible key") {
+  // PubMedBERT, the fusion block, the [gpu] cases past 65535 pairs, and gridDim's edges.
+  const std::pair<int64_t, int64_t> shapes[] = {{64, 12}, {3, 12}, {2, 8},     {11000, 12}, {1, 70000},
+                                                {65535, 1}, {65536, 1}, {1, 65536}, {1, 1},     {7, 13}};
+  for (const auto& [batch, heads] : shapes) {
+    INFO("B = " << batch << ", H = " << heads);
+    const at::HeadGrid g = at::head_grid(batch, heads);
+    REQUIRE(g.y >= 1);
+    REQUIRE(g.y <= 65535);
+    REQUIRE(g.z <= 65535);
+    std::vector<uint8_t> seen(static_cast<size_t>(batch * heads), 0);
+    int64_t padding = 0, outside = 0;
+    for (int64_t z = 0; z < g.z; ++z)
+      for (int64_t y = 0; y < g.y; ++y) {
+        int b = -1, h = -1;
+        if (!at::block_pair(static_cast<uint32_t>(y), static_cast<uint32_t>(z), static_cast<uint32_t>(g.y), batch,
+                            heads, b, h)) {
+          ++padding;
+        } else if (b < 0 || b >= batch || h < 0 || h >= heads) {
+          ++outside;
+        } else {
+          ++seen[static_cast<size_t>(b * heads + h)];
+        }
+      }
+    CHECK(outside == 0);
+    CHECK(std::count(seen.begin(), seen.end(), uint8_t(1)) == batch * heads);
+    CHECK(padding < g.y);  // only the last z row pads
+  }
+
+  // Causal (key j visible to query i when j <= i): a query block [i0, i0 + rows) walks keys below
+  // key_end, a key block from j0 the query tiles from query_begin; nothing visible is skipped.
+  for (const int64_t lq : {1, 17, 64, 100, 130}) {
+    for (const int64_t lk : {1, 17, 64, 100, 130}) {
+      INFO("Lq = " << lq << ", Lk = " << lk);
+      int64_t skipped = 0;  // visible (i, j) a block would not reach
+      for (int64_t i0 = 0; i0 < lq; i0 += 64) {
+        const int64_t end = at::key_end(true, lk, i0, 64);
+        CHECK(end <= lk);
+        for (int64_t i = i0; i < std::min(lq, i0 + 64); ++i)
+          for (int64_t j = 0; j < lk; ++j) skipped += j <= i && j >= end;
+        CHECK(at::key_end(false, lk, i0, 64) == lk);
+      }
+      for (int64_t j0 = 0; j0 < lk; j0 += 64) {
+        const int64_t begin = at::query_begin(true, j0, 32);
+        CHECK(begin % 32 == 0);
+        for (int64_t j = j0; j < std::min(lk, j0 + 64); ++j)
+          for (int64_t i = 0; i < lq; ++i) skipped += j <= i && i < begin;
+        CHECK(at::query_begin(false, j0, 32) == 0);
+      }
+      CHECK(skipped == 0);
+      for (int64_t i = 0; i < lq; ++i) CHECK(at::key_end(true, lk, i, 1) == std::min(lk, i + 1));  // reference kernels
+    }
   }
 }
 

@@ -286,18 +286,10 @@ __device__ __forceinline__ float row_max4(float x) {
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
-// The (batch, head) pair of this block. grid.y · grid.z blocks cover the B · H pairs (attention_grid
-// on the host), so neither B nor H is limited to gridDim's 65535; false for the padding blocks at the
-// end of the last grid.z row (the whole block returns, before any barrier). 32-bit arithmetic: the
-// pair index is below 65535 · 65536, and 64-bit division costs registers the tensor-core kernels
-// do not have to spare.
+// The (batch, head) pair of this block (attention_tile::block_pair over attention_grid's y, z);
+// false for the padding blocks of the last grid.z row (the whole block returns, before any barrier).
 __device__ __forceinline__ bool block_head(const AttentionDims& n, int& b, int& h) {
-  const uint32_t bh = blockIdx.y + blockIdx.z * gridDim.y, heads = static_cast<uint32_t>(n.heads);
-  if (bh >= static_cast<uint64_t>(n.batch) * heads) return false;
-  const uint32_t q = bh / heads;
-  b = static_cast<int>(q);
-  h = static_cast<int>(bh - q * heads);
-  return true;
+  return at::block_pair(blockIdx.y, blockIdx.z, gridDim.y, n.batch, n.heads, b, h);
 }
 
 // grid (ceil(Lq / kBM), attention_grid), Tr::kThreads threads, dynamic shared memory 3 · kBM · kLd · sizeof(D).
@@ -320,7 +312,7 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_forward_kernel(const Flash
 #pragma unroll
   for (int dt = 0; dt < Tr::kDTiles; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
   at::RowState<float> st[2];  // l: this lane's share of the row sum, until the end
-  const int64_t k_end = p.c.causal ? (n.lk < i0 + Tr::kBM ? n.lk : i0 + Tr::kBM) : n.lk;
+  const int64_t k_end = at::key_end(p.c.causal, n.lk, i0, Tr::kBM);
   // With 16-byte rows (vec16, uniform over the CTA) K and V load asynchronously, as in
   // FlashAttention-2: V_j while S_j = Q K_jᵀ is computed, K_j+1 while O += P_j V_j is. Groups
   // are committed in the order K_0, V_0, K_1, V_1, ... (an empty group after the last tile), so
@@ -463,7 +455,7 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_dq_kernel(const FlashBackw
   float dq[Tr::kDTiles][4];
 #pragma unroll
   for (int dt = 0; dt < Tr::kDTiles; ++dt) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.0f;
-  const int64_t k_end = p.c.causal ? (n.lk < i0 + Tr::kBM ? n.lk : i0 + Tr::kBM) : n.lk;
+  const int64_t k_end = at::key_end(p.c.causal, n.lk, i0, Tr::kBM);
   for (int64_t j0 = 0; j0 < k_end; j0 += Tr::kBN) {
     __syncthreads();
     load_rows<Tr::kBN, kD, kLd, Tr::kThreads>(sk, p.k.head(b, h), p.k.sl, j0, n.lk, p.vec16);
@@ -526,7 +518,7 @@ __global__ void __launch_bounds__(Tr::kThreads) flash_dkdv_kernel(const FlashBac
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
   // Causal: queries before this CTA's first key see none of its keys.
-  const int64_t q_begin = p.c.causal ? j0 / Tr::kBN * Tr::kBN : 0;
+  const int64_t q_begin = at::query_begin(p.c.causal, j0, Tr::kBN);
   const int64_t bh = b * n.heads + h;
   for (int64_t i0 = q_begin; i0 < n.lq; i0 += Tr::kBN) {
     __syncthreads();
@@ -607,7 +599,7 @@ __global__ void __launch_bounds__(128) reference_forward_kernel(const FlashForwa
     o[x] = D(0);
   }
   at::RowState<D> st;
-  const int64_t k_end = p.c.causal ? (i + 1 < n.lk ? i + 1 : n.lk) : n.lk;
+  const int64_t k_end = at::key_end(p.c.causal, n.lk, i, 1);
   for (int64_t j = 0; j < k_end; ++j) {
     if (!at::visible(n, p.c, b, i, j)) continue;  // uniform over the warp
     const D* kj = p.k.head(b, h) + j * p.k.sl;
@@ -656,8 +648,8 @@ __global__ void __launch_bounds__(128) reference_backward_kernel(const FlashBack
     a1[x] = d < n.dv ? r1[d] : D(0);
     acc0[x] = acc1[x] = D(0);
   }
-  const int64_t other_begin = kKeysSide && p.c.causal ? row : 0;
-  const int64_t other_end = kKeysSide ? n.lq : (p.c.causal ? (row + 1 < n.lk ? row + 1 : n.lk) : n.lk);
+  const int64_t other_begin = kKeysSide ? at::query_begin(p.c.causal, row, 1) : 0;
+  const int64_t other_end = kKeysSide ? n.lq : at::key_end(p.c.causal, n.lk, row, 1);
   for (int64_t o = other_begin; o < other_end; ++o) {
     const int64_t i = kKeysSide ? o : row, j = kKeysSide ? row : o;
     if (!at::visible(n, p.c, b, i, j)) continue;
@@ -714,8 +706,9 @@ HeadsView<device_t<T>> device_heads(const HeadsView<T>& v) {
 // The launch grid of the attention kernels: x_blocks blocks of rows along x, the B · H (batch, head)
 // pairs over y and z (attention_kernels::block_head), up to 65535 x 65535 pairs.
 inline dim3 attention_grid(int64_t rows, int64_t rows_per_block, const AttentionDims& n) {
-  const int64_t x = (rows + rows_per_block - 1) / rows_per_block, bh = n.batch * n.heads;
-  const int64_t y = std::clamp<int64_t>(bh, 1, 65535), z = (bh + y - 1) / y;
+  const int64_t x = (rows + rows_per_block - 1) / rows_per_block;
+  const attention_tile::HeadGrid pairs = attention_tile::head_grid(n.batch, n.heads);
+  const int64_t y = pairs.y, z = pairs.z;
   // (block_head gives the kernels b and h as int: B and H below 2^31 too.)
   MAMCLIP_CHECK(x <= INT32_MAX && z <= 65535 && n.batch <= INT32_MAX && n.heads <= INT32_MAX, device_error,
                 "scaled_dot_product_attention: the CUDA kernels take at most 65535 x 65535 (batch, head) pairs, B and "

@@ -115,6 +115,42 @@ struct FlashTraits {
   static_assert(kLd % 8 == 0, "rows of shared tiles stay 16-byte aligned");
 };
 
+// The (batch, head) pairs of a launch run over grid.y and grid.z together:
+// y = min(B·H, 65535) and z rows of y, so neither B nor H is limited to
+// gridDim's 65535 (up to 65535 x 65535 pairs; the launcher checks).
+struct HeadGrid {
+  int64_t y = 1, z = 1;
+};
+inline HeadGrid head_grid(int64_t batch, int64_t heads) {
+  const int64_t pairs = batch * heads;
+  HeadGrid g;
+  g.y = pairs < 1 ? 1 : (pairs > 65535 ? 65535 : pairs);
+  g.z = (pairs + g.y - 1) / g.y;
+  if (g.z < 1) g.z = 1;
+  return g;
+}
+// The pair (b, h) of block (by, bz) in a grid of gy rows; false for the
+// padding blocks at the end of the last z row. 32-bit arithmetic (the pair
+// index is below 65535 · 65536; 64-bit division costs registers the
+// tensor-core kernels do not have), B and H below 2^31.
+MAMCLIP_HOST_DEVICE bool block_pair(uint32_t by, uint32_t bz, uint32_t gy, int64_t batch, int64_t heads, int& b,
+                                    int& h) {
+  const uint32_t bh = by + bz * gy, nh = static_cast<uint32_t>(heads);
+  if (bh >= static_cast<uint64_t>(batch) * nh) return false;
+  const uint32_t q = bh / nh;
+  b = static_cast<int>(q);
+  h = static_cast<int>(bh - q * nh);
+  return true;
+}
+
+// Causal masks skip tiles: a block of query rows [i0, i0 + rows) sees keys
+// below min(Lk, i0 + rows) only; a block of keys from j0 is seen only by
+// queries from j0 on, i.e. from the query tile (of `tile` rows) holding j0.
+MAMCLIP_HOST_DEVICE int64_t key_end(bool causal, int64_t lk, int64_t i0, int rows) {
+  return causal && i0 + rows < lk ? i0 + rows : lk;
+}
+MAMCLIP_HOST_DEVICE int64_t query_begin(bool causal, int64_t j0, int tile) { return causal ? j0 / tile * tile : 0; }
+
 // The head dims the tensor-core kernels are compiled for.
 inline constexpr int kFlashHeadDims[] = {32, 64, 96, 128};
 MAMCLIP_HOST_DEVICE bool flash_head_dim(int64_t d) { return d == 32 || d == 64 || d == 96 || d == 128; }
