@@ -124,8 +124,15 @@ TEST_CASE("clip_loss on CUDA: only the wanted gradients, and the limit on D", "[
   auto yg = clip_loss(img.to(kGPU), txt.to(kGPU), lg);
   yg.backward();
   CHECK(static_cast<double>(lg.grad().to(kCPU).item()) == Approx(lr.grad().item()).epsilon(2e-5));
-  // The backward keeps a [32, D] float accumulator per block in shared memory.
-  auto big = uniform_random<float>({40, 1 << 16}, 5, -1, 1).to(kGPU).set_requires_grad();
+  // The backward keeps a [32, D] float accumulator per block in shared memory, but not for
+  // d logit_scale alone.
+  const auto wide = features(40, 1 << 16, 5).to<float>();
+  auto lw = tensor<double>({1.0}).set_requires_grad();
+  clip_loss(wide.to<double>(), wide.to<double>(), lw).backward();
+  auto lwg = tensor<float>({1.0f}).to(kGPU).set_requires_grad();
+  clip_loss(wide.to(kGPU), wide.to(kGPU), lwg).backward();
+  CHECK(static_cast<double>(lwg.grad().to(kCPU).item()) == Approx(lw.grad().item()).epsilon(1e-4).margin(1e-6));
+  auto big = wide.to(kGPU).set_requires_grad();
   auto y = clip_loss(big, big, tensor<float>({1.0f}).to(kGPU));
   MAMCLIP_REQUIRE_THROWS_WITH(y.backward(), device_error, "clip_loss: feature dim D = 65536 needs");
 }

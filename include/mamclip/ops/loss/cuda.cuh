@@ -357,7 +357,10 @@ __global__ void __launch_bounds__(BT::kThreads)
   const float s = read_scale(log_scale, max_log_scale);
   const float coef = static_cast<float>(double(to_acc(*grad_loss)) / (2.0 * double(batch)));
   const int64_t a0 = int64_t(blockIdx.x) * BT::kBM;
-  for (int64_t e = threadIdx.x; e < BT::kBM * ld_acc; e += BT::kThreads) acc[e] = 0.0f;
+  // Without d a (only d logit_scale wanted) there is no accumulator (no dynamic shared memory).
+  const bool accumulate = da != nullptr;
+  if (accumulate)
+    for (int64_t e = threadIdx.x; e < BT::kBM * ld_acc; e += BT::kThreads) acc[e] = 0.0f;
   // Rows outside A's band see only Bm's band (dS is zero elsewhere on them).
   const clip_tile::Range columns = clip_tile::grad_columns(a0, BT::kBM, a_off, b_off, batch, nb);
   const int64_t c_begin = columns.begin, c_end = columns.end;
@@ -381,7 +384,8 @@ __global__ void __launch_bounds__(BT::kThreads)
       else
         sm.s[r * kLdS + c] = coef * dl;
     }
-    __syncthreads();
+    __syncthreads();  // (also: the next tile's scores overwrite sm.s)
+    if (!accumulate) continue;
     if constexpr (kTc) {
       accumulate_tile_tensor_cores<D>(sm, acc, ld_acc, b, ldb, c0, cols, dim);
     } else {
@@ -493,17 +497,21 @@ void launch_clip_grad_side(const D* a, int64_t lda, int64_t na, int64_t a_off, c
   using BT = clip_tile::BackwardTiling;
   const int64_t blocks = clip_tile::grad_blocks(na);
   auto kernel = &clip_kernels::clip_grad_kernel<D>;
-  const size_t smem = sizeof(float) * static_cast<size_t>(BT::kBM * clip_kernels::grad_acc_ld<D>(dim)) + 32;
-  int optin = 0;
-  MAMCLIP_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, current_device()));
-  cudaFuncAttributes attr{};
-  MAMCLIP_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-  const size_t fixed = attr.sharedSizeBytes;  // the tile buffers and block_sum's partials
-  MAMCLIP_CHECK(smem + fixed <= static_cast<size_t>(optin), device_error, "clip_loss: feature dim D = ", dim,
-                " needs ", smem + fixed, " bytes of shared memory per block in the CUDA backward (", BT::kBM,
-                " rows x D floats), but this device allows ", optin,
-                "; use a smaller D or compose matmul and cross_entropy instead");
-  MAMCLIP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  // The d a accumulator; none when only Σ dS ⊙ S (d logit_scale) is wanted.
+  const size_t smem = da ? sizeof(float) * static_cast<size_t>(BT::kBM * clip_kernels::grad_acc_ld<D>(dim)) + 32 : 0;
+  if (smem > 0) {
+    int optin = 0;
+    MAMCLIP_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, current_device()));
+    cudaFuncAttributes attr{};
+    MAMCLIP_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+    const size_t fixed = attr.sharedSizeBytes;  // the tile buffers and block_sum's partials
+    MAMCLIP_CHECK(smem + fixed <= static_cast<size_t>(optin), device_error, "clip_loss: feature dim D = ", dim,
+                  " needs ", smem + fixed, " bytes of shared memory per block in the CUDA backward (", BT::kBM,
+                  " rows x D floats), but this device allows ", optin,
+                  "; use a smaller D or compose matmul and cross_entropy instead");
+    MAMCLIP_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
   kernel<<<static_cast<unsigned>(blocks), BT::kThreads, smem, stream>>>(a, lda, na, a_off, own_lse, b, ldb, nb, b_off,
                                                                         other_lse, batch, dim, ls, max_ls, grad, da,
                                                                         dot_partial);
