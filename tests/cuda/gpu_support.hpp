@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "mamclip/core/cuda/settings.hpp"
 #include "support/test_support.hpp"
 
 namespace mamclip::test {
@@ -46,6 +47,18 @@ double order_tolerance(int64_t terms, double k, double own_ulps = 2) {
   else
     return k * root * dtype_eps<T>();
 }
+
+// Puts the backend's switches (conv path, TF32) back to their defaults when the scope
+// ends, also when a REQUIRE throws: a failed case must not change what later cases run.
+struct RestoreCudaSettings {
+  RestoreCudaSettings() = default;
+  RestoreCudaSettings(const RestoreCudaSettings&) = delete;
+  RestoreCudaSettings& operator=(const RestoreCudaSettings&) = delete;
+  ~RestoreCudaSettings() {
+    cuda::set_conv_path(cuda::ConvPath::automatic);
+    cuda::set_allow_tf32(false);
+  }
+};
 
 }  // namespace mamclip::test
 

@@ -182,6 +182,7 @@ TEST_CASE("the channels-last depthwise kernels' vector loads and stores convert 
 TEMPLATE_TEST_CASE("depthwise conv on CUDA at ConvNeXt's stage shapes and awkward ones, forward and gradients", "[gpu]",
                    float, bfloat16) {
   MAMCLIP_SKIP_WITHOUT_GPU();
+  const RestoreCudaSettings restore_settings;  // the conv path, also after a failed REQUIRE
   using T = TestType;
   // MAM-CLIP's 1024 x 768 input: the four stages of ConvNeXt (batch 2 here; the benchmark runs 8).
   check_both_paths<T>({"stage 1", {2, 96, 256, 192}, {96, 1, 7, 7}, same(7, 96)});
@@ -198,6 +199,7 @@ TEMPLATE_TEST_CASE("depthwise conv on CUDA at ConvNeXt's stage shapes and awkwar
 TEMPLATE_TEST_CASE("general conv on CUDA (cuDNN, im2col + cuBLAS): patchify, downsampling, strides, dilation, groups",
                    "[gpu]", float, double, bfloat16) {
   MAMCLIP_SKIP_WITHOUT_GPU();
+  const RestoreCudaSettings restore_settings;  // the conv path, also after a failed REQUIRE
   using T = TestType;
   check_both_paths<T>({"stem 4x4 / 4", {2, 3, 64, 48}, {96, 3, 4, 4}, strided(4)});
   check_both_paths<T>({"downsample 2x2 / 2", {2, 96, 32, 24}, {192, 96, 2, 2}, strided(2)});
@@ -271,6 +273,7 @@ void check_channels_last(const ConvCase& c, InputStorage storage, bool gy_channe
 TEMPLATE_TEST_CASE("depthwise conv on channels-last CUDA input: ConvNeXt's stages and awkward sizes, every gradient",
                    "[gpu]", float, bfloat16, mamclip::half) {
   MAMCLIP_SKIP_WITHOUT_GPU();
+  const RestoreCudaSettings restore_settings;  // the conv path, also after a failed REQUIRE
   using T = TestType;
   REQUIRE(KernelRegistry::get().find<void(void*)>("conv2d_nhwc", dtype_v<T>, DeviceType::cuda) != nullptr);
   check_channels_last<T>({"stage 1", {2, 96, 256, 192}, {96, 1, 7, 7}, same(7, 96)}, InputStorage::aligned, true);
@@ -298,6 +301,7 @@ TEMPLATE_TEST_CASE("general conv on channels-last CUDA input (cuDNN's NHWC convo
                    "downsampling, strides, groups, every gradient",
                    "[gpu]", float, bfloat16, mamclip::half) {
   MAMCLIP_SKIP_WITHOUT_GPU();
+  const RestoreCudaSettings restore_settings;  // the conv path, also after a failed REQUIRE
   using T = TestType;
   check_channels_last<T>({"stem 4x4 / 4", {2, 3, 64, 48}, {96, 3, 4, 4}, strided(4)}, InputStorage::aligned, true);
   check_channels_last<T>({"downsample 2x2 / 2", {2, 96, 32, 24}, {192, 96, 2, 2}, strided(2)}, InputStorage::aligned,
@@ -319,6 +323,7 @@ TEST_CASE("declined channels-last CUDA calls (the im2col path; cuDNN on a misali
           "copies, with the same values",
           "[gpu]") {
   MAMCLIP_SKIP_WITHOUT_GPU();
+  const RestoreCudaSettings restore_settings;  // the conv path, also after a failed REQUIRE
   const Tensor<float> x = rnd<float>({2, 3, 16, 12}, 21), w = rnd<float>({8, 3, 4, 4}, 22), b = rnd<float>({8}, 23);
   const auto want = conv2d(x, w, b, strided(4)).to<double>();
   auto check = [&](const Tensor<float>& xg, const char* what) {
@@ -338,6 +343,7 @@ TEST_CASE("declined channels-last CUDA calls (the im2col path; cuDNN on a misali
 #ifndef MAMCLIP_WITH_CUDNN
 TEST_CASE("ConvPath::cudnn in a backend without cuDNN is a device_error naming the switch", "[gpu]") {
   MAMCLIP_SKIP_WITHOUT_GPU();
+  const RestoreCudaSettings restore_settings;  // the conv path, also after a failed REQUIRE
   const auto x = rnd<float>({1, 2, 5, 5}, 1).to(kGPU), w = rnd<float>({3, 2, 3, 3}, 2).to(kGPU);
   cuda::set_conv_path(cuda::ConvPath::cudnn);
   CHECK_THROWS_AS(conv2d(x, w, Tensor<float>(), Conv2dOptions{}), device_error);
@@ -348,6 +354,7 @@ TEST_CASE("ConvPath::cudnn in a backend without cuDNN is a device_error naming t
 TEMPLATE_TEST_CASE("layer_norm2d on CUDA equals the CPU in both layouts, forward and all three gradients", "[gpu]",
                    float, bfloat16) {
   MAMCLIP_SKIP_WITHOUT_GPU();
+  const RestoreCudaSettings restore_settings;  // the conv path, also after a failed REQUIRE
   using T = TestType;
   for (const Shape& s : {Shape{2, 96, 33, 17}, Shape{1, 3, 5, 7}, Shape{2, 768, 4, 3}})
   for (const bool channels_last : {false, true}) {
@@ -374,6 +381,7 @@ TEMPLATE_TEST_CASE("layer_norm2d on CUDA equals the CPU in both layouts, forward
 
 TEST_CASE("ConvNeXt-T forward and backward on CUDA match the CPU model on the same weights and input", "[gpu]") {
   MAMCLIP_SKIP_WITHOUT_GPU();
+  const RestoreCudaSettings restore_settings;  // the conv path, also after a failed REQUIRE
   using models::ConvNeXt;
   const models::ConvNeXtConfig c = models::ConvNeXtConfig::convnext_tiny(5);
   Generator g1(7), g2(7);
@@ -408,6 +416,7 @@ TEST_CASE("ConvNeXt-T forward and backward on CUDA match the CPU model on the sa
 
 TEST_CASE("a ConvNeXt block on CUDA hands the next one channels-last activations, with the CPU block's values", "[gpu]") {
   MAMCLIP_SKIP_WITHOUT_GPU();
+  const RestoreCudaSettings restore_settings;  // the conv path, also after a failed REQUIRE
   Generator init(3);
   models::ConvNeXtBlock cpu_block(24, 96, 7, 0.5, 0.0, 1e-6), gpu_block(24, 96, 7, 0.5, 0.0, 1e-6);
   for (auto* m : {&cpu_block, &gpu_block})

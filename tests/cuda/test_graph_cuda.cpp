@@ -59,13 +59,18 @@ void require_replay_matches_eager(nn::Module& module, Pass pass, const std::stri
     for (auto& p : params) p.set_grad(Tensor<float>());
   };
   zero_grad();
-  const Tensor<float> eager = pass().detach().clone();
+  Tensor<float> eager_out = pass();
+  eager_out.backward();
+  const Tensor<float> eager = eager_out.detach().clone();
   std::vector<Tensor<float>> eager_grads;
   for (const auto& p : params) eager_grads.push_back(p.grad().detach().clone());
   zero_grad();
   cuda::Graph graph;
   Tensor<float> out;
-  graph.capture([&] { out = pass(); });
+  graph.capture([&] {
+    out = pass();
+    out.backward();
+  });
   graph.replay();
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   require_close(out.detach(), eager.to(kCPU), "output");
