@@ -106,7 +106,7 @@ int main() {
     small.num_attention_heads = 2;
     small.intermediate_size = 512;
     rows.push_back(run_bert("BERT 2x128 8x32 bf16", small, 8, 32, flush));
-    std::printf("%-28s %10s %10s %8s %10s\n", "case", "eager ms", "graph ms", "ratio", "rel err");
+    std::printf("%-28s %10s %10s %12s %10s\n", "case", "eager ms", "graph ms", "eager/graph", "rel err");
     bool ok = true;
     for (const Row& r : rows) {
       if (!r.failure.empty()) {
@@ -114,7 +114,7 @@ int main() {
         ok = false;
         continue;
       }
-      std::printf("%-28s %10.3f %10.3f %7.2fx %10.1e%s\n", r.what.c_str(), r.eager_ms, r.graph_ms,
+      std::printf("%-28s %10.3f %10.3f %11.2fx %10.1e%s\n", r.what.c_str(), r.eager_ms, r.graph_ms,
                   r.eager_ms / r.graph_ms, r.err, r.ok ? "" : "  MISMATCH");
       ok = ok && r.ok;
     }
