@@ -8,7 +8,9 @@
 # is recorded and the next one runs. The summary table grows as steps end
 # (summary.txt), so a run stopped from outside still leaves what it finished.
 #
-#   benchmarks/gpu_check.sh [OUT_DIR]     # OUT_DIR: gpu_check.log and summary.txt
+#   benchmarks/gpu_check.sh [OUT_DIR]     # OUT_DIR: gpu_check.log, summary.txt, each benchmark's
+#                                         # output (NAME.txt) and attention_vs_torch.txt (ours vs
+#                                         # PyTorch SDPA, also printed before the summary)
 #                                         # (default: $OUT if set, else the build dir)
 # Environment:
 #   BUILD_DIR                   build folder (default build-gpu in the checkout; kept, so a rerun
@@ -195,11 +197,12 @@ if want tests; then
   fi
 fi
 
-bench() {  # bench NAME CAP [ARGS...]: one benchmark program of the build
+bench() {  # bench NAME CAP [ARGS...]: one benchmark program of the build; its output also in OUT_DIR/NAME.txt
   local name=$1 cap=$2
   shift 2
   [[ -x $build/benchmarks/$name ]] || return 0
-  step "$name" "$cap" "$build/benchmarks/$name" "$@"
+  step "$name" "$cap" "$BASH" -c '"$@" | tee "$0"; exit "${PIPESTATUS[0]}"' "$out/$name.txt" \
+    "$build/benchmarks/$name" "$@"
 }
 if want bench; then
   # Issue order: the fused contrastive loss, the fused attention, the convolutions, then the rest.
@@ -228,7 +231,13 @@ except Exception:
 print(" ".join(have))' 2>/dev/null || true)
   echo "python3 baselines: ${python_has:-none}"
   if [[ " $python_has " == *" torch "* ]]; then
-    step "attention_torch.py (SDPA)" 60 python3 "$root/benchmarks/ops/attention_torch.py"
+    step "attention_torch.py (SDPA)" 60 "$BASH" -c '"$@" | tee "$0"; exit "${PIPESTATUS[0]}"' \
+      "$out/attention_torch.txt" python3 "$root/benchmarks/ops/attention_torch.py"
+    # Ours against SDPA from the two saved outputs (nothing runs again): the issue's ratio table.
+    if [[ -s $out/bench_attention.txt && -s $out/attention_torch.txt ]]; then
+      OURS_FILE=$out/bench_attention.txt THEIRS_FILE=$out/attention_torch.txt \
+        "$BASH" "$root/benchmarks/ops/attention_vs_torch.sh" "$build" >"$out/attention_vs_torch.txt" 2>&1 || true
+    fi
   else
     row "attention_torch.py (SDPA)" "not run" 0 "PyTorch with CUDA not importable"
   fi
@@ -299,6 +308,11 @@ if want race || want memcheck; then
 fi
 
 echo
+if [[ -s $out/attention_vs_torch.txt ]]; then
+  echo "== attention: ours vs PyTorch SDPA (from bench_attention.txt and attention_torch.txt)"
+  sed -n '/^shape /,$p' "$out/attention_vs_torch.txt"
+  echo
+fi
 echo "== summary ($gpu; budget ${budget} s, used $((budget - deadline + SECONDS)) s)"
 cat "$summary"
 ((failed)) && exit 1

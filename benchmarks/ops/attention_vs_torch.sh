@@ -7,16 +7,21 @@
 #   benchmarks/ops/attention_vs_torch.sh [BUILD_DIR] [PYTHON]
 #
 # BUILD_DIR holds a CUDA build with benchmarks (default: build-gpu); PYTHON
-# has torch with CUDA (default: python3).
+# has torch with CUDA (default: python3). OURS_FILE / THEIRS_FILE: saved
+# outputs of the two programs to tabulate instead of running them
+# (gpu_check.sh does that).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 build="${1:-build-gpu}"
 python="${2:-python3}"
 bench="$build/benchmarks/bench_attention"
-[ -x "$bench" ] || { echo "attention_vs_torch: $bench not found; build it: cmake --build $build --target bench_attention" >&2; exit 1; }
-
-ours="$("$bench")"
-theirs="$("$python" "$here/attention_torch.py")"
+if [[ -n ${OURS_FILE:-} ]]; then
+  ours="$(cat "$OURS_FILE")"
+else
+  [ -x "$bench" ] || { echo "attention_vs_torch: $bench not found; build it: cmake --build $build --target bench_attention" >&2; exit 1; }
+  ours="$("$bench")"
+fi
+if [[ -n ${THEIRS_FILE:-} ]]; then theirs="$(cat "$THEIRS_FILE")"; else theirs="$("$python" "$here/attention_torch.py")"; fi
 echo "$ours"
 echo "$theirs"
 echo
