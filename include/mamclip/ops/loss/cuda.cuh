@@ -521,7 +521,6 @@ void launch_clip_grad_side(const D* a, int64_t lda, int64_t na, int64_t a_off, c
 template <class T>
 void launch_clip_loss_backward(const ClipLossBackwardArgs<T>& p, cudaStream_t stream) {
   using D = device_t<T>;
-  using BT = clip_tile::BackwardTiling;
   const ClipLossDims& n = p.dims;
   const float max_ls = clip_max_scale(p.max_logit_scale);
   const D* img = device_ptr(p.image);
