@@ -26,7 +26,7 @@
 #include "cuda/gpu_support.hpp"
 #include "mamclip/core/cuda/settings.hpp"
 #include "mamclip/models/convnext.hpp"
-#include "mamclip/ops/conv/nhwc_io.cuh"  // (cuda_fp16.h: a global `half`, hence mamclip::half below)
+#include "mamclip/ops/conv/nhwc_io.cuh"
 #include "support/test_support.hpp"
 
 using namespace mamclip;
@@ -130,12 +130,13 @@ TEST_CASE("the CUDA backend registers conv2d and layer_norm2d for the float dtyp
 
 namespace {
 
-// NhwcIo's load<V> and store<V> of V elements of D (device type; H the host type with the
-// same bits) at an offset of V elements from a 16-byte boundary, as the launchers align them:
-// every value as Eigen converts it, the neighbours untouched.
-template <class D, class H, int V>
+// NhwcIo's load<V> and store<V> of V elements of H (as its device type D) at an offset of V
+// elements from a 16-byte boundary, as the launchers align them: every value as Eigen converts
+// it, the neighbours untouched.
+template <class H, int V>
 void check_nhwc_io(uint64_t seed) {
   namespace ck = cuda::conv_kernels;
+  using D = cuda::device_t<H>;
   constexpr int kCount = 3 * V;
   alignas(16) H host[kCount];
   for (int i = 0; i < kCount; ++i)  // non-zero, with low mantissa bits set
@@ -164,14 +165,14 @@ void check_nhwc_io(uint64_t seed) {
 }  // namespace
 
 TEST_CASE("the channels-last depthwise kernels' vector loads and stores convert as Eigen does (on the CPU)") {
-  check_nhwc_io<float, float, 1>(31);
-  check_nhwc_io<float, float, 4>(32);
-  check_nhwc_io<__half, mamclip::half, 1>(33);
-  check_nhwc_io<__half, mamclip::half, 2>(34);
-  check_nhwc_io<__half, mamclip::half, 8>(35);
-  check_nhwc_io<__nv_bfloat16, mamclip::bfloat16, 1>(36);
-  check_nhwc_io<__nv_bfloat16, mamclip::bfloat16, 2>(37);  // shift and mask of one 32-bit word
-  check_nhwc_io<__nv_bfloat16, mamclip::bfloat16, 8>(38);  // of a 16-byte vector
+  check_nhwc_io<float, 1>(31);
+  check_nhwc_io<float, 4>(32);
+  check_nhwc_io<f16, 1>(33);
+  check_nhwc_io<f16, 2>(34);
+  check_nhwc_io<f16, 8>(35);
+  check_nhwc_io<bfloat16, 1>(36);
+  check_nhwc_io<bfloat16, 2>(37);  // shift and mask of one 32-bit word
+  check_nhwc_io<bfloat16, 8>(38);  // of a 16-byte vector
   // The pair's low half is the element at the lower address (little endian).
   float pair[2];
   cuda::conv_kernels::bf16_pair_to_float(0x40490000u | 0x3f80u, pair);  // bf16 1.0 at the lower address, 3.140625 above
@@ -271,7 +272,7 @@ void check_channels_last(const ConvCase& c, InputStorage storage, bool gy_channe
 }  // namespace
 
 TEMPLATE_TEST_CASE("depthwise conv on channels-last CUDA input: ConvNeXt's stages and awkward sizes, every gradient",
-                   "[gpu]", float, bfloat16, mamclip::half) {
+                   "[gpu]", float, bfloat16, f16) {
   MAMCLIP_SKIP_WITHOUT_GPU();
   const RestoreCudaSettings restore_settings;  // the conv path, also after a failed REQUIRE
   using T = TestType;
@@ -299,7 +300,7 @@ TEMPLATE_TEST_CASE("depthwise conv on channels-last CUDA input: ConvNeXt's stage
 #ifdef MAMCLIP_WITH_CUDNN
 TEMPLATE_TEST_CASE("general conv on channels-last CUDA input (cuDNN's NHWC convolutions): ConvNeXt's stem and "
                    "downsampling, strides, groups, every gradient",
-                   "[gpu]", float, bfloat16, mamclip::half) {
+                   "[gpu]", float, bfloat16, f16) {
   MAMCLIP_SKIP_WITHOUT_GPU();
   const RestoreCudaSettings restore_settings;  // the conv path, also after a failed REQUIRE
   using T = TestType;

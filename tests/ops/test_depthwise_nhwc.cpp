@@ -87,19 +87,7 @@ Case<T> make_case(int64_t n, int64_t h, int64_t w, int64_t c, int k, uint64_t se
 template <class T>
 void require_close(const std::vector<double>& want, const std::vector<double>& got, double sum_scale, const char* what) {
   REQUIRE(want.size() == got.size());
-  const double rel = dtype_eps<T>(), acc = 1e-6 * sum_scale;
-  const auto bound = [&](size_t i) { return rel * std::abs(want[i]) + acc; };
-  // The element furthest past its bound (a NaN counts as furthest), checked once.
-  size_t worst = 0;
-  double worst_excess = -HUGE_VAL;
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double excess = std::abs(got[i] - want[i]) - bound(i);
-    if (!(excess <= worst_excess)) worst = i, worst_excess = excess;
-  }
-  if (want.empty()) return;
-  INFO(what << ", the worst of " << want.size() << " elements, " << worst << ": got " << got[worst] << ", want "
-            << want[worst]);
-  REQUIRE(std::abs(got[worst] - want[worst]) <= bound(worst));
+  require_allclose(from_vector(got), from_vector(want), 1e-6 * sum_scale, dtype_eps<T>(), what);
 }
 
 // NHWC storage of y back to NCHW doubles.

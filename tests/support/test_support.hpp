@@ -126,4 +126,14 @@ inline double max_abs_diff(const Tensor<float>& a, const Tensor<float>& b) {
 
 inline std::string fixture_path(const std::string& name) { return std::string(MAMCLIP_TEST_FIXTURES) + "/" + name; }
 
+// Whether element j of parameter `name` (`size` elements) is an attention key bias: BERT's
+// *key.bias, the middle third of nn::MultiheadAttention's in_proj_bias [q; k; v]. Softmax
+// ignores a shift shared by all keys, so their gradient is zero in exact arithmetic and an
+// optimizer dividing by the gradient's RMS (AdamW) moves them by up to lr on rounding noise
+// alone: comparisons of trained parameters across devices or ranks leave them out.
+inline bool is_key_bias(const std::string& name, size_t j, size_t size) {
+  if (name.size() >= 8 && name.compare(name.size() - 8, 8, "key.bias") == 0) return true;
+  return name.find("in_proj_bias") != std::string::npos && j >= size / 3 && j < 2 * size / 3;
+}
+
 }  // namespace mamclip::test
